@@ -1,0 +1,66 @@
+# genaudit — build, test, lint, demo. Every variable can be overridden:
+#   make LUA=luajit, make CFLAGS="-O0 -g", make PREFIX=/opt/genaudit install
+LUA            ?= lua5.4
+LUAJIT         ?= luajit
+PKG_CONFIG     ?= pkg-config
+CC             ?= cc
+CFLAGS         ?= -O2 -g
+WARN           ?= -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu99
+PREFIX         ?= /usr/local
+LUA_VERSION    ?= 5.4
+LUA_CMODULE_DIR?= $(PREFIX)/lib/x86_64-linux-gnu/lua/$(LUA_VERSION)
+LUA_MODULE_DIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+BUSTED         ?= /usr/bin/busted
+LUACHECK       ?= luacheck
+
+LUA54_INCDIR   ?= $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null)
+LUAJIT_INCDIR  ?= $(shell $(PKG_CONFIG) --cflags luajit 2>/dev/null)
+DEP_CFLAGS     ?= $(shell $(PKG_CONFIG) --cflags sqlite3 libcurl 2>/dev/null)
+DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl 2>/dev/null) -lm
+
+SRCS    := $(wildcard csrc/*.c)
+HDRS    := $(wildcard csrc/*.h)
+SO_54   := build/lua54/genaudit/core.so
+SO_JIT  := build/luajit/genaudit/core.so
+MODFLAGS = -shared -fPIC -fvisibility=hidden
+
+.PHONY: all deps test lint demo bench install clean rock
+
+all: $(SO_54) $(SO_JIT)
+
+$(SO_54): $(SRCS) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(WARN) $(MODFLAGS) $(LUA54_INCDIR) $(DEP_CFLAGS) -o $@ $(SRCS) $(DEP_LIBS)
+
+$(SO_JIT): $(SRCS) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(WARN) $(MODFLAGS) $(LUAJIT_INCDIR) $(DEP_CFLAGS) -o $@ $(SRCS) $(DEP_LIBS)
+
+deps:
+	@sh tools/deps.sh
+
+# The whole busted suite under Lua 5.4 and LuaJIT; one closing line for CI.
+test: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/run-tests.sh
+
+lint: deps
+	$(LUACHECK) lua spec bin tools examples
+	@$(MAKE) --no-print-directory -B all >/dev/null && echo "C: -Wall -Wextra -Werror clean"
+
+install: all
+	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/genaudit $(DESTDIR)$(LUA_MODULE_DIR)/genaudit
+	install -m 0755 $(SO_54) $(DESTDIR)$(LUA_CMODULE_DIR)/genaudit/core.so
+	install -m 0644 lua/genaudit/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/
+	install -d $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/sqlite
+	install -m 0644 migrations/sqlite/*.sql $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/sqlite/
+
+clean:
+	rm -rf build
+
+# Builds and installs the rock into a throwaway tree (checks the rockspec).
+ROCKTREE ?= build/rocktree
+rock: deps
+	luarocks --lua-version 5.4 make --deps-mode=none --tree $(ROCKTREE) rockspec/genaudit-scm-1.rockspec \
+	  CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl) \
+	  SQLITE_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir sqlite3)

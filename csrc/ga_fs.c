@@ -1,0 +1,62 @@
+/* ga_fs.c — the two filesystem facts the Lua layer needs without extra
+ * dependencies: the entries of a directory (migrations, script folders) and a
+ * file's modification time in ns (script reload on change). */
+#include <dirent.h>
+#include <stdio.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "ga_private.h"
+
+static int cmp_names(lua_State *L) {
+  lua_pushboolean(L, strcmp(lua_tostring(L, 1), lua_tostring(L, 2)) < 0);
+  return 1;
+}
+
+/* core.listdir(path) -> sorted array of entry names (no . and ..) | nil, err, code */
+static int l_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d;
+  struct dirent *e;
+  int n = 0;
+  lua_newtable(L);
+  d = opendir(path);
+  if (!d) return ga_fail(L, "IO", "cannot list '%s': %s", path, strerror(errno));
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    lua_pushstring(L, e->d_name); /* may raise on OOM: d leaks only then */
+    lua_rawseti(L, -2, ++n);
+  }
+  closedir(d);
+  /* sort with table.sort semantics but without depending on the table library */
+  lua_getglobal(L, "table");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, -3);
+    lua_pushcfunction(L, cmp_names);
+    lua_call(L, 2, 0);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* core.file_version(path) -> "sec.nsec:inode" (changes when the file is rewritten), size | nil, err, code
+ * A string, so LuaJIT's doubles never round it. */
+static int l_mtime(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  char buf[48];
+  if (stat(path, &st) != 0) return ga_fail(L, "IO", "cannot stat '%s': %s", path, strerror(errno));
+  snprintf(buf, sizeof buf, "%lld.%09ld:%lld", (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec,
+           (long long)st.st_ino);
+  lua_pushstring(L, buf);
+  ga_pushint64(L, (long long)st.st_size);
+  return 2;
+}
+
+void ga_open_fs(lua_State *L) {
+  lua_pushcfunction(L, l_listdir);
+  lua_setfield(L, -2, "listdir");
+  lua_pushcfunction(L, l_mtime);
+  lua_setfield(L, -2, "file_version");
+}

@@ -1,0 +1,799 @@
+/* ga_http.c — the blocking libcurl HTTP client behind core.http_client: one
+ * easy handle per client (keep-alive across requests), the retry loop with
+ * exponential backoff, jitter and Retry-After in plain C, per-attempt timings,
+ * and failure messages that name host:port only — never the URL's query
+ * string, userinfo, a header value or the body, where API keys live.
+ * This transport blocks by design; the OpenResty transport is separate. */
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <curl/curl.h>
+#include "ga_private.h"
+
+#define HTTP_MT "genaudit.http_client"
+#define HTTP_MAX_RETRIES 20
+#define HTTP_MAX_MS 86400000LL /* one day: the largest timeout or backoff accepted */
+#define HTTP_HOSTPORT_MAX 264 /* 255-byte host, ":", 5-digit port, NUL */
+#define HTTP_MSG_MAX 768
+#define HTTP_MAX_HEADER_BYTES (1024 * 1024) /* response header lines of one status, in total */
+
+/* failure classes; the names are the third result of a failed request */
+enum { E_OK, E_TIMEOUT, E_CONNECT, E_HTTP, E_TOO_LARGE };
+static const char *const ecode_names[] = {"OK", "TIMEOUT", "CONNECT", "HTTP", "TOO_LARGE"};
+
+enum { M_POST, M_GET, M_PUT, M_PATCH, M_DELETE, M_HEAD };
+static const char *const method_names[] = {"POST", "GET", "PUT", "PATCH", "DELETE", "HEAD", NULL};
+
+typedef struct {
+  CURL *curl; /* NULL once closed */
+  long connect_timeout_ms, timeout_ms;
+  long long max_response_bytes;
+  uint64_t rng;                   /* xorshift64 state for backoff jitter, never 0 */
+  struct curl_slist *req_headers; /* the running request's header list, freed after it */
+  ga_buf body, head;              /* response being received: body, header lines after the last status line */
+  int too_large;                  /* set by the callbacks: 1 body past max_response_bytes, 2 headers too big */
+  char errbuf[CURL_ERROR_SIZE];
+} http_client;
+
+typedef struct {
+  int status;               /* HTTP status; 0 when the transfer failed */
+  int ecode;                /* E_OK or the failure class */
+  long long retry_after_ms; /* -1: no usable Retry-After */
+  long long slept_ms;       /* -1: no sleep followed this attempt */
+  long long t_us[6];        /* dns, connect, tls, pretransfer, first byte, total */
+  long long wait_us;        /* around curl_easy_perform, by ga_monotonic_ns */
+  char msg[HTTP_MSG_MAX];   /* failure description without the "HTTP: " prefix */
+} http_attempt;
+
+typedef struct {
+  const char *url, *body;
+  size_t body_len;
+  int method, has_body, retries;
+  long timeout_ms, connect_timeout_ms;
+  long long backoff_ms, max_backoff_ms;
+  char hostport[HTTP_HOSTPORT_MAX]; /* the only part of the URL messages may show */
+  int n;                            /* attempts made */
+  long long wait_us;                /* sum of the attempts' wait_us */
+  http_attempt at[HTTP_MAX_RETRIES + 1];
+} http_request;
+
+static const char *const timing_names[6] = {"dns_us", "connect_us", "tls_us",
+                                            "pretransfer_us", "first_byte_us", "total_us"};
+static const CURLINFO timing_infos[6] = {CURLINFO_NAMELOOKUP_TIME_T, CURLINFO_CONNECT_TIME_T,
+                                         CURLINFO_APPCONNECT_TIME_T, CURLINFO_PRETRANSFER_TIME_T,
+                                         CURLINFO_STARTTRANSFER_TIME_T, CURLINFO_TOTAL_TIME_T};
+
+/* The one mutable static in this file, allowed by STYLE.md: libcurl's global
+ * init must run once per process before any handle exists, and is not
+ * thread-safe itself, hence pthread_once. global_rc is written only there. */
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+static void global_init(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/* ---- plain C: URL host:port, headers, backoff ---- */
+
+/* Writes "host:port" of an http(s) URL into out (userinfo, path and query left
+ * out). Returns 0, or -1 when the URL is not http:// or https:// with a host. */
+static int url_hostport(const char *url, char *out, size_t outlen) {
+  const char *p, *end, *at, *host, *hend, *port = NULL;
+  size_t hlen;
+  int https;
+  if (strncasecmp(url, "http://", 7) == 0) {
+    https = 0;
+    p = url + 7;
+  } else if (strncasecmp(url, "https://", 8) == 0) {
+    https = 1;
+    p = url + 8;
+  } else {
+    return -1;
+  }
+  end = p + strcspn(p, "/?#");
+  at = NULL;
+  for (host = p; host < end; host++)
+    if (*host == '@') at = host;
+  host = at ? at + 1 : p;
+  if (*host == '[') { /* IPv6 literal */
+    hend = memchr(host, ']', (size_t)(end - host));
+    if (!hend) return -1;
+    hend++;
+    if (hend < end && *hend == ':') port = hend + 1;
+    else if (hend != end) return -1;
+  } else {
+    hend = memchr(host, ':', (size_t)(end - host));
+    if (hend) port = hend + 1;
+    else hend = end;
+  }
+  hlen = (size_t)(hend - host);
+  if (hlen == 0 || hlen > 255) return -1;
+  if (port && (port == end || end - port > 5 || strspn(port, "0123456789") < (size_t)(end - port))) return -1;
+  if (port)
+    snprintf(out, outlen, "%.*s:%.*s", (int)hlen, host, (int)(end - port), port);
+  else
+    snprintf(out, outlen, "%.*s:%d", (int)hlen, host, https ? 443 : 80);
+  return 0;
+}
+
+/* RFC 9110 token characters: what a header name may contain. */
+static int valid_token(const char *s, size_t n) {
+  size_t i;
+  if (n == 0) return 0;
+  for (i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (!(isalnum(ch) || strchr("!#$%&'*+-.^_`|~", ch)) || ch == 0) return 0;
+  }
+  return 1;
+}
+
+/* Steps through the "name: value" lines in h from *pos, value trimmed.
+ * Returns 1 with a header, 0 at the end. Continuation lines are skipped. */
+static int next_header(const ga_buf *h, size_t *pos, const char **name, size_t *nlen, const char **val,
+                       size_t *vlen) {
+  while (*pos < h->len) {
+    const char *line = h->buf + *pos, *nl = memchr(line, '\n', h->len - *pos), *colon, *e;
+    size_t len = nl ? (size_t)(nl - line) : h->len - *pos;
+    *pos += len + (nl ? 1 : 0);
+    if (len && line[len - 1] == '\r') len--;
+    colon = memchr(line, ':', len);
+    if (!colon || colon == line || line[0] == ' ' || line[0] == '\t') continue;
+    e = line + len;
+    *name = line;
+    *nlen = (size_t)(colon - line);
+    colon++;
+    while (colon < e && (*colon == ' ' || *colon == '\t')) colon++;
+    while (e > colon && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    *val = colon;
+    *vlen = (size_t)(e - colon);
+    return 1;
+  }
+  return 0;
+}
+
+/* Retry-After as ms from now: delta-seconds or an HTTP-date (past dates give
+ * 0). Returns -1 when the value is neither. */
+static long long parse_retry_after(const char *v, size_t n) {
+  char tmp[64];
+  time_t t;
+  long long ms;
+  size_t i;
+  if (n == 0) return -1;
+  if (strspn(v, "0123456789") >= n) {
+    long long s = 0;
+    for (i = 0; i < n; i++) {
+      s = s * 10 + (v[i] - '0');
+      if (s > HTTP_MAX_MS / 1000) return HTTP_MAX_MS; /* capped later anyway */
+    }
+    return s * 1000;
+  }
+  if (n >= sizeof tmp) return -1;
+  memcpy(tmp, v, n);
+  tmp[n] = '\0';
+  t = curl_getdate(tmp, NULL);
+  if (t == (time_t)-1) return -1;
+  ms = (long long)t * 1000 - (long long)ga_realtime_ms();
+  return ms < 0 ? 0 : ms;
+}
+
+/* The last Retry-After of the response headers in h, -1 when absent/unusable. */
+static long long find_retry_after(const ga_buf *h) {
+  size_t pos = 0, nlen, vlen;
+  const char *name, *val;
+  long long r = -1;
+  while (next_header(h, &pos, &name, &nlen, &val, &vlen))
+    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0) r = parse_retry_after(val, vlen);
+  return r;
+}
+
+static uint64_t xorshift64(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
+}
+
+/* Sleep before try i+1 (i from 0): Retry-After when the server sent one,
+ * else backoff_ms * 2^i with equal jitter (half fixed, half random, so many
+ * clients spread out); both capped at max_backoff_ms. */
+static long long backoff_ms(uint64_t *rng, const http_request *rq, int i, long long retry_after) {
+  long long d = rq->backoff_ms, half;
+  int k;
+  if (retry_after >= 0) return retry_after < rq->max_backoff_ms ? retry_after : rq->max_backoff_ms;
+  for (k = 0; k < i && d < rq->max_backoff_ms; k++) d *= 2;
+  if (d > rq->max_backoff_ms) d = rq->max_backoff_ms;
+  half = d / 2;
+  return half + (long long)(xorshift64(rng) % (uint64_t)(d - half + 1));
+}
+
+static void sleep_ms(long long ms) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)(ms / 1000);
+  ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static int retry_status(int st) { return st == 429 || st == 500 || st == 502 || st == 503 || st == 504; }
+
+/* ---- libcurl callbacks (no Lua in here: they must never raise) ---- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+  http_client *c = (http_client *)ud;
+  size_t len = size * n;
+  if ((long long)(c->body.len + len) > c->max_response_bytes) {
+    c->too_large = 1;
+    return 0; /* != len: curl aborts with CURLE_WRITE_ERROR */
+  }
+  ga_buf_add(&c->body, p, len);
+  return c->body.oom ? 0 : len;
+}
+
+/* One header line per call; a status line starts a new header set (1xx,
+ * and each retry), so only the final response's headers are kept. */
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  http_client *c = (http_client *)ud;
+  size_t len = size * n;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    c->head.len = 0;
+    return len;
+  }
+  if (c->head.len + len > HTTP_MAX_HEADER_BYTES) {
+    c->too_large = 2;
+    return 0;
+  }
+  ga_buf_add(&c->head, p, len);
+  return c->head.oom ? 0 : len;
+}
+
+/* ---- the request core ---- */
+
+static int is_tls_error(CURLcode rc) {
+  switch (rc) {
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+static const char *os_error(CURL *h, CURLcode rc) {
+  long e = 0;
+  curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &e);
+  return e ? strerror((int)e) : curl_easy_strerror(rc);
+}
+
+/* Describes a failed transfer in a->msg and a->ecode from the curl code and
+ * the handle's state. Returns 1 when another try may succeed. Messages are
+ * composed here from host:port and libcurl's fixed strings only: the error
+ * buffer is used for TLS failures alone, which never quote the URL. */
+static int classify(http_client *c, const http_request *rq, http_attempt *a, CURLcode rc) {
+  const char *hp = rq->hostport;
+  char *m = a->msg;
+  size_t ml = sizeof a->msg;
+  a->ecode = E_HTTP;
+  switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+      a->ecode = E_TIMEOUT;
+      if (a->t_us[3] > 0) /* pretransfer reached: the request went out */
+        snprintf(m, ml, "no response from %s within timeout_ms=%ld", hp, rq->timeout_ms);
+      else
+        snprintf(m, ml, "timed out connecting to %s (connect_timeout_ms=%ld, timeout_ms=%ld)", hp,
+                 rq->connect_timeout_ms, rq->timeout_ms);
+      return 1;
+    case CURLE_COULDNT_CONNECT:
+      a->ecode = E_CONNECT;
+      snprintf(m, ml, "could not connect to %s: %s", hp, os_error(c->curl, rc));
+      return 1;
+    case CURLE_COULDNT_RESOLVE_HOST:
+      a->ecode = E_CONNECT;
+      snprintf(m, ml, "could not resolve the host of %s", hp);
+      return 1;
+    case CURLE_COULDNT_RESOLVE_PROXY:
+      a->ecode = E_CONNECT;
+      snprintf(m, ml, "could not resolve the proxy for %s", hp);
+      return 1;
+    case CURLE_FILESIZE_EXCEEDED:
+      a->ecode = E_TOO_LARGE;
+      snprintf(m, ml, "response from %s exceeds max_response_bytes=%lld", hp, c->max_response_bytes);
+      return 0;
+    case CURLE_WRITE_ERROR:
+      if (c->too_large == 1) {
+        a->ecode = E_TOO_LARGE;
+        snprintf(m, ml, "response from %s exceeds max_response_bytes=%lld", hp, c->max_response_bytes);
+      } else if (c->too_large == 2) {
+        a->ecode = E_TOO_LARGE;
+        snprintf(m, ml, "response headers from %s exceed %d bytes", hp, HTTP_MAX_HEADER_BYTES);
+      } else {
+        snprintf(m, ml, "out of memory receiving the response from %s", hp);
+      }
+      return 0;
+    case CURLE_GOT_NOTHING:
+      snprintf(m, ml, "%s closed the connection without a response", hp);
+      return 1;
+    case CURLE_PARTIAL_FILE:
+      snprintf(m, ml, "%s closed the connection before the whole response arrived", hp);
+      return 1;
+    case CURLE_RECV_ERROR:
+      snprintf(m, ml, "connection to %s failed while receiving: %s", hp, os_error(c->curl, rc));
+      return 1;
+    case CURLE_SEND_ERROR:
+      snprintf(m, ml, "connection to %s failed while sending: %s", hp, os_error(c->curl, rc));
+      return 1;
+    default:
+      if (is_tls_error(rc)) {
+        size_t n = strlen(c->errbuf);
+        while (n && isspace((unsigned char)c->errbuf[n - 1])) c->errbuf[--n] = '\0';
+        snprintf(m, ml, "TLS failure with %s: %s", hp, n ? c->errbuf : curl_easy_strerror(rc));
+      } else {
+        snprintf(m, ml, "request to %s failed: %s", hp, curl_easy_strerror(rc));
+      }
+      return 0;
+  }
+}
+
+/* One try. Fills *a; returns 1 when another try may help (a retryable status
+ * or transport failure). */
+static int attempt_once(http_client *c, const http_request *rq, http_attempt *a) {
+  CURLcode rc;
+  uint64_t t0;
+  int i;
+  c->body.len = 0;
+  c->body.oom = 0;
+  c->head.len = 0;
+  c->head.oom = 0;
+  c->too_large = 0;
+  c->errbuf[0] = '\0';
+  t0 = ga_monotonic_ns();
+  rc = curl_easy_perform(c->curl);
+  a->wait_us = (long long)((ga_monotonic_ns() - t0) / 1000u);
+  for (i = 0; i < 6; i++) {
+    curl_off_t v = 0;
+    curl_easy_getinfo(c->curl, timing_infos[i], &v);
+    a->t_us[i] = (long long)v;
+  }
+  if (rc == CURLE_OK) {
+    long st = 0;
+    curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &st);
+    a->status = (int)st;
+    a->ecode = E_OK;
+    if (!retry_status(a->status)) return 0;
+    a->retry_after_ms = find_retry_after(&c->head);
+    return 1;
+  }
+  return classify(c, rq, a, rc);
+}
+
+/* Sets the per-request options; headers must already be in c->req_headers. */
+static CURLcode set_request(http_client *c, const http_request *rq) {
+  CURL *h = c->curl;
+  CURLcode rc;
+  if ((rc = curl_easy_setopt(h, CURLOPT_URL, rq->url)) != CURLE_OK) return rc;
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, rq->timeout_ms);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, rq->connect_timeout_ms);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->req_headers);
+  curl_easy_setopt(h, CURLOPT_NOBODY, 0L);
+  if (rq->method == M_HEAD) {
+    curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+  } else if (rq->has_body || rq->method == M_POST || rq->method == M_PUT || rq->method == M_PATCH) {
+    /* the body goes with its length: it may hold NUL bytes; curl reads it in place */
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(rq->has_body ? rq->body_len : 0));
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, rq->has_body ? rq->body : "");
+  } else {
+    curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+  }
+  return curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
+                          rq->method == M_POST || rq->method == M_GET || rq->method == M_HEAD
+                              ? NULL
+                              : method_names[rq->method]);
+}
+
+/* The retry loop. Returns 0 when the last try got an HTTP response (any
+ * status), -1 when it failed in transport (rq->at[rq->n - 1] says how). */
+static int http_perform(http_client *c, http_request *rq) {
+  int i;
+  CURLcode rc = set_request(c, rq);
+  rq->n = 0;
+  rq->wait_us = 0;
+  if (rc != CURLE_OK) {
+    http_attempt *a = &rq->at[0];
+    memset(a, 0, sizeof *a);
+    a->ecode = E_HTTP;
+    snprintf(a->msg, sizeof a->msg, "could not set up the request to %s: %s", rq->hostport,
+             curl_easy_strerror(rc));
+    return -1; /* no attempt made: rq->n stays 0 */
+  }
+  for (i = 0;; i++) {
+    http_attempt *a = &rq->at[i];
+    int again;
+    memset(a, 0, sizeof *a);
+    a->retry_after_ms = -1;
+    a->slept_ms = -1;
+    again = attempt_once(c, rq, a);
+    rq->n = i + 1;
+    rq->wait_us += a->wait_us;
+    if (!again || i == rq->retries) return a->ecode == E_OK ? 0 : -1;
+    a->slept_ms = backoff_ms(&c->rng, rq, i, a->retry_after_ms);
+    sleep_ms(a->slept_ms);
+  }
+}
+
+/* ---- Lua wrappers ---- */
+
+static http_client *check_client(lua_State *L) {
+  http_client *c = (http_client *)luaL_checkudata(L, 1, HTTP_MT);
+  if (!c->curl) luaL_error(L, "attempt to use a closed http_client");
+  return c;
+}
+
+/* Reads integer field `name` of the table at idx into *out (kept when nil);
+ * raises unless it is an integer in lo..hi. */
+static void opt_int(lua_State *L, int idx, const char *name, long long lo, long long hi, long long *out) {
+  long long v;
+  lua_getfield(L, idx, name);
+  if (!lua_isnil(L, -1)) {
+    if (!ga_tointeger(L, -1, &v) || v < lo || v > hi) {
+      char msg[128];
+      snprintf(msg, sizeof msg, "%s must be an integer in %lld..%lld", name, lo, hi);
+      luaL_argerror(L, idx, msg);
+    }
+    *out = v;
+  }
+  lua_pop(L, 1);
+}
+
+/* Pushes field `name` of the table at idx; raises unless it is nil or a
+ * string without NUL bytes (it goes to libcurl as a C string). */
+static const char *opt_cstr(lua_State *L, int idx, const char *name) {
+  size_t len;
+  const char *s;
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) return NULL;
+  if (lua_type(L, -1) != LUA_TSTRING)
+    luaL_argerror(L, idx, lua_pushfstring(L, "%s must be a string", name));
+  s = lua_tolstring(L, -1, &len);
+  if (strlen(s) != len) luaL_argerror(L, idx, lua_pushfstring(L, "%s must not contain NUL bytes", name));
+  return s;
+}
+
+static int l_http_close(lua_State *L) {
+  http_client *c = (http_client *)luaL_checkudata(L, 1, HTTP_MT);
+  if (c->curl) {
+    curl_easy_cleanup(c->curl);
+    c->curl = NULL;
+  }
+  curl_slist_free_all(c->req_headers);
+  c->req_headers = NULL;
+  ga_buf_free(&c->body);
+  ga_buf_free(&c->head);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_http_tostring(lua_State *L) {
+  http_client *c = (http_client *)luaL_checkudata(L, 1, HTTP_MT);
+  if (!c->curl) lua_pushliteral(L, "genaudit.http_client (closed)");
+  else lua_pushfstring(L, "genaudit.http_client (%p)", (void *)c);
+  return 1;
+}
+
+/* core.http_client([opts]) -> client | nil, err, "HTTP"
+ * opts: connect_timeout_ms, timeout_ms, verify_tls, ca_file, max_response_bytes,
+ * proxy (nil: libcurl's environment default; "": none). Raises on bad options. */
+static int l_http_client(lua_State *L) {
+  long long cto = 10000, to = 120000, maxb = 64LL * 1024 * 1024;
+  int verify = 1, ok = 1;
+  const char *ca = NULL, *proxy = NULL;
+  http_client *c;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    opt_int(L, 1, "connect_timeout_ms", 0, HTTP_MAX_MS, &cto);
+    opt_int(L, 1, "timeout_ms", 0, HTTP_MAX_MS, &to);
+    opt_int(L, 1, "max_response_bytes", 1, (long long)1 << 40, &maxb);
+    lua_getfield(L, 1, "verify_tls");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isboolean(L, -1)) return luaL_argerror(L, 1, "verify_tls must be a boolean");
+      verify = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    ca = opt_cstr(L, 1, "ca_file"); /* these two stay on the stack while used */
+    proxy = opt_cstr(L, 1, "proxy");
+  }
+  /* closed userdata first, then the handle: nothing leaks if Lua raises */
+  c = (http_client *)ga_newuserdata(L, sizeof *c);
+  memset(c, 0, sizeof *c);
+  luaL_getmetatable(L, HTTP_MT);
+  lua_setmetatable(L, -2);
+  c->connect_timeout_ms = (long)cto;
+  c->timeout_ms = (long)to;
+  c->max_response_bytes = maxb;
+  if (getrandom(&c->rng, sizeof c->rng, GRND_NONBLOCK) != (ssize_t)sizeof c->rng || c->rng == 0)
+    c->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)c) | 1u;
+
+  pthread_once(&global_once, global_init);
+  if (global_rc != CURLE_OK)
+    return ga_fail(L, "HTTP", "libcurl initialisation failed: %s", curl_easy_strerror(global_rc));
+  c->curl = curl_easy_init();
+  if (!c->curl) return ga_fail(L, "HTTP", "cannot create a libcurl handle");
+
+  curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, c->errbuf);
+  curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, (void *)c);
+  curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c->curl, CURLOPT_HEADERDATA, (void *)c);
+  curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(c->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)maxb);
+  curl_easy_setopt(c->curl, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
+  curl_easy_setopt(c->curl, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  ok &= curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK;
+#else
+  curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  ok &= curl_easy_setopt(c->curl, CURLOPT_ACCEPT_ENCODING, "") == CURLE_OK;
+  ok &= curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "genaudit/0.1.0") == CURLE_OK;
+  if (ca) ok &= curl_easy_setopt(c->curl, CURLOPT_CAINFO, ca) == CURLE_OK;
+  if (proxy) ok &= curl_easy_setopt(c->curl, CURLOPT_PROXY, proxy) == CURLE_OK;
+  if (!ok) {
+    curl_easy_cleanup(c->curl);
+    c->curl = NULL;
+    return ga_fail(L, "HTTP", "cannot configure a libcurl handle (out of memory?)");
+  }
+  return 1;
+}
+
+/* Raises unless the headers table at t maps valid names to string values
+ * without CR, LF or NUL. Messages name the header, never its value. */
+static void check_headers(lua_State *L, int t) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    size_t nl, vl;
+    const char *name, *val;
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_argerror(L, 2, "headers must map names (strings) to string values");
+    name = lua_tolstring(L, -2, &nl);
+    if (!valid_token(name, nl)) luaL_argerror(L, 2, lua_pushfstring(L, "invalid header name '%s'", name));
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, 2, lua_pushfstring(L, "header '%s' must have a string value, got %s", name,
+                                          luaL_typename(L, -1)));
+    val = lua_tolstring(L, -1, &vl);
+    if (memchr(val, '\r', vl) || memchr(val, '\n', vl) || memchr(val, '\0', vl))
+      luaL_argerror(L, 2, lua_pushfstring(L, "header '%s' value must not contain CR, LF or NUL", name));
+    lua_pop(L, 1);
+  }
+}
+
+/* Builds the curl header list from the (checked) table at t, or from none
+ * when t is 0, plus an empty "Expect:" (no 100-continue wait) unless the
+ * caller set Expect. Never raises. Returns NULL when out of memory. */
+static struct curl_slist *build_headers(lua_State *L, int t) {
+  struct curl_slist *list = NULL, *nx;
+  ga_buf line;
+  int expect = 0, oom = 0;
+  ga_buf_init(&line);
+  if (t) {
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      size_t nl, vl;
+      const char *name = lua_tolstring(L, -2, &nl), *val = lua_tolstring(L, -1, &vl);
+      if (nl == 6 && strncasecmp(name, "expect", 6) == 0) expect = 1;
+      line.len = 0;
+      ga_buf_add(&line, name, nl);
+      if (vl) { /* "Name;" is curl's spelling of a header with an empty value */
+        ga_buf_add(&line, ": ", 2);
+        ga_buf_add(&line, val, vl);
+      } else {
+        ga_buf_addc(&line, ';');
+      }
+      ga_buf_addc(&line, '\0');
+      lua_pop(L, 1);
+      if (line.oom || !(nx = curl_slist_append(list, line.buf))) {
+        lua_pop(L, 1); /* the key: iteration stops here */
+        oom = 1;
+        break;
+      }
+      list = nx;
+    }
+  }
+  if (!oom && !expect) {
+    if (!(nx = curl_slist_append(list, "Expect:"))) oom = 1;
+    else list = nx;
+  }
+  ga_buf_free(&line);
+  if (oom) {
+    curl_slist_free_all(list);
+    return NULL;
+  }
+  return list;
+}
+
+static void push_timings(lua_State *L, const http_attempt *a) {
+  int i;
+  lua_createtable(L, 0, 7);
+  for (i = 0; i < 6; i++) {
+    ga_pushint64(L, a->t_us[i]);
+    lua_setfield(L, -2, timing_names[i]);
+  }
+  ga_pushint64(L, a->wait_us);
+  lua_setfield(L, -2, "wait_us");
+}
+
+static void push_attempts(lua_State *L, const http_request *rq) {
+  int i;
+  lua_createtable(L, rq->n, 0);
+  for (i = 0; i < rq->n; i++) {
+    const http_attempt *a = &rq->at[i];
+    lua_createtable(L, 0, 6);
+    if (a->ecode == E_OK) {
+      lua_pushinteger(L, a->status);
+      lua_setfield(L, -2, "status");
+    } else {
+      lua_pushfstring(L, "HTTP: %s", a->msg);
+      lua_setfield(L, -2, "error");
+      lua_pushstring(L, ecode_names[a->ecode]);
+      lua_setfield(L, -2, "code");
+    }
+    if (a->retry_after_ms >= 0) {
+      ga_pushint64(L, a->retry_after_ms);
+      lua_setfield(L, -2, "retry_after_ms");
+    }
+    if (a->slept_ms >= 0) {
+      ga_pushint64(L, a->slept_ms);
+      lua_setfield(L, -2, "slept_ms");
+    }
+    push_timings(L, a);
+    lua_setfield(L, -2, "timings");
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+/* Response headers of the last attempt: lower-case names, last value wins. */
+static void push_headers(lua_State *L, const ga_buf *h) {
+  size_t pos = 0, nlen, vlen, i;
+  const char *name, *val;
+  lua_newtable(L);
+  while (next_header(h, &pos, &name, &nlen, &val, &vlen)) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (i = 0; i < nlen; i++) luaL_addchar(&b, (char)tolower((unsigned char)name[i]));
+    luaL_pushresult(&b);
+    lua_pushlstring(L, val, vlen);
+    lua_rawset(L, -3);
+  }
+}
+
+/* client:request{url=, method=, headers=, body=, retries=, backoff_ms=,
+ *   max_backoff_ms=, timeout_ms=, connect_timeout_ms=}
+ * -> {status, headers, body, attempts, timings, provider_wait_us, retries}
+ *  | nil, "HTTP: message", "TIMEOUT"|"CONNECT"|"HTTP"|"TOO_LARGE", {attempts, provider_wait_us}
+ * Any final HTTP status is a success. Raises on bad arguments, before any
+ * allocation. Buffers live in the client, so an OOM raise while pushing
+ * the results leaks nothing: the next request or close frees them. */
+static int l_http_request(lua_State *L) {
+  http_client *c = check_client(L);
+  http_request rq;
+  long long v;
+  int hidx = 0, rc;
+  size_t len;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  memset(&rq, 0, sizeof rq);
+  rq.timeout_ms = c->timeout_ms;
+  rq.connect_timeout_ms = c->connect_timeout_ms;
+
+  lua_getfield(L, 2, "url"); /* kept on the stack while curl may read it */
+  if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "url must be a string");
+  rq.url = lua_tolstring(L, -1, &len);
+  if (strlen(rq.url) != len) return luaL_argerror(L, 2, "url must not contain NUL bytes");
+  if (url_hostport(rq.url, rq.hostport, sizeof rq.hostport) != 0)
+    return luaL_argerror(L, 2, "url must be an http:// or https:// URL with a host");
+
+  lua_getfield(L, 2, "method");
+  rq.method = M_POST;
+  if (!lua_isnil(L, -1)) {
+    const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    for (rq.method = 0; method_names[rq.method] && strcmp(method_names[rq.method], m) != 0; rq.method++) {
+    }
+    if (!method_names[rq.method])
+      return luaL_argerror(L, 2, "method must be one of POST, GET, PUT, PATCH, DELETE, HEAD");
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, 2, "body"); /* kept on the stack too */
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "body must be a string");
+    if (rq.method == M_GET || rq.method == M_HEAD)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "%s requests cannot have a body", method_names[rq.method]));
+    rq.body = lua_tolstring(L, -1, &rq.body_len);
+    rq.has_body = 1;
+  }
+
+  lua_getfield(L, 2, "headers"); /* kept on the stack for build_headers */
+  if (!lua_isnil(L, -1)) {
+    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "headers must be a table");
+    hidx = lua_gettop(L);
+    check_headers(L, hidx);
+  }
+
+  v = 2;
+  opt_int(L, 2, "retries", 0, HTTP_MAX_RETRIES, &v);
+  rq.retries = (int)v;
+  rq.backoff_ms = 200;
+  opt_int(L, 2, "backoff_ms", 0, HTTP_MAX_MS, &rq.backoff_ms);
+  rq.max_backoff_ms = 30000;
+  opt_int(L, 2, "max_backoff_ms", 0, HTTP_MAX_MS, &rq.max_backoff_ms);
+  v = rq.timeout_ms;
+  opt_int(L, 2, "timeout_ms", 0, HTTP_MAX_MS, &v);
+  rq.timeout_ms = (long)v;
+  v = rq.connect_timeout_ms;
+  opt_int(L, 2, "connect_timeout_ms", 0, HTTP_MAX_MS, &v);
+  rq.connect_timeout_ms = (long)v;
+
+  /* arguments checked: from here on nothing raises until the results */
+  curl_slist_free_all(c->req_headers);
+  c->req_headers = build_headers(L, hidx);
+  if (!c->req_headers) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "HTTP: out of memory building the request to %s", rq.hostport);
+    lua_pushliteral(L, "HTTP");
+    lua_createtable(L, 0, 2);
+    lua_newtable(L);
+    lua_setfield(L, -2, "attempts");
+    ga_pushint64(L, 0);
+    lua_setfield(L, -2, "provider_wait_us");
+    return 4;
+  }
+  rc = http_perform(c, &rq);
+  /* curl must not keep pointers to the headers or to the Lua body string */
+  curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+  curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, (const char *)NULL);
+  curl_slist_free_all(c->req_headers);
+  c->req_headers = NULL;
+
+  if (rc != 0) {
+    const http_attempt *last = &rq.at[rq.n ? rq.n - 1 : 0];
+    ga_buf_free(&c->body);
+    ga_buf_free(&c->head);
+    lua_pushnil(L);
+    lua_pushfstring(L, "HTTP: %s", last->msg);
+    lua_pushstring(L, ecode_names[last->ecode]);
+    lua_createtable(L, 0, 2);
+    push_attempts(L, &rq);
+    lua_setfield(L, -2, "attempts");
+    ga_pushint64(L, rq.wait_us);
+    lua_setfield(L, -2, "provider_wait_us");
+    return 4;
+  }
+  lua_createtable(L, 0, 7);
+  lua_pushinteger(L, rq.at[rq.n - 1].status);
+  lua_setfield(L, -2, "status");
+  push_headers(L, &c->head);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, c->body.buf ? c->body.buf : "", c->body.len);
+  lua_setfield(L, -2, "body");
+  push_attempts(L, &rq);
+  lua_setfield(L, -2, "attempts");
+  push_timings(L, &rq.at[rq.n - 1]);
+  lua_setfield(L, -2, "timings");
+  ga_pushint64(L, rq.wait_us);
+  lua_setfield(L, -2, "provider_wait_us");
+  lua_pushinteger(L, rq.n - 1);
+  lua_setfield(L, -2, "retries");
+  ga_buf_free(&c->body);
+  ga_buf_free(&c->head);
+  return 1;
+}
+
+void ga_open_http(lua_State *L) {
+  static const luaL_Reg methods[] = {{"request", l_http_request}, {"close", l_http_close}, {NULL, NULL}};
+  ga_newclass(L, HTTP_MT, methods, l_http_close, l_http_tostring);
+  lua_pushcfunction(L, l_http_client);
+  lua_setfield(L, -2, "http_client");
+}

@@ -1,0 +1,666 @@
+/* ga_meter.c — token accounting and cost in exact integer arithmetic.
+ * Owns the price_table userdata (prices per model as int64 picodollars, 1e-12
+ * USD, per token, parsed from their decimal text, never scaled as doubles),
+ * the meter userdata (the calls of one generation and their sums), and the
+ * plain-C cost of one call (128-bit intermediates). A USD double appears only
+ * when a result is reported, converted once from the exact integer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ga_private.h"
+
+#define PT_MT "genaudit.price_table"
+#define METER_MT "genaudit.meter"
+#define METER_MAX_CALLS 65536
+#define METER_MAX_KIND 64
+#define METER_MAX_MODEL 512
+#define PICO_PER_USD 1000000000000LL
+
+typedef unsigned __int128 u128;
+
+/* LiteLLM's field names, indexed by GA_PRICE_*. */
+const char *const ga_price_names[GA_NPRICES] = {
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token",
+    "input_cost_per_token_above_200k_tokens",
+    "output_cost_per_token_above_200k_tokens",
+    "cache_read_input_token_cost_above_200k_tokens",
+    "cache_creation_input_token_cost_above_200k_tokens",
+};
+
+/* ---- plain C: decimal text -> picodollars, cost of one call ---- */
+
+int ga_decimal_to_pico(const char *s, size_t n, int64_t *out) {
+  size_t i = 0, mstart, mend, ndig = 0, nfrac = 0;
+  long long exp10 = 0, keep, shift, pos = 0;
+  int64_t acc = 0;
+  int seen_dot = 0, round_up = 0;
+  if (i < n && s[i] == '+') i++;
+  mstart = i;
+  for (; i < n; i++) {
+    if (s[i] >= '0' && s[i] <= '9') {
+      ndig++;
+      if (seen_dot) nfrac++;
+    } else if (s[i] == '.' && !seen_dot) {
+      seen_dot = 1;
+    } else {
+      break;
+    }
+  }
+  mend = i;
+  if (ndig == 0) return GA_DEC_MALFORMED;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    int neg = 0, edig = 0;
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++, edig++)
+      if (exp10 < 100000) exp10 = exp10 * 10 + (s[i] - '0'); /* clamped: beyond is 0 or overflow anyway */
+    if (edig == 0) return GA_DEC_MALFORMED;
+    if (neg) exp10 = -exp10;
+  }
+  if (i != n) return GA_DEC_MALFORMED;
+  /* value = mantissa digits * 10^(exp10 - nfrac); in picodollars the first
+   * `keep` digits form the integer part and the next one decides rounding */
+  shift = exp10 - (long long)nfrac + 12;
+  keep = (long long)ndig + shift;
+  if (keep < 0) { /* below half a picodollar: even the rounding digit is a 0 */
+    *out = 0;
+    return 0;
+  }
+  for (i = mstart; i < mend; i++) {
+    int d;
+    if (s[i] == '.') continue;
+    d = s[i] - '0';
+    if (pos < keep) {
+      if (acc > (INT64_MAX - d) / 10) return GA_DEC_OVERFLOW;
+      acc = acc * 10 + d;
+    } else {
+      round_up = d >= 5; /* half up: only the first dropped digit matters */
+      break;
+    }
+    pos++;
+  }
+  for (; pos < keep && acc != 0; pos++) {
+    if (acc > INT64_MAX / 10) return GA_DEC_OVERFLOW;
+    acc *= 10;
+  }
+  if (round_up) {
+    if (acc == INT64_MAX) return GA_DEC_OVERFLOW;
+    acc++;
+  }
+  *out = acc;
+  return 0;
+}
+
+int ga_double_to_pico(double d, int64_t *out) {
+  char tmp[40];
+  int prec;
+  char *p;
+  if (!(d >= 0.0) || isinf(d)) return GA_DEC_MALFORMED; /* NaN, negative, inf */
+  if (d == 0.0) { /* also -0.0, which would print a sign */
+    *out = 0;
+    return 0;
+  }
+  /* the shortest text that reads back as d: the decimal the price was written as */
+  for (prec = 15; prec <= 17; prec++) {
+    snprintf(tmp, sizeof tmp, "%.*g", prec, d);
+    if (strtod(tmp, NULL) == d) break;
+  }
+  for (p = tmp; *p; p++) /* a locale's decimal comma */
+    if (!((*p >= '0' && *p <= '9') || *p == 'e' || *p == '+' || *p == '-')) *p = '.';
+  return ga_decimal_to_pico(tmp, strlen(tmp), out);
+}
+
+int ga_call_cost(const ga_prices *p, const ga_usage *u, int64_t *out) {
+  int64_t tokens[5];
+  int idx[5], in, outp, i;
+  u128 acc = 0;
+  if (u->prompt < 0 || u->completion < 0 || u->cached < 0 || u->cache_write < 0 || u->reasoning < 0)
+    return GA_COST_NEGATIVE;
+  if (u->cached > u->prompt || u->cache_write > u->prompt - u->cached) return GA_COST_BAD_CACHED;
+  if (u->reasoning > u->completion) return GA_COST_BAD_REASONING;
+  if (!p) return GA_COST_UNPRICED;
+#define HAS(k) ((p->has >> (k)) & 1u)
+  in = u->prompt > GA_TIER_TOKENS && HAS(GA_PRICE_INPUT_ABOVE_200K) ? GA_PRICE_INPUT_ABOVE_200K
+       : HAS(GA_PRICE_INPUT)                                      ? GA_PRICE_INPUT
+                                                                  : -1;
+  outp = u->prompt > GA_TIER_TOKENS && HAS(GA_PRICE_OUTPUT_ABOVE_200K) ? GA_PRICE_OUTPUT_ABOVE_200K
+         : HAS(GA_PRICE_OUTPUT)                                       ? GA_PRICE_OUTPUT
+                                                                      : -1;
+  tokens[0] = u->prompt - u->cached - u->cache_write;
+  idx[0] = in;
+  tokens[1] = u->cached;
+  idx[1] = u->prompt > GA_TIER_TOKENS && HAS(GA_PRICE_CACHE_READ_ABOVE_200K) ? GA_PRICE_CACHE_READ_ABOVE_200K
+           : HAS(GA_PRICE_CACHE_READ)                                         ? GA_PRICE_CACHE_READ
+                                                                              : in;
+  tokens[2] = u->cache_write;
+  idx[2] = u->prompt > GA_TIER_TOKENS && HAS(GA_PRICE_CACHE_CREATION_ABOVE_200K) ? GA_PRICE_CACHE_CREATION_ABOVE_200K
+           : HAS(GA_PRICE_CACHE_CREATION)                                             ? GA_PRICE_CACHE_CREATION
+                                                                                      : in;
+  tokens[3] = u->completion - u->reasoning;
+  idx[3] = outp;
+  tokens[4] = u->reasoning;
+  idx[4] = HAS(GA_PRICE_REASONING) ? GA_PRICE_REASONING : outp;
+#undef HAS
+  for (i = 0; i < 5; i++) {
+    if (tokens[i] == 0) continue;
+    if (idx[i] < 0) return GA_COST_UNPRICED; /* never 0 for a price we do not know */
+    /* both factors < 2^63, so the product fits; stop as soon as the sum leaves int64 */
+    acc += (u128)(uint64_t)tokens[i] * (u128)(uint64_t)p->pico[idx[i]];
+    if (acc > (u128)INT64_MAX) return GA_COST_OVERFLOW;
+  }
+  *out = (int64_t)acc;
+  return GA_COST_OK;
+}
+
+/* Writes the decimal digits of v (NUL-terminated); out needs 40 bytes. */
+static void u128_dec(u128 v, char *out) {
+  char tmp[40];
+  int n = 0, i;
+  do {
+    tmp[n++] = (char)('0' + (int)(v % 10));
+    v /= 10;
+  } while (v);
+  for (i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  out[n] = '\0';
+}
+
+double ga_usd_from_pico_text(const char *digits) {
+  char buf[96];
+  /* "<integer>e-12" through strtod: one correctly rounded step, locale-free */
+  snprintf(buf, sizeof buf, "%se-12", digits);
+  return strtod(buf, NULL);
+}
+
+static double usd_from_u128(u128 v) {
+  char dec[40];
+  u128_dec(v, dec);
+  return ga_usd_from_pico_text(dec);
+}
+
+/* ---- price_table userdata ---- */
+
+typedef struct {
+  char *model;
+  size_t len;
+  ga_prices p;
+} pt_entry;
+
+typedef struct {
+  pt_entry *e; /* sorted by model bytes */
+  size_t n, cap;
+  int closed;
+} price_table;
+
+static int cmp_bytes(const char *a, size_t an, const char *b, size_t bn) {
+  int c = memcmp(a, b, an < bn ? an : bn);
+  return c ? c : (an > bn) - (an < bn);
+}
+
+/* Binary search; returns the entry or NULL, with *at = its (insertion) index. */
+static pt_entry *pt_find(const price_table *pt, const char *s, size_t len, size_t *at) {
+  size_t lo = 0, hi = pt->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = cmp_bytes(pt->e[mid].model, pt->e[mid].len, s, len);
+    if (c == 0) {
+      if (at) *at = mid;
+      return &pt->e[mid];
+    }
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  if (at) *at = lo;
+  return NULL;
+}
+
+static void pt_free(price_table *pt) {
+  size_t i;
+  for (i = 0; i < pt->n; i++) free(pt->e[i].model);
+  free(pt->e);
+  pt->e = NULL;
+  pt->n = pt->cap = 0;
+}
+
+static price_table *check_pt(lua_State *L, int idx) {
+  price_table *pt = (price_table *)luaL_checkudata(L, idx, PT_MT);
+  if (pt->closed) luaL_error(L, "attempt to use a closed price_table");
+  return pt;
+}
+
+/* core.price_table() -> an empty price table */
+static int l_price_table(lua_State *L) {
+  price_table *pt = (price_table *)ga_newuserdata(L, sizeof *pt);
+  memset(pt, 0, sizeof *pt);
+  luaL_getmetatable(L, PT_MT);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* Reads a USD amount (number or decimal string) at idx into picodollars.
+ * Returns 0, 1 when absent (nil or JSON null), or a GA_DEC_* error. */
+static int usd_at(lua_State *L, int idx, int64_t *out) {
+  long long iv;
+  size_t n;
+  const char *s;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: return 1;
+    case LUA_TLIGHTUSERDATA: return ga_isnull(L, idx) ? 1 : GA_DEC_MALFORMED;
+    case LUA_TNUMBER:
+      if (ga_tointeger(L, idx, &iv)) { /* whole USD: exact without any text */
+        if (iv < 0) return GA_DEC_MALFORMED;
+        if (iv > INT64_MAX / PICO_PER_USD) return GA_DEC_OVERFLOW;
+        *out = (int64_t)iv * PICO_PER_USD;
+        return 0;
+      }
+      return ga_double_to_pico((double)lua_tonumber(L, idx), out);
+    case LUA_TSTRING:
+      s = lua_tolstring(L, idx, &n);
+      return ga_decimal_to_pico(s, n, out);
+    default: return GA_DEC_MALFORMED;
+  }
+}
+
+/* pt:set(model, prices) -> true, or nil, "INVALID: ...", "INVALID" when a price
+ * is not a non-negative decimal number, is too large, or none is given.
+ * Raises when prices is not a table or on out of memory. */
+static int pt_set(lua_State *L) {
+  price_table *pt = check_pt(L, 1);
+  size_t len, at;
+  const char *model = luaL_checklstring(L, 2, &len);
+  ga_prices p;
+  pt_entry *e;
+  char *copy;
+  int i;
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (len == 0) return ga_fail(L, "INVALID", "model must be a non-empty string");
+  memset(&p, 0, sizeof p);
+  for (i = 0; i < GA_NPRICES; i++) {
+    int rc;
+    lua_getfield(L, 3, ga_price_names[i]);
+    rc = usd_at(L, -1, &p.pico[i]);
+    lua_pop(L, 1);
+    if (rc == GA_DEC_OVERFLOW)
+      return ga_fail(L, "INVALID", "%s is too large (at most 9223372 USD per token)", ga_price_names[i]);
+    if (rc < 0) return ga_fail(L, "INVALID", "%s must be a non-negative decimal number", ga_price_names[i]);
+    if (rc == 0) p.has |= 1u << i;
+  }
+  if (p.has == 0) return ga_fail(L, "INVALID", "prices has none of the token price fields");
+  e = pt_find(pt, model, len, &at);
+  if (e) {
+    e->p = p;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (pt->n == pt->cap) {
+    size_t cap = pt->cap ? pt->cap * 2 : 64;
+    pt_entry *ne = (pt_entry *)realloc(pt->e, cap * sizeof *ne);
+    if (!ne) return luaL_error(L, "out of memory");
+    pt->e = ne;
+    pt->cap = cap;
+  }
+  copy = (char *)malloc(len + 1);
+  if (!copy) return luaL_error(L, "out of memory");
+  memcpy(copy, model, len);
+  copy[len] = '\0';
+  memmove(&pt->e[at + 1], &pt->e[at], (pt->n - at) * sizeof *pt->e);
+  pt->e[at].model = copy;
+  pt->e[at].len = len;
+  pt->e[at].p = p;
+  pt->n++;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* pt:get(model) -> { <price name> = USD per token, ... } or nil */
+static int pt_get(lua_State *L) {
+  price_table *pt = check_pt(L, 1);
+  size_t len;
+  const char *model = luaL_checklstring(L, 2, &len);
+  const pt_entry *e = pt_find(pt, model, len, NULL);
+  int i;
+  if (!e) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, 0, GA_NPRICES);
+  for (i = 0; i < GA_NPRICES; i++) {
+    if (!((e->p.has >> i) & 1u)) continue;
+    lua_pushnumber(L, (lua_Number)usd_from_u128((u128)e->p.pico[i]));
+    lua_setfield(L, -2, ga_price_names[i]);
+  }
+  return 1;
+}
+
+/* pt:count() -> number of models */
+static int pt_count(lua_State *L) {
+  price_table *pt = check_pt(L, 1);
+  ga_pushint64(L, (long long)pt->n);
+  return 1;
+}
+
+static int pt_gc(lua_State *L) {
+  price_table *pt = (price_table *)luaL_checkudata(L, 1, PT_MT);
+  pt_free(pt);
+  pt->closed = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int pt_tostring(lua_State *L) {
+  price_table *pt = (price_table *)luaL_checkudata(L, 1, PT_MT);
+  if (pt->closed) lua_pushliteral(L, "genaudit.price_table (closed)");
+  else lua_pushfstring(L, "genaudit.price_table (%d model%s)", (int)pt->n, pt->n == 1 ? "" : "s");
+  return 1;
+}
+
+/* ---- meter userdata ---- */
+
+typedef struct {
+  char *kind; /* kind and model share one allocation */
+  char *model; /* NULL when the call named no model */
+  size_t kind_len, model_len;
+  ga_usage u;
+  int64_t total, wait_us, cost, provider_pico;
+  int priced, has_provider;
+} meter_call;
+
+typedef struct {
+  meter_call *c;
+  size_t n, cap;
+  ga_usage sum; /* running token sums, checked for overflow on add */
+  int64_t sum_total, sum_wait;
+  int closed;
+} meter;
+
+static meter *check_meter(lua_State *L) {
+  meter *m = (meter *)luaL_checkudata(L, 1, METER_MT);
+  if (m->closed) luaL_error(L, "attempt to use a closed meter");
+  return m;
+}
+
+static void meter_clear(meter *m) {
+  size_t i;
+  for (i = 0; i < m->n; i++) free(m->c[i].kind);
+  free(m->c);
+  m->c = NULL;
+  m->n = m->cap = 0;
+  memset(&m->sum, 0, sizeof m->sum);
+  m->sum_total = m->sum_wait = 0;
+}
+
+/* core.meter() -> an empty meter */
+static int l_meter(lua_State *L) {
+  meter *m = (meter *)ga_newuserdata(L, sizeof *m);
+  memset(m, 0, sizeof *m);
+  luaL_getmetatable(L, METER_MT);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* Reads call[name] as a non-negative integer; absent gives `dflt` when
+ * dflt >= 0. Returns 0, or -1 when invalid or absent-but-required. */
+static int count_field(lua_State *L, int t, const char *name, long long dflt, int64_t *out) {
+  long long v;
+  int ok;
+  lua_getfield(L, t, name);
+  if (lua_isnil(L, -1) && dflt >= 0) {
+    v = dflt;
+    ok = 1;
+  } else {
+    ok = ga_tointeger(L, -1, &v) && v >= 0;
+  }
+  lua_pop(L, 1);
+  if (!ok) return -1;
+  *out = (int64_t)v;
+  return 0;
+}
+
+/* m:add_call(call) -> true, or nil, "INVALID: ...", "INVALID" (the meter is
+ * unchanged), or nil, "LIMIT: ...", "LIMIT" past METER_MAX_CALLS calls.
+ * Raises when call is not a table, prices is not an open price_table, or on
+ * out of memory. */
+static int meter_add_call(lua_State *L) {
+  meter *m = check_meter(L);
+  const char *kind, *model = NULL;
+  size_t kind_len = 0, model_len = 0;
+  const price_table *pt = NULL;
+  const pt_entry *e = NULL;
+  meter_call c;
+  ga_usage sum;
+  int64_t sum_total, sum_wait;
+  char *mem;
+  int rc;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "prices"); /* 3 */
+  if (!lua_isnil(L, 3)) {
+    if (!luaL_testudata(L, 3, PT_MT)) return luaL_argerror(L, 2, "prices must be a genaudit.price_table or nil");
+    pt = check_pt(L, 3);
+  }
+  lua_getfield(L, 2, "kind");  /* 4 */
+  lua_getfield(L, 2, "model"); /* 5 */
+  memset(&c, 0, sizeof c);
+  kind = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &kind_len) : NULL;
+  if (!kind || kind_len == 0 || kind_len > METER_MAX_KIND)
+    return ga_fail(L, "INVALID", "kind must be a non-empty string of at most %d bytes", METER_MAX_KIND);
+  if (!lua_isnil(L, 5)) {
+    model = lua_type(L, 5) == LUA_TSTRING ? lua_tolstring(L, 5, &model_len) : NULL;
+    if (!model || model_len > METER_MAX_MODEL)
+      return ga_fail(L, "INVALID", "model must be a string of at most %d bytes", METER_MAX_MODEL);
+  }
+#define COUNT(name, dflt, dst) \
+  if (count_field(L, 2, name, dflt, dst) != 0) return ga_fail(L, "INVALID", "%s must be a non-negative integer", name)
+  COUNT("prompt_tokens", -1, &c.u.prompt);
+  COUNT("completion_tokens", -1, &c.u.completion);
+  COUNT("cached_prompt_tokens", 0, &c.u.cached);
+  COUNT("cache_write_tokens", 0, &c.u.cache_write);
+  COUNT("reasoning_tokens", 0, &c.u.reasoning);
+  if (__builtin_add_overflow(c.u.prompt, c.u.completion, &c.total))
+    return ga_fail(L, "INVALID", "prompt_tokens + completion_tokens is too large");
+  COUNT("total_tokens", c.total, &c.total);
+  COUNT("provider_wait_us", 0, &c.wait_us);
+#undef COUNT
+  lua_getfield(L, 2, "provider_cost");
+  rc = usd_at(L, -1, &c.provider_pico);
+  lua_pop(L, 1);
+  if (rc < 0) return ga_fail(L, "INVALID", "provider_cost must be a non-negative number of USD");
+  c.has_provider = rc == 0;
+
+  if (pt && model) e = pt_find(pt, model, model_len, NULL);
+  switch (ga_call_cost(e ? &e->p : NULL, &c.u, &c.cost)) {
+    case GA_COST_OK: c.priced = 1; break;
+    case GA_COST_UNPRICED: c.priced = 0; c.cost = 0; break;
+    case GA_COST_BAD_CACHED:
+      return ga_fail(L, "INVALID", "cached_prompt_tokens + cache_write_tokens must not exceed prompt_tokens");
+    case GA_COST_BAD_REASONING:
+      return ga_fail(L, "INVALID", "reasoning_tokens must not exceed completion_tokens");
+    default: return ga_fail(L, "INVALID", "the cost of this call is too large to represent");
+  }
+  if (m->n >= METER_MAX_CALLS) return ga_fail(L, "LIMIT", "a meter holds at most %d calls", METER_MAX_CALLS);
+  if (__builtin_add_overflow(m->sum.prompt, c.u.prompt, &sum.prompt) ||
+      __builtin_add_overflow(m->sum.completion, c.u.completion, &sum.completion) ||
+      __builtin_add_overflow(m->sum.cached, c.u.cached, &sum.cached) ||
+      __builtin_add_overflow(m->sum.cache_write, c.u.cache_write, &sum.cache_write) ||
+      __builtin_add_overflow(m->sum.reasoning, c.u.reasoning, &sum.reasoning) ||
+      __builtin_add_overflow(m->sum_total, c.total, &sum_total) ||
+      __builtin_add_overflow(m->sum_wait, c.wait_us, &sum_wait))
+    return ga_fail(L, "INVALID", "the meter's token sums would overflow");
+
+  /* all checks passed; from here only allocation can fail, and it raises with
+   * nothing of this call allocated yet */
+  if (m->n == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 8;
+    meter_call *nc = (meter_call *)realloc(m->c, cap * sizeof *nc);
+    if (!nc) return luaL_error(L, "out of memory");
+    m->c = nc;
+    m->cap = cap;
+  }
+  mem = (char *)malloc(kind_len + model_len + 2);
+  if (!mem) return luaL_error(L, "out of memory");
+  memcpy(mem, kind, kind_len);
+  mem[kind_len] = '\0';
+  c.kind = mem;
+  c.kind_len = kind_len;
+  if (model) {
+    c.model = mem + kind_len + 1;
+    memcpy(c.model, model, model_len);
+    c.model[model_len] = '\0';
+    c.model_len = model_len;
+  }
+  m->c[m->n++] = c;
+  m->sum = sum;
+  m->sum_total = sum_total;
+  m->sum_wait = sum_wait;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void set_int(lua_State *L, const char *name, int64_t v) {
+  ga_pushint64(L, (long long)v);
+  lua_setfield(L, -2, name);
+}
+
+static void set_usd(lua_State *L, const char *name, u128 pico) {
+  lua_pushnumber(L, (lua_Number)usd_from_u128(pico));
+  lua_setfield(L, -2, name);
+}
+
+static void set_tokens(lua_State *L, const ga_usage *u, int64_t total) {
+  set_int(L, "prompt_tokens", u->prompt);
+  set_int(L, "completion_tokens", u->completion);
+  set_int(L, "total_tokens", total);
+  set_int(L, "cached_prompt_tokens", u->cached);
+  set_int(L, "cache_write_tokens", u->cache_write);
+  set_int(L, "reasoning_tokens", u->reasoning);
+}
+
+/* m:totals() -> the sums and the per-call list. A cost that depends on an
+ * unpriced call is nil, never 0; USD numbers come from the exact sums. */
+static int meter_totals(lua_State *L) {
+  meter *m = check_meter(L);
+  u128 cost = 0, initial = 0, repair = 0, provider = 0;
+  int all_priced = 1, initial_priced = 1, repair_priced = 1, has_provider = 0;
+  size_t i, n_initial = 0, n_repair = 0;
+  char dec[40];
+  for (i = 0; i < m->n; i++) {
+    const meter_call *c = &m->c[i];
+    int is_initial = c->kind_len == 7 && memcmp(c->kind, "initial", 7) == 0;
+    int is_repair = c->kind_len == 6 && memcmp(c->kind, "repair", 6) == 0;
+    n_initial += (size_t)is_initial;
+    n_repair += (size_t)is_repair;
+    if (c->priced) {
+      cost += (u128)c->cost;
+      if (is_initial) initial += (u128)c->cost;
+      if (is_repair) repair += (u128)c->cost;
+    } else {
+      all_priced = 0;
+      if (is_initial) initial_priced = 0;
+      if (is_repair) repair_priced = 0;
+    }
+    if (c->has_provider) {
+      has_provider = 1;
+      provider += (u128)c->provider_pico;
+    }
+  }
+  lua_createtable(L, 0, 16);
+  set_tokens(L, &m->sum, m->sum_total);
+  if (all_priced) {
+    set_usd(L, "estimated_cost", cost);
+    u128_dec(cost, dec);
+    lua_pushstring(L, dec);
+    lua_setfield(L, -2, "estimated_cost_picousd");
+  }
+  if (n_initial > 0 && initial_priced) set_usd(L, "initial_cost", initial);
+  if (n_repair > 0 ? repair_priced : all_priced) set_usd(L, "repair_cost", repair);
+  if (has_provider) set_usd(L, "provider_cost", provider);
+  lua_pushstring(L, has_provider ? (all_priced ? "provider_reported+local_estimate" : "provider_reported")
+                                 : (all_priced ? "local_estimate" : "unpriced"));
+  lua_setfield(L, -2, "cost_source");
+  lua_createtable(L, (int)m->n, 0);
+  for (i = 0; i < m->n; i++) {
+    const meter_call *c = &m->c[i];
+    lua_createtable(L, 0, 12);
+    lua_pushlstring(L, c->kind, c->kind_len);
+    lua_setfield(L, -2, "kind");
+    if (c->model) {
+      lua_pushlstring(L, c->model, c->model_len);
+      lua_setfield(L, -2, "model");
+    }
+    set_tokens(L, &c->u, c->total);
+    if (c->priced) set_usd(L, "cost", (u128)c->cost);
+    if (c->has_provider) set_usd(L, "provider_cost", (u128)c->provider_pico);
+    set_int(L, "provider_wait_us", c->wait_us);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "calls");
+  set_int(L, "call_count", (int64_t)m->n);
+  set_int(L, "provider_wait_us", m->sum_wait);
+  return 1;
+}
+
+/* m:reset() -> true; forgets every call */
+static int meter_reset(lua_State *L) {
+  meter *m = check_meter(L);
+  meter_clear(m);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int meter_gc(lua_State *L) {
+  meter *m = (meter *)luaL_checkudata(L, 1, METER_MT);
+  meter_clear(m);
+  m->closed = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int meter_tostring(lua_State *L) {
+  meter *m = (meter *)luaL_checkudata(L, 1, METER_MT);
+  if (m->closed) lua_pushliteral(L, "genaudit.meter (closed)");
+  else lua_pushfstring(L, "genaudit.meter (%d call%s)", (int)m->n, m->n == 1 ? "" : "s");
+  return 1;
+}
+
+/* core.usd_from_picousd(integer or decimal string of an integer) -> USD number,
+ * the double nearest the exact value. Raises on anything else. */
+static int l_usd_from_picousd(lua_State *L) {
+  char dec[64];
+  long long v;
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    size_t n, i;
+    const char *s = lua_tolstring(L, 1, &n);
+    i = n > 0 && s[0] == '-';
+    if (n == i || n >= sizeof dec) return luaL_argerror(L, 1, "decimal digits of an integer expected");
+    for (; i < n; i++)
+      if (s[i] < '0' || s[i] > '9') return luaL_argerror(L, 1, "decimal digits of an integer expected");
+    memcpy(dec, s, n);
+    dec[n] = '\0';
+  } else if (ga_tointeger(L, 1, &v)) {
+    snprintf(dec, sizeof dec, "%lld", v);
+  } else {
+    return luaL_argerror(L, 1, "integer or decimal string of an integer expected");
+  }
+  lua_pushnumber(L, (lua_Number)ga_usd_from_pico_text(dec));
+  return 1;
+}
+
+void ga_open_meter(lua_State *L) {
+  static const luaL_Reg pt_methods[] = {
+      {"set", pt_set}, {"get", pt_get}, {"count", pt_count}, {"close", pt_gc}, {NULL, NULL}};
+  static const luaL_Reg meter_methods[] = {
+      {"add_call", meter_add_call}, {"totals", meter_totals}, {"reset", meter_reset},
+      {"close", meter_gc},          {NULL, NULL}};
+  ga_newclass(L, PT_MT, pt_methods, pt_gc, pt_tostring);
+  ga_newclass(L, METER_MT, meter_methods, meter_gc, meter_tostring);
+  lua_pushcfunction(L, l_price_table);
+  lua_setfield(L, -2, "price_table");
+  lua_pushcfunction(L, l_meter);
+  lua_setfield(L, -2, "meter");
+  lua_pushcfunction(L, l_usd_from_picousd);
+  lua_setfield(L, -2, "usd_from_picousd");
+}

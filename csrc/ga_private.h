@@ -1,0 +1,141 @@
+/* ga_private.h — declarations shared by the C files of genaudit.core.
+ * Plain-C cores (no lua_State) are declared next to their Lua openers. */
+#ifndef GA_PRIVATE_H
+#define GA_PRIVATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "ga_compat.h"
+
+#define GA_EXPORT __attribute__((visibility("default")))
+
+/* Returns nil, "CODE: message", "CODE" (luv's triple); always 3 results. */
+int ga_fail(lua_State *L, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Registers methods + metatable fields for a userdata type under `tname`:
+ * __index = methods, __gc/__close = gc, __tostring = tostr, __name = tname. */
+void ga_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
+                 lua_CFunction gc, lua_CFunction tostr);
+
+/* ---- clock (ga_clock.c) ---- */
+uint64_t ga_monotonic_ns(void);
+int64_t ga_realtime_ms(void);
+void ga_open_clock(lua_State *L);   /* adds functions to the table on top */
+
+/* ---- ULID (ga_ulid.c) ---- */
+typedef struct { int64_t last_ms; uint8_t rnd[10]; } ga_ulid_state;
+/* Writes 26 Crockford base32 chars (no NUL) for time `ms`; monotonic within one ms.
+ * Returns 0, or -1 when the random source fails or the 80-bit counter overflows. */
+int ga_ulid_next(ga_ulid_state *st, int64_t ms, char out[26]);
+void ga_open_ulid(lua_State *L);
+
+/* ---- exact JSON (ga_json.c) ---- */
+typedef struct { char *buf; size_t len, cap; int oom; } ga_buf;
+void ga_buf_init(ga_buf *b);
+void ga_buf_free(ga_buf *b);
+void ga_buf_add(ga_buf *b, const char *s, size_t n);
+void ga_buf_addc(ga_buf *b, char c);
+void ga_buf_addstr(ga_buf *b, const char *s);
+void ga_json_string(ga_buf *b, const char *s, size_t n);
+/* Shortest decimal that reads back as the same double (%.15g..%.17g).
+ * Returns -1 for NaN/inf, which JSON cannot hold. */
+int ga_json_double(ga_buf *b, double d);
+void ga_json_int(ga_buf *b, long long v);
+/* Encodes the Lua value at idx. Arrays: tables with keys 1..n (an empty table
+ * is []). Object keys are sorted. ga_null (lightuserdata NULL) is null.
+ * Returns 0, or -1 with a message in err (at most errlen bytes). */
+int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_t errlen);
+/* Writes the string-keyed members of the table at idx, sorted, without braces,
+ * leaving out the names in `skip` (NULL-terminated). need_comma: a member was
+ * already written. Returns 0 or -1 with err set. */
+int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip,
+                    int need_comma, char *err, size_t errlen);
+int ga_isnull(lua_State *L, int idx);
+void ga_open_json(lua_State *L);
+
+/* ---- one snapshot row (ga_row.c) ---- */
+/* A text column: p/n point into Lua strings held by the row table (no copy,
+ * NUL bytes kept), or into `own`; set == 0 means SQL NULL. */
+typedef struct { const char *p; size_t n; int set; } ga_text;
+
+enum {
+  GA_COL_ID, GA_COL_CREATED_AT, GA_COL_ORG_ID, GA_COL_USER_ID, GA_COL_PLATFORM,
+  GA_COL_TEMPLATE_ID, GA_COL_TEMPLATE_VERSION, GA_COL_STATUS, GA_COL_CONTENT, GA_COL_ERROR,
+  GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_TOKEN_METRICS,
+  GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS, GA_COL_REQUEST_PARAMS, GA_COL_REPLAY_OF,
+  GA_NCOLS
+};
+
+typedef struct {
+  ga_text col[GA_NCOLS];
+  char id[26];
+  char created_at[24];
+  char numbuf[3][24]; /* integer ids and versions rendered as text */
+  ga_buf json[4];     /* token, performance, repair metrics; request params */
+} ga_row;
+
+extern const char *const ga_col_names[GA_NCOLS];
+
+/* Validates the persist_generation table at idx and fills `row` (id and
+ * created_at are left to the caller). Returns 0, or -1 with a message in err.
+ * The row's text pointers stay valid while the table at idx is alive. */
+int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen);
+void ga_row_free(ga_row *row);
+/* Sets row id (ULID) and created_at ("YYYY-MM-DD HH:MM:SS.mmm", UTC) from one
+ * wall-clock reading unless created_at was given. Returns 0 or -1. */
+int ga_row_stamp(ga_row *row, ga_ulid_state *ulid);
+
+/* ---- filesystem facts (ga_fs.c) ---- */
+void ga_open_fs(lua_State *L);
+
+/* ---- SQLite store (ga_store.c) ---- */
+void ga_open_store(lua_State *L);
+
+/* ---- further concerns register themselves below ---- */
+
+/* ---- token accounting and cost (ga_meter.c) ---- */
+/* Prices are int64 picodollars (1e-12 USD) per token; `has` bit i says pico[i]
+ * is set. Indexes follow LiteLLM's field names in ga_price_names. */
+enum {
+  GA_PRICE_INPUT, GA_PRICE_OUTPUT, GA_PRICE_CACHE_READ, GA_PRICE_CACHE_CREATION,
+  GA_PRICE_REASONING, GA_PRICE_INPUT_ABOVE_200K, GA_PRICE_OUTPUT_ABOVE_200K,
+  GA_PRICE_CACHE_READ_ABOVE_200K, GA_PRICE_CACHE_CREATION_ABOVE_200K, GA_NPRICES
+};
+typedef struct { int64_t pico[GA_NPRICES]; unsigned has; } ga_prices;
+extern const char *const ga_price_names[GA_NPRICES];
+/* Normalized usage: prompt INCLUDES cached and cache_write; completion
+ * INCLUDES reasoning. */
+typedef struct { int64_t prompt, completion, cached, cache_write, reasoning; } ga_usage;
+#define GA_TIER_TOKENS 200000 /* prompt_tokens above this use the *_above_200k prices */
+enum { GA_DEC_MALFORMED = -1, GA_DEC_OVERFLOW = -2 };
+/* Parses a non-negative decimal ("3e-07", "0.000003", "+1.5E-6"; no sign,
+ * spaces or hex) into picodollars, rounding half up below 1e-12. Returns 0,
+ * GA_DEC_MALFORMED, or GA_DEC_OVERFLOW past INT64_MAX. */
+int ga_decimal_to_pico(const char *s, size_t n, int64_t *out);
+/* The same for a double, through the shortest decimal that reads back as it
+ * (the text the price was written as). NaN, inf and negatives: GA_DEC_MALFORMED. */
+int ga_double_to_pico(double d, int64_t *out);
+enum {
+  GA_COST_OK = 0, GA_COST_UNPRICED = 1, GA_COST_NEGATIVE = -1, GA_COST_BAD_CACHED = -2,
+  GA_COST_BAD_REASONING = -3, GA_COST_OVERFLOW = -4
+};
+/* Cost of one call in picodollars (128-bit intermediates) into *out:
+ *   (prompt - cached - cache_write) * input + cached * (cache_read or input)
+ *   + cache_write * (cache_creation or input) + (completion - reasoning) * output
+ *   + reasoning * (reasoning or output),
+ * with the above_200k input/output prices when prompt > GA_TIER_TOKENS and they
+ * exist. Checks the usage first (GA_COST_NEGATIVE, _BAD_CACHED when cached +
+ * cache_write > prompt, _BAD_REASONING when reasoning > completion); then
+ * GA_COST_UNPRICED when p is NULL or a price needed for a nonzero count is
+ * missing; GA_COST_OVERFLOW past INT64_MAX. No lua_State: usable from C tests. */
+int ga_call_cost(const ga_prices *p, const ga_usage *u, int64_t *out);
+/* USD nearest to `digits` (an integer in decimal) picodollars; one rounding. */
+double ga_usd_from_pico_text(const char *digits);
+/* core.price_table(), core.meter(), core.usd_from_picousd() */
+void ga_open_meter(lua_State *L);
+
+/* ---- HTTP client (ga_http.c) ---- */
+void ga_open_http(lua_State *L);
+
+#endif

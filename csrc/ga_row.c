@@ -1,0 +1,331 @@
+/* ga_row.c — turns the table given to persist_generation into one row of
+ * generation_snapshots: checks every field, and builds the three metric
+ * documents exactly (the spec's keys first, in the spec's order, then any
+ * extra keys sorted). Shared by every store backend. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include "ga_private.h"
+
+const char *const ga_col_names[GA_NCOLS] = {
+    "id", "created_at", "org_id", "user_id", "platform", "template_id", "template_version",
+    "status", "content", "error", "final_system_prompt", "final_user_prompt", "token_metrics",
+    "performance_metrics", "repair_metrics", "request_params", "replay_of"};
+
+#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
+
+/* Field kinds for the top-level text columns. */
+enum { F_STR, F_ID };
+
+/* Reads field `name` of the table at idx into col. required: absent is an
+ * error. F_ID also takes an integer (rendered into numbuf). Leaves the stack
+ * as it found it: the string stays alive in the table. */
+static int text_field(lua_State *L, int idx, const char *name, int kind, int required, int nonempty,
+                      ga_text *col, char *numbuf, char *err, size_t errlen) {
+  int t;
+  long long iv;
+  lua_getfield(L, idx, name);
+  t = lua_type(L, -1);
+  col->set = 0;
+  if (t == LUA_TNIL || ga_isnull(L, -1)) {
+    lua_pop(L, 1);
+    if (required) FAIL("%s is required", name);
+    return 0;
+  }
+  if (t == LUA_TSTRING) {
+    col->p = lua_tolstring(L, -1, &col->n);
+    col->set = 1;
+  } else if (kind == F_ID && t == LUA_TNUMBER && ga_tointeger(L, -1, &iv)) {
+    col->n = (size_t)snprintf(numbuf, 24, "%lld", iv);
+    col->p = numbuf;
+    col->set = 1;
+  } else {
+    const char *tn = luaL_typename(L, -1);
+    lua_pop(L, 1);
+    FAIL("%s must be a %s (got %s)", name, kind == F_ID ? "string or an integer" : "string", tn);
+  }
+  lua_pop(L, 1); /* the table still references the string */
+  if (nonempty && col->n == 0) FAIL("%s must not be empty", name);
+  return 0;
+}
+
+/* Pushes field `key` of the table at tidx; returns its Lua type. */
+static int getf(lua_State *L, int tidx, const char *key) {
+  lua_getfield(L, tidx, key);
+  return ga_isnull(L, -1) ? LUA_TNIL : lua_type(L, -1);
+}
+
+/* Writes ,"key":<non-negative integer>; dflt < 0: required. Pops nothing. */
+static int count_member(lua_State *L, int tidx, const char *obj, const char *key, long long dflt,
+                        int first, ga_buf *b, long long *out, char *err, size_t errlen) {
+  long long v;
+  int t = getf(L, tidx, key);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    if (dflt < 0) FAIL("%s.%s is required", obj, key);
+    v = dflt;
+  } else {
+    int ok = ga_tointeger(L, -1, &v);
+    lua_pop(L, 1);
+    if (!ok || v < 0) FAIL("%s.%s must be a non-negative integer", obj, key);
+  }
+  if (!first) ga_buf_addc(b, ',');
+  ga_buf_addc(b, '"');
+  ga_buf_addstr(b, key);
+  ga_buf_add(b, "\":", 2);
+  ga_json_int(b, v);
+  if (out) *out = v;
+  return 0;
+}
+
+/* Writes ,"key":<number >= 0 or null>. required: absent is an error. */
+static int number_member(lua_State *L, int tidx, const char *obj, const char *key, int required,
+                         int first, ga_buf *b, char *err, size_t errlen) {
+  int t = getf(L, tidx, key);
+  if (!first) ga_buf_addc(b, ',');
+  ga_buf_addc(b, '"');
+  ga_buf_addstr(b, key);
+  ga_buf_add(b, "\":", 2);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    if (required) FAIL("%s.%s is required", obj, key);
+    ga_buf_add(b, "null", 4);
+    return 0;
+  }
+  if (t != LUA_TNUMBER) {
+    lua_pop(L, 1);
+    FAIL("%s.%s must be a number", obj, key);
+  }
+  {
+    long long iv;
+    double d = (double)lua_tonumber(L, -1);
+    int is_int = 0;
+#if LUA_VERSION_NUM >= 503
+    is_int = lua_isinteger(L, -1) && ga_tointeger(L, -1, &iv);
+#else
+    (void)iv;
+#endif
+    lua_pop(L, 1);
+    if (isnan(d) || isinf(d) || d < 0) FAIL("%s.%s must be a finite number >= 0", obj, key);
+    if (is_int) ga_json_int(b, iv);
+    else ga_json_double(b, d);
+  }
+  return 0;
+}
+
+/* Writes the remaining members of the table at tidx (extra keys, sorted). */
+static int rest_members(lua_State *L, int tidx, const char *obj, const char *const *skip, ga_buf *b,
+                        char *err, size_t errlen) {
+  char e[160];
+  if (ga_json_members(L, tidx, b, 1, skip, 1, e, sizeof e) != 0) FAIL("%s: %s", obj, e);
+  return 0;
+}
+
+/* Checks field `name` is a table and leaves it on the stack (absolute index in *tidx). */
+static int table_field(lua_State *L, int idx, const char *name, int *tidx, char *err, size_t errlen) {
+  int t = getf(L, idx, name);
+  if (t != LUA_TTABLE) {
+    const char *tn = t == LUA_TNIL ? "nil" : luaL_typename(L, -1);
+    lua_pop(L, 1);
+    FAIL("%s must be a table (got %s)", name, tn);
+  }
+  *tidx = lua_gettop(L);
+  return 0;
+}
+
+static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
+  static const char *const skip[] = {"prompt_tokens", "completion_tokens", "total_tokens", "estimated_cost", NULL};
+  int tidx, rc;
+  long long p = 0, c = 0;
+  if (table_field(L, idx, "token_usage", &tidx, err, errlen) != 0) return -1;
+  ga_buf_addc(b, '{');
+  rc = count_member(L, tidx, "token_usage", "prompt_tokens", -1, 1, b, &p, err, errlen);
+  if (rc == 0) rc = count_member(L, tidx, "token_usage", "completion_tokens", -1, 0, b, &c, err, errlen);
+  if (rc == 0) {
+    if (p > (1LL << 53) || c > (1LL << 53)) {
+      snprintf(err, errlen, "token_usage: token counts above 2^53 are not plausible");
+      rc = -1;
+    }
+  }
+  if (rc == 0) rc = count_member(L, tidx, "token_usage", "total_tokens", p + c, 0, b, NULL, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, err, errlen);
+  if (rc == 0) rc = rest_members(L, tidx, "token_usage", skip, b, err, errlen);
+  lua_pop(L, 1);
+  if (rc == 0) ga_buf_addc(b, '}');
+  return rc;
+}
+
+static int build_performance_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
+  static const char *const skip[] = {"total_latency_ms", "provider_latency_ms", "model_identifier", NULL};
+  int tidx, rc, t;
+  if (table_field(L, idx, "performance", &tidx, err, errlen) != 0) return -1;
+  ga_buf_addc(b, '{');
+  rc = number_member(L, tidx, "performance", "total_latency_ms", 1, 1, b, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "performance", "provider_latency_ms", 1, 0, b, err, errlen);
+  if (rc == 0) {
+    t = getf(L, tidx, "model_identifier");
+    ga_buf_add(b, ",\"model_identifier\":", 20);
+    if (t == LUA_TSTRING) {
+      size_t n;
+      const char *s = lua_tolstring(L, -1, &n);
+      ga_json_string(b, s, n);
+    } else if (t == LUA_TNIL) {
+      ga_buf_add(b, "null", 4);
+    } else {
+      snprintf(err, errlen, "performance.model_identifier must be a string");
+      rc = -1;
+    }
+    lua_pop(L, 1);
+  }
+  if (rc == 0) rc = rest_members(L, tidx, "performance", skip, b, err, errlen);
+  lua_pop(L, 1);
+  if (rc == 0) ga_buf_addc(b, '}');
+  return rc;
+}
+
+static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
+  static const char *const skip[] = {"repair_count", "repair_types", "initial_validation_score", "repair_log", NULL};
+  int tidx, rc, t;
+  char e[160];
+  if (table_field(L, idx, "repair_info", &tidx, err, errlen) != 0) return -1;
+  ga_buf_addc(b, '{');
+  rc = count_member(L, tidx, "repair_info", "repair_count", 0, 1, b, NULL, err, errlen);
+  if (rc == 0) { /* repair_types: an array of slugs */
+    t = getf(L, tidx, "repair_types");
+    ga_buf_add(b, ",\"repair_types\":", 16);
+    if (t == LUA_TNIL) {
+      ga_buf_add(b, "[]", 2);
+    } else if (t == LUA_TTABLE) {
+      size_t i, n = ga_rawlen(L, -1), keys = 0;
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) { lua_pop(L, 1); keys++; }
+      if (keys != n) rc = -1;
+      for (i = 1; rc == 0 && i <= n; i++) {
+        lua_rawgeti(L, -1, (int)i);
+        if (lua_type(L, -1) != LUA_TSTRING) rc = -1;
+        lua_pop(L, 1);
+      }
+      if (rc == 0 && ga_json_encode(L, lua_gettop(L), b, 1, e, sizeof e) != 0) rc = -1;
+      if (rc != 0) snprintf(err, errlen, "repair_info.repair_types must be an array of strings");
+    } else {
+      snprintf(err, errlen, "repair_info.repair_types must be an array of strings");
+      rc = -1;
+    }
+    lua_pop(L, 1);
+  }
+  if (rc == 0) rc = number_member(L, tidx, "repair_info", "initial_validation_score", 0, 0, b, err, errlen);
+  if (rc == 0) { /* repair_log: text or any JSON value; [] when absent */
+    t = getf(L, tidx, "repair_log");
+    ga_buf_add(b, ",\"repair_log\":", 14);
+    if (t == LUA_TNIL) {
+      ga_buf_add(b, "[]", 2);
+    } else if (t == LUA_TSTRING || t == LUA_TTABLE) {
+      if (ga_json_encode(L, lua_gettop(L), b, 1, e, sizeof e) != 0) {
+        snprintf(err, errlen, "repair_info.repair_log: %s", e);
+        rc = -1;
+      }
+    } else {
+      snprintf(err, errlen, "repair_info.repair_log must be a string or a table");
+      rc = -1;
+    }
+    lua_pop(L, 1);
+  }
+  if (rc == 0) rc = rest_members(L, tidx, "repair_info", skip, b, err, errlen);
+  lua_pop(L, 1);
+  if (rc == 0) ga_buf_addc(b, '}');
+  return rc;
+}
+
+void ga_row_free(ga_row *row) {
+  int i;
+  for (i = 0; i < 4; i++) ga_buf_free(&row->json[i]);
+}
+
+static void set_json(ga_row *row, int col, int j) {
+  row->col[col].p = row->json[j].buf;
+  row->col[col].n = row->json[j].len;
+  row->col[col].set = 1;
+}
+
+int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
+  int t;
+  char e[160];
+  memset(row, 0, sizeof *row);
+  idx = ga_absindex(L, idx);
+  if (text_field(L, idx, "org_id", F_ID, 1, 1, &row->col[GA_COL_ORG_ID], row->numbuf[0], err, errlen) ||
+      text_field(L, idx, "user_id", F_ID, 1, 1, &row->col[GA_COL_USER_ID], row->numbuf[1], err, errlen) ||
+      text_field(L, idx, "platform", F_STR, 1, 1, &row->col[GA_COL_PLATFORM], NULL, err, errlen) ||
+      text_field(L, idx, "template_id", F_STR, 1, 1, &row->col[GA_COL_TEMPLATE_ID], NULL, err, errlen) ||
+      text_field(L, idx, "template_version", F_ID, 0, 0, &row->col[GA_COL_TEMPLATE_VERSION], row->numbuf[2], err, errlen) ||
+      text_field(L, idx, "status", F_STR, 0, 1, &row->col[GA_COL_STATUS], NULL, err, errlen) ||
+      text_field(L, idx, "content", F_STR, 0, 0, &row->col[GA_COL_CONTENT], NULL, err, errlen) ||
+      text_field(L, idx, "error", F_STR, 0, 0, &row->col[GA_COL_ERROR], NULL, err, errlen) ||
+      text_field(L, idx, "final_system_prompt", F_STR, 1, 0, &row->col[GA_COL_FINAL_SYSTEM_PROMPT], NULL, err, errlen) ||
+      text_field(L, idx, "final_user_prompt", F_STR, 1, 0, &row->col[GA_COL_FINAL_USER_PROMPT], NULL, err, errlen) ||
+      text_field(L, idx, "replay_of", F_STR, 0, 1, &row->col[GA_COL_REPLAY_OF], NULL, err, errlen) ||
+      text_field(L, idx, "created_at", F_STR, 0, 1, &row->col[GA_COL_CREATED_AT], NULL, err, errlen))
+    return -1;
+  {
+    ga_text *st = &row->col[GA_COL_STATUS];
+    if (!st->set) {
+      st->p = "completed";
+      st->n = 9;
+      st->set = 1;
+    } else if (!((st->n == 9 && memcmp(st->p, "completed", 9) == 0) || (st->n == 6 && memcmp(st->p, "failed", 6) == 0))) {
+      FAIL("status must be 'completed' or 'failed'");
+    }
+    if (st->n == 6 && !row->col[GA_COL_ERROR].set) FAIL("error is required when status is 'failed'");
+  }
+  if (build_token_metrics(L, idx, &row->json[0], err, errlen) ||
+      build_performance_metrics(L, idx, &row->json[1], err, errlen) ||
+      build_repair_metrics(L, idx, &row->json[2], err, errlen))
+    return -1;
+  t = getf(L, idx, "request_params");
+  if (t == LUA_TTABLE) {
+    if (ga_json_encode(L, lua_gettop(L), &row->json[3], 0, e, sizeof e) != 0) {
+      lua_pop(L, 1);
+      FAIL("request_params: %s", e);
+    }
+    set_json(row, GA_COL_REQUEST_PARAMS, 3);
+  } else if (t != LUA_TNIL) {
+    lua_pop(L, 1);
+    FAIL("request_params must be a table");
+  }
+  lua_pop(L, 1);
+  {
+    int i;
+    for (i = 0; i < 4; i++)
+      if (row->json[i].oom) FAIL("out of memory");
+  }
+  set_json(row, GA_COL_TOKEN_METRICS, 0);
+  set_json(row, GA_COL_PERFORMANCE_METRICS, 1);
+  set_json(row, GA_COL_REPAIR_METRICS, 2);
+  return 0;
+}
+
+int ga_row_stamp(ga_row *row, ga_ulid_state *ulid) {
+  int64_t ms = ga_realtime_ms();
+  if (ga_ulid_next(ulid, ms, row->id) != 0) return -1;
+  row->col[GA_COL_ID].p = row->id;
+  row->col[GA_COL_ID].n = 26;
+  row->col[GA_COL_ID].set = 1;
+  if (!row->col[GA_COL_CREATED_AT].set) {
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    if (strftime(row->created_at, 20, "%Y-%m-%d %H:%M:%S", &tm) != 19) return -1;
+    {
+      int frac = (int)(ms % 1000);
+      row->created_at[19] = '.';
+      row->created_at[20] = (char)('0' + frac / 100);
+      row->created_at[21] = (char)('0' + frac / 10 % 10);
+      row->created_at[22] = (char)('0' + frac % 10);
+      row->created_at[23] = '\0';
+    }
+    row->col[GA_COL_CREATED_AT].p = row->created_at;
+    row->col[GA_COL_CREATED_AT].n = 23;
+    row->col[GA_COL_CREATED_AT].set = 1;
+  }
+  return 0;
+}

@@ -1,0 +1,492 @@
+/* ga_store.c — the SQLite snapshot store: one connection per store object,
+ * migrations tracked in schema_migrations, persist of one snapshot through a
+ * cached persistent statement, and read-only queries with bound parameters
+ * through a small per-store statement cache. All SQL this file prepares sits
+ * in the block below; the schema itself lives in migrations/sqlite/. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sqlite3.h>
+#include "ga_private.h"
+
+#define STORE_MT "genaudit.sqlite_store"
+#define QCACHE 16
+
+/* ---- the statements this file prepares ---- */
+static const char SQL_INSERT[] =
+    "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
+    " template_version, status, content, error, final_system_prompt, final_user_prompt,"
+    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
+    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)";
+static const char SQL_MIGRATIONS_TABLE[] =
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+    " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))";
+static const char SQL_MIGRATION_APPLIED[] = "SELECT 1 FROM schema_migrations WHERE version = ?1";
+static const char SQL_MIGRATION_RECORD[] = "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)";
+static const char SQL_SCHEMA_VERSION[] = "SELECT coalesce(max(version), 0) FROM schema_migrations";
+
+typedef struct {
+  char *sql;
+  size_t len;
+  sqlite3_stmt *st;
+  uint64_t used;
+} qentry;
+
+typedef struct {
+  sqlite3 *db; /* NULL once closed */
+  sqlite3_stmt *insert;
+  qentry q[QCACHE];
+  uint64_t tick;
+  ga_ulid_state ulid;
+  int readonly;
+} store;
+
+static store *check_store(lua_State *L) {
+  store *s = (store *)luaL_checkudata(L, 1, STORE_MT);
+  if (!s->db) luaL_error(L, "attempt to use a closed store");
+  return s;
+}
+
+static int store_close_impl(store *s) {
+  int i;
+  if (!s->db) return 0;
+  sqlite3_finalize(s->insert);
+  s->insert = NULL;
+  for (i = 0; i < QCACHE; i++) {
+    sqlite3_finalize(s->q[i].st);
+    free(s->q[i].sql);
+    memset(&s->q[i], 0, sizeof s->q[i]);
+  }
+  sqlite3_close_v2(s->db);
+  s->db = NULL;
+  return 0;
+}
+
+static int l_store_close(lua_State *L) {
+  store *s = (store *)luaL_checkudata(L, 1, STORE_MT);
+  store_close_impl(s);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_store_tostring(lua_State *L) {
+  store *s = (store *)luaL_checkudata(L, 1, STORE_MT);
+  if (!s->db) lua_pushliteral(L, "genaudit.sqlite_store (closed)");
+  else lua_pushfstring(L, "genaudit.sqlite_store (%s)", sqlite3_db_filename(s->db, "main"));
+  return 1;
+}
+
+static int fail_db(lua_State *L, store *s, const char *what) {
+  int rc = sqlite3_extended_errcode(s->db);
+  const char *code = (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED ? "BUSY"
+                     : (rc & 0xff) == SQLITE_CONSTRAINT                         ? "CONSTRAINT"
+                     : (rc & 0xff) == SQLITE_READONLY                           ? "READONLY"
+                                                                                : "SQLITE";
+  return ga_fail(L, code, "%s: %s", what, sqlite3_errmsg(s->db));
+}
+
+/* Runs a PRAGMA or other statement without results; 0 or an SQLite code. */
+static int exec(store *s, const char *sql) { return sqlite3_exec(s->db, sql, NULL, NULL, NULL); }
+
+/* core.sqlite_open(path, opts) -> store | nil, err, code
+ * opts: journal_mode ("wal"), synchronous ("normal"), busy_timeout (ms, 5000),
+ * readonly (false). A new database file is created with mode 0600. */
+static int l_sqlite_open(lua_State *L) {
+  static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
+  static const char *const journals[] = {"wal", "delete", "truncate", "memory", NULL};
+  const char *path = luaL_checkstring(L, 1);
+  int sync = 1, journal = 0, readonly = 0, flags, rc;
+  long long busy = 5000;
+  store *s;
+  char sql[96];
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "synchronous");
+    if (!lua_isnil(L, -1)) sync = luaL_checkoption(L, -1, NULL, syncs);
+    lua_getfield(L, 2, "journal_mode");
+    if (!lua_isnil(L, -1)) journal = luaL_checkoption(L, -1, NULL, journals);
+    lua_getfield(L, 2, "busy_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &busy) || busy < 0 || busy > 3600000))
+      return luaL_argerror(L, 2, "busy_timeout must be an integer number of ms (0-3600000)");
+    lua_getfield(L, 2, "readonly");
+    readonly = lua_toboolean(L, -1);
+    lua_pop(L, 4);
+  }
+  /* closed userdata first, then the resource: nothing leaks if Lua raises */
+  s = (store *)ga_newuserdata(L, sizeof *s);
+  memset(s, 0, sizeof *s);
+  luaL_getmetatable(L, STORE_MT);
+  lua_setmetatable(L, -2);
+  s->readonly = readonly;
+
+  if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
+    /* create the file ourselves so it is private (0600) from the start */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return ga_fail(L, "OPEN", "cannot open database '%s': %s", path, strerror(errno));
+    close(fd);
+  }
+  flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX |
+          SQLITE_OPEN_URI;
+  rc = sqlite3_open_v2(path, &s->db, flags, NULL);
+  if (rc != SQLITE_OK) {
+    int r;
+    if (!s->db) return ga_fail(L, "OPEN", "cannot open database '%s': out of memory", path);
+    lua_pushfstring(L, "cannot open database '%s': %s", path, sqlite3_errmsg(s->db));
+    sqlite3_close_v2(s->db);
+    s->db = NULL;
+    r = ga_fail(L, "OPEN", "%s", lua_tostring(L, -1));
+    return r;
+  }
+  sqlite3_extended_result_codes(s->db, 1);
+  sqlite3_busy_timeout(s->db, (int)busy);
+  if (!readonly) {
+    snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", journals[journal]);
+    if (exec(s, sql) != SQLITE_OK) {
+      int r = fail_db(L, s, "cannot set journal mode");
+      store_close_impl(s);
+      return r;
+    }
+  }
+  snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", syncs[sync]);
+  if (exec(s, sql) != SQLITE_OK || exec(s, "PRAGMA foreign_keys=ON") != SQLITE_OK) {
+    int r = fail_db(L, s, "cannot configure database");
+    store_close_impl(s);
+    return r;
+  }
+  /* a database that is not SQLite fails here rather than at first use */
+  if (exec(s, "SELECT count(*) FROM sqlite_master") != SQLITE_OK) {
+    int r = fail_db(L, s, "cannot read database");
+    store_close_impl(s);
+    return r;
+  }
+  return 1;
+}
+
+/* Steps a statement that returns no rows; resets it. */
+static int step_done(sqlite3_stmt *st) {
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static long long schema_version(store *s) {
+  sqlite3_stmt *st = NULL;
+  long long v = -1;
+  if (sqlite3_prepare_v2(s->db, SQL_SCHEMA_VERSION, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+/* store:migrate({ {version=, name=, sql=}, ... }) -> applied, version | nil, err, code
+ * Each pending migration runs in its own transaction together with its
+ * schema_migrations row; a failure rolls that migration back and stops. */
+static int l_store_migrate(lua_State *L) {
+  store *s = check_store(L);
+  size_t i, n;
+  int applied = 0, rc;
+  sqlite3_stmt *q = NULL, *rec = NULL;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = ga_rawlen(L, 2);
+  for (i = 1; i <= n; i++) { /* check everything before touching the database */
+    long long v;
+    lua_rawgeti(L, 2, (int)i);
+    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "migrations must be tables {version=, name=, sql=}");
+    lua_getfield(L, -1, "version");
+    if (!ga_tointeger(L, -1, &v) || v <= 0) return luaL_argerror(L, 2, "migration version must be a positive integer");
+    lua_getfield(L, -2, "name");
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration name must be a string");
+    lua_getfield(L, -3, "sql");
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration sql must be a string");
+    lua_pop(L, 4);
+  }
+  if (exec(s, SQL_MIGRATIONS_TABLE) != SQLITE_OK) return fail_db(L, s, "cannot create schema_migrations");
+  if (sqlite3_prepare_v2(s->db, SQL_MIGRATION_APPLIED, -1, &q, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(s->db, SQL_MIGRATION_RECORD, -1, &rec, NULL) != SQLITE_OK) {
+    rc = fail_db(L, s, "cannot prepare migration statements");
+    goto cleanup;
+  }
+  for (i = 1; i <= n; i++) {
+    long long v;
+    const char *name, *sql;
+    size_t namelen;
+    int done;
+    char *errmsg = NULL;
+    lua_rawgeti(L, 2, (int)i);
+    lua_getfield(L, -1, "version");
+    ga_tointeger(L, -1, &v);
+    lua_getfield(L, -2, "name");
+    name = lua_tolstring(L, -1, &namelen);
+    lua_getfield(L, -3, "sql");
+    sql = lua_tostring(L, -1);
+    sqlite3_bind_int64(q, 1, v);
+    done = sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_reset(q);
+    if (!done) {
+      if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) {
+        rc = fail_db(L, s, "cannot begin migration");
+        goto cleanup;
+      }
+      rc = sqlite3_exec(s->db, sql, NULL, NULL, &errmsg);
+      if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(rec, 1, v);
+        sqlite3_bind_text(rec, 2, name, (int)namelen, SQLITE_STATIC);
+        rc = step_done(rec);
+      }
+      if (rc == SQLITE_OK) rc = exec(s, "COMMIT");
+      if (rc != SQLITE_OK) {
+        lua_pushfstring(L, "%s", errmsg ? errmsg : sqlite3_errmsg(s->db));
+        sqlite3_free(errmsg);
+        exec(s, "ROLLBACK");
+        rc = ga_fail(L, "MIGRATION", "migration %04d_%s failed: %s (database left at version %d)", (int)v, name,
+                     lua_tostring(L, -1), (int)schema_version(s));
+        goto cleanup;
+      }
+      applied++;
+    }
+    lua_pop(L, 4);
+  }
+  lua_pushinteger(L, applied);
+  ga_pushint64(L, schema_version(s));
+  rc = 2;
+cleanup:
+  sqlite3_finalize(q);
+  sqlite3_finalize(rec);
+  return rc;
+}
+
+/* store:schema_version() -> integer (0 for an empty database) */
+static int l_store_schema_version(lua_State *L) {
+  store *s = check_store(L);
+  sqlite3_stmt *st = NULL;
+  int exists;
+  sqlite3_prepare_v2(s->db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'", -1, &st,
+                     NULL);
+  exists = st && sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_finalize(st);
+  ga_pushint64(L, exists ? schema_version(s) : 0);
+  return 1;
+}
+
+static void bind_row(sqlite3_stmt *st, const ga_row *row) {
+  int i;
+  for (i = 0; i < GA_NCOLS; i++) {
+    if (row->col[i].set) sqlite3_bind_text64(st, i + 1, row->col[i].p, row->col[i].n, SQLITE_STATIC, SQLITE_UTF8);
+    else sqlite3_bind_null(st, i + 1);
+  }
+}
+
+/* store:persist(row) -> id | nil, err, code. Writes nothing unless the whole
+ * row is valid; one INSERT, one transaction. */
+static int l_store_persist(lua_State *L) {
+  store *s = check_store(L);
+  ga_row row;
+  char err[256];
+  int rc;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (s->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
+  if (ga_row_build(L, 2, &row, err, sizeof err) != 0) {
+    ga_row_free(&row);
+    return ga_fail(L, "INVALID", "%s", err);
+  }
+  if (ga_row_stamp(&row, &s->ulid) != 0) {
+    ga_row_free(&row);
+    return ga_fail(L, "ULID", "cannot generate a snapshot id");
+  }
+  if (!s->insert &&
+      sqlite3_prepare_v3(s->db, SQL_INSERT, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) != SQLITE_OK) {
+    ga_row_free(&row);
+    return fail_db(L, s, "cannot prepare insert (is the store migrated?)");
+  }
+  bind_row(s->insert, &row);
+  rc = step_done(s->insert);
+  if (rc != SQLITE_OK) {
+    ga_row_free(&row);
+    return fail_db(L, s, "cannot persist snapshot");
+  }
+  lua_pushlstring(L, row.id, 26);
+  ga_row_free(&row);
+  return 1;
+}
+
+static int only_space(const char *p) {
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';') p++;
+  return *p == '\0';
+}
+
+/* Finds or prepares the statement for sql in the per-store LRU cache. Only a
+ * single read-only statement is cached: a hit reports an empty tail, so caching
+ * "SELECT 1; DELETE ..." would let its second call pass query()'s check.
+ * Returns NULL with the SQLite error left in the connection, or NULL with
+ * SQLITE_OK there when sql holds no statement at all. */
+static sqlite3_stmt *cached_stmt(store *s, const char *sql, size_t len, const char **tail) {
+  int i, victim = 0;
+  sqlite3_stmt *st = NULL;
+  char *copy;
+  for (i = 0; i < QCACHE; i++) {
+    if (s->q[i].st && s->q[i].len == len && memcmp(s->q[i].sql, sql, len) == 0) {
+      s->q[i].used = ++s->tick;
+      *tail = "";
+      return s->q[i].st;
+    }
+    if (s->q[i].used < s->q[victim].used) victim = i;
+  }
+  if (sqlite3_prepare_v3(s->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st, tail) != SQLITE_OK || !st) return NULL;
+  if (!only_space(*tail) || !sqlite3_stmt_readonly(st)) return st; /* refused by the caller, never cached */
+  copy = (char *)malloc(len + 1);
+  if (!copy) return st; /* usable, just not cached: caller finalizes uncached ones */
+  memcpy(copy, sql, len);
+  copy[len] = '\0';
+  sqlite3_finalize(s->q[victim].st);
+  free(s->q[victim].sql);
+  s->q[victim].sql = copy;
+  s->q[victim].len = len;
+  s->q[victim].st = st;
+  s->q[victim].used = ++s->tick;
+  return st;
+}
+
+static int is_cached(store *s, sqlite3_stmt *st) {
+  int i;
+  for (i = 0; i < QCACHE; i++)
+    if (s->q[i].st == st) return 1;
+  return 0;
+}
+
+/* Binds one Lua value at vidx to parameter i. Returns NULL or an error text. */
+static const char *bind_value(lua_State *L, sqlite3_stmt *st, int i, int vidx) {
+  long long iv;
+  switch (lua_type(L, vidx)) {
+    case LUA_TNUMBER:
+#if LUA_VERSION_NUM >= 503
+      if (lua_isinteger(L, vidx)) {
+        sqlite3_bind_int64(st, i, (sqlite3_int64)lua_tointeger(L, vidx));
+        return NULL;
+      }
+#else
+      if (ga_tointeger(L, vidx, &iv) && iv > -9007199254740992LL && iv < 9007199254740992LL) {
+        sqlite3_bind_int64(st, i, (sqlite3_int64)iv);
+        return NULL;
+      }
+#endif
+      (void)iv;
+      sqlite3_bind_double(st, i, (double)lua_tonumber(L, vidx));
+      return NULL;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *p = lua_tolstring(L, vidx, &n);
+      sqlite3_bind_text64(st, i, p, n, SQLITE_TRANSIENT, SQLITE_UTF8);
+      return NULL;
+    }
+    case LUA_TBOOLEAN: sqlite3_bind_int(st, i, lua_toboolean(L, vidx)); return NULL;
+    case LUA_TLIGHTUSERDATA:
+      if (ga_isnull(L, vidx)) {
+        sqlite3_bind_null(st, i);
+        return NULL;
+      }
+      /* fall through */
+    default: return luaL_typename(L, vidx);
+  }
+}
+
+/* store:query(sql, params) -> { {col=value,...}, ... } | nil, err, code
+ * Read-only statements only; params: an array for ?/?N, or a table keyed by
+ * name for :name/@name/$name. NULL columns are absent from the row table. */
+static int l_store_query(lua_State *L) {
+  store *s = check_store(L);
+  size_t len;
+  const char *sql = luaL_checklstring(L, 2, &len), *tail = NULL, *bad = NULL;
+  sqlite3_stmt *st;
+  int nparams, ncols, i, rc, nrows = 0;
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  st = cached_stmt(s, sql, len, &tail);
+  if (!st && sqlite3_errcode(s->db) == SQLITE_OK) /* empty or comment-only sql */
+    return ga_fail(L, "READONLY", "query() runs one read-only statement");
+  if (!st) return fail_db(L, s, "cannot prepare query");
+  if (!only_space(tail) || !sqlite3_stmt_readonly(st)) {
+    if (!is_cached(s, st)) sqlite3_finalize(st);
+    return ga_fail(L, "READONLY", "query() runs one read-only statement");
+  }
+  nparams = sqlite3_bind_parameter_count(st);
+  for (i = 1; i <= nparams && !bad; i++) {
+    const char *pname = sqlite3_bind_parameter_name(st, i);
+    if (lua_isnoneornil(L, 3)) {
+      bad = "no parameters given";
+      break;
+    }
+    if (pname && pname[0] != '?') lua_getfield(L, 3, pname + 1);
+    else lua_rawgeti(L, 3, i);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      bad = pname ? lua_pushfstring(L, "parameter %s has no value", pname)
+                  : lua_pushfstring(L, "parameter #%d has no value", i);
+      break;
+    }
+    bad = bind_value(L, st, i, lua_gettop(L));
+    if (bad) bad = lua_pushfstring(L, "parameter %d: cannot bind a %s", i, bad);
+    else lua_pop(L, 1);
+  }
+  if (bad) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (!is_cached(s, st)) sqlite3_finalize(st);
+    return ga_fail(L, "BIND", "%s", bad);
+  }
+  ncols = sqlite3_column_count(st);
+  lua_newtable(L);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    lua_createtable(L, 0, ncols);
+    for (i = 0; i < ncols; i++) {
+      switch (sqlite3_column_type(st, i)) {
+        case SQLITE_INTEGER: ga_pushint64(L, (long long)sqlite3_column_int64(st, i)); break;
+        case SQLITE_FLOAT: lua_pushnumber(L, (lua_Number)sqlite3_column_double(st, i)); break;
+        case SQLITE_NULL: continue;
+        default: {
+          const char *p = (const char *)sqlite3_column_blob(st, i);
+          lua_pushlstring(L, p ? p : "", (size_t)sqlite3_column_bytes(st, i));
+        }
+      }
+      lua_setfield(L, -2, sqlite3_column_name(st, i));
+    }
+    lua_rawseti(L, -2, ++nrows);
+  }
+  if (rc != SQLITE_DONE) {
+    int r = fail_db(L, s, "query failed");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (!is_cached(s, st)) sqlite3_finalize(st);
+    return r;
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (!is_cached(s, st)) sqlite3_finalize(st);
+  return 1;
+}
+
+/* store:filename() -> path of the main database ("" for :memory:) */
+static int l_store_filename(lua_State *L) {
+  store *s = check_store(L);
+  const char *f = sqlite3_db_filename(s->db, "main");
+  lua_pushstring(L, f ? f : "");
+  return 1;
+}
+
+void ga_open_store(lua_State *L) {
+  static const luaL_Reg methods[] = {{"migrate", l_store_migrate},
+                                     {"schema_version", l_store_schema_version},
+                                     {"persist", l_store_persist},
+                                     {"query", l_store_query},
+                                     {"filename", l_store_filename},
+                                     {"close", l_store_close},
+                                     {NULL, NULL}};
+  ga_newclass(L, STORE_MT, methods, l_store_close, l_store_tostring);
+  lua_pushcfunction(L, l_sqlite_open);
+  lua_setfield(L, -2, "sqlite_open");
+  lua_pushstring(L, sqlite3_libversion());
+  lua_setfield(L, -2, "sqlite_version");
+}

@@ -1,0 +1,38 @@
+-- genaudit — the public entry point. Everything a user needs is reachable
+-- from this table; genaudit.core (the C module) is an implementation detail.
+local core = require("genaudit.core")
+local store = require("genaudit.store")
+local persister = require("genaudit.persister")
+
+local M = {
+  _VERSION = "0.1.0",
+  null = core.null, -- SQL NULL in query parameters
+}
+
+-- genaudit.open(url, opts) -> store | nil, err, code (runs migrations)
+M.open = store.open
+-- genaudit.persister(store) -> the SnapshotPersister
+M.persister = persister.new
+-- genaudit.stopwatch() -> a running monotonic stopwatch
+M.stopwatch = core.stopwatch
+
+-- genaudit.pipeline{ store, provider, templates, rules, pricing, ... }
+function M.pipeline(opts)
+  return require("genaudit.pipeline").new(opts)
+end
+
+-- Submodules loaded on first use: genaudit.providers, genaudit.pricing,
+-- genaudit.dto, genaudit.composer, genaudit.validator.
+local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true }
+setmetatable(M, {
+  __index = function(t, k)
+    if lazy[k] then
+      local mod = require("genaudit." .. k)
+      rawset(t, k, mod)
+      return mod
+    end
+    return nil
+  end,
+})
+
+return M

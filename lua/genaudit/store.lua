@@ -1,0 +1,146 @@
+-- genaudit.store — opens a snapshot store from a URL, finds and applies its
+-- migrations, and wraps the C connection in the public store object.
+local core = require("genaudit.core")
+
+local M = {}
+
+local Store = {}
+Store.__index = Store
+
+-- Where migrations/<dialect>/ may live: an explicit option, the environment,
+-- beside the installed module, or the source tree the module was loaded from.
+local function migration_dirs(dialect, opts)
+  local dirs = {}
+  if opts.migrations_dir then dirs[#dirs + 1] = opts.migrations_dir end
+  local env = os.getenv("GENAUDIT_MIGRATIONS")
+  if env and env ~= "" then dirs[#dirs + 1] = env .. "/" .. dialect end
+  local src = debug.getinfo(1, "S").source
+  if src:sub(1, 1) == "@" then
+    local moddir = src:sub(2):match("^(.*)/[^/]*$") or "."
+    dirs[#dirs + 1] = moddir .. "/migrations/" .. dialect           -- make install
+    dirs[#dirs + 1] = moddir .. "/../../migrations/" .. dialect     -- source tree
+    -- luarocks: <tree>/share/lua/5.x/genaudit -> <tree>/lib/luarocks/rocks-5.x/genaudit/<ver>/migrations
+    local tree, luaver = moddir:match("^(.*)/share/lua/(%d%.%d)/genaudit$")
+    if tree then
+      local rocks = tree .. "/lib/luarocks/rocks-" .. luaver .. "/genaudit"
+      for _, ver in ipairs(core.listdir(rocks) or {}) do
+        dirs[#dirs + 1] = rocks .. "/" .. ver .. "/migrations/" .. dialect
+      end
+    end
+  end
+  return dirs
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Returns the sorted list { {version=, name=, sql=} } for a dialect, or nil, err.
+function M.load_migrations(dialect, opts)
+  opts = opts or {}
+  local tried = {}
+  for _, dir in ipairs(migration_dirs(dialect, opts)) do
+    local names = core.listdir(dir)
+    if names then
+      local list = {}
+      for _, name in ipairs(names) do
+        local num, stem = name:match("^(%d%d%d%d)_([%w_]+)%.sql$")
+        if num then
+          local sql, err = read_file(dir .. "/" .. name)
+          if not sql then return nil, "MIGRATION: cannot read " .. name .. ": " .. tostring(err), "MIGRATION" end
+          list[#list + 1] = { version = tonumber(num), name = stem, sql = sql }
+        end
+      end
+      if #list > 0 then return list end
+    end
+    tried[#tried + 1] = dir
+  end
+  return nil, "MIGRATION: no " .. dialect .. " migrations found (looked in " .. table.concat(tried, ", ")
+    .. "; set GENAUDIT_MIGRATIONS)", "MIGRATION"
+end
+
+local function parse_url(url)
+  if type(url) ~= "string" then
+    error("bad argument #1 to 'open' (string expected, got " .. type(url) .. ")", 3)
+  end
+  local path = url:match("^sqlite:(.*)$")
+  if path then
+    path = path:gsub("^//", "")
+    if path == "" then return nil, "OPEN: sqlite URL has no path (use sqlite:PATH or sqlite::memory:)", "OPEN" end
+    return "sqlite", path
+  end
+  if url:match("^postgres") then
+    return nil, "OPEN: PostgreSQL stores are not available in this build", "OPEN"
+  end
+  return nil, "OPEN: unsupported store URL '" .. url .. "' (expected sqlite:PATH or sqlite::memory:)", "OPEN"
+end
+
+-- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
+-- unless opts.migrate == false. opts: synchronous, journal_mode,
+-- busy_timeout (ms), readonly, migrations_dir.
+function M.open(url, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'open' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  opts = opts or {}
+  local backend, path, code = parse_url(url)
+  if not backend then return nil, path, code end
+  local conn, err
+  conn, err, code = core.sqlite_open(path, {
+    synchronous = opts.synchronous, journal_mode = opts.journal_mode,
+    busy_timeout = opts.busy_timeout, readonly = opts.readonly,
+  })
+  if not conn then return nil, err, code end
+  local self = setmetatable({ backend = backend, url = url, _conn = conn, _opts = opts }, Store)
+  if opts.migrate ~= false and not opts.readonly then
+    local ok
+    ok, err, code = self:migrate()
+    if not ok then
+      conn:close()
+      return nil, err, code
+    end
+  end
+  return self
+end
+
+-- store:migrate() -> applied_count, schema_version | nil, err, code
+function Store:migrate()
+  local list, err, code = M.load_migrations(self.backend, self._opts)
+  if not list then return nil, err, code end
+  return self._conn:migrate(list)
+end
+
+function Store:schema_version() return self._conn:schema_version() end
+
+-- store:persist_generation(row) -> id | nil, err, code (see genaudit.persister)
+function Store:persist_generation(row)
+  if type(row) ~= "table" then
+    error("bad argument #1 to 'persist_generation' (table expected, got " .. type(row) .. ")", 2)
+  end
+  return self._conn:persist(row)
+end
+
+-- store:query(sql, params) -> array of rows keyed by column name | nil, err, code
+function Store:query(sql, params)
+  if type(sql) ~= "string" then
+    error("bad argument #1 to 'query' (string expected, got " .. type(sql) .. ")", 2)
+  end
+  if params ~= nil and type(params) ~= "table" then
+    error("bad argument #2 to 'query' (table expected, got " .. type(params) .. ")", 2)
+  end
+  return self._conn:query(sql, params)
+end
+
+function Store:filename() return self._conn:filename() end
+
+-- store:close() -> true; closing twice is fine.
+function Store:close() return self._conn:close() end
+
+Store.__close = Store.close
+Store.__tostring = function(self) return "genaudit.store " .. tostring(self._conn) end
+
+return M

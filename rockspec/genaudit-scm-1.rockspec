@@ -1,0 +1,44 @@
+-- genaudit: auditable, measurable LLM content generation (Lua + C core).
+-- Build from a checkout: luarocks make rockspec/genaudit-scm-1.rockspec
+rockspec_format = "3.0"
+package = "genaudit"
+version = "scm-1"
+source = {
+  url = "git+file:///work/main",
+}
+description = {
+  summary = "Audit trail and metrics for LLM content-generation pipelines",
+  detailed = [[
+Records, for every generation, the exact final prompts, token usage and cost,
+latency and repair metrics in one row of generation_snapshots (SQLite).
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+external_dependencies = {
+  SQLITE = { header = "sqlite3.h", library = "sqlite3" },
+  CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["genaudit.core"] = {
+      sources = {
+        "csrc/ga_clock.c", "csrc/ga_core.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_json.c",
+        "csrc/ga_meter.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c",
+      },
+      defines = {},
+      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
+      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },
+      libraries = { "sqlite3", "curl", "m" },
+    },
+    ["genaudit"] = "lua/genaudit/init.lua",
+    ["genaudit.store"] = "lua/genaudit/store.lua",
+    ["genaudit.persister"] = "lua/genaudit/persister.lua",
+    ["genaudit.pricing"] = "lua/genaudit/pricing.lua",
+  },
+  copy_directories = { "migrations" },
+}

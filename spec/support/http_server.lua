@@ -1,0 +1,363 @@
+-- spec/support/http_server.lua
+-- Owns: a tiny scriptable HTTP/1.1 server for spec/http_spec.lua (loopback
+-- only), and the helper that starts, scripts and stops it. Used two ways:
+--
+--   lua5.4 spec/support/http_server.lua --serve PORTFILE [WATCH_PID]   -- the server
+--
+--   local server = require("spec.support.http_server")                 -- the helper
+--   local srv = server.start()        -- srv.port, srv.url ("http://127.0.0.1:PORT")
+--   srv:script{ {status = 429, headers = {{"Retry-After", "1"}}}, {echo = true} }
+--   srv:stats()                       -- {requests = N, connections = N} since reset
+--   srv:reset()                       -- empty script, zero counters
+--   srv:stop()                        -- SIGTERM, waits until gone; idempotent
+--   server.closed_port()              -- a loopback port nobody listens on
+--
+-- A response script entry (one per request, in order; an empty script answers
+-- {echo = true}): status (default 200), headers (array of {name, value}; sent
+-- in order), body (string), size (body of N "x"), echo (body = request body,
+-- plus X-Echo-Method/-Target/-Length and X-Echo-H-<name> for each request
+-- header), delay_ms (answer later), nolength (no Content-Length: the body ends
+-- when the connection closes), close (close after answering), reset (close
+-- without answering). Control requests go to /__ctl/* on a fresh connection.
+
+local socket = require("socket")
+
+local M = {}
+
+local CTL_TIMEOUT = 5
+
+local function pct_encode(s)
+  return (s:gsub("[^%w%-%._~]", function(ch) return string.format("%%%02X", ch:byte()) end))
+end
+
+local function pct_decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+-- ---------------------------------------------------------------- server side
+
+-- One script line -> response spec table.
+local function parse_line(line)
+  local spec = { headers = {} }
+  for key, value in line:gmatch("(%w+)=(%S*)") do
+    if key == "h" then
+      local n, v = value:match("^([^:]*):(.*)$")
+      spec.headers[#spec.headers + 1] = { pct_decode(n), pct_decode(v) }
+    elseif key == "body" then
+      spec.body = pct_decode(value)
+    elseif key == "status" or key == "size" or key == "delay" then
+      spec[key] = tonumber(value)
+    else
+      spec[key] = value == "1"
+    end
+  end
+  return spec
+end
+
+local REASONS = { [200] = "OK", [400] = "Bad Request", [404] = "Not Found", [429] = "Too Many Requests",
+                  [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable",
+                  [504] = "Gateway Timeout" }
+
+local function build_response(spec, req)
+  local status = spec.status or 200
+  local body = spec.body or ""
+  local lines = { string.format("HTTP/1.1 %d %s", status, REASONS[status] or "Status") }
+  local function add(n, v) lines[#lines + 1] = n .. ": " .. v end
+  if spec.echo then
+    body = req.body
+    add("Content-Type", "application/octet-stream")
+    add("X-Echo-Method", req.method)
+    add("X-Echo-Target", req.target)
+    add("X-Echo-Length", string.format("%d", #req.body))
+    for _, h in ipairs(req.headers) do add("X-Echo-H-" .. h[1], h[2]) end
+  end
+  if spec.size then body = string.rep("x", spec.size) end
+  for _, h in ipairs(spec.headers) do add(h[1], h[2]) end
+  if spec.nolength or spec.close then add("Connection", "close") end
+  if not spec.nolength then add("Content-Length", string.format("%d", #body)) end
+  if req.method == "HEAD" then body = "" end
+  return table.concat(lines, "\r\n") .. "\r\n\r\n" .. body, spec.nolength or spec.close
+end
+
+-- Parses one complete request at the start of buf: request table and the
+-- rest of buf, or nil while incomplete.
+local function parse_request(buf)
+  local head_end = buf:find("\r\n\r\n", 1, true)
+  if not head_end then return nil end
+  local head = buf:sub(1, head_end - 1)
+  local method, target = head:match("^(%u+) (%S+) HTTP/1%.%d")
+  local req = { method = method or "?", target = target or "?", headers = {}, close = false }
+  local length = 0
+  for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    req.headers[#req.headers + 1] = { name, value }
+    local lname = name:lower()
+    if lname == "content-length" then length = tonumber(value) or 0 end
+    if lname == "connection" and value:lower() == "close" then req.close = true end
+  end
+  if #buf < head_end + 3 + length then return nil end
+  req.body = buf:sub(head_end + 4, head_end + 3 + length)
+  return req, buf:sub(head_end + 4 + length)
+end
+
+local function serve(port_file, watch_pid)
+  local listener = assert(socket.bind("127.0.0.1", 0))
+  listener:settimeout(0)
+  local _, port = listener:getsockname()
+  local tmp = port_file .. ".tmp"
+  local f = assert(io.open(tmp, "w"))
+  f:write(string.format("%d\n", port))
+  f:close()
+  assert(os.rename(tmp, port_file))
+
+  local conns = {}
+  local queue = {}
+  local stats = { requests = 0, connections = 0 }
+  local last_activity = socket.gettime()
+  local next_watch = 0
+
+  local function drop(c)
+    c.sock:close()
+    c.dead = true
+  end
+
+  local function send(c, out, close_after)
+    c.sock:settimeout(CTL_TIMEOUT)
+    local ok = c.sock:send(out)
+    c.sock:settimeout(0)
+    if not ok or close_after then drop(c) end
+  end
+
+  local function control(c, req)
+    local out = "ok"
+    if req.target == "/__ctl/script" then
+      queue = {}
+      for line in req.body:gmatch("[^\n]+") do queue[#queue + 1] = parse_line(line) end
+    elseif req.target == "/__ctl/stats" then
+      out = string.format("requests=%d connections=%d", stats.requests, stats.connections)
+    elseif req.target == "/__ctl/reset" then
+      queue = {}
+      stats = { requests = 0, connections = 0 }
+    else
+      send(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", true)
+      return
+    end
+    send(c, string.format("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", #out, out), true)
+  end
+
+  local function handle(c, req)
+    if req.target:sub(1, 7) == "/__ctl/" then return control(c, req) end
+    stats.requests = stats.requests + 1
+    if not c.counted then
+      c.counted = true
+      stats.connections = stats.connections + 1
+    end
+    local spec = table.remove(queue, 1) or { echo = true, headers = {} }
+    if spec.reset then return drop(c) end
+    local out, close_after = build_response(spec, req)
+    close_after = close_after or req.close
+    if spec.delay and spec.delay > 0 then
+      c.due, c.out, c.close_after = socket.gettime() + spec.delay / 1000, out, close_after
+    else
+      send(c, out, close_after)
+    end
+  end
+
+  while true do
+    local now = socket.gettime()
+    local readers, timeout = { listener }, 0.25
+    for _, c in ipairs(conns) do
+      if c.due then
+        timeout = math.min(timeout, math.max(0, c.due - now))
+      else
+        readers[#readers + 1] = c.sock
+      end
+    end
+    local ready = socket.select(readers, nil, timeout)
+    now = socket.gettime()
+    if ready[listener] then
+      while true do
+        local s = listener:accept()
+        if not s then break end
+        s:settimeout(0)
+        conns[#conns + 1] = { sock = s, buf = "" }
+      end
+    end
+    for _, c in ipairs(conns) do
+      if not c.dead and not c.due and ready[c.sock] then
+        last_activity = now
+        local data, err, partial = c.sock:receive(65536)
+        data = data or partial or ""
+        c.buf = c.buf .. data
+        if c.buf:match("^[^%u]") then
+          drop(c) -- not HTTP (a TLS ClientHello): hang up
+        else
+          local req, rest = parse_request(c.buf)
+          if req then
+            c.buf = rest
+            handle(c, req)
+          elseif err == "closed" then
+            drop(c)
+          end
+        end
+      end
+      if not c.dead and c.due and c.due <= now then
+        local out, close_after = c.out, c.close_after
+        c.due, c.out = nil, nil
+        send(c, out, close_after)
+      end
+    end
+    local live = {}
+    for _, c in ipairs(conns) do
+      if not c.dead then live[#live + 1] = c end
+    end
+    conns = live
+    -- never outlive the test run: the watched process gone, or idle too long
+    if now >= next_watch then
+      next_watch = now + 1
+      if watch_pid and not read_file("/proc/" .. watch_pid .. "/stat") then os.exit(0) end
+      if now - last_activity > 300 then os.exit(0) end
+    end
+  end
+end
+
+if (...) == "--serve" then
+  local _, port_file, watch_pid = ...
+  serve(assert(port_file, "usage: http_server.lua --serve PORTFILE [WATCH_PID]"), watch_pid)
+  return
+end
+
+-- ---------------------------------------------------------------- helper side
+
+local Server = {}
+Server.__index = Server
+
+local function shell_quote(s)
+  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
+end
+
+local function this_file()
+  local src = debug.getinfo(1, "S").source or ""
+  return src:match("^@(.*)$") or "spec/support/http_server.lua"
+end
+
+local function own_pid()
+  local stat = read_file("/proc/self/stat")
+  return stat and stat:match("^(%d+)")
+end
+
+local function alive(pid)
+  local stat = read_file("/proc/" .. pid .. "/stat")
+  if not stat then return false end
+  local st = stat:match("^%d+ %b() (%a)")
+  return st ~= "Z" and st ~= "X"
+end
+
+-- Starts the server under lua5.4 (which has luasocket) in the background and
+-- waits up to 5 s for its port. Raises when it does not come up.
+function M.start()
+  local base = os.tmpname()
+  local srv = setmetatable({ base = base, port_file = base .. ".port", pid_file = base .. ".pid",
+                             log_file = base .. ".log", stopped = false }, Server)
+  local cmd = table.concat({ "lua5.4", shell_quote(this_file()), "--serve", shell_quote(srv.port_file),
+                             own_pid() or "" }, " ")
+              .. " >" .. shell_quote(srv.log_file) .. " 2>&1 </dev/null & echo $! >" .. shell_quote(srv.pid_file)
+  os.execute(cmd)
+  srv.pid = (read_file(srv.pid_file) or ""):match("%d+")
+  local deadline = socket.gettime() + 5
+  while true do
+    local port = tonumber((read_file(srv.port_file) or ""):match("^(%d+)"))
+    if port then
+      srv.port = port
+      break
+    end
+    if not srv.pid or not alive(srv.pid) or socket.gettime() > deadline then
+      local log = read_file(srv.log_file) or ""
+      srv:stop()
+      error("http_server did not start: " .. log)
+    end
+    socket.sleep(0.01)
+  end
+  srv.url = string.format("http://127.0.0.1:%d", srv.port)
+  return srv
+end
+
+-- One control request on its own connection; returns the response body.
+function Server:control(method, path, body)
+  body = body or ""
+  local sock = assert(socket.connect("127.0.0.1", self.port))
+  sock:settimeout(CTL_TIMEOUT)
+  assert(sock:send(string.format("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n"
+                                 .. "Connection: close\r\n\r\n%s", method, path, #body, body)))
+  local data, err, partial = sock:receive("*a")
+  sock:close()
+  data = data or partial or ""
+  local status = data:match("^HTTP/1%.1 (%d+)")
+  if status ~= "200" then error("http_server: " .. path .. " failed: " .. tostring(status or err)) end
+  return data:match("\r\n\r\n(.*)$")
+end
+
+-- Replaces the response script (see the header for the entry fields).
+function Server:script(list)
+  local lines = {}
+  for _, spec in ipairs(list) do
+    local t = {}
+    for _, key in ipairs({ "status", "size", "delay_ms" }) do
+      if spec[key] then t[#t + 1] = string.format("%s=%d", key == "delay_ms" and "delay" or key, spec[key]) end
+    end
+    for _, key in ipairs({ "echo", "nolength", "close", "reset" }) do
+      if spec[key] then t[#t + 1] = key .. "=1" end
+    end
+    if spec.body then t[#t + 1] = "body=" .. pct_encode(spec.body) end
+    for _, h in ipairs(spec.headers or {}) do t[#t + 1] = "h=" .. pct_encode(h[1]) .. ":" .. pct_encode(h[2]) end
+    if #t == 0 then t[1] = "status=200" end
+    lines[#lines + 1] = table.concat(t, " ")
+  end
+  self:control("POST", "/__ctl/script", table.concat(lines, "\n"))
+  return true
+end
+
+function Server:stats()
+  local text = self:control("GET", "/__ctl/stats")
+  local r, c = text:match("^requests=(%d+) connections=(%d+)$")
+  return { requests = tonumber(r), connections = tonumber(c) }
+end
+
+function Server:reset()
+  self:control("POST", "/__ctl/reset")
+  return true
+end
+
+-- Kills the server (SIGTERM, then SIGKILL after 2 s) and waits until gone.
+function Server:stop()
+  if self.stopped then return true end
+  self.stopped = true
+  if self.pid then
+    os.execute("kill " .. self.pid .. " 2>/dev/null")
+    local deadline = socket.gettime() + 2
+    while alive(self.pid) and socket.gettime() < deadline do socket.sleep(0.01) end
+    if alive(self.pid) then
+      os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
+      while alive(self.pid) do socket.sleep(0.01) end
+    end
+  end
+  for _, p in ipairs({ self.base, self.port_file, self.pid_file, self.log_file }) do os.remove(p) end
+  return true
+end
+
+-- A loopback port with no listener (bound, then released).
+function M.closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+return M
