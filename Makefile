@@ -45,13 +45,15 @@ test: deps
 	@sh tools/run-tests.sh
 
 lint: deps
-	$(LUACHECK) lua spec bin tools examples
+	$(LUACHECK) $(wildcard lua spec bin tools examples bench)
 	@$(MAKE) --no-print-directory -B all >/dev/null && echo "C: -Wall -Wextra -Werror clean"
 
 install: all
 	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/genaudit $(DESTDIR)$(LUA_MODULE_DIR)/genaudit
 	install -m 0755 $(SO_54) $(DESTDIR)$(LUA_CMODULE_DIR)/genaudit/core.so
 	install -m 0644 lua/genaudit/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 bin/genaudit $(DESTDIR)$(PREFIX)/bin/genaudit
 	install -d $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/sqlite
 	install -m 0644 migrations/sqlite/*.sql $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/sqlite/
 
@@ -64,3 +66,12 @@ rock: deps
 	luarocks --lua-version 5.4 make --deps-mode=none --tree $(ROCKTREE) rockspec/genaudit-scm-1.rockspec \
 	  CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl) \
 	  SQLITE_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir sqlite3)
+
+# The main job: the example pipeline into ./genaudit.db, then the reports.
+demo: deps
+	@$(MAKE) --no-print-directory all
+	LUA_PATH="./lua/?.lua;./lua/?/init.lua;./?.lua;;" LUA_CPATH="./build/lua54/?.so;;" $(LUA) examples/demo.lua genaudit.db
+	@echo; echo "== genaudit report cost --by template   (the Financial Test, per template)"
+	@$(LUA) bin/genaudit --db genaudit.db report cost --by template
+	@echo; echo "== genaudit report repairs --top 3 --since 7d   (the Stability Test)"
+	@$(LUA) bin/genaudit --db genaudit.db report repairs --top 3 --since 7d

@@ -394,23 +394,38 @@ static const char *bind_value(lua_State *L, sqlite3_stmt *st, int i, int vidx) {
   }
 }
 
-/* store:query(sql, params) -> { {col=value,...}, ... } | nil, err, code
- * Read-only statements only; params: an array for ?/?N, or a table keyed by
- * name for :name/@name/$name. NULL columns are absent from the row table. */
-static int l_store_query(lua_State *L) {
-  store *s = check_store(L);
+/* Releases a statement obtained from prepare_bound. */
+static void release(store *s, sqlite3_stmt *st) {
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (!is_cached(s, st)) sqlite3_finalize(st);
+}
+
+/* Prepares one read-only statement (from the cache unless `fresh`) and binds
+ * the params table at index 3. Returns the statement, or NULL after pushing
+ * nil, err, code (3 values). */
+static sqlite3_stmt *prepare_bound(lua_State *L, store *s, int fresh) {
   size_t len;
   const char *sql = luaL_checklstring(L, 2, &len), *tail = NULL, *bad = NULL;
-  sqlite3_stmt *st;
-  int nparams, ncols, i, rc, nrows = 0;
-  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-  st = cached_stmt(s, sql, len, &tail);
-  if (!st && sqlite3_errcode(s->db) == SQLITE_OK) /* empty or comment-only sql */
-    return ga_fail(L, "READONLY", "query() runs one read-only statement");
-  if (!st) return fail_db(L, s, "cannot prepare query");
+  sqlite3_stmt *st = NULL;
+  int nparams, i;
+  if (fresh) {
+    if (sqlite3_prepare_v2(s->db, sql, (int)len, &st, &tail) != SQLITE_OK) st = NULL;
+  } else {
+    st = cached_stmt(s, sql, len, &tail);
+  }
+  if (!st && sqlite3_errcode(s->db) == SQLITE_OK) { /* empty or comment-only sql */
+    ga_fail(L, "READONLY", "query() runs one read-only statement");
+    return NULL;
+  }
+  if (!st) {
+    fail_db(L, s, "cannot prepare query");
+    return NULL;
+  }
   if (!only_space(tail) || !sqlite3_stmt_readonly(st)) {
     if (!is_cached(s, st)) sqlite3_finalize(st);
-    return ga_fail(L, "READONLY", "query() runs one read-only statement");
+    ga_fail(L, "READONLY", "query() runs one read-only statement");
+    return NULL;
   }
   nparams = sqlite3_bind_parameter_count(st);
   for (i = 1; i <= nparams && !bad; i++) {
@@ -432,39 +447,99 @@ static int l_store_query(lua_State *L) {
     else lua_pop(L, 1);
   }
   if (bad) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (!is_cached(s, st)) sqlite3_finalize(st);
-    return ga_fail(L, "BIND", "%s", bad);
+    release(s, st);
+    ga_fail(L, "BIND", "%s", bad);
+    return NULL;
   }
+  return st;
+}
+
+/* Pushes the current row of st as a table keyed by column name. */
+static void push_row(lua_State *L, sqlite3_stmt *st, int ncols) {
+  int i;
+  lua_createtable(L, 0, ncols);
+  for (i = 0; i < ncols; i++) {
+    switch (sqlite3_column_type(st, i)) {
+      case SQLITE_INTEGER: ga_pushint64(L, (long long)sqlite3_column_int64(st, i)); break;
+      case SQLITE_FLOAT: lua_pushnumber(L, (lua_Number)sqlite3_column_double(st, i)); break;
+      case SQLITE_NULL: continue;
+      default: {
+        const char *p = (const char *)sqlite3_column_blob(st, i);
+        lua_pushlstring(L, p ? p : "", (size_t)sqlite3_column_bytes(st, i));
+      }
+    }
+    lua_setfield(L, -2, sqlite3_column_name(st, i));
+  }
+}
+
+/* store:query(sql, params) -> { {col=value,...}, ... } | nil, err, code
+ * Read-only statements only; params: an array for ?/?N, or a table keyed by
+ * name for :name/@name/$name. NULL columns are absent from the row table. */
+static int l_store_query(lua_State *L) {
+  store *s = check_store(L);
+  sqlite3_stmt *st;
+  int ncols, rc, nrows = 0;
+  luaL_checkstring(L, 2);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  st = prepare_bound(L, s, 0);
+  if (!st) return 3;
   ncols = sqlite3_column_count(st);
   lua_newtable(L);
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    lua_createtable(L, 0, ncols);
-    for (i = 0; i < ncols; i++) {
-      switch (sqlite3_column_type(st, i)) {
-        case SQLITE_INTEGER: ga_pushint64(L, (long long)sqlite3_column_int64(st, i)); break;
-        case SQLITE_FLOAT: lua_pushnumber(L, (lua_Number)sqlite3_column_double(st, i)); break;
-        case SQLITE_NULL: continue;
-        default: {
-          const char *p = (const char *)sqlite3_column_blob(st, i);
-          lua_pushlstring(L, p ? p : "", (size_t)sqlite3_column_bytes(st, i));
-        }
-      }
-      lua_setfield(L, -2, sqlite3_column_name(st, i));
-    }
+    push_row(L, st, ncols);
     lua_rawseti(L, -2, ++nrows);
   }
   if (rc != SQLITE_DONE) {
     int r = fail_db(L, s, "query failed");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (!is_cached(s, st)) sqlite3_finalize(st);
+    release(s, st);
     return r;
   }
-  sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (!is_cached(s, st)) sqlite3_finalize(st);
+  release(s, st);
+  return 1;
+}
+
+/* store:each(sql, params, fn) -> rows_seen | nil, err, code
+ * Streams the rows of one read-only statement to fn(row) without building a
+ * result table (constant memory, for exports); fn returning false stops.
+ * An error raised by fn is re-raised after the statement is released. */
+static int l_store_each(lua_State *L) {
+  store *s = check_store(L);
+  sqlite3_stmt *st;
+  int ncols, rc;
+  long long n = 0;
+  luaL_checkstring(L, 2);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  st = prepare_bound(L, s, 1); /* its own statement: fn may query the same store */
+  if (!st) return 3;
+  ncols = sqlite3_column_count(st);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int stop;
+    lua_pushvalue(L, 4);
+    push_row(L, st, ncols);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+      sqlite3_finalize(st);
+      return lua_error(L);
+    }
+    n++;
+    stop = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!s->db) { /* fn closed the store: the statement kept it as a zombie */
+      sqlite3_finalize(st);
+      return luaL_error(L, "store closed during each()");
+    }
+    if (stop) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    int r = fail_db(L, s, "query failed");
+    sqlite3_finalize(st);
+    return r;
+  }
+  sqlite3_finalize(st);
+  ga_pushint64(L, n);
   return 1;
 }
 
@@ -481,6 +556,7 @@ void ga_open_store(lua_State *L) {
                                      {"schema_version", l_store_schema_version},
                                      {"persist", l_store_persist},
                                      {"query", l_store_query},
+                                     {"each", l_store_each},
                                      {"filename", l_store_filename},
                                      {"close", l_store_close},
                                      {NULL, NULL}};

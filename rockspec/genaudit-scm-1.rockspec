@@ -17,6 +17,7 @@ latency and repair metrics in one row of generation_snapshots (SQLite).
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  "argparse", -- bin/genaudit
 }
 external_dependencies = {
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
@@ -39,6 +40,18 @@ build = {
     ["genaudit.store"] = "lua/genaudit/store.lua",
     ["genaudit.persister"] = "lua/genaudit/persister.lua",
     ["genaudit.pricing"] = "lua/genaudit/pricing.lua",
+    ["genaudit.dto"] = "lua/genaudit/dto.lua",
+    ["genaudit.scripts"] = "lua/genaudit/scripts.lua",
+    ["genaudit.composer"] = "lua/genaudit/composer.lua",
+    ["genaudit.validator"] = "lua/genaudit/validator.lua",
+    ["genaudit.providers"] = "lua/genaudit/providers.lua",
+    ["genaudit.pipeline"] = "lua/genaudit/pipeline.lua",
+    ["genaudit.client"] = "lua/genaudit/client.lua",
+    ["genaudit.replay"] = "lua/genaudit/replay.lua",
+    ["genaudit.report"] = "lua/genaudit/report.lua",
+  },
+  install = {
+    bin = { genaudit = "bin/genaudit" },
   },
   copy_directories = { "migrations" },
 }

@@ -16,7 +16,8 @@ local ULID_PATTERN = "^[0-9A-HJKMNP-TV-Z]+$"
 -- Busy-waits `ms` milliseconds on the monotonic clock.
 local function spin_ms(ms)
   local t0 = core.monotonic_us()
-  while core.monotonic_us() - t0 < ms * 1000 do end
+  -- +1: monotonic_us truncates to whole µs, so wait one more to cover `ms` fully
+  while core.monotonic_us() - t0 < ms * 1000 + 1 do end
 end
 
 -- True when a millisecond value carries at most 3 decimals (whole µs).

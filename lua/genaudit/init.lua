@@ -21,9 +21,15 @@ function M.pipeline(opts)
   return require("genaudit.pipeline").new(opts)
 end
 
+-- genaudit.replay(store, id, { provider, pricing, record = true }) -> result
+-- | nil, err, code (see genaudit/replay.lua)
+function M.replay(store_obj, id, opts)
+  return require("genaudit.replay").run(store_obj, id, opts)
+end
+
 -- Submodules loaded on first use: genaudit.providers, genaudit.pricing,
 -- genaudit.dto, genaudit.composer, genaudit.validator.
-local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true }
+local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true, report = true }
 setmetatable(M, {
   __index = function(t, k)
     if lazy[k] then

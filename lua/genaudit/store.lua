@@ -135,6 +135,18 @@ function Store:query(sql, params)
   return self._conn:query(sql, params)
 end
 
+-- store:each(sql, params, fn) -> rows_seen | nil, err, code. Streams rows to
+-- fn(row) in constant memory; fn returning false stops early.
+function Store:each(sql, params, fn)
+  if type(sql) ~= "string" then
+    error("bad argument #1 to 'each' (string expected, got " .. type(sql) .. ")", 2)
+  end
+  if type(fn) ~= "function" then
+    error("bad argument #3 to 'each' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  return self._conn:each(sql, params, fn)
+end
+
 function Store:filename() return self._conn:filename() end
 
 -- store:close() -> true; closing twice is fine.

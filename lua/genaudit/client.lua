@@ -1,0 +1,125 @@
+-- genaudit.client — the LLMClient: one provider adapter plus a transport.
+-- Every call is metered (tokens, cost, provider wait) into a per-generation
+-- run, and every HTTP try is recorded, failed ones included.
+local core = require("genaudit.core")
+
+local M = {}
+
+local Client = {}
+Client.__index = Client
+
+local function us_to_ms(us) return math.floor(us) / 1000 end
+
+-- The default transport: genaudit.core's libcurl client (blocking; one
+-- connection reused across calls). transport(req) -> res | nil, err, code, info
+local function curl_transport(provider)
+  local http = core.http_client{
+    connect_timeout_ms = provider.connect_timeout_ms, timeout_ms = provider.timeout_ms,
+    verify_tls = provider.verify_tls,
+  }
+  return function(req)
+    return http:request{
+      url = req.url, method = "POST", headers = req.headers, body = req.body,
+      retries = req.retries, backoff_ms = req.backoff_ms, max_backoff_ms = req.max_backoff_ms,
+    }
+  end, http
+end
+
+-- client.new{ provider, pricing, transport = fn (optional), retries = 2,
+--   backoff_ms = 200, max_backoff_ms = 30000 } -> client
+function M.new(opts)
+  if type(opts.provider) ~= "table" or type(opts.provider.request) ~= "function" then
+    error("bad argument #1 to 'client' (provider expected)", 3)
+  end
+  local self = setmetatable({
+    provider = opts.provider, pricing = opts.pricing,
+    retries = opts.retries or 2, backoff_ms = opts.backoff_ms, max_backoff_ms = opts.max_backoff_ms,
+  }, Client)
+  if opts.transport then
+    self.transport = opts.transport
+  else
+    self.transport, self.http = curl_transport(opts.provider)
+  end
+  return self
+end
+
+-- client:run() -> a fresh per-generation accumulator (meter, stopwatch, log)
+function Client.run(_, sw)
+  return { sw = sw or core.stopwatch(), meter = core.meter(), attempts = 0, http = {} }
+end
+
+-- Resolves the price table key for a model string (response model first).
+local function price_key(pricing, ...)
+  if not pricing then return nil end
+  for i = 1, select("#", ...) do
+    local m = select(i, ...)
+    if m then
+      local key = pricing:resolve(m)
+      if key then return key end
+    end
+  end
+  return nil
+end
+
+-- client:complete(run, kind, messages, params) -> text | nil, err, code
+-- kind: "initial", "repair" or "replay" (kept per call in token_metrics).
+function Client:complete(run, kind, messages, params)
+  local provider = self.provider
+  local req = provider:request(messages, params)
+  req.retries, req.backoff_ms, req.max_backoff_ms = self.retries, self.backoff_ms, self.max_backoff_ms
+  local res, err, code, info = self.transport(req)
+  local tries = res and res.attempts or (info and info.attempts) or {}
+  local wait_us = (res and res.provider_wait_us) or (info and info.provider_wait_us) or 0
+  run.sw:add("provider", wait_us)
+  run.attempts = run.attempts + #tries
+  run.http[#run.http + 1] = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us),
+                              status = res and res.status or nil, timings = res and res.timings or nil }
+  if not res then return nil, provider.scrub(err), code or "HTTP" end
+  local parsed
+  parsed, err, code = provider:parse_response(res.status, res.body)
+  if not parsed then return nil, err, code end
+  run.model_identifier = parsed.model_identifier or run.model_identifier
+  local key = price_key(self.pricing, parsed.model_identifier, provider.model)
+  local u = parsed.usage
+  local ok, merr = run.meter:add_call{
+    kind = kind, model = key or parsed.model_identifier or provider.model,
+    prices = key and self.pricing:price_table() or nil,
+    prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens, total_tokens = u.total_tokens,
+    cached_prompt_tokens = u.cached_prompt_tokens, cache_write_tokens = u.cache_write_tokens,
+    reasoning_tokens = u.reasoning_tokens, provider_cost = parsed.provider_cost, provider_wait_us = wait_us,
+  }
+  if not ok then return nil, "BAD_RESPONSE: " .. tostring(merr), "BAD_RESPONSE" end
+  return parsed.content
+end
+
+-- client:token_metrics(run) -> the token_metrics document of a run
+function Client.token_metrics(_, run)
+  local t = run.meter:totals()
+  return {
+    prompt_tokens = t.prompt_tokens, completion_tokens = t.completion_tokens, total_tokens = t.total_tokens,
+    estimated_cost = t.estimated_cost, cached_prompt_tokens = t.cached_prompt_tokens,
+    cache_write_tokens = t.cache_write_tokens, reasoning_tokens = t.reasoning_tokens,
+    cost_source = t.cost_source, initial_cost = t.initial_cost, repair_cost = t.repair_cost,
+    provider_cost = t.provider_cost, calls = t.calls,
+  }
+end
+
+-- client:performance_metrics(run, total_ms) -> the performance_metrics document
+function Client:performance_metrics(run, total_ms)
+  return {
+    total_latency_ms = total_ms,
+    provider_latency_ms = (run.sw:interval_ms("provider")),
+    model_identifier = run.model_identifier,
+    requested_model = self.provider.model,
+    provider = self.provider.name,
+    attempts = run.attempts,
+    calls = run.http,
+  }
+end
+
+function Client:close()
+  if self.http then self.http:close() end
+  return true
+end
+
+return M

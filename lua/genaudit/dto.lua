@@ -1,0 +1,70 @@
+-- genaudit.dto — the pipeline's data objects, as plain tables with checked
+-- constructors: Prompt, GenerationContext and RepairResult.
+local M = {}
+
+local function argerr(fn, field, expected, v)
+  error(("bad argument #1 to '%s' (%s: %s expected, got %s)"):format(fn, field, expected, type(v)), 3)
+end
+
+local function opt(fn, t, field, ty)
+  local v = t[field]
+  if v ~= nil and type(v) ~= ty then argerr(fn, field, ty, v) end
+  return v
+end
+
+-- Prompt{ system, user, template_id, template_version } — the final strings
+-- sent to the model, exactly as composed.
+function M.Prompt(t)
+  if type(t) ~= "table" then error("bad argument #1 to 'Prompt' (table expected, got " .. type(t) .. ")", 2) end
+  if type(t.system) ~= "string" then argerr("Prompt", "system", "string", t.system) end
+  if type(t.user) ~= "string" then argerr("Prompt", "user", "string", t.user) end
+  return {
+    system = t.system, user = t.user,
+    template_id = opt("Prompt", t, "template_id", "string"),
+    template_version = t.template_version ~= nil and tostring(t.template_version) or nil,
+  }
+end
+
+local ID_TYPES = { string = true, number = true }
+
+-- GenerationContext{ org_id, user_id, platform, template_id, business = {name,
+-- tone, ...}, knowledge = {...}, facts = {...}, tone_override, params = {
+-- temperature, max_tokens, seed, ... } } -> context, or nil, "INVALID: ..."
+-- (a context comes from outside the program, so bad ones are expected failures).
+function M.GenerationContext(t)
+  if type(t) ~= "table" then return nil, "INVALID: generation context must be a table", "INVALID" end
+  for _, f in ipairs({ "org_id", "user_id" }) do
+    if not ID_TYPES[type(t[f])] or t[f] == "" then
+      return nil, "INVALID: " .. f .. " is required (string or integer)", "INVALID"
+    end
+  end
+  for _, f in ipairs({ "platform", "template_id" }) do
+    if type(t[f]) ~= "string" or t[f] == "" then return nil, "INVALID: " .. f .. " is required (string)", "INVALID" end
+  end
+  for _, f in ipairs({ "business", "knowledge", "facts", "params" }) do
+    if t[f] ~= nil and type(t[f]) ~= "table" then return nil, "INVALID: " .. f .. " must be a table", "INVALID" end
+  end
+  if t.tone_override ~= nil and type(t.tone_override) ~= "string" then
+    return nil, "INVALID: tone_override must be a string", "INVALID"
+  end
+  return {
+    org_id = t.org_id, user_id = t.user_id, platform = t.platform, template_id = t.template_id,
+    business = t.business or {}, knowledge = t.knowledge or {}, facts = t.facts or {},
+    tone_override = t.tone_override, params = t.params or {},
+  }
+end
+
+-- RepairResult{ repair_count, repair_types, initial_validation_score,
+-- final_validation_score, repair_log, passed }
+function M.RepairResult(t)
+  return {
+    repair_count = t.repair_count or 0,
+    repair_types = t.repair_types or {},
+    initial_validation_score = t.initial_validation_score,
+    final_validation_score = t.final_validation_score,
+    repair_log = t.repair_log or {},
+    passed = t.passed and true or false,
+  }
+end
+
+return M

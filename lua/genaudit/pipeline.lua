@@ -1,0 +1,135 @@
+-- genaudit.pipeline — the ContentGeneratorService: one audited generation.
+--
+--   generate(ctx): stopwatch starts -> compose (final prompts captured) ->
+--   initial model call (metered) -> validate_and_repair (each repair is a
+--   metered call) -> stopwatch stops -> persist_generation.
+--
+-- Every generation is persisted, failed ones too (status 'failed' + error).
+local dto = require("genaudit.dto")
+local composer_mod = require("genaudit.composer")
+local validator_mod = require("genaudit.validator")
+local persister_mod = require("genaudit.persister")
+local client_mod = require("genaudit.client")
+
+local M = {}
+
+local Pipeline = {}
+Pipeline.__index = Pipeline
+
+-- genaudit.pipeline{ store, provider, templates = dir, rules = dir, pricing,
+--   transport = fn (optional), sandbox = true, retries = 2, backoff_ms = 200,
+--   max_backoff_ms = 30000 } -> pipeline
+function M.new(opts)
+  if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected, got " .. type(opts) .. ")", 2) end
+  if type(opts.store) ~= "table" then error("bad argument #1 to 'pipeline' (store expected)", 2) end
+  if type(opts.provider) ~= "table" or type(opts.provider.request) ~= "function" then
+    error("bad argument #1 to 'pipeline' (provider expected)", 2)
+  end
+  if type(opts.templates) ~= "string" then error("bad argument #1 to 'pipeline' (templates directory expected)", 2) end
+  if type(opts.rules) ~= "string" then error("bad argument #1 to 'pipeline' (rules directory expected)", 2) end
+  local self = setmetatable({
+    store = opts.store,
+    persister = persister_mod.new(opts.store),
+    provider = opts.provider,
+    pricing = opts.pricing,
+    composer = composer_mod.new{ templates = opts.templates, sandbox = opts.sandbox },
+    validator = validator_mod.new{ rules = opts.rules, sandbox = opts.sandbox },
+    client = client_mod.new(opts),
+  }, Pipeline)
+  return self
+end
+
+-- Builds and persists the snapshot. Returns id, nil, nil, row | nil, err, code.
+function Pipeline:persist(run, status, err)
+  local total_ms = run.sw:stop()
+  local rr = run.repair or dto.RepairResult{}
+  local row = {
+    org_id = run.ctx.org_id, user_id = run.ctx.user_id, platform = run.ctx.platform,
+    template_id = run.ctx.template_id,
+    template_version = run.prompt and run.prompt.template_version or nil,
+    final_system_prompt = run.prompt and run.prompt.system or "",
+    final_user_prompt = run.prompt and run.prompt.user or "",
+    token_usage = self.client:token_metrics(run),
+    performance = self.client:performance_metrics(run, total_ms),
+    repair_info = {
+      repair_count = rr.repair_count, repair_types = rr.repair_types,
+      initial_validation_score = rr.initial_validation_score,
+      final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
+      stop_reason = rr.stop_reason,
+    },
+    request_params = run.ctx.params,
+    content = run.content,
+    status = status,
+    error = err,
+  }
+  local id, err2, code = self.persister:persist_generation(row)
+  return id, err2, code, row
+end
+
+-- pipeline:generate(ctx) -> result | nil, err, code, snapshot_id
+--   result = { content, snapshot_id, prompt, token_metrics,
+--              performance_metrics, repair_metrics }
+function Pipeline:generate(input)
+  local run = self.client:run() -- the timer starts at the very beginning
+  local ctx, err, code = dto.GenerationContext(input)
+  if not ctx then return nil, err, code end
+  run.ctx = ctx
+
+  local function fail(e, c)
+    local id, perr, pcode = self:persist(run, "failed", e)
+    if not id then return nil, perr, pcode end
+    return nil, e, c, id
+  end
+
+  local prompt
+  prompt, err, code = self.composer:compose_post_generation(ctx)
+  if not prompt then return fail(err, code) end
+  run.prompt = prompt -- the final strings, captured before any model call
+
+  local messages = { { role = "system", content = prompt.system }, { role = "user", content = prompt.user } }
+  local draft
+  draft, err, code = self.client:complete(run, "initial", messages, ctx.params)
+  if not draft then return fail(err, code) end
+  run.content = draft
+
+  local rr, final = self.validator:validate_and_repair(draft, ctx, function(feedback, previous)
+    local conversation = {
+      messages[1], messages[2],
+      { role = "assistant", content = previous }, { role = "user", content = feedback },
+    }
+    local text, e, c = self.client:complete(run, "repair", conversation, ctx.params)
+    if text then run.content = text end
+    return text, e, c
+  end)
+  run.repair, run.content = rr, final
+
+  if not rr.passed then
+    if rr.stop_reason == "repair_failed" then return fail(rr.error, rr.error_code) end
+    local slugs = {}
+    for _, i in ipairs(rr.final_issues or {}) do slugs[#slugs + 1] = i.slug end
+    return fail(("REPAIR_EXHAUSTED: draft still fails validation after %d repair(s) (%s; score %s)"):format(
+      rr.repair_count, table.concat(slugs, ", "), tostring(rr.final_validation_score)), "REPAIR_EXHAUSTED")
+  end
+
+  local id, row
+  id, err, code, row = self:persist(run, "completed")
+  if not id then return nil, err, code end
+  return {
+    content = final, snapshot_id = id, prompt = prompt,
+    token_metrics = row.token_usage, performance_metrics = row.performance, repair_metrics = row.repair_info,
+  }
+end
+
+-- pipeline:script_errors() -> { path = err } for templates/rules whose newest
+-- version failed to load (the previous version stays active).
+function Pipeline:script_errors()
+  local out = self.validator:script_errors()
+  for path, e in pairs(self.composer.loader.cache) do
+    if e.error then out[path] = e.error end
+  end
+  return out
+end
+
+function Pipeline:close() return self.client:close() end
+
+return M

@@ -1,0 +1,388 @@
+-- genaudit.report — the analytics over generation_snapshots behind
+-- `genaudit report`, `show` and `export`: cost per group (the Financial
+-- Test), templates ranked by repairs (the Stability Test), latency
+-- percentiles, one snapshot, and a streaming JSONL/CSV export.
+--
+-- Reports return { columns = { names in display order }, rows = { {col=v} } }
+-- (SQL NULL columns are absent from a row), or nil, "REPORT: message",
+-- "REPORT" for bad options; a store failure is passed through as the store's
+-- nil, err, code. Misuse (a store or options of the wrong type) raises.
+-- User values only ever reach SQL as bound parameters; the only pieces
+-- spliced into statements come from the fixed tables below.
+local core = require("genaudit.core")
+
+local M = {}
+
+-- Everything dialect-specific, in one place (SQLite here; a PostgreSQL
+-- backend supplies its own table). Percentiles are nearest-rank: the value at
+-- rank ceil(p * n / 100) among the n non-NULL values in ascending order,
+-- computed as (n * p + 99) / 100 in integer arithmetic (SQLite 3.40 may lack
+-- ceil()).
+local SQL = {
+  -- created_at >= now - N seconds; the bound argument comes from since_arg
+  since = "created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+  since_arg = function(seconds) return string.format("-%d seconds", seconds) end,
+  day = "substr(created_at, 1, 10)",
+  -- 1.. over the non-NULL values of col within its group (NULLs ranked last)
+  rank = function(col)
+    return "row_number() OVER (PARTITION BY grp ORDER BY (" .. col .. ") IS NULL, " .. col .. ")"
+  end,
+  count = function(col) return "count(" .. col .. ") OVER (PARTITION BY grp)" end,
+  pick = function(rank, n, p, col)
+    return string.format("max(CASE WHEN %s = (%s * %d + 99) / 100 THEN %s END)", rank, n, p, col)
+  end,
+  -- one row (column `value`) per element of repair_metrics.repair_types of b
+  repair_types = "json_each(b.repair_metrics, '$.repair_types') AS j",
+  real = function(expr) return "CAST(" .. expr .. " AS REAL)" end,
+  desc_nulls_last = function(col) return col .. " DESC NULLS LAST" end,
+  asc_nulls_last = function(col) return col .. " ASC NULLS LAST" end,
+  -- the table's columns, generated ones included, in table order
+  columns = "SELECT name FROM pragma_table_xinfo('generation_snapshots') ORDER BY cid",
+  explain = "EXPLAIN QUERY PLAN ",
+}
+
+local TABLE = "generation_snapshots"
+
+-- `by` values -> { output column name, SQL expression }
+local GROUPS = {
+  cost = {
+    template = { "template_id", "template_id" },
+    model = { "model_identifier", "model_identifier" },
+    platform = { "platform", "platform" },
+    org = { "org_id", "org_id" },
+    day = { "day", SQL.day },
+  },
+  latency = {
+    model = { "model_identifier", "model_identifier" },
+    template = { "template_id", "template_id" },
+  },
+}
+local GROUP_NAMES = { cost = "template, model, platform, org, day", latency = "model, template" }
+
+-- The JSON documents export embeds verbatim rather than as strings.
+local JSON_COLUMNS = { token_metrics = true, performance_metrics = true, repair_metrics = true, request_params = true }
+
+local UNITS = { m = 60, h = 3600, d = 86400, w = 604800 }
+
+local function fail(msg) return nil, "REPORT: " .. msg, "REPORT" end
+
+local function check_args(name, store, opts)
+  if type(store) ~= "table" or type(store.query) ~= "function" then
+    error("bad argument #1 to '" .. name .. "' (store expected, got " .. type(store) .. ")", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to '" .. name .. "' (table expected, got " .. type(opts) .. ")", 3)
+  end
+  return opts or {}
+end
+
+-- M.parse_duration("7d") -> seconds | nil, "REPORT: bad duration ...", "REPORT".
+-- Accepts a positive integer (at most 9 digits) followed by m, h, d or w.
+function M.parse_duration(s)
+  local n, unit
+  if type(s) == "string" then n, unit = s:match("^(%d+)([mhdw])$") end
+  if n and #n <= 9 and tonumber(n) > 0 then return math.floor(tonumber(n)) * UNITS[unit] end
+  return fail("bad duration '" .. tostring(s) .. "' (use e.g. 30m, 24h, 7d, 2w)")
+end
+
+local function id_value(name, v)
+  if type(v) == "number" and v % 1 == 0 then return string.format("%d", v) end
+  if type(v) == "string" and v ~= "" then return v end
+  return nil, "REPORT: " .. name .. " must be a non-empty string or an integer"
+end
+
+-- The WHERE clause for the shared filters (since, org, template) and its
+-- bound parameters, or nil, err, code.
+local function filters(opts, allowed)
+  local conds, params = {}, {}
+  if opts.org ~= nil then
+    local v, err = id_value("org", opts.org)
+    if not v then return nil, err, "REPORT" end
+    conds[#conds + 1] = "org_id = ?"
+    params[#params + 1] = v
+  end
+  if opts.template ~= nil then
+    if not allowed.template then return fail("this report has no template filter") end
+    local v, err = id_value("template", opts.template)
+    if not v then return nil, err, "REPORT" end
+    conds[#conds + 1] = "template_id = ?"
+    params[#params + 1] = v
+  end
+  if opts.since ~= nil then
+    local secs, err, code = M.parse_duration(opts.since)
+    if not secs then return nil, err, code end
+    conds[#conds + 1] = SQL.since
+    params[#params + 1] = SQL.since_arg(secs)
+  end
+  local where = #conds > 0 and (" WHERE " .. table.concat(conds, " AND ")) or ""
+  return where, params
+end
+
+local function group_of(report, by)
+  local g = GROUPS[report][by]
+  if not g then
+    return fail("unknown --by column '" .. tostring(by) .. "' for " .. report .. " (use " .. GROUP_NAMES[report] .. ")")
+  end
+  return g
+end
+
+-- Each builder returns sql, params, columns, fold (optional row post-processing)
+-- or nil, err, code.
+local builders = {}
+
+function builders.cost(opts)
+  local g, err, code = group_of("cost", opts.by)
+  if not g then return nil, err, code end
+  local where, params
+  where, params, code = filters(opts, { template = true })
+  if not where then return nil, params, code end
+  local name = g[1]
+  local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, estimated_cost AS cost, total_tokens AS tokens FROM "
+    .. TABLE .. where .. "), ranked AS (SELECT grp, cost, tokens, " .. SQL.rank("cost") .. " AS rc, "
+    .. SQL.count("cost") .. " AS nc FROM base)"
+    .. " SELECT grp AS " .. name .. ", count(*) AS posts, count(cost) AS priced, sum(cost) AS total_cost,"
+    .. " avg(cost) AS avg_cost, " .. SQL.pick("rc", "nc", 50, "cost") .. " AS p50_cost, "
+    .. SQL.pick("rc", "nc", 95, "cost") .. " AS p95_cost, sum(tokens) AS total_tokens, avg(tokens) AS avg_tokens"
+    .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.desc_nulls_last("total_cost") .. ", " .. SQL.asc_nulls_last("grp")
+  return sql, params, { name, "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
+    "total_tokens", "avg_tokens" }
+end
+
+-- One statement (one 'now'): the top templates, each joined to its up-to-3
+-- most common repair types; fold() turns the 1..3 rows per template into one.
+function builders.repairs(opts)
+  local top = opts.top == nil and 3 or opts.top
+  if type(top) ~= "number" or top % 1 ~= 0 or top < 1 or top > 1e9 then
+    return fail("top must be a positive integer, got '" .. tostring(opts.top) .. "'")
+  end
+  local where, params, code = filters(opts, {})
+  if not where then return nil, params, code end
+  params[#params + 1] = math.floor(top)
+  local sql = "WITH base AS (SELECT template_id, repair_count, initial_validation_score, repair_metrics FROM "
+    .. TABLE .. where .. "),"
+    .. " top AS (SELECT template_id, coalesce(sum(repair_count), 0) AS repairs, count(*) AS posts,"
+    .. " count(CASE WHEN repair_count > 0 THEN 1 END) AS repaired_posts,"
+    .. " avg(initial_validation_score) AS avg_initial_score FROM base GROUP BY template_id"
+    .. " ORDER BY repairs DESC, template_id LIMIT ?),"
+    .. " types AS (SELECT b.template_id, j.value AS slug, count(*) AS n FROM base b"
+    .. " JOIN top t ON t.template_id = b.template_id, " .. SQL.repair_types
+    .. " GROUP BY b.template_id, j.value),"
+    .. " ranked AS (SELECT template_id, slug, n, row_number() OVER (PARTITION BY template_id ORDER BY n DESC, slug)"
+    .. " AS r FROM types)"
+    .. " SELECT t.template_id, t.repairs, t.posts, t.repaired_posts, "
+    .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, k.slug, k.n"
+    .. " FROM top t LEFT JOIN ranked k ON k.template_id = t.template_id AND k.r <= 3"
+    .. " ORDER BY t.repairs DESC, t.template_id, k.r"
+  local function fold(rows)
+    local out, last = {}, nil
+    for _, r in ipairs(rows) do
+      if not last or last.template_id ~= r.template_id then
+        last = { template_id = r.template_id, repairs = r.repairs, posts = r.posts, repaired_posts = r.repaired_posts,
+                 repair_rate = r.repair_rate, avg_initial_score = r.avg_initial_score, _types = {} }
+        out[#out + 1] = last
+      end
+      if r.slug ~= nil then last._types[#last._types + 1] = tostring(r.slug) .. "×" .. string.format("%d", r.n) end
+    end
+    for _, r in ipairs(out) do
+      r.top_repair_types = table.concat(r._types, ", ")
+      r._types = nil
+    end
+    return out
+  end
+  return sql, params, { "template_id", "repairs", "posts", "repaired_posts", "repair_rate", "avg_initial_score",
+    "top_repair_types" }, fold
+end
+
+function builders.latency(opts)
+  local g, err, code = group_of("latency", opts.by)
+  if not g then return nil, err, code end
+  local where, params
+  where, params, code = filters(opts, {})
+  if not where then return nil, params, code end
+  local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" } }
+  local ranks, picks, columns = {}, {}, { g[1], "posts" }
+  for _, m in ipairs(measures) do
+    ranks[#ranks + 1] = SQL.rank(m[1]) .. " AS r" .. m[1] .. ", " .. SQL.count(m[1]) .. " AS n" .. m[1]
+  end
+  for _, m in ipairs(measures) do
+    for _, p in ipairs({ 50, 95, 99 }) do
+      local col = "p" .. p .. "_" .. m[2] .. "_ms"
+      picks[#picks + 1] = SQL.pick("r" .. m[1], "n" .. m[1], p, m[1]) .. " AS " .. col
+      columns[#columns + 1] = col
+    end
+  end
+  local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, total_latency_ms AS t, provider_latency_ms AS p,"
+    .. " total_latency_ms - provider_latency_ms AS o FROM " .. TABLE .. where .. "),"
+    .. " ranked AS (SELECT grp, t, p, o, " .. table.concat(ranks, ", ") .. " FROM base)"
+    .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ")
+    .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
+  return sql, params, columns
+end
+
+-- Every row, oldest first (created_at is the leading column of the time index).
+function builders.export(opts)
+  if opts.format ~= "jsonl" and opts.format ~= "csv" then
+    return fail("unknown export format '" .. tostring(opts.format) .. "' (use jsonl or csv)")
+  end
+  local where, params, code = filters(opts, {})
+  if not where then return nil, params, code end
+  return "SELECT * FROM " .. TABLE .. where .. " ORDER BY created_at, id", params
+end
+
+local function run(name, store, opts)
+  opts = check_args(name, store, opts)
+  local sql, params, columns, fold = builders[name](opts)
+  if not sql then return nil, params, columns end
+  local rows, err, code = store:query(sql, params)
+  if not rows then return nil, err, code end
+  return { columns = columns, rows = fold and fold(rows) or rows }
+end
+
+-- M.cost(store, { by, since, org, template }) -> result | nil, err, code.
+-- Per group: posts, priced (rows with a cost), total/avg/p50/p95 of the cost
+-- over priced rows only (a NULL cost is unknown, not 0), total/avg tokens.
+function M.cost(store, opts) return run("cost", store, opts) end
+
+-- M.repairs(store, { top = 3, since, org }) -> result | nil, err, code.
+-- Templates by summed repair_count (ties by template_id), with the share of
+-- repaired posts, the mean initial score and the 3 most common repair types.
+function M.repairs(store, opts) return run("repairs", store, opts) end
+
+-- M.latency(store, { by, since, org }) -> result | nil, err, code.
+-- Per group: p50/p95/p99 of total, provider and overhead (total - provider) ms.
+function M.latency(store, opts) return run("latency", store, opts) end
+
+-- M.validate(report, opts) -> true | nil, "REPORT: ...", "REPORT": checks the
+-- options of a report ("cost", "repairs", "latency", "export") without a store.
+function M.validate(report, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'validate' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  if not builders[report] then return fail("unknown report '" .. tostring(report) .. "'") end
+  local sql, err, code = builders[report](opts or {})
+  if not sql then return nil, err, code end
+  return true
+end
+
+-- M.explain(store, report, opts) -> the EXPLAIN QUERY PLAN details of the
+-- statement of that report ("cost", "repairs", "latency", "export"), one per
+-- line | nil, err, code.
+function M.explain(store, report, opts)
+  opts = check_args("explain", store, opts)
+  if not builders[report] then return fail("unknown report '" .. tostring(report) .. "'") end
+  local sql, params, code = builders[report](opts)
+  if not sql then return nil, params, code end
+  local rows, err
+  rows, err, code = store:query(SQL.explain .. sql, params)
+  if not rows then return nil, err, code end
+  local lines = {}
+  for _, r in ipairs(rows) do lines[#lines + 1] = r.detail end
+  return table.concat(lines, "\n")
+end
+
+-- M.columns(store) -> the snapshot table's column names in table order
+-- (generated columns included) | nil, err, code.
+function M.columns(store)
+  check_args("columns", store)
+  local rows, err, code = store:query(SQL.columns, {})
+  if not rows then return nil, err, code end
+  local names = {}
+  for i, r in ipairs(rows) do names[i] = r.name end
+  return names
+end
+
+-- M.show(store, id) -> row (every column; NULLs absent), columns | nil,
+-- "NOT_FOUND: no snapshot with id 'X'", "NOT_FOUND".
+function M.show(store, id)
+  check_args("show", store)
+  if type(id) ~= "string" then error("bad argument #2 to 'show' (string expected, got " .. type(id) .. ")", 2) end
+  local rows, err, code = store:query("SELECT * FROM " .. TABLE .. " WHERE id = ?", { id })
+  if not rows then return nil, err, code end
+  if not rows[1] then return nil, "NOT_FOUND: no snapshot with id '" .. id .. "'", "NOT_FOUND" end
+  return rows[1], M.columns(store)
+end
+
+-- ---- output encodings (shared with bin/genaudit) ----
+
+-- A scalar as a JSON value (nil -> null); numbers and strings via the exact
+-- C encoder, so costs keep every digit and any byte string is escaped.
+function M.json_value(v)
+  if v == nil then return "null" end
+  if type(v) == "boolean" then return v and "true" or "false" end
+  local s, err = core.json_encode(v)
+  if not s then error(err, 2) end
+  return s
+end
+
+-- A row as a JSON object with the keys in `columns` order; JSON columns are
+-- spliced verbatim when `embed` is true.
+function M.json_object(row, columns, embed)
+  local parts = {}
+  for i, c in ipairs(columns) do
+    local v = row[c]
+    local text
+    if embed and JSON_COLUMNS[c] and type(v) == "string" then text = v else text = M.json_value(v) end
+    parts[i] = M.json_value(c) .. ":" .. text
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+-- A report result as {"columns":[...],"rows":[{...}]}; absent values -> null.
+function M.to_json(result)
+  local cols, rows = {}, {}
+  for i, c in ipairs(result.columns) do cols[i] = M.json_value(c) end
+  for i, r in ipairs(result.rows) do rows[i] = M.json_object(r, result.columns) end
+  return '{"columns":[' .. table.concat(cols, ",") .. '],"rows":[' .. table.concat(rows, ",") .. "]}"
+end
+
+-- One RFC 4180 field: quoted when it holds , " CR or LF (quotes doubled);
+-- nil -> empty; numbers in their exact shortest form.
+function M.csv_field(v)
+  if v == nil then return "" end
+  local s = type(v) == "number" and M.json_value(v) or tostring(v)
+  if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
+  return s
+end
+
+-- One CSV record (CRLF-terminated): row's values in `columns` order.
+function M.csv_record(row, columns)
+  local parts = {}
+  for i, c in ipairs(columns) do parts[i] = M.csv_field(row[c]) end
+  return table.concat(parts, ",") .. "\r\n"
+end
+
+-- M.export(store, { format = "jsonl"|"csv", since, org, out }) -> rows
+-- written | nil, err, code. Streams rows with store:each (constant memory),
+-- oldest first; out is a file handle, or anything whose :write(s) returns a
+-- true value on success and nil, err on failure (which raises).
+function M.export(store, opts)
+  opts = check_args("export", store, opts)
+  local sql, params, code = builders.export(opts)
+  if not sql then return nil, params, code end
+  local out = opts.out
+  if out == nil or (type(out) ~= "table" and type(out) ~= "userdata") then
+    error("bad argument #2 to 'export' (out: file handle expected, got " .. type(out) .. ")", 2)
+  end
+  local columns, err
+  columns, err, code = M.columns(store)
+  if not columns then return nil, err, code end
+  local function put(s)
+    local ok, werr = out:write(s)
+    if not ok then error("export: write failed: " .. tostring(werr), 0) end
+  end
+  local record
+  if opts.format == "csv" then
+    local header = {}
+    for _, c in ipairs(columns) do header[c] = c end
+    put(M.csv_record(header, columns))
+    record = function(row) put(M.csv_record(row, columns)) end
+  else
+    record = function(row) put(M.json_object(row, columns, true) .. "\n") end
+  end
+  local n
+  n, err, code = store:each(sql, params, record)
+  if not n then return nil, err, code end
+  return n
+end
+
+return M

@@ -1,0 +1,123 @@
+-- genaudit.scripts — loads user scripts (templates, rules, repair policies):
+-- each in its own restricted environment, cached by path and file version,
+-- reloaded when the file changes. A script that fails to load keeps its last
+-- good version active; the error is kept for the host to report.
+local core = require("genaudit.core")
+
+local M = {}
+
+local unpack = rawget(table, "unpack") or _G.unpack
+local setfenv = _G.setfenv -- LuaJIT / 5.1 only
+
+-- A fresh environment per script: pure functions only unless the host opts in.
+local function sandbox_env(extra)
+  local env = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    pcall = pcall, select = select, tonumber = tonumber, tostring = tostring,
+    type = type, unpack = unpack, xpcall = xpcall, rawequal = rawequal,
+    rawget = rawget, rawset = rawset, rawlen = _G.rawlen, setmetatable = setmetatable,
+    _VERSION = _VERSION,
+  }
+  local function copy(t)
+    local c = {}
+    for k, v in pairs(t) do c[k] = v end
+    return c
+  end
+  env.string, env.table, env.math = copy(string), copy(table), copy(math)
+  if _G.utf8 then env.utf8 = copy(_G.utf8) end
+  env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+  env._G = env
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
+local function read_all(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function compile(path, src, env)
+  local fn, err = load(src, "@" .. path, "t", env)
+  if fn and setfenv then setfenv(fn, env) end -- LuaJIT/5.1: load ignores env
+  return fn, err
+end
+
+local Loader = {}
+Loader.__index = Loader
+
+-- scripts.loader{ sandbox = true, env = {extra globals}, validate = fn(value) -> ok, err }
+function M.loader(opts)
+  opts = opts or {}
+  return setmetatable({
+    cache = {},          -- path -> { version, value, error }
+    sandbox = opts.sandbox ~= false,
+    env = opts.env,
+    validate = opts.validate,
+  }, Loader)
+end
+
+-- loader:load(path) -> value, err_or_nil. value is the script's result (the
+-- newest good version); err says why the newest file version could not be
+-- used (the previous value is still returned then). nil, err when no good
+-- version ever loaded.
+function Loader:load(path)
+  local entry = self.cache[path]
+  local version, err = core.file_version(path)
+  if not version then
+    err = err:gsub("^%u+: ", "")
+    if entry and entry.value ~= nil then return entry.value, "SCRIPT: " .. err end
+    return nil, "SCRIPT: " .. err, "SCRIPT"
+  end
+  if entry and entry.version == version then return entry.value, entry.error end
+  entry = entry or {}
+  self.cache[path] = entry
+  entry.version = version
+  local src
+  src, err = read_all(path)
+  local value
+  if src then
+    local env = self.sandbox and sandbox_env(self.env) or setmetatable({}, { __index = _G })
+    local fn
+    fn, err = compile(path, src, env)
+    if fn then
+      local ok, res = pcall(fn)
+      if not ok then
+        err = tostring(res)
+      elseif res == nil then
+        err = path .. ": script returned nothing"
+      elseif self.validate then
+        local vok, verr = self.validate(res, path)
+        if vok then value = res else err = path .. ": " .. tostring(verr) end
+      else
+        value = res
+      end
+    end
+  end
+  if value ~= nil then
+    entry.value, entry.error = value, nil
+    return value
+  end
+  entry.error = "SCRIPT: " .. tostring(err)
+  if entry.value ~= nil then return entry.value, entry.error end
+  return nil, entry.error, "SCRIPT"
+end
+
+-- loader:dir(dir) -> sorted array of "*.lua" paths in dir (empty when missing).
+function Loader.dir(_, dir, exclude)
+  local out = {}
+  for _, name in ipairs(core.listdir(dir) or {}) do
+    if name:match("%.lua$") and not (exclude and exclude[name]) then out[#out + 1] = dir .. "/" .. name end
+  end
+  return out
+end
+
+-- scripts.call(fn, ...) -> true, results... | false, err. Runs user code
+-- protected: a script that raises never takes the pipeline down.
+function M.call(fn, ...)
+  return pcall(fn, ...)
+end
+
+return M

@@ -1,0 +1,513 @@
+-- spec/cli_spec.lua
+-- Owns: bin/genaudit, run as a subprocess with lua5.4 (under both busted
+-- engines): migrate, the reports in text / --json / --csv over a seeded store
+-- (expected numbers computed here from the seed), show, replay against the
+-- local provider server, export, and the exit codes and one-line errors.
+
+local genaudit = require("genaudit")
+local cjson = require("cjson")
+local provider_server = require("spec.support.provider")
+local tmp = require("spec.support.tmp")
+
+local KEY = "sk-cli-test-5b7c1d-SECRET"
+local DAY = 86400
+local TEMPLATES = { "event-invite", "hiring", "launch-post", "weekly-tips" }
+local LEGACY = "hiring" -- repaired a lot, but only more than 7 days ago
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- Runs `lua5.4 bin/genaudit ARGS` with `env` (a string of VAR=value words).
+-- Returns stdout, stderr, exit code.
+local function cli(args, env)
+  local errfile = os.tmpname()
+  local cmd = "env -u GENAUDIT_BASE_URL -u GENAUDIT_API_KEY " .. (env or "") .. " lua5.4 bin/genaudit " .. args
+    .. " 2>" .. q(errfile) .. '; echo "rc=$?"'
+  local p = assert(io.popen(cmd, "r"))
+  local all = p:read("*a")
+  p:close()
+  local f = assert(io.open(errfile, "rb"))
+  local err = f:read("*a")
+  f:close()
+  os.remove(errfile)
+  local out, rc = all:match("^(.*)rc=(%d+)\n$")
+  return out, err, tonumber(rc)
+end
+
+local function lcg(seed)
+  local state = seed
+  return function(lo, hi)
+    state = (state * 48271) % 2147483647
+    return lo + state % (hi - lo + 1)
+  end
+end
+
+-- 32 ordinary snapshots over 14 days (none within an hour of the 7-day
+-- boundary) plus one with a repair log, for show and replay.
+local function generate(now)
+  local rnd = lcg(777)
+  local rows = {}
+  for i = 1, 32 do
+    local age
+    repeat age = rnd(60, 14 * DAY - 1) until math.abs(age - 7 * DAY) > 3600
+    local t = TEMPLATES[(i - 1) % #TEMPLATES + 1]
+    local r = {
+      template_id = t, age = age, org = i % 2 == 0 and "org-a" or "org-b",
+      created_at = os.date("!%Y-%m-%d %H:%M:%S", now - age) .. string.format(".%03d", rnd(0, 999)),
+      cost = (i ~= 3 and i ~= 11) and rnd(1, 400000) / 1e8 or nil, -- two launch-post rows have no cost
+      model = i % 3 == 0 and "claude-3-5-haiku-20241022" or "gpt-4o-mini-2024-07-18",
+      provider_ms = rnd(100, 3000), overhead = rnd(1, 200),
+    }
+    if t == LEGACY then r.repairs = age > 7 * DAY and rnd(5, 8) or 0 else r.repairs = rnd(0, 3) end
+    rows[i] = r
+  end
+  return rows
+end
+
+local SHOW = {
+  system = "You write for Acme Anvils.\nConstraints:\n- At most 20 words.",
+  user = "Announce the Anvil 2.\n\nTone: playful",
+  content = "alpha beta gamma delta",
+  feedback = "Please shorten the post.\n- 31 words, limit 20",
+}
+
+local function seed(dbfile)
+  local store = assert(genaudit.open("sqlite:" .. dbfile))
+  local rows = generate(os.time())
+  for i, r in ipairs(rows) do
+    local types = {}
+    for k = 1, math.min(r.repairs, 2) do types[k] = k == 1 and "length_exceeded" or "missing_hashtag" end
+    r.id = assert(store:persist_generation{
+      org_id = r.org, user_id = "u" .. i, platform = "linkedin", template_id = r.template_id,
+      created_at = r.created_at, final_system_prompt = "system " .. i, final_user_prompt = "user " .. i,
+      token_usage = { prompt_tokens = 100 + i, completion_tokens = 20 + i, estimated_cost = r.cost },
+      performance = { total_latency_ms = r.provider_ms + r.overhead, provider_latency_ms = r.provider_ms,
+                      model_identifier = r.model },
+      repair_info = { repair_count = r.repairs, repair_types = types, initial_validation_score = 60 + i },
+      content = "content " .. i,
+    })
+  end
+  local show_id = assert(store:persist_generation{
+    org_id = "org-z", user_id = "u0", platform = "x", template_id = "launch-post", template_version = "7",
+    final_system_prompt = SHOW.system, final_user_prompt = SHOW.user,
+    token_usage = { prompt_tokens = 812, completion_tokens = 240, estimated_cost = 0.000266 },
+    performance = { total_latency_ms = 2310.4, provider_latency_ms = 2291.7,
+                    model_identifier = "gpt-4o-mini-2024-07-18", requested_model = "gpt-4o-mini", provider = "openai" },
+    repair_info = { repair_count = 1, repair_types = { "length_exceeded" }, initial_validation_score = 70,
+                    repair_log = { { attempt = 1, feedback = SHOW.feedback, score_before = 70, score_after = 100,
+                                     issues = { { slug = "length_exceeded", message = "31 words, limit 20",
+                                                  penalty = 30 } } } } },
+    request_params = { temperature = 0.5, max_tokens = 200 },
+    content = SHOW.content,
+  })
+  store:close()
+  rows[#rows + 1] = { template_id = "launch-post", age = 0, org = "org-z", cost = 0.000266, repairs = 1, id = show_id,
+                      model = "gpt-4o-mini-2024-07-18" }
+  return rows, show_id
+end
+
+-- Expected cost by template: posts, priced, avg_cost, in plain Lua.
+local function expected_cost(rows, template)
+  local out = {}
+  for _, r in ipairs(rows) do
+    if not template or r.template_id == template then
+      local e = out[r.template_id] or { posts = 0, priced = 0, total = 0 }
+      out[r.template_id] = e
+      e.posts = e.posts + 1
+      if r.cost then e.priced, e.total = e.priced + 1, e.total + r.cost end
+    end
+  end
+  for _, e in pairs(out) do e.avg = e.total / e.priced end
+  return out
+end
+
+-- Expected Stability Test: { {template_id, repairs} } top 3 over 7 days.
+local function expected_top3(rows)
+  local sums = {}
+  for _, r in ipairs(rows) do
+    if r.age < 7 * DAY then sums[r.template_id] = (sums[r.template_id] or 0) + r.repairs end
+  end
+  local list = {}
+  for t, s in pairs(sums) do list[#list + 1] = { t, s } end
+  table.sort(list, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] < b[1]
+  end)
+  return { list[1], list[2], list[3] }
+end
+
+local function parse_csv(s)
+  local records, record, i, n = {}, {}, 1, #s
+  while i <= n do
+    local value
+    if s:sub(i, i) == '"' then
+      local buf, j = {}, i + 1
+      while true do
+        local qpos = assert(s:find('"', j, true), "unterminated quoted field")
+        buf[#buf + 1] = s:sub(j, qpos - 1)
+        if s:sub(qpos + 1, qpos + 1) == '"' then
+          buf[#buf + 1] = '"'
+          j = qpos + 2
+        else
+          i = qpos + 1
+          break
+        end
+      end
+      value = table.concat(buf)
+    else
+      local j = s:find("[,\r\n]", i) or n + 1
+      value = s:sub(i, j - 1)
+      i = j
+    end
+    record[#record + 1] = value
+    if s:sub(i, i) == "," then
+      i = i + 1
+    elseif s:sub(i, i + 1) == "\r\n" then
+      records[#records + 1] = record
+      record = {}
+      i = i + 2
+    else
+      error("bad CSV at byte " .. i)
+    end
+  end
+  return records
+end
+
+local function lines(s)
+  local out = {}
+  for l in s:gmatch("([^\n]*)\n") do out[#out + 1] = l end
+  return out
+end
+
+local function words(s)
+  local out = {}
+  for w in s:gmatch("%S+") do out[#out + 1] = w end
+  return out
+end
+
+local function near(expected, got, rel)
+  return math.abs(expected - got) <= (rel or 1e-9) * math.max(1, math.abs(expected))
+end
+
+describe("bin/genaudit", function()
+  local dir, db, rows, show_id, srv
+
+  local function query(sql, params)
+    local store = assert(genaudit.open("sqlite:" .. db, { migrate = false }))
+    local r = assert(store:query(sql, params or {}))
+    store:close()
+    return r
+  end
+
+  setup(function()
+    dir = tmp.dir()
+    db = dir .. "/audit.db"
+    rows, show_id = seed(db)
+    srv = provider_server.start{ api_key = KEY }
+  end)
+
+  teardown(function()
+    srv:stop()
+    tmp.rm(dir)
+  end)
+
+  before_each(function() srv:reset() end)
+
+  describe("migrate", function()
+    it("creates a database at the current schema, then finds nothing to do", function()
+      local path = dir .. "/new.db"
+      local out, err, rc = cli("--db " .. q(path) .. " migrate")
+      assert.same({ "schema version 5 (5 migrations applied)\n", "", 0 }, { out, err, rc })
+      out, err, rc = cli("--json --db " .. q("sqlite:" .. path) .. " migrate")
+      assert.same({ '{"schema_version":5,"applied":0}\n', "", 0 }, { out, err, rc })
+      local store = assert(genaudit.open("sqlite:" .. path, { migrate = false }))
+      assert.equal(5, store:schema_version())
+      store:close()
+    end)
+  end)
+
+  describe("report cost", function()
+    it("prints an aligned table with a header row", function()
+      local out, err, rc = cli("--db " .. q(db) .. " report cost --by template")
+      assert.same({ "", 0 }, { err, rc })
+      local ls = lines(out)
+      assert.same({ "template_id", "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
+                    "total_tokens", "avg_tokens" }, words(ls[1]))
+      assert.equal(1 + #TEMPLATES, #ls)
+      local e = expected_cost(rows)
+      for k = 2, #ls do
+        local w = words(ls[k])
+        local x = assert(e[w[1]], w[1])
+        assert.same({ x.posts, x.priced }, { tonumber(w[2]), tonumber(w[3]) })
+        assert.is_true(near(x.avg, tonumber(w[5]), 1e-5), ls[k])
+        assert.equal(#ls[1], #ls[k]) -- aligned: every line as wide as the header
+      end
+    end)
+
+    it("prints JSON with every number exact", function()
+      local out, err, rc = cli("--db " .. q(db) .. " --json report cost --by template")
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      assert.equal("template_id", doc.columns[1])
+      local e = expected_cost(rows)
+      assert.equal(#TEMPLATES, #doc.rows)
+      for _, r in ipairs(doc.rows) do
+        local x = e[r.template_id]
+        assert.same({ x.posts, x.priced }, { r.posts, r.priced })
+        assert.is_true(near(x.avg, r.avg_cost), r.template_id)
+        assert.is_true(near(x.total, r.total_cost), r.template_id)
+      end
+      for k = 2, #doc.rows do assert.is_true(doc.rows[k - 1].total_cost >= doc.rows[k].total_cost) end
+    end)
+
+    it("prints CSV with a header row", function()
+      local out, err, rc = cli("--csv --db " .. q(db) .. " report cost --by template")
+      assert.same({ "", 0 }, { err, rc })
+      local recs = parse_csv(out)
+      assert.same({ "template_id", "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
+                    "total_tokens", "avg_tokens" }, recs[1])
+      local e = expected_cost(rows)
+      assert.equal(1 + #TEMPLATES, #recs)
+      for k = 2, #recs do
+        local x = e[recs[k][1]]
+        assert.same({ x.posts, x.priced }, { tonumber(recs[k][2]), tonumber(recs[k][3]) })
+        assert.is_true(near(x.avg, tonumber(recs[k][5])))
+      end
+    end)
+
+    it("answers the Financial Test with --template", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " report cost --by template --template launch-post")
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      local x = expected_cost(rows, "launch-post")["launch-post"]
+      assert.equal(1, #doc.rows)
+      assert.is_true(x.priced < x.posts, "the seed has costless launch-post rows")
+      assert.same({ "launch-post", x.posts, x.priced }, { doc.rows[1].template_id, doc.rows[1].posts,
+        doc.rows[1].priced })
+      assert.is_true(near(x.avg, doc.rows[1].avg_cost))
+    end)
+
+    it("limits to one org", function()
+      local out, _, rc = cli("--json --db " .. q(db) .. " report cost --by org --org org-z")
+      assert.equal(0, rc)
+      local doc = cjson.decode(out)
+      assert.equal(1, #doc.rows)
+      assert.same({ "org-z", 1, 0.000266 }, { doc.rows[1].org_id, doc.rows[1].posts, doc.rows[1].total_cost })
+    end)
+  end)
+
+  describe("report repairs", function()
+    it("answers the Stability Test with --top 3 --since 7d", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " report repairs --top 3 --since 7d")
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      local got = {}
+      for k, r in ipairs(doc.rows) do got[k] = { r.template_id, r.repairs } end
+      assert.same(expected_top3(rows), got)
+      for _, r in ipairs(doc.rows) do assert.are_not.equal(LEGACY, r.template_id) end
+    end)
+
+    it("prints the ranking as a table and as CSV", function()
+      local out, _, rc = cli("--db " .. q(db) .. " report repairs --top 3 --since 7d")
+      assert.equal(0, rc)
+      local ls = lines(out)
+      assert.equal(4, #ls)
+      assert.same({ "template_id", "repairs", "posts" }, { words(ls[1])[1], words(ls[1])[2], words(ls[1])[3] })
+      local top = expected_top3(rows)
+      for k = 1, 3 do assert.same({ top[k][1], tostring(top[k][2]) }, { words(ls[k + 1])[1], words(ls[k + 1])[2] }) end
+      out, _, rc = cli("--csv --db " .. q(db) .. " report repairs --top 3 --since 7d")
+      assert.equal(0, rc)
+      local recs = parse_csv(out)
+      assert.equal("top_repair_types", recs[1][7])
+      for k = 1, 3 do assert.same({ top[k][1], tostring(top[k][2]) }, { recs[k + 1][1], recs[k + 1][2] }) end
+    end)
+  end)
+
+  describe("report latency", function()
+    it("prints percentiles per model", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " report latency --by model")
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      local posts = {}
+      for _, r in ipairs(rows) do posts[r.model] = (posts[r.model] or 0) + 1 end
+      assert.equal(2, #doc.rows)
+      for _, r in ipairs(doc.rows) do
+        assert.equal(posts[r.model_identifier], r.posts)
+        assert.is_true(r.p50_total_ms <= r.p95_total_ms and r.p95_total_ms <= r.p99_total_ms)
+        assert.is_true(r.p99_overhead_ms <= 200)
+      end
+      out, err, rc = cli("--db " .. q(db) .. " report latency --by template")
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("p99_overhead_ms", words(lines(out)[1])[11])
+    end)
+  end)
+
+  describe("show", function()
+    it("prints the ids, the prompts in full, the metrics and the repair log", function()
+      local out, err, rc = cli("--db " .. q(db) .. " show " .. show_id)
+      assert.same({ "", 0 }, { err, rc })
+      for _, s in ipairs({ "id:          " .. show_id, "status:      completed", "template:    launch-post (version 7)",
+                           "model:       gpt-4o-mini-2024-07-18", SHOW.system, SHOW.user, SHOW.content,
+                           '"estimated_cost": 0.000266', '"provider_latency_ms": 2291.7', '"repair_count": 1',
+                           "attempt 1  score 70 -> 100", "issues:   length_exceeded: 31 words, limit 20 (-30)",
+                           "feedback: Please shorten the post.\n              - 31 words, limit 20" }) do
+        assert.truthy(out:find(s, 1, true), s)
+      end
+    end)
+
+    it("prints the row as JSON with --json", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " show " .. show_id)
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      assert.same({ show_id, SHOW.user, 0.000266, 70 }, { doc.id, doc.final_user_prompt, doc.estimated_cost,
+        doc.repair_metrics.initial_validation_score })
+      assert.equal(SHOW.feedback, doc.repair_metrics.repair_log[1].feedback)
+    end)
+
+    it("exits 1 with one line on stderr for an unknown id", function()
+      assert.same({ "", "genaudit: no snapshot with id '01NOPE'\n", 1 }, { cli("--db " .. q(db) .. " show 01NOPE") })
+    end)
+  end)
+
+  describe("errors", function()
+    it("exits 1 when the database is missing, and does not create it", function()
+      local path = dir .. "/missing.db"
+      for _, args in ipairs({ "report cost --by template", "report repairs", "show X", "export --format csv",
+                              "replay X" }) do
+        assert.same({ "", "genaudit: no database at " .. path .. " (run 'genaudit migrate' to create one)\n", 1 },
+          { cli("--db " .. q(path) .. " " .. args) })
+      end
+      assert.is_nil(io.open(path, "rb"))
+    end)
+
+    it("exits 1 when the file is not a migrated store", function()
+      local path = dir .. "/empty.db"
+      tmp.write(path, "")
+      assert.same({ "", "genaudit: " .. path .. " is not a genaudit store at the current schema"
+        .. " (run 'genaudit migrate')\n", 1 }, { cli("--db " .. q(path) .. " report repairs") })
+    end)
+
+    it("exits 2 for a bad duration", function()
+      assert.same({ "", "genaudit: bad duration '7days' (use e.g. 30m, 24h, 7d, 2w)\n", 2 },
+        { cli("--db " .. q(db) .. " report repairs --since 7days") })
+      assert.same({ "", "genaudit: bad duration '0h' (use e.g. 30m, 24h, 7d, 2w)\n", 2 },
+        { cli("--db " .. q(db) .. " export --format jsonl --since 0h") })
+    end)
+
+    it("exits 2 for an unknown --by column, even without a database", function()
+      assert.same({ "", "genaudit: unknown --by column 'user' for cost (use template, model, platform, org, day)\n",
+        2 }, { cli("--db " .. q(db) .. " report cost --by user") })
+      assert.same({ "", "genaudit: unknown --by column 'day' for latency (use model, template)\n", 2 },
+        { cli("--db /nonexistent/x.db report latency --by day") })
+    end)
+
+    it("exits 2 for an unknown command or option", function()
+      assert.same({ "", "genaudit: unknown command 'frobnicate'\n", 2 }, { cli("frobnicate") })
+      assert.same({ "", "genaudit: unknown option '--colour'\n", 2 }, { cli("--colour report repairs") })
+      local out, err, rc = cli("report")
+      assert.same({ "", 2 }, { out, rc })
+      assert.matches("^genaudit: [^\n]+\n$", err)
+    end)
+
+    it("exits 2 for a bad --top", function()
+      assert.same({ "", "genaudit: top must be a positive integer, got 'many'\n", 2 },
+        { cli("--db " .. q(db) .. " report repairs --top many") })
+    end)
+  end)
+
+  describe("replay", function()
+    local function row(id)
+      return query("SELECT * FROM generation_snapshots WHERE id = ?", { id })[1]
+    end
+
+    local function replay_args(extra)
+      return "--db " .. q(db) .. " replay " .. show_id .. " --provider openai --base-url " .. q(srv.url)
+        .. " --model gpt-4o-mini" .. (extra or "")
+    end
+
+    it("prints both outputs and the similarity, and records a linked snapshot", function()
+      local before = row(show_id)
+      srv:queue{ { content = "alpha beta gamma epsilon" } }
+      local out, err, rc = cli(replay_args(), "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 0 }, { err, rc })
+      assert.truthy(out:find("similarity: 0.75\n", 1, true), out)
+      assert.truthy(out:find("== stored output ==\nalpha beta gamma delta\n", 1, true), out)
+      assert.truthy(out:find("== new output ==\nalpha beta gamma epsilon\n", 1, true), out)
+      assert.falsy(out:find(KEY, 1, true))
+      local sid = out:match("replay snapshot: (%w+)\n")
+      assert.equal(26, #sid)
+      local replayed = row(sid)
+      assert.same({ show_id, "alpha beta gamma epsilon", SHOW.system, SHOW.user },
+        { replayed.replay_of, replayed.content, replayed.final_system_prompt, replayed.final_user_prompt })
+      assert.same(before, row(show_id))
+      local sent = cjson.decode(srv:requests()[1].body)
+      assert.same({ "gpt-4o-mini", SHOW.system, SHOW.user, 0.5, 200 }, { sent.model, sent.messages[1].content,
+        sent.messages[2].content, sent.temperature, sent.max_tokens })
+    end)
+
+    it("records nothing with --no-record", function()
+      local count = query("SELECT count(*) AS n FROM generation_snapshots")[1].n
+      srv:queue{ { content = "alpha beta gamma delta" } }
+      local out, err, rc = cli(replay_args(" --no-record"), "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 0 }, { err, rc })
+      assert.truthy(out:find("similarity: 1.00\n", 1, true), out)
+      assert.truthy(out:find("replay snapshot: not recorded (--no-record)\n", 1, true), out)
+      assert.equal(count, query("SELECT count(*) AS n FROM generation_snapshots")[1].n)
+    end)
+
+    it("uses the stored provider and requested model by default", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " replay " .. show_id .. " --no-record",
+        "GENAUDIT_API_KEY=" .. KEY .. " GENAUDIT_BASE_URL=" .. q(srv.url))
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      assert.same({ show_id, "openai", "gpt-4o-mini", SHOW.content }, { doc.id, doc.provider, doc.model,
+        doc.stored_content })
+      assert.equal("gpt-4o-mini", cjson.decode(srv:requests()[1].body).model)
+    end)
+
+    it("exits 1 when the provider rejects the key, without printing it", function()
+      local out, err, rc = cli(replay_args(" --no-record"), "GENAUDIT_API_KEY=sk-wrong-key-0000")
+      assert.same({ "", 1 }, { out, rc })
+      assert.matches("^genaudit: replay failed: PROVIDER_REJECTED: [^\n]+\n$", err)
+      assert.falsy(err:find("sk-wrong-key-0000", 1, true))
+    end)
+
+    it("exits 1 for an unknown id", function()
+      assert.same({ "", "genaudit: no snapshot with id 'NOPE'\n", 1 },
+        { cli("--db " .. q(db) .. " replay NOPE --base-url " .. q(srv.url)) })
+    end)
+  end)
+
+  describe("export", function()
+    local function count() return query("SELECT count(*) AS n FROM generation_snapshots")[1].n end
+
+    it("writes JSONL to a file", function()
+      local file = dir .. "/out.jsonl"
+      local n = count()
+      local out, err, rc = cli("--db " .. q(db) .. " export --format jsonl --out " .. q(file))
+      assert.same({ n .. " rows written to " .. file .. "\n", "", 0 }, { out, err, rc })
+      local ls = lines(tmp.read(file))
+      assert.equal(n, #ls)
+      local ids = {}
+      for _, l in ipairs(ls) do ids[cjson.decode(l).id] = true end
+      assert.truthy(ids[show_id])
+    end)
+
+    it("writes CSV to a file", function()
+      local file = dir .. "/out.csv"
+      local n = count()
+      local _, err, rc = cli("--db " .. q(db) .. " export --format csv --out " .. q(file))
+      assert.same({ "", 0 }, { err, rc })
+      local recs = parse_csv(tmp.read(file))
+      assert.equal(n + 1, #recs)
+      assert.same({ "id", "org_id" }, { recs[1][1], recs[1][2] })
+    end)
+
+    it("writes to stdout, filtered by org and period", function()
+      local out, err, rc = cli("--db " .. q(db) .. " export --format jsonl --org org-z --since 1d")
+      assert.same({ "", 0 }, { err, rc })
+      local ls = lines(out)
+      assert.is_true(#ls >= 1)
+      for _, l in ipairs(ls) do assert.equal("org-z", cjson.decode(l).org_id) end
+    end)
+  end)
+end)

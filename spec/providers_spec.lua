@@ -1,0 +1,116 @@
+local providers = require("genaudit.providers")
+local cjson = require("cjson")
+
+describe("genaudit.providers", function()
+  local function openai_body(u, model)
+    return cjson.encode{ model = model or "m", choices = { { message = { role = "assistant", content = "hi" },
+      finish_reason = "stop" } }, usage = u }
+  end
+
+  describe("usage normalization", function()
+    local p = providers.openai{ model = "gpt-4o-mini", api_key = "sk-x" }
+
+    it("keeps OpenAI's prompt_tokens (cached included) and reads cached and reasoning details", function()
+      local r = assert(p:parse_response(200, openai_body{ prompt_tokens = 1000, completion_tokens = 300,
+        total_tokens = 1300, prompt_tokens_details = { cached_tokens = 600 },
+        completion_tokens_details = { reasoning_tokens = 200 } }))
+      assert.same({ prompt_tokens = 1000, completion_tokens = 300, total_tokens = 1300, cached_prompt_tokens = 600,
+        cache_write_tokens = 0, reasoning_tokens = 200 }, r.usage)
+    end)
+
+    it("reads OpenRouter's cache_write_tokens and billed cost", function()
+      local r = assert(p:parse_response(200, openai_body{ prompt_tokens = 500, completion_tokens = 50,
+        total_tokens = 550, cost = 0.00042,
+        prompt_tokens_details = { cached_tokens = 100, cache_write_tokens = 200 } }))
+      assert.same({ 100, 200, 0.00042 },
+        { r.usage.cached_prompt_tokens, r.usage.cache_write_tokens, r.provider_cost })
+    end)
+
+    it("counts Gemini's thinking tokens that only show in total_tokens as reasoning output", function()
+      local r = assert(p:parse_response(200, openai_body{ prompt_tokens = 100, completion_tokens = 50,
+        total_tokens = 400 }))
+      assert.same({ 100, 300, 400, 250 }, { r.usage.prompt_tokens, r.usage.completion_tokens,
+        r.usage.total_tokens, r.usage.reasoning_tokens })
+    end)
+
+    it("reads Ollama's plain usage", function()
+      local r = assert(p:parse_response(200, openai_body({ prompt_tokens = 12, completion_tokens = 8 }, "llama3:8b")))
+      assert.same({ 12, 8, 20, "llama3:8b" }, { r.usage.prompt_tokens, r.usage.completion_tokens,
+        r.usage.total_tokens, r.model_identifier })
+    end)
+
+    it("adds Anthropic's cache reads and writes to the input tokens", function()
+      local a = providers.anthropic{ model = "claude-3-5-haiku", api_key = "k" }
+      local r = assert(a:parse_response(200, cjson.encode{ model = "claude-3-5-haiku-20241022",
+        content = { { type = "text", text = "a" }, { type = "text", text = "b" } },
+        usage = { input_tokens = 10, output_tokens = 5, cache_read_input_tokens = 20,
+                  cache_creation_input_tokens = 30 } }))
+      assert.same({ prompt_tokens = 60, completion_tokens = 5, total_tokens = 65, cached_prompt_tokens = 20,
+        cache_write_tokens = 30, reasoning_tokens = 0 }, r.usage)
+      assert.equal("ab", r.content)
+    end)
+
+    it("rejects negative or fractional token counts", function()
+      local _, err, code = p:parse_response(200, openai_body{ prompt_tokens = -1, completion_tokens = 2 })
+      assert.same({ "BAD_RESPONSE: usage.prompt_tokens/completion_tokens missing or not non-negative integers",
+        "BAD_RESPONSE" }, { err, code })
+      _, err = p:parse_response(200, openai_body{ prompt_tokens = 1.5, completion_tokens = 2 })
+      assert.truthy(err:find("^BAD_RESPONSE: usage"))
+    end)
+
+    it("rejects more cached tokens than prompt tokens", function()
+      local _, err = p:parse_response(200, openai_body{ prompt_tokens = 10, completion_tokens = 2,
+        prompt_tokens_details = { cached_tokens = 11 } })
+      assert.equal("BAD_RESPONSE: usage reports more cached tokens than prompt tokens", err)
+    end)
+  end)
+
+  describe("errors", function()
+    it("scrubs the API key from a provider's error message", function()
+      local p = providers.openai{ model = "m", api_key = "sk-abc.123+x" }
+      local _, err, code = p:parse_response(401, cjson.encode{ error = { message = "Incorrect API key sk-abc.123+x" } })
+      assert.same({ "PROVIDER_REJECTED: provider answered HTTP 401: Incorrect API key [REDACTED]",
+        "PROVIDER_REJECTED" }, { err, code })
+    end)
+
+    it("maps 429 to RATE_LIMITED and 5xx to PROVIDER_ERROR", function()
+      local p = providers.openai{ model = "m" }
+      assert.equal("RATE_LIMITED", select(3, p:parse_response(429, "{}")))
+      assert.equal("PROVIDER_ERROR", select(3, p:parse_response(503, "oops")))
+    end)
+
+    it("raises when the model is missing", function()
+      assert.has_error(function() providers.openai{ api_key = "k" } end,
+        "bad argument #1 to 'openai' (model: string expected, got nil)")
+    end)
+  end)
+
+  describe("requests", function()
+    it("builds an OpenAI chat request with the key only in the Authorization header", function()
+      local p = providers.openai{ model = "gpt-4o-mini", api_key = "sk-k", base_url = "http://h:1/" }
+      local req = p:request({ { role = "system", content = "s" }, { role = "user", content = "u" } },
+        { temperature = 0.2 })
+      assert.equal("http://h:1/v1/chat/completions", req.url)
+      assert.equal("Bearer sk-k", req.headers.Authorization)
+      local body = cjson.decode(req.body)
+      assert.same({ "gpt-4o-mini", 0.2, "s" }, { body.model, body.temperature, body.messages[1].content })
+      assert.falsy(tostring(p):find("sk-k", 1, true))
+      for _, v in pairs(p) do assert.are_not.equal("sk-k", v) end
+    end)
+
+    it("moves the system prompt to Anthropic's top-level system field", function()
+      local p = providers.anthropic{ model = "claude", api_key = "k" }
+      local body = cjson.decode(p:request({ { role = "system", content = "s" }, { role = "user", content = "u" } },
+        { max_tokens = 99, seed = 1 }).body)
+      assert.same({ "s", 1, "user", 99 }, { body.system, #body.messages, body.messages[1].role, body.max_tokens })
+      assert.is_nil(body.seed)
+    end)
+
+    it("asks OpenRouter for the billed cost", function()
+      local p = providers.openrouter{ model = "openai/gpt-4o-mini", api_key = "k" }
+      local req = p:request({ { role = "user", content = "u" } })
+      assert.equal("https://openrouter.ai/api/v1/chat/completions", req.url)
+      assert.is_true(cjson.decode(req.body).usage.include)
+    end)
+  end)
+end)
