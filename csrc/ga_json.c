@@ -196,10 +196,6 @@ int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *con
 
 int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_t errlen) {
   long long iv;
-  if (depth > JSON_MAX_DEPTH) {
-    snprintf(err, errlen, "nested deeper than %d levels", JSON_MAX_DEPTH);
-    return -1;
-  }
   if (!lua_checkstack(L, 4)) {
     snprintf(err, errlen, "Lua stack exhausted");
     return -1;
@@ -235,7 +231,12 @@ int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_
       ga_json_string(b, s, n);
       return 0;
     }
-    case LUA_TTABLE: return encode_table(L, idx, b, depth, err, errlen);
+    case LUA_TTABLE:
+      if (depth >= JSON_MAX_DEPTH) { /* depth counts the tables around this one */
+        snprintf(err, errlen, "nested deeper than %d levels", JSON_MAX_DEPTH);
+        return -1;
+      }
+      return encode_table(L, idx, b, depth, err, errlen);
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(L, idx) == NULL) {
         ga_buf_add(b, "null", 4);

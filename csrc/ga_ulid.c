@@ -44,30 +44,40 @@ int ga_ulid_next(ga_ulid_state *st, int64_t ms, char out[26]) {
   return 0;
 }
 
+/* The userdata: a generator state plus the closed flag every handle has. */
+typedef struct {
+  ga_ulid_state st;
+  int closed;
+} ulid_gen;
+
 static int ulid_gen_next(lua_State *L) {
-  ga_ulid_state *st = (ga_ulid_state *)luaL_checkudata(L, 1, ULID_MT);
+  ulid_gen *g = (ulid_gen *)luaL_checkudata(L, 1, ULID_MT);
+  ga_ulid_state *st = &g->st;
   char id[26];
+  if (g->closed) return luaL_error(L, "attempt to use a closed ulid_generator");
   if (ga_ulid_next(st, ga_realtime_ms(), id) != 0) return ga_fail(L, "ULID", "cannot generate an id (random source failed)");
   lua_pushlstring(L, id, 26);
   return 1;
 }
 
 static int ulid_gen_gc(lua_State *L) {
-  luaL_checkudata(L, 1, ULID_MT);
+  ulid_gen *g = (ulid_gen *)luaL_checkudata(L, 1, ULID_MT);
+  g->closed = 1;
   lua_pushboolean(L, 1);
   return 1;
 }
 
 static int ulid_gen_tostring(lua_State *L) {
-  luaL_checkudata(L, 1, ULID_MT);
-  lua_pushliteral(L, "genaudit.ulid_generator");
+  ulid_gen *g = (ulid_gen *)luaL_checkudata(L, 1, ULID_MT);
+  if (g->closed) lua_pushliteral(L, "genaudit.ulid_generator (closed)");
+  else lua_pushliteral(L, "genaudit.ulid_generator");
   return 1;
 }
 
 /* core.ulid_generator() -> generator with :next() */
 static int l_ulid_generator(lua_State *L) {
-  ga_ulid_state *st = (ga_ulid_state *)ga_newuserdata(L, sizeof *st);
-  memset(st, 0, sizeof *st);
+  ulid_gen *g = (ulid_gen *)ga_newuserdata(L, sizeof *g);
+  memset(g, 0, sizeof *g);
   luaL_getmetatable(L, ULID_MT);
   lua_setmetatable(L, -2);
   return 1;

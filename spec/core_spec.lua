@@ -233,6 +233,13 @@ describe("genaudit.core", function()
   end)
 
   describe("ULID", function()
+    it("a generator closes idempotently and refuses use after close", function()
+      local gen = core.ulid_generator()
+      assert.same({ true, true }, { gen:close(), gen:close() })
+      assert.equal("genaudit.ulid_generator (closed)", tostring(gen))
+      assert.has_error(function() gen:next() end, "attempt to use a closed ulid_generator")
+    end)
+
     it("is 26 characters of Crockford base32", function()
       local id = core.ulid_generator():next()
       assert.equal(26, #id)
@@ -353,6 +360,18 @@ describe("genaudit.core", function()
       local t = {}
       for _ = 2, 32 do t = { t } end
       assert.equal(string.rep("[", 32) .. string.rep("]", 32), core.json_encode(t))
+    end)
+
+    it("returns nil, err, 'INVALID' for 33 nested tables", function()
+      local t = { "leaf" }
+      for _ = 2, 33 do t = { t } end
+      assert.same({ nil, "INVALID: nested deeper than 32 levels", "INVALID" }, { core.json_encode(t) })
+    end)
+
+    it("encodes a scalar inside the 32nd nested table", function()
+      local t = { "leaf" }
+      for _ = 2, 32 do t = { t } end
+      assert.equal(string.rep("[", 32) .. '"leaf"' .. string.rep("]", 32), core.json_encode(t))
     end)
 
     it("returns nil, err, 'INVALID' for tables nested far deeper than 32 levels", function()

@@ -199,6 +199,8 @@ describe("genaudit.pipeline", function()
       local pm = cjson.decode(row(r.snapshot_id).performance_metrics)
       assert.equal(2, pm.attempts)
       assert.equal(2, #srv:requests())
+      local tries = pm.calls[1].tries
+      assert.same({ 429, 0, 200 }, { tries[1].status, tries[1].retry_after_ms, tries[2].status })
     end)
 
     it("applies a rule file edited between two generations", function()
@@ -254,7 +256,10 @@ describe("genaudit.pipeline", function()
       local err, code, stored = failed(pipeline())
       assert.equal("PROVIDER_ERROR", code)
       assert.truthy(err:find("^PROVIDER_ERROR: provider answered HTTP 500"))
-      assert.equal(3, cjson.decode(stored.performance_metrics).attempts)
+      local pm = cjson.decode(stored.performance_metrics)
+      assert.equal(3, pm.attempts)
+      assert.same({ 500, 500, 500 }, { pm.calls[1].tries[1].status, pm.calls[1].tries[2].status,
+        pm.calls[1].tries[3].status })
       assert.truthy(stored.final_user_prompt:find("Tone: playful", 1, true))
     end)
 
@@ -280,8 +285,10 @@ describe("genaudit.pipeline", function()
 
     it("is persisted when the provider cannot be reached", function()
       local prov = genaudit.providers.openai{ base_url = "http://127.0.0.1:9", api_key = KEY, model = "gpt-4o-mini" }
-      local err, code = failed(pipeline{ provider = prov, retries = 0 })
+      local err, code, stored = failed(pipeline{ provider = prov, retries = 0 })
       assert.equal("CONNECT", code)
+      local try = cjson.decode(stored.performance_metrics).calls[1].tries[1]
+      assert.same({ "CONNECT", err }, { try.code, try.error })
       assert.falsy(err:find(KEY, 1, true))
     end)
 

@@ -72,7 +72,13 @@ function Client:complete(run, kind, messages, params)
   local wait_us = (res and res.provider_wait_us) or (info and info.provider_wait_us) or 0
   run.sw:add("provider", wait_us)
   run.attempts = run.attempts + #tries
-  run.http[#run.http + 1] = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us),
+  local log = {}
+  for i, t in ipairs(tries) do -- every HTTP try, failed ones included
+    log[i] = { status = t.status, error = t.error and provider.scrub(t.error) or nil, code = t.code,
+               retry_after_ms = t.retry_after_ms, slept_ms = t.slept_ms,
+               wait_ms = t.timings and us_to_ms(t.timings.wait_us) or nil }
+  end
+  run.http[#run.http + 1] = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us), tries = log,
                               status = res and res.status or nil, timings = res and res.timings or nil }
   if not res then return nil, provider.scrub(err), code or "HTTP" end
   local parsed
