@@ -16,7 +16,7 @@ LUACHECK       ?= luacheck
 LUA54_INCDIR   ?= $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null)
 LUAJIT_INCDIR  ?= $(shell $(PKG_CONFIG) --cflags luajit 2>/dev/null)
 DEP_CFLAGS     ?= $(shell $(PKG_CONFIG) --cflags sqlite3 libcurl 2>/dev/null)
-DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl 2>/dev/null) -lm
+DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl 2>/dev/null) -lm -pthread
 
 SRCS    := $(wildcard csrc/*.c)
 HDRS    := $(wildcard csrc/*.h)

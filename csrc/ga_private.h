@@ -92,6 +92,35 @@ void ga_open_fs(lua_State *L);
 /* ---- SQLite store (ga_store.c) ---- */
 void ga_open_store(lua_State *L);
 
+/* ---- async writer (ga_writer.c): a thread that drains a bounded queue of
+ * rows into SQLite in batched transactions, on its own connection ---- */
+extern const char ga_sql_insert[]; /* the one INSERT (ga_store.c) */
+typedef struct ga_writer ga_writer;
+typedef struct {
+  size_t capacity;  /* rows the queue holds */
+  size_t max_bytes; /* bytes the queued rows may hold */
+  int batch;        /* rows per transaction */
+  int block;        /* when full: 1 = wait, 0 = fail */
+  long busy_timeout_ms;
+  int synchronous;  /* 0 off, 1 normal, 2 full, 3 extra */
+} ga_writer_opts;
+typedef struct {
+  uint64_t queued, written, failed, batches, retries;
+  size_t pending, max_depth, pending_bytes;
+  char last_error[256];
+} ga_writer_stats;
+/* Starts the thread with its own connection to `path`. NULL + err on failure. */
+ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err, size_t errlen);
+/* Copies the row into the queue. 0 ok; -1 full (block=0) or too large;
+ * -2 stopped; -3 out of memory. err says which. */
+int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen);
+/* Waits until everything pushed so far is committed (or failed). 0, or -1 on
+ * timeout (timeout_ms < 0: wait forever). */
+int ga_writer_flush(ga_writer *w, long timeout_ms);
+void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st);
+/* Drains the queue, joins the thread, frees everything. */
+void ga_writer_stop(ga_writer *w);
+
 /* ---- further concerns register themselves below ---- */
 
 /* ---- token accounting and cost (ga_meter.c) ---- */

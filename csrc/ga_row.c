@@ -277,6 +277,19 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
     }
     if (st->n == 6 && !row->col[GA_COL_ERROR].set) FAIL("error is required when status is 'failed'");
   }
+  if (row->col[GA_COL_CREATED_AT].set) { /* checked here too, so async mode never acknowledges a row SQLite refuses */
+    static const char shape[] = "dddd-dd-dd dd:dd:dd";
+    const ga_text *c = &row->col[GA_COL_CREATED_AT];
+    size_t i;
+    int ok = c->n >= 19 && c->n <= 29;
+    for (i = 0; ok && i < c->n; i++) {
+      char ch = c->p[i];
+      if (i < 19) ok = shape[i] == 'd' ? (ch >= '0' && ch <= '9') : ch == shape[i];
+      else ok = i == 19 ? ch == '.' : (ch >= '0' && ch <= '9');
+    }
+    if (ok && c->n == 20) ok = 0;
+    if (!ok) FAIL("created_at must be 'YYYY-MM-DD HH:MM:SS[.fff]' (UTC)");
+  }
   if (build_token_metrics(L, idx, &row->json[0], err, errlen) ||
       build_performance_metrics(L, idx, &row->json[1], err, errlen) ||
       build_repair_metrics(L, idx, &row->json[2], err, errlen))

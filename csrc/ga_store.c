@@ -16,7 +16,7 @@
 #define QCACHE 16
 
 /* ---- the statements this file prepares ---- */
-static const char SQL_INSERT[] =
+const char ga_sql_insert[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
     " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
@@ -43,6 +43,10 @@ typedef struct {
   uint64_t tick;
   ga_ulid_state ulid;
   int readonly;
+  int sync_level;     /* PRAGMA synchronous index, reused by the writer */
+  long busy_ms;
+  ga_writer *writer;  /* non-NULL in async mode */
+  uint64_t persisted; /* sync mode: rows committed by persist() */
 } store;
 
 static store *check_store(lua_State *L) {
@@ -54,6 +58,8 @@ static store *check_store(lua_State *L) {
 static int store_close_impl(store *s) {
   int i;
   if (!s->db) return 0;
+  ga_writer_stop(s->writer); /* drains the queue: nothing acknowledged is dropped */
+  s->writer = NULL;
   sqlite3_finalize(s->insert);
   s->insert = NULL;
   for (i = 0; i < QCACHE; i++) {
@@ -122,6 +128,8 @@ static int l_sqlite_open(lua_State *L) {
   luaL_getmetatable(L, STORE_MT);
   lua_setmetatable(L, -2);
   s->readonly = readonly;
+  s->sync_level = sync;
+  s->busy_ms = (long)busy;
 
   if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
     /* create the file ourselves so it is private (0600) from the start */
@@ -298,8 +306,15 @@ static int l_store_persist(lua_State *L) {
     ga_row_free(&row);
     return ga_fail(L, "ULID", "cannot generate a snapshot id");
   }
+  if (s->writer) {
+    int r = ga_writer_push(s->writer, &row, err, sizeof err);
+    ga_row_free(&row);
+    if (r != 0) return ga_fail(L, r == -1 ? "FULL" : r == -2 ? "STOPPED" : "NOMEM", "%s", err);
+    lua_pushlstring(L, row.id, 26);
+    return 1;
+  }
   if (!s->insert &&
-      sqlite3_prepare_v3(s->db, SQL_INSERT, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) != SQLITE_OK) {
+      sqlite3_prepare_v3(s->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) != SQLITE_OK) {
     ga_row_free(&row);
     return fail_db(L, s, "cannot prepare insert (is the store migrated?)");
   }
@@ -309,11 +324,98 @@ static int l_store_persist(lua_State *L) {
     ga_row_free(&row);
     return fail_db(L, s, "cannot persist snapshot");
   }
+  s->persisted++;
   lua_pushlstring(L, row.id, 26);
   ga_row_free(&row);
   return 1;
 }
 
+/* store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
+ *   on_full = "block" | "error" } -> true | nil, err, code
+ * From now on persist() queues rows for a writer thread with its own
+ * connection; flush() waits for them; close() drains them. File stores only. */
+static int l_store_start_async(lua_State *L) {
+  static const char *const fulls[] = {"block", "error", NULL};
+  store *s = check_store(L);
+  ga_writer_opts o;
+  long long q = 10000, b = 100, mb = 256LL * 1024 * 1024;
+  int block = 1;
+  const char *path;
+  char err[256];
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "queue");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &q) || q < 1 || q > 100000000))
+      return luaL_argerror(L, 2, "queue must be an integer 1..1e8");
+    lua_getfield(L, 2, "batch");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &b) || b < 1 || b > 100000))
+      return luaL_argerror(L, 2, "batch must be an integer 1..100000");
+    lua_getfield(L, 2, "max_bytes");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &mb) || mb < 1))
+      return luaL_argerror(L, 2, "max_bytes must be a positive integer");
+    lua_getfield(L, 2, "on_full");
+    if (!lua_isnil(L, -1)) block = luaL_checkoption(L, -1, NULL, fulls) == 0;
+    lua_pop(L, 4);
+  }
+  if (s->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
+  if (s->writer) return ga_fail(L, "ASYNC", "the store is already in async mode");
+  path = sqlite3_db_filename(s->db, "main");
+  if (!path || !*path) return ga_fail(L, "ASYNC", "async mode needs a database file (not :memory:)");
+  o.capacity = (size_t)q;
+  o.batch = (int)b;
+  o.max_bytes = (size_t)mb;
+  o.block = block;
+  o.busy_timeout_ms = s->busy_ms;
+  o.synchronous = s->sync_level;
+  s->writer = ga_writer_start(path, &o, err, sizeof err);
+  if (!s->writer) return ga_fail(L, "ASYNC", "%s", err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* store:flush([timeout_ms]) -> true | nil, err, code. Waits until every row
+ * persisted so far is written; reports rows the writer could not write. */
+static int l_store_flush(lua_State *L) {
+  store *s = check_store(L);
+  long long t = -1;
+  ga_writer_stats st;
+  if (!lua_isnoneornil(L, 2) && (!ga_tointeger(L, 2, &t) || t < 0))
+    return luaL_argerror(L, 2, "timeout_ms must be a non-negative integer");
+  if (!s->writer) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (ga_writer_flush(s->writer, (long)t) != 0)
+    return ga_fail(L, "TIMEOUT", "rows still queued after %lld ms", t);
+  ga_writer_get_stats(s->writer, &st);
+  if (st.failed > 0)
+    return ga_fail(L, "WRITE_FAILED", "%llu row(s) could not be written; last error: %s",
+                   (unsigned long long)st.failed, st.last_error);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* store:stats() -> { mode, queued, written, failed, pending, max_depth, ... } */
+static int l_store_stats(lua_State *L) {
+  store *s = check_store(L);
+  ga_writer_stats st;
+  memset(&st, 0, sizeof st);
+  if (s->writer) ga_writer_get_stats(s->writer, &st);
+  else st.written = st.queued = s->persisted;
+  lua_createtable(L, 0, 10);
+  lua_pushstring(L, s->writer ? "async" : "sync");
+  lua_setfield(L, -2, "mode");
+#define F(name) ga_pushint64(L, (long long)st.name); lua_setfield(L, -2, #name)
+  F(queued); F(written); F(failed); F(batches); F(retries); F(pending); F(max_depth); F(pending_bytes);
+#undef F
+  if (st.last_error[0]) {
+    lua_pushstring(L, st.last_error);
+    lua_setfield(L, -2, "last_error");
+  }
+  return 1;
+}
+
+/* True when only whitespace and semicolons remain (one statement given). */
 static int only_space(const char *p) {
   while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';') p++;
   return *p == '\0';
@@ -557,6 +659,9 @@ void ga_open_store(lua_State *L) {
                                      {"persist", l_store_persist},
                                      {"query", l_store_query},
                                      {"each", l_store_each},
+                                     {"start_async", l_store_start_async},
+                                     {"flush", l_store_flush},
+                                     {"stats", l_store_stats},
                                      {"filename", l_store_filename},
                                      {"close", l_store_close},
                                      {NULL, NULL}};

@@ -29,12 +29,12 @@ build = {
     ["genaudit.core"] = {
       sources = {
         "csrc/ga_clock.c", "csrc/ga_core.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_json.c",
-        "csrc/ga_meter.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c",
+        "csrc/ga_meter.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c", "csrc/ga_writer.c",
       },
       defines = {},
       incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
       libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },
-      libraries = { "sqlite3", "curl", "m" },
+      libraries = { "sqlite3", "curl", "m", "pthread" },
     },
     ["genaudit"] = "lua/genaudit/init.lua",
     ["genaudit.store"] = "lua/genaudit/store.lua",

@@ -81,7 +81,8 @@ end
 
 -- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
 -- unless opts.migrate == false. opts: synchronous, journal_mode,
--- busy_timeout (ms), readonly, migrations_dir.
+-- busy_timeout (ms), readonly, migrations_dir, async (true or the options of
+-- store:start_async).
 function M.open(url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'open' (table expected, got " .. type(opts) .. ")", 2)
@@ -99,6 +100,14 @@ function M.open(url, opts)
   if opts.migrate ~= false and not opts.readonly then
     local ok
     ok, err, code = self:migrate()
+    if not ok then
+      conn:close()
+      return nil, err, code
+    end
+  end
+  if opts.async then
+    local ok
+    ok, err, code = self:start_async(opts.async ~= true and opts.async or nil)
     if not ok then
       conn:close()
       return nil, err, code
@@ -147,9 +156,28 @@ function Store:each(sql, params, fn)
   return self._conn:each(sql, params, fn)
 end
 
+-- store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
+-- on_full = "block" | "error" } -> true | nil, err, code. From then on
+-- persist_generation checks the row, queues it and returns its id; a writer
+-- thread commits queued rows in batched transactions on its own connection.
+function Store:start_async(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #1 to 'start_async' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  return self._conn:start_async(opts)
+end
+
+-- store:flush([timeout_ms]) -> true | nil, err, code: waits until every row
+-- persisted so far is committed (a no-op in synchronous mode).
+function Store:flush(timeout_ms) return self._conn:flush(timeout_ms) end
+
+-- store:stats() -> { mode, queued, written, failed, pending, max_depth, batches,
+-- retries, pending_bytes, last_error }
+function Store:stats() return self._conn:stats() end
+
 function Store:filename() return self._conn:filename() end
 
--- store:close() -> true; closing twice is fine.
+-- store:close() -> true; drains the async queue first; closing twice is fine.
 function Store:close() return self._conn:close() end
 
 Store.__close = Store.close
