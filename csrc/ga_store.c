@@ -152,8 +152,16 @@ static int l_sqlite_open(lua_State *L) {
   sqlite3_extended_result_codes(s->db, 1);
   sqlite3_busy_timeout(s->db, (int)busy);
   if (!readonly) {
+    long waited = 0;
     snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", journals[journal]);
-    if (exec(s, sql) != SQLITE_OK) {
+    /* switching journal mode needs an exclusive lock and does not go through
+     * the busy handler: retry while another process (a migrating nginx
+     * worker) holds the database, within busy_timeout */
+    while ((rc = exec(s, sql)) == SQLITE_BUSY && waited < busy) {
+      sqlite3_sleep(10);
+      waited += 10;
+    }
+    if (rc != SQLITE_OK) {
       int r = fail_db(L, s, "cannot set journal mode");
       store_close_impl(s);
       return r;
@@ -239,6 +247,16 @@ static int l_store_migrate(lua_State *L) {
       if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) {
         rc = fail_db(L, s, "cannot begin migration");
         goto cleanup;
+      }
+      /* look again under the write lock: another process (an nginx worker)
+       * may have applied it while we waited */
+      sqlite3_bind_int64(q, 1, v);
+      done = sqlite3_step(q) == SQLITE_ROW;
+      sqlite3_reset(q);
+      if (done) {
+        exec(s, "COMMIT");
+        lua_pop(L, 4);
+        continue;
       }
       rc = sqlite3_exec(s->db, sql, NULL, NULL, &errmsg);
       if (rc == SQLITE_OK) {
