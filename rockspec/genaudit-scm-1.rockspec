@@ -49,6 +49,7 @@ build = {
     ["genaudit.client"] = "lua/genaudit/client.lua",
     ["genaudit.replay"] = "lua/genaudit/replay.lua",
     ["genaudit.report"] = "lua/genaudit/report.lua",
+    ["genaudit.openresty"] = "lua/genaudit/openresty.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },

@@ -4,7 +4,8 @@
 set -eu
 PKGS="build-essential pkg-config lua5.4 liblua5.4-dev lua-busted lua-cjson lua-socket
 lua-filesystem lua-argparse lua-check luajit2 libluajit2-5.1-dev libsqlite3-dev sqlite3
-libcurl4-openssl-dev libssl-dev luarocks valgrind"
+libcurl4-openssl-dev libssl-dev luarocks valgrind curl
+nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache"
 missing=""
 for p in $PKGS; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -37,6 +37,9 @@ function M.new(opts)
   }, Client)
   if opts.transport then
     self.transport = opts.transport
+  elseif rawget(_G, "ngx") and require("genaudit.openresty").available() then
+    -- inside nginx: cosockets, never a blocking libcurl call on a worker
+    self.transport = require("genaudit.openresty").transport(opts.provider)
   else
     self.transport, self.http = curl_transport(opts.provider)
   end

@@ -1,0 +1,256 @@
+-- genaudit.openresty — embedding in nginx with the lua module (OpenResty's
+-- LuaJIT). Two pieces:
+--   * a non-blocking transport over cosockets, with the same request/response
+--     shape, retries and timings as the libcurl transport, so the provider
+--     adapters, meter and stopwatch work unchanged;
+--   * per-worker lifecycle: init_worker() opens one store per worker in async
+--     mode (a C writer thread commits snapshots off the request path) and
+--     builds the pipeline; exit_worker() drains the queue on quit and reload.
+local core = require("genaudit.core")
+
+local M = {}
+
+local ngx = rawget(_G, "ngx")
+
+-- Phases where cosockets (and so provider calls) are available.
+local COSOCKET_PHASES = { rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
+  ssl_session_fetch = true, preread = true }
+
+local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
+
+local function parse_url(url)
+  local scheme, host, port, path = url:match("^(https?)://([^/:]+):?(%d*)(.*)$")
+  if not scheme then return nil end
+  port = tonumber(port) or (scheme == "https" and 443 or 80)
+  if path == "" then path = "/" end
+  return { scheme = scheme, host = host, port = port, path = path, hostport = host .. ":" .. port }
+end
+
+local function now_us() return core.monotonic_us() end
+
+-- Reads the body: Content-Length, chunked, or until close. Returns body | nil, err.
+local function read_body(sock, headers, limit)
+  local te = headers["transfer-encoding"]
+  if te and te:lower():find("chunked", 1, true) then
+    local parts, total = {}, 0
+    while true do
+      local line, err = sock:receive("*l")
+      if not line then return nil, err end
+      local size = tonumber(line:match("^%s*(%x+)"), 16)
+      if not size then return nil, "bad chunk size" end
+      if size == 0 then
+        repeat line, err = sock:receive("*l") until not line or line == ""
+        if not line then return nil, err end
+        break
+      end
+      total = total + size
+      if total > limit then return nil, "too large" end
+      local data
+      data, err = sock:receive(size)
+      if not data then return nil, err end
+      parts[#parts + 1] = data
+      line, err = sock:receive("*l")
+      if not line then return nil, err end
+    end
+    return table.concat(parts)
+  end
+  local len = tonumber(headers["content-length"])
+  if len then
+    if len > limit then return nil, "too large" end
+    if len == 0 then return "" end
+    return sock:receive(len)
+  end
+  local data, err, partial = sock:receive("*a")
+  data = data or partial
+  if data and #data > limit then return nil, "too large" end
+  return data, err
+end
+
+-- One HTTP exchange. Returns status, headers, body, timings | nil, err, code, timings
+local function exchange(u, req, opts)
+  local t0 = now_us()
+  local timings = { dns_us = 0, tls_us = 0 }
+  local sock = ngx.socket.tcp()
+  sock:settimeouts(opts.connect_timeout_ms, opts.timeout_ms, opts.timeout_ms)
+  local ok, err = sock:connect(u.host, u.port)
+  timings.connect_us = now_us() - t0
+  local function fail(msg, code)
+    sock:close()
+    timings.total_us = now_us() - t0
+    timings.wait_us = timings.total_us
+    return nil, "HTTP: " .. msg, code, timings
+  end
+  if not ok then
+    if err == "timeout" then return fail(("timed out connecting to %s"):format(u.hostport), "TIMEOUT") end
+    return fail(("could not connect to %s: %s"):format(u.hostport, err), "CONNECT")
+  end
+  if u.scheme == "https" and sock:getreusedtimes() == 0 then
+    local t1 = now_us()
+    ok, err = sock:sslhandshake(nil, u.host, opts.verify_tls ~= false)
+    timings.tls_us = now_us() - t1
+    if not ok then return fail(("TLS failure with %s: %s"):format(u.hostport, err), "TLS") end
+  end
+  local lines = { "POST " .. u.path .. " HTTP/1.1", "Host: " .. u.host, "User-Agent: genaudit/0.1.0",
+                  "Content-Length: " .. #req.body, "Connection: keep-alive" }
+  for k, v in pairs(req.headers) do lines[#lines + 1] = k .. ": " .. v end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = req.body
+  ok, err = sock:send(table.concat(lines, "\r\n"))
+  if not ok then return fail(("could not send to %s: %s"):format(u.hostport, err), "HTTP") end
+  local line
+  line, err = sock:receive("*l")
+  timings.first_byte_us = now_us() - t0
+  if not line then
+    if err == "timeout" then
+      return fail(("no response from %s within timeout_ms=%d"):format(u.hostport, opts.timeout_ms), "TIMEOUT")
+    end
+    return fail(("%s closed the connection without a response"):format(u.hostport), "HTTP")
+  end
+  local status = tonumber(line:match("^HTTP/%d%.%d (%d%d%d)"))
+  if not status then return fail(("bad status line from %s"):format(u.hostport), "HTTP") end
+  local headers = {}
+  while true do
+    local h, herr = sock:receive("*l")
+    if not h then
+      local timed_out = herr == "timeout"
+      return fail(("%s %s in the headers"):format(u.hostport, timed_out and "timed out" or "closed the connection"),
+        timed_out and "TIMEOUT" or "HTTP")
+    end
+    if h == "" then break end
+    local name, value = h:match("^([^:]+):%s*(.-)%s*$")
+    if name then headers[name:lower()] = value end
+  end
+  local body
+  body, err = read_body(sock, headers, opts.max_response_bytes)
+  if not body then
+    if err == "too large" then
+      return fail(("response from %s exceeds max_response_bytes=%d"):format(u.hostport, opts.max_response_bytes),
+        "TOO_LARGE")
+    end
+    if err == "timeout" then
+      return fail(("no response from %s within timeout_ms=%d"):format(u.hostport, opts.timeout_ms), "TIMEOUT")
+    end
+    return fail(("%s closed the connection in the body"):format(u.hostport), "HTTP")
+  end
+  if (headers.connection or ""):lower() == "close" then sock:close() else sock:setkeepalive(60000, 64) end
+  timings.total_us = now_us() - t0
+  timings.wait_us = timings.total_us
+  timings.pretransfer_us = timings.connect_us + timings.tls_us
+  return status, headers, body, timings
+end
+
+local function retry_after_ms(value)
+  if not value then return nil end
+  local secs = tonumber(value)
+  if secs and secs >= 0 then return math.floor(secs * 1000) end
+  local t = ngx.parse_http_time(value)
+  if t then return math.max(0, (t - ngx.time()) * 1000) end
+  return nil
+end
+
+-- openresty.transport(provider, opts) -> transport(req) with the libcurl
+-- transport's contract: res | nil, err, code, { attempts, provider_wait_us }.
+-- opts: connect_timeout_ms (10000), timeout_ms (120000), max_response_bytes
+-- (64 MiB), verify_tls (true; needs lua_ssl_trusted_certificate).
+function M.transport(provider, opts)
+  opts = opts or {}
+  local o = {
+    connect_timeout_ms = opts.connect_timeout_ms or provider.connect_timeout_ms or 10000,
+    timeout_ms = opts.timeout_ms or provider.timeout_ms or 120000,
+    max_response_bytes = opts.max_response_bytes or 64 * 1024 * 1024,
+    verify_tls = provider.verify_tls,
+  }
+  return function(req)
+    local phase = ngx.get_phase()
+    if not COSOCKET_PHASES[phase] then
+      error("genaudit: provider calls cannot run in the " .. phase .. " phase (use content, access, rewrite or "
+        .. "a timer)", 2)
+    end
+    local u = parse_url(req.url)
+    if not u then error("genaudit: bad provider URL", 2) end
+    local attempts, wait_us = {}, 0
+    local retries = req.retries or 2
+    local backoff = req.backoff_ms or 200
+    local max_backoff = req.max_backoff_ms or 30000
+    for i = 1, retries + 1 do
+      local status, headers, body, timings = exchange(u, req, o)
+      wait_us = wait_us + timings.wait_us
+      local a = { timings = timings }
+      attempts[i] = a
+      local retry
+      if status then
+        a.status = status
+        retry = RETRY_STATUS[status]
+        a.retry_after_ms = retry and retry_after_ms(headers["retry-after"]) or nil
+      else
+        a.error, a.code = headers, body -- exchange's nil, err, code
+        retry = body == "CONNECT" or body == "TIMEOUT" or body == "HTTP"
+      end
+      if not retry or i == retries + 1 then
+        if status then
+          return { status = status, headers = headers, body = body, attempts = attempts, timings = timings,
+                   provider_wait_us = wait_us, retries = i - 1 }
+        end
+        return nil, a.error, a.code, { attempts = attempts, provider_wait_us = wait_us }
+      end
+      local sleep = a.retry_after_ms or math.floor(backoff * 2 ^ (i - 1) * (0.5 + math.random() * 0.5))
+      if sleep > max_backoff then sleep = max_backoff end
+      a.slept_ms = sleep
+      ngx.sleep(sleep / 1000) -- yields: other requests on this worker go on
+    end
+  end
+end
+
+-- True inside nginx where cosockets can exist (the transport then is chosen
+-- automatically by genaudit.client).
+function M.available()
+  return ngx ~= nil and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
+end
+
+-- ---- per-worker lifecycle ----
+local worker = {}
+
+-- openresty.init_worker{ store = "sqlite:/var/lib/genaudit/audit.db",
+--   async = { queue = 10000, batch = 100, on_full = "error" }, provider = <provider>,
+--   templates = dir, rules = dir, pricing = <pricing> } — call from
+-- init_worker_by_lua*. Opens this worker's store (migrations are safe with
+-- several workers at once) with a writer thread, and builds the pipeline.
+function M.init_worker(opts)
+  local genaudit = require("genaudit")
+  local async = opts.async or { queue = 10000, batch = 100, on_full = "error" }
+  local store, err = genaudit.open(opts.store, { async = async, busy_timeout = opts.busy_timeout or 10000 })
+  if not store then
+    ngx.log(ngx.ERR, "genaudit: cannot open store: ", err)
+    return nil, err
+  end
+  worker.store = store
+  worker.pipeline = genaudit.pipeline{
+    store = store, provider = opts.provider, templates = opts.templates, rules = opts.rules,
+    pricing = opts.pricing, retries = opts.retries, backoff_ms = opts.backoff_ms,
+  }
+  return true
+end
+
+-- openresty.generate(ctx) -> the pipeline's result | nil, err, code, snapshot_id
+function M.generate(ctx)
+  if not worker.pipeline then return nil, "NOT_READY: genaudit.openresty.init_worker() has not run", "NOT_READY" end
+  return worker.pipeline:generate(ctx)
+end
+
+-- The worker's store and pipeline (for reports or custom handlers).
+function M.store() return worker.store end
+function M.pipeline() return worker.pipeline end
+
+-- openresty.exit_worker() — call from exit_worker_by_lua*: drains the async
+-- queue (every acknowledged snapshot is committed) and closes the store.
+function M.exit_worker()
+  if worker.pipeline then worker.pipeline:close() end
+  if worker.store then
+    local ok, err = worker.store:flush()
+    if not ok then ngx.log(ngx.ERR, "genaudit: ", err) end
+    worker.store:close()
+  end
+  worker.store, worker.pipeline = nil, nil
+end
+
+return M

@@ -1,0 +1,177 @@
+-- genaudit inside real nginx (lua module, OpenResty's LuaJIT): concurrent
+-- audited generations through cosockets, snapshots written by each worker's
+-- writer thread, nothing lost on reload or quit, no blocking on a slow call.
+local cjson = require("cjson")
+local genaudit = require("genaudit")
+local provider_server = require("spec.support.provider")
+local nginx = require("spec.support.nginx")
+local tmp = require("spec.support.tmp")
+
+local KEY = "sk-nginx-test-0123456789"
+
+describe("genaudit in nginx #nginx", function()
+  local srv, dir, db, port_base
+
+  setup(function()
+    srv = provider_server.start{ api_key = KEY, quiet = true }
+    port_base = 20000 + (tonumber(tostring(srv.port):sub(-3)) or 0) * 7 % 9000
+  end)
+  teardown(function() srv:stop() end)
+
+  before_each(function()
+    srv:reset()
+    dir = tmp.dir()
+    db = dir .. "/audit.db"
+  end)
+  after_each(function() tmp.rm(dir) end)
+
+  local function start(opts)
+    port_base = port_base + 1
+    opts = opts or {}
+    return nginx.start{
+      port = port_base, workers = opts.workers or 2, db = db, templates = opts.templates,
+      env = { GENAUDIT_API_KEY = KEY, GENAUDIT_BASE_URL = srv.url, GENAUDIT_MODEL = "gpt-4o-mini" },
+    }
+  end
+
+  local function paths(n, offset)
+    local templates = { "launch-post", "weekly-tips", "event-invite", "customer-story" }
+    local out = {}
+    for i = 1, n do
+      local k = i + (offset or 0)
+      out[i] = ("/generate?org_id=o%d&user_id=%d&template_id=%s&platform=linkedin&tone_override=tone%d")
+        :format(k % 3, k, templates[k % 4 + 1], k)
+    end
+    return out
+  end
+
+  local function snapshots()
+    local store = assert(genaudit.open("sqlite:" .. db))
+    local rows = {}
+    for _, r in ipairs(store:query("SELECT * FROM generation_snapshots")) do rows[r.id] = r end
+    store:close()
+    return rows
+  end
+
+  -- every response is 200 with a snapshot id, and every one of those ids is stored
+  local function check(responses, rows, n)
+    local ids, seen = {}, 0
+    for i, r in ipairs(responses) do
+      assert.equal(200, r.code, "request " .. i .. ": " .. tostring(r.body))
+      local doc = cjson.decode(r.body)
+      ids[i] = doc.snapshot_id
+      local row = rows[doc.snapshot_id]
+      assert.is_table(row, "snapshot " .. tostring(doc.snapshot_id) .. " missing")
+      seen = seen + 1
+    end
+    assert.equal(n, seen)
+    return ids
+  end
+
+  it("serves 200 concurrent generations and stores every snapshot with its prompts and metrics", function()
+    local ngx_srv = start()
+    local ps = paths(200)
+    local responses = ngx_srv:load(ps, 20)
+    ngx_srv:stop()
+    local log = ngx_srv:error_log()
+    ngx_srv:cleanup()
+    local rows = snapshots()
+    local ids = check(responses, rows, 200)
+    for i, id in ipairs(ids) do
+      local row = rows[id]
+      assert.truthy(row.final_user_prompt:find("Tone: tone" .. i, 1, true), row.final_user_prompt)
+      assert.equal(tostring(i), row.user_id)
+      assert.equal("gpt-4o-mini-2024-07-18", row.model_identifier)
+      assert.is_true(row.provider_latency_ms > 0 and row.provider_latency_ms <= row.total_latency_ms)
+      assert.is_true(row.estimated_cost > 0)
+    end
+    assert.falsy(log:find("[error]", 1, true), log)
+    assert.falsy(tmp.read(db):find(KEY, 1, true))
+  end)
+
+  it("loses nothing when nginx reloads in the middle of the load", function()
+    local ngx_srv = start()
+    local slow = {}
+    for i = 1, 300 do slow[i] = { delay_ms = 30 } end -- keeps the load going for ~0.5 s
+    srv:queue(slow)
+    local wait = ngx_srv:load(paths(200, 1000), 20, true)
+    require("socket").sleep(0.15)
+    local served_before = #srv:requests()
+    ngx_srv:reload()
+    local responses = wait()
+    ngx_srv:stop()
+    local log = ngx_srv:error_log()
+    ngx_srv:cleanup()
+    assert.truthy(log:find("reconfiguring", 1, true))
+    assert.is_true(served_before > 0 and served_before < 200, "reload did not land mid-load: " .. served_before)
+    check(responses, snapshots(), 200)
+  end)
+
+  it("does not hold up other requests on the same worker while a provider call is slow", function()
+    local ngx_srv = start{ workers = 1 }
+    srv:queue{ { delay_ms = 1500 } }
+    local slow = ngx_srv:load({ "/generate?user_id=slow" }, 1, true)
+    for _ = 1, 100 do -- until the slow request is at the provider
+      if #srv:requests() >= 1 then break end
+      require("socket").sleep(0.02)
+    end
+    local t0 = require("socket").gettime()
+    local fast = ngx_srv:load({ "/generate?user_id=fast" }, 1)
+    local fast_s = require("socket").gettime() - t0
+    local slow_r = slow()
+    local t_slow = require("socket").gettime() - t0
+    ngx_srv:stop()
+    ngx_srv:cleanup()
+    assert.equal(200, fast[1].code)
+    assert.equal(200, slow_r[1].code)
+    assert.is_true(fast_s < 0.5, "fast request took " .. fast_s .. " s")
+    assert.is_true(t_slow > 1.0)
+    local rows = snapshots()
+    local slow_row = rows[cjson.decode(slow_r[1].body).snapshot_id]
+    assert.is_true(slow_row.provider_latency_ms >= 1400)
+  end)
+
+  it("retries a 429 through the cosocket transport and records both tries", function()
+    local ngx_srv = start{ workers = 1 }
+    srv:queue{ { status = 429, headers = { ["Retry-After"] = "0" } }, { content = "Short post.\n#tag" } }
+    local r = ngx_srv:load({ "/generate?user_id=retry" }, 1)[1]
+    ngx_srv:stop()
+    ngx_srv:cleanup()
+    assert.equal(200, r.code)
+    local row = snapshots()[cjson.decode(r.body).snapshot_id]
+    local pm = cjson.decode(row.performance_metrics)
+    assert.same({ 2, 429, 200 }, { pm.attempts, pm.calls[1].tries[1].status, pm.calls[1].tries[2].status })
+  end)
+
+  it("stores a failed generation when the provider keeps failing, and answers 502", function()
+    local ngx_srv = start{ workers = 1 }
+    srv:queue{ { status = 500 }, { status = 500 }, { status = 500 } }
+    local r = ngx_srv:load({ "/generate?user_id=fail" }, 1)[1]
+    ngx_srv:stop()
+    ngx_srv:cleanup()
+    assert.equal(502, r.code)
+    local doc = cjson.decode(r.body)
+    local row = snapshots()[doc.snapshot_id]
+    assert.same({ "failed", "PROVIDER_ERROR" }, { row.status, doc.code })
+    assert.equal(doc.error, row.error)
+  end)
+
+  it("picks up an edited template in every worker without a reload", function()
+    local tdir = dir .. "/templates"
+    assert(os.execute("cp -r examples/templates " .. tdir))
+    local ngx_srv = start{ templates = tdir }
+    local before = ngx_srv:load(paths(8), 4)
+    tmp.write(tdir .. "/launch-post.lua", [[return { version = "v-edited", task = "Edited {{facts.product}}." }]])
+    local after = ngx_srv:load(paths(8), 4)
+    ngx_srv:stop()
+    ngx_srv:cleanup()
+    local rows = snapshots()
+    local versions = {}
+    for _, r in ipairs(after) do
+      local row = rows[cjson.decode(r.body).snapshot_id]
+      if row.template_id == "launch-post" then versions[#versions + 1] = row.template_version end
+    end
+    assert.same({ "v-edited", "v-edited" }, versions)
+    assert.equal(8, #before)
+  end)
+end)

@@ -1,0 +1,111 @@
+-- spec.support.nginx — runs the real examples/openresty/nginx.conf in a
+-- throwaway prefix (nginx in the foreground, reaped by us) and drives load
+-- through it with curl --parallel.
+local socket = require("socket")
+local tmp = require("spec.support.tmp")
+
+local M = {}
+
+local Nginx = {}
+Nginx.__index = Nginx
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local function alive(pid)
+  return sh("kill -0 " .. pid .. " 2>/dev/null") and
+    not (tmp.read("/proc/" .. pid .. "/stat"):match("^%d+ %b() (%a)") == "Z")
+end
+
+-- M.start{ port, workers, db, templates, rules, env = {NAME = value} } -> server
+function M.start(opts)
+  local root = io.popen("pwd"):read("l")
+  local prefix = tmp.dir()
+  assert(sh("mkdir -p " .. prefix .. "/tmp"))
+  local conf = tmp.read(root .. "/examples/openresty/nginx.conf")
+  local subst = {
+    PREFIX = prefix, ROOT = root, PORT = tostring(opts.port), DB = opts.db,
+    TEMPLATES = opts.templates or (root .. "/examples/templates"), RULES = opts.rules or (root .. "/examples/rules"),
+    WORKERS = tostring(opts.workers or 2),
+  }
+  conf = conf:gsub("@(%u+)@", function(k) return assert(subst[k], k) end)
+  conf = "user root;\n" .. conf -- the spec's files belong to root
+  tmp.write(prefix .. "/nginx.conf", conf)
+  local env = {}
+  for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "='" .. v .. "'" end
+  local pidfile = prefix .. "/master.pid"
+  assert(sh(("%s nginx -p %s -c %s/nginx.conf -g 'daemon off;' > %s/stdout 2>&1 & echo $! > %s")
+    :format(table.concat(env, " "), prefix, prefix, prefix, pidfile)))
+  local self = setmetatable({ prefix = prefix, pid = tonumber(tmp.read(pidfile)), port = opts.port,
+    url = "http://127.0.0.1:" .. opts.port }, Nginx)
+  for _ = 1, 100 do
+    if sh("curl -sf " .. self.url .. "/health > /dev/null") then return self end
+    socket.sleep(0.05)
+  end
+  local log = tmp.read(prefix .. "/error.log") .. tmp.read(prefix .. "/stdout")
+  self:stop()
+  error("nginx did not start: " .. log)
+end
+
+-- server:load(paths, concurrency) -> array of { code = http status, body = text },
+-- in the order of paths; runs all requests through curl --parallel.
+function Nginx:load(paths, concurrency, background)
+  local dir = self.prefix .. "/load" .. tostring(socket.gettime()):gsub("%.", "")
+  assert(sh("mkdir -p " .. dir))
+  local cfg = {}
+  for i, p in ipairs(paths) do
+    cfg[#cfg + 1] = ('url = "%s%s"\noutput = "%s/%d.body"'):format(self.url, p, dir, i)
+  end
+  tmp.write(dir .. "/curl.cfg", table.concat(cfg, "\n") .. "\n")
+  local cmd = ("curl -s --parallel --parallel-max %d -K %s/curl.cfg -w '%%{http_code} %%{filename_effective}\\n' " ..
+    "> %s/codes 2>/dev/null"):format(concurrency, dir, dir)
+  local function collect()
+    local codes = {}
+    for code, file in tmp.read(dir .. "/codes"):gmatch("(%d%d%d) [^\n]-/(%d+)%.body") do
+      codes[tonumber(file)] = tonumber(code)
+    end
+    local out = {}
+    for i = 1, #paths do
+      local f = io.open(dir .. "/" .. i .. ".body", "rb")
+      out[i] = { code = codes[i], body = f and f:read("a") or nil }
+      if f then f:close() end
+    end
+    return out
+  end
+  if background then
+    assert(sh("(" .. cmd .. "; touch " .. dir .. "/done) &"))
+    return function()
+      for _ = 1, 1200 do
+        local f = io.open(dir .. "/done")
+        if f then f:close() return collect() end
+        socket.sleep(0.05)
+      end
+      error("load did not finish")
+    end
+  end
+  sh(cmd)
+  return collect()
+end
+
+-- Graceful reload (SIGHUP): new workers start, old ones finish and exit.
+function Nginx:reload() assert(sh("kill -HUP " .. self.pid)) end
+
+-- Graceful quit (SIGQUIT), waiting until the master is gone.
+function Nginx:stop()
+  if not self.pid then return end
+  sh("kill -QUIT " .. self.pid .. " 2>/dev/null")
+  for _ = 1, 400 do
+    if not alive(self.pid) then break end
+    socket.sleep(0.025)
+  end
+  if alive(self.pid) then sh("kill -KILL " .. self.pid) end
+  self.pid = nil
+end
+
+function Nginx:error_log() return tmp.read(self.prefix .. "/error.log") end
+
+function Nginx:cleanup() tmp.rm(self.prefix) end
+
+return M
