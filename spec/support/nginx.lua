@@ -14,9 +14,14 @@ local function sh(cmd)
   return ok == true or ok == 0
 end
 
+-- True while the process exists and is not a zombie (an exited master is
+-- reaped late by PID 1, so kill -0 alone would say it is still there).
 local function alive(pid)
-  return sh("kill -0 " .. pid .. " 2>/dev/null") and
-    not (tmp.read("/proc/" .. pid .. "/stat"):match("^%d+ %b() (%a)") == "Z")
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local state = f:read("a"):match("^%d+ %b() (%a)")
+  f:close()
+  return state ~= nil and state ~= "Z"
 end
 
 -- M.start{ port, workers, db, templates, rules, env = {NAME = value} } -> server
