@@ -108,6 +108,14 @@ describe("genaudit.composer", function()
       assert.truthy(c:template_error("launch"):find("^SCRIPT: .*launch%.lua"))
     end)
 
+    it("returns nil, err for a template function that loops forever", function()
+      tmp.write(dir .. "/loop.lua", [[return { user = function() local t = {} while true do t[1] = 1 end end }]])
+      local lc = composer.new{ templates = dir, script_timeout_ms = 50 }
+      local p, err = lc:compose_post_generation(ctx{ template_id = "loop" })
+      assert.is_nil(p)
+      assert.equal("COMPOSE: template 'loop' user(): script exceeded its time limit (50 ms)", err)
+    end)
+
     it("runs templates without io, os.execute or require", function()
       tmp.write(dir .. "/escape.lua", [[
         return { task = tostring(io) .. tostring(os.execute) .. tostring(require) }]])

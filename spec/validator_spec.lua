@@ -129,6 +129,29 @@ describe("genaudit.validator", function()
       assert.equal("function/function", issues[1].message)
     end)
 
+    it("stops a rule that loops forever and reports it as a rule_error", function()
+      tmp.write(dir .. "/forever.lua", [[return function(d) local n = 0 while true do n = n + #d end end]])
+      local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
+      local issues, score = lv:validate("x #t", ctx)
+      assert.same({ { slug = "rule_error", message = "forever: script exceeded its time limit (50 ms)", penalty = 0 } },
+        issues)
+      assert.equal(100, score)
+    end)
+
+    it("stops a rule file whose top level loops forever and keeps the other rules", function()
+      tmp.write(dir .. "/hang.lua", [[while true do end]])
+      local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
+      assert.equal(70, select(2, lv:validate(words(11) .. " #t", ctx)))
+      assert.equal("SCRIPT: script exceeded its time limit (50 ms)", lv:script_errors()[dir .. "/hang.lua"])
+    end)
+
+    it("stops a repair policy that loops forever", function()
+      tmp.write(dir .. "/policy.lua", [[return { feedback = function() while true do end end }]])
+      local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
+      local rr = lv:validate_and_repair(words(12), ctx, function() error("must not be called") end)
+      assert.same({ "policy_declined", "script exceeded its time limit (50 ms)" }, { rr.stop_reason, rr.stop_detail })
+    end)
+
     it("runs rules in a sandbox without io or os.execute", function()
       tmp.write(dir .. "/sneaky.lua", [[return function()
         return { message = tostring(io) .. "/" .. tostring(os.execute) .. "/" .. tostring(require), penalty = 0 } end]])

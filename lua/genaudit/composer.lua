@@ -36,14 +36,14 @@ local function validate_template(t)
   return true
 end
 
--- composer.new{ templates = dir, sandbox = true } -> composer
+-- composer.new{ templates = dir, sandbox = true, script_timeout_ms = 1000 } -> composer
 function M.new(opts)
   if type(opts) ~= "table" or type(opts.templates) ~= "string" then
     error("bad argument #1 to 'composer' (templates directory expected)", 2)
   end
   return setmetatable({
     dir = opts.templates,
-    loader = scripts.loader{ sandbox = opts.sandbox, validate = validate_template },
+    loader = scripts.loader{ sandbox = opts.sandbox, validate = validate_template, limit_ms = opts.script_timeout_ms },
   }, Composer)
 end
 
@@ -157,7 +157,7 @@ function Composer:compose_post_generation(ctx)
   if not parts then return nil, "COMPOSE: template '" .. id .. "': " .. err, "COMPOSE" end
   local system, user = default_system(parts), default_user(parts)
   for name, fn in pairs({ system = t.system, user = t.user }) do
-    local ok, res = scripts.call(fn, ctx, parts)
+    local ok, res = self.loader:call(fn, ctx, parts)
     if not ok then return nil, "COMPOSE: template '" .. id .. "' " .. name .. "(): " .. tostring(res), "COMPOSE" end
     if type(res) ~= "string" then
       return nil, "COMPOSE: template '" .. id .. "' " .. name .. "() must return a string", "COMPOSE"

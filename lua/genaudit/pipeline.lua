@@ -17,8 +17,8 @@ local Pipeline = {}
 Pipeline.__index = Pipeline
 
 -- genaudit.pipeline{ store, provider, templates = dir, rules = dir, pricing,
---   transport = fn (optional), sandbox = true, retries = 2, backoff_ms = 200,
---   max_backoff_ms = 30000 } -> pipeline
+--   transport = fn (optional), sandbox = true, script_timeout_ms = 1000,
+--   retries = 2, backoff_ms = 200, max_backoff_ms = 30000 } -> pipeline
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected, got " .. type(opts) .. ")", 2) end
   if type(opts.store) ~= "table" then error("bad argument #1 to 'pipeline' (store expected)", 2) end
@@ -32,8 +32,10 @@ function M.new(opts)
     persister = persister_mod.new(opts.store),
     provider = opts.provider,
     pricing = opts.pricing,
-    composer = composer_mod.new{ templates = opts.templates, sandbox = opts.sandbox },
-    validator = validator_mod.new{ rules = opts.rules, sandbox = opts.sandbox },
+    composer = composer_mod.new{ templates = opts.templates, sandbox = opts.sandbox,
+                                 script_timeout_ms = opts.script_timeout_ms },
+    validator = validator_mod.new{ rules = opts.rules, sandbox = opts.sandbox,
+                                   script_timeout_ms = opts.script_timeout_ms },
     client = client_mod.new(opts),
   }, Pipeline)
   return self

@@ -8,6 +8,9 @@ local M = {}
 
 local unpack = rawget(table, "unpack") or _G.unpack
 local setfenv = _G.setfenv -- LuaJIT / 5.1 only
+local pack = rawget(table, "pack") or function(...) return { n = select("#", ...), ... } end
+local jit = rawget(_G, "jit")
+local DEFAULT_LIMIT_MS = 1000
 
 -- A fresh environment per script: pure functions only unless the host opts in.
 local function sandbox_env(extra)
@@ -48,7 +51,8 @@ end
 local Loader = {}
 Loader.__index = Loader
 
--- scripts.loader{ sandbox = true, env = {extra globals}, validate = fn(value) -> ok, err }
+-- scripts.loader{ sandbox = true, env = {extra globals}, validate = fn(value) -> ok, err,
+--   limit_ms = 1000 (per script call; 0 = no limit) }
 function M.loader(opts)
   opts = opts or {}
   return setmetatable({
@@ -56,6 +60,7 @@ function M.loader(opts)
     sandbox = opts.sandbox ~= false,
     env = opts.env,
     validate = opts.validate,
+    limit_ms = opts.limit_ms or DEFAULT_LIMIT_MS,
   }, Loader)
 end
 
@@ -83,7 +88,8 @@ function Loader:load(path)
     local fn
     fn, err = compile(path, src, env)
     if fn then
-      local ok, res = pcall(fn)
+      if jit then jit.off(fn, true) end -- hooks must fire inside script loops
+      local ok, res = self:call(fn)
       if not ok then
         err = tostring(res)
       elseif res == nil then
@@ -114,10 +120,36 @@ function Loader.dir(_, dir, exclude)
   return out
 end
 
--- scripts.call(fn, ...) -> true, results... | false, err. Runs user code
--- protected: a script that raises never takes the pipeline down.
-function M.call(fn, ...)
-  return pcall(fn, ...)
+-- scripts.call(fn, limit_ms, ...) -> true, results... | false, err. Runs user
+-- code protected and time-limited: a script that raises, or runs longer than
+-- limit_ms (an endless loop), never takes the pipeline down. The limit is
+-- checked every 1000 VM instructions by a hook on a private coroutine (JIT
+-- compilation is off for script code, or LuaJIT's traces would skip hooks).
+function M.call(fn, limit_ms, ...)
+  limit_ms = limit_ms or DEFAULT_LIMIT_MS
+  if limit_ms <= 0 then return pcall(fn, ...) end
+  local deadline = core.monotonic_us() + limit_ms * 1000
+  local co = coroutine.create(fn)
+  -- LuaJIT keeps one hook for all coroutines: remember the host's, put it back
+  local old_hook, old_mask, old_count = debug.gethook()
+  debug.sethook(co, function()
+    if core.monotonic_us() > deadline then
+      error(("script exceeded its time limit (%d ms)"):format(limit_ms), 0)
+    end
+  end, "", 1000)
+  local res = pack(coroutine.resume(co, ...))
+  if jit then
+    if old_hook then debug.sethook(old_hook, old_mask, old_count) else debug.sethook() end
+  end
+  if res[1] and coroutine.status(co) ~= "dead" then
+    return false, "script yielded; scripts must run to completion"
+  end
+  return unpack(res, 1, res.n)
+end
+
+-- loader:call(fn, ...) -> like scripts.call with this loader's time limit.
+function Loader:call(fn, ...)
+  return M.call(fn, self.limit_ms, ...)
 end
 
 return M

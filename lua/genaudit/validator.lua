@@ -52,15 +52,16 @@ M.default_policy = {
   end,
 }
 
--- validator.new{ rules = dir, sandbox = true } -> validator
+-- validator.new{ rules = dir, sandbox = true, script_timeout_ms = 1000 } -> validator
 function M.new(opts)
   if type(opts) ~= "table" or type(opts.rules) ~= "string" then
     error("bad argument #1 to 'validator' (rules directory expected)", 2)
   end
   return setmetatable({
     dir = opts.rules,
-    rule_loader = scripts.loader{ sandbox = opts.sandbox, validate = validate_rule },
-    policy_loader = scripts.loader{ sandbox = opts.sandbox, validate = validate_policy },
+    rule_loader = scripts.loader{ sandbox = opts.sandbox, validate = validate_rule, limit_ms = opts.script_timeout_ms },
+    policy_loader = scripts.loader{ sandbox = opts.sandbox, validate = validate_policy,
+                                    limit_ms = opts.script_timeout_ms },
     errors = {}, -- path -> last load error (the previous version stays active)
   }, Validator)
 end
@@ -112,6 +113,7 @@ function Validator:policy()
     min_score = p.min_score or M.default_policy.min_score,
     should_repair = p.should_repair,
     feedback = p.feedback or M.default_policy.feedback,
+    call = function(fn, ...) return self.policy_loader:call(fn, ...) end,
   }
 end
 
@@ -121,7 +123,7 @@ end
 function Validator:validate(draft, ctx)
   local issues, penalty = {}, 0
   for _, rule in ipairs(self:rules()) do
-    local ok, res = scripts.call(rule.check, draft, ctx)
+    local ok, res = self.rule_loader:call(rule.check, draft, ctx)
     local list, err
     if ok then list, err = issues_from(res, rule.slug) else err = tostring(res) end
     if not list then
@@ -146,7 +148,7 @@ end
 
 local function needs_repair(policy, issues, score, draft, ctx)
   if policy.should_repair then
-    local ok, res = scripts.call(policy.should_repair, issues, score, draft, ctx)
+    local ok, res = policy.call(policy.should_repair, issues, score, draft, ctx)
     if ok then return res and true or false end
   end
   for _, i in ipairs(issues) do
@@ -178,7 +180,7 @@ function Validator:validate_and_repair(draft, ctx, repair)
       rr.stop_reason = "budget_exhausted"
       break
     end
-    local ok, feedback, reason = scripts.call(policy.feedback, draft, issues, ctx)
+    local ok, feedback, reason = policy.call(policy.feedback, draft, issues, ctx)
     if not ok or type(feedback) ~= "string" then
       rr.stop_reason = "policy_declined"
       rr.stop_detail = not ok and tostring(feedback) or (reason and tostring(reason)) or nil
