@@ -54,7 +54,27 @@ static int l_mtime(lua_State *L) {
   return 2;
 }
 
+/* core.read_file(path) -> contents (any bytes) | nil, "IO: cannot read 'path': reason", "IO" */
+static int l_read_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  luaL_Buffer b;
+  char chunk[8192];
+  size_t n;
+  int failed;
+  FILE *f = fopen(path, "rb");
+  if (!f) return ga_fail(L, "IO", "cannot read '%s': %s", path, strerror(errno));
+  luaL_buffinit(L, &b); /* may raise only on OOM; then f leaks, as in liolib */
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&b, chunk, n);
+  failed = ferror(f);
+  fclose(f);
+  if (failed) return ga_fail(L, "IO", "cannot read '%s': read error", path);
+  luaL_pushresult(&b);
+  return 1;
+}
+
 void ga_open_fs(lua_State *L) {
+  lua_pushcfunction(L, l_read_file);
+  lua_setfield(L, -2, "read_file");
   lua_pushcfunction(L, l_listdir);
   lua_setfield(L, -2, "listdir");
   lua_pushcfunction(L, l_mtime);

@@ -135,7 +135,7 @@ describe("genaudit.pricing", function()
     it("returns nil, err for a missing file", function()
       local p, err, code = pricing.load("/nonexistent/prices.json")
       assert.is_nil(p)
-      assert.are.equal("PRICING: cannot read price file /nonexistent/prices.json: No such file or directory", err)
+      assert.are.equal("PRICING: cannot read '/nonexistent/prices.json': No such file or directory", err)
       assert.are.equal("PRICING", code)
     end)
 

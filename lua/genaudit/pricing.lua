@@ -38,15 +38,6 @@ local function has_price(entry)
   return false
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s, rerr = f:read("*a")
-  f:close()
-  if not s then return nil, path .. ": " .. tostring(rerr) end
-  return s
-end
-
 -- Builds the pricing object from a { model = entry } table: entries with no
 -- price field (LiteLLM's "sample_spec" documentation entry among them) are
 -- skipped; a bad price fails the whole load with nil, "PRICING: ...".
@@ -83,8 +74,8 @@ function M.load(src)
   if type(src) ~= "string" then
     error("bad argument #1 to 'load' (string or table expected, got " .. type(src) .. ")", 2)
   end
-  local text, err = read_file(src)
-  if not text then return fail("cannot read price file " .. err) end
+  local text, err = core.read_file(src)
+  if not text then return fail((err:gsub("^IO: ", ""))) end
   local map, jerr = cjson.decode(text)
   if map == nil then return fail("invalid JSON in " .. src .. ": " .. tostring(jerr)) end
   if type(map) ~= "table" then return fail(src .. " does not hold a JSON object of models") end

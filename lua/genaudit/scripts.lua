@@ -34,14 +34,6 @@ local function sandbox_env(extra)
   return env
 end
 
-local function read_all(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 local function compile(path, src, env)
   local fn, err = load(src, "@" .. path, "t", env)
   if fn and setfenv then setfenv(fn, env) end -- LuaJIT/5.1: load ignores env
@@ -81,7 +73,7 @@ function Loader:load(path)
   self.cache[path] = entry
   entry.version = version
   local src
-  src, err = read_all(path)
+  src, err = core.read_file(path)
   local value
   if src then
     local env = self.sandbox and sandbox_env(self.env) or setmetatable({}, { __index = _G })

@@ -31,14 +31,6 @@ local function migration_dirs(dialect, opts)
   return dirs
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 -- Returns the sorted list { {version=, name=, sql=} } for a dialect, or nil, err.
 function M.load_migrations(dialect, opts)
   opts = opts or {}
@@ -50,8 +42,8 @@ function M.load_migrations(dialect, opts)
       for _, name in ipairs(names) do
         local num, stem = name:match("^(%d%d%d%d)_([%w_]+)%.sql$")
         if num then
-          local sql, err = read_file(dir .. "/" .. name)
-          if not sql then return nil, "MIGRATION: cannot read " .. name .. ": " .. tostring(err), "MIGRATION" end
+          local sql, err = core.read_file(dir .. "/" .. name)
+          if not sql then return nil, "MIGRATION: " .. err:gsub("^IO: ", ""), "MIGRATION" end
           list[#list + 1] = { version = tonumber(num), name = stem, sql = sql }
         end
       end
