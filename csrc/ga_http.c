@@ -159,10 +159,12 @@ static int next_header(const ga_buf *h, size_t *pos, const char **name, size_t *
 static long long parse_retry_after(const char *v, size_t n) {
   char tmp[64];
   time_t t;
-  long long ms;
+  long long ms, now;
   size_t i;
   if (n == 0) return -1;
-  if (strspn(v, "0123456789") >= n) {
+  for (i = 0; i < n && v[i] >= '0' && v[i] <= '9'; i++) {
+  } /* v is not NUL-terminated: never strspn past n */
+  if (i == n) {
     long long s = 0;
     for (i = 0; i < n; i++) {
       s = s * 10 + (v[i] - '0');
@@ -175,19 +177,29 @@ static long long parse_retry_after(const char *v, size_t n) {
   tmp[n] = '\0';
   t = curl_getdate(tmp, NULL);
   if (t == (time_t)-1) return -1;
-  ms = (long long)t * 1000 - (long long)ga_realtime_ms();
+  now = (long long)ga_realtime_ms();
+  /* curl_getdate takes any year: cap before scaling, t * 1000 could overflow */
+  if ((long long)t <= now / 1000) return 0;
+  if ((long long)t - now / 1000 > HTTP_MAX_MS / 1000) return HTTP_MAX_MS;
+  ms = (long long)t * 1000 - now;
   return ms < 0 ? 0 : ms;
 }
 
-/* The last Retry-After of the response headers in h, -1 when absent/unusable. */
-static long long find_retry_after(const ga_buf *h) {
+long long ga_http_retry_after(const char *head, size_t len) {
+  ga_buf h;
   size_t pos = 0, nlen, vlen;
   const char *name, *val;
   long long r = -1;
-  while (next_header(h, &pos, &name, &nlen, &val, &vlen))
+  h.buf = (char *)head;
+  h.len = h.cap = len;
+  h.oom = 0;
+  while (next_header(&h, &pos, &name, &nlen, &val, &vlen))
     if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0) r = parse_retry_after(val, vlen);
   return r;
 }
+
+/* The last Retry-After of the response headers in h, -1 when absent/unusable. */
+static long long find_retry_after(const ga_buf *h) { return ga_http_retry_after(h->buf, h->len); }
 
 static uint64_t xorshift64(uint64_t *s) {
   uint64_t x = *s;

@@ -2,6 +2,7 @@
  * numbers to 14 digits and turns 5.4 integers into floats; here integers stay
  * integers and doubles get the shortest text that reads back identically. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,7 @@ static int buf_grow(ga_buf *b, size_t need) {
   char *p;
   if (b->oom) return -1;
   if (b->len + need <= b->cap) return 0;
-  cap = b->cap ? b->cap : 256;
+  cap = b->cap ? b->cap : 1024; /* a metric document fits, without regrowing */
   while (cap < b->len + need) cap *= 2;
   p = (char *)realloc(b->buf, cap);
   if (!p) {
@@ -39,20 +40,61 @@ void ga_buf_add(ga_buf *b, const char *s, size_t n) {
   b->len += n;
 }
 
-void ga_buf_addc(ga_buf *b, char c) { ga_buf_add(b, &c, 1); }
+void ga_buf_addc(ga_buf *b, char c) {
+  if (b->len < b->cap) { /* the common case, without a call per byte */
+    b->buf[b->len++] = c;
+    return;
+  }
+  ga_buf_add(b, &c, 1);
+}
 void ga_buf_addstr(ga_buf *b, const char *s) { ga_buf_add(b, s, strlen(s)); }
+
+/* Whether any of the 8 bytes in w is < 0x20, '"' or '\\' (the bytes JSON
+ * escapes). The "has a zero byte" trick; exact as a yes/no answer. */
+static int word_needs_escape(uint64_t w) {
+  const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+  uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+  return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high ? 1 : 0;
+}
 
 void ga_json_string(ga_buf *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
-  size_t i, run = 0;
+  size_t i = 0, run = 0;
+  uint64_t w;
+  while (i + 8 <= n) { /* the common case first: nothing to escape, one copy */
+    memcpy(&w, s + i, 8);
+    if (word_needs_escape(w)) break;
+    i += 8;
+  }
+  while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+  if (i == n) {
+    if (buf_grow(b, n + 2) != 0) return;
+    b->buf[b->len] = '"';
+    memcpy(b->buf + b->len + 1, s, n);
+    b->buf[b->len + 1 + n] = '"';
+    b->len += n + 2;
+    return;
+  }
+  i = 0;
   ga_buf_addc(b, '"');
-  for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
+  while (i < n) {
+    unsigned char c;
     const char *esc = NULL;
     char u[6];
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    if (i + 8 <= n) { /* plain text goes 8 bytes per step */
+      memcpy(&w, s + i, 8);
+      if (!word_needs_escape(w)) {
+        i += 8;
+        continue;
+      }
+    }
+    c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      i++;
+      continue;
+    }
     ga_buf_add(b, s + run, i - run);
-    run = i + 1;
+    run = ++i;
     switch (c) {
       case '"': esc = "\\\""; break;
       case '\\': esc = "\\\\"; break;
@@ -66,84 +108,192 @@ void ga_json_string(ga_buf *b, const char *s, size_t n) {
         u[4] = hex[c >> 4]; u[5] = hex[c & 15];
         ga_buf_add(b, u, 6);
     }
-    if (esc) ga_buf_addstr(b, esc);
+    if (esc) ga_buf_add(b, esc, 2);
   }
   ga_buf_add(b, s + run, n - run);
   ga_buf_addc(b, '"');
 }
 
+/* Powers of ten that are exact doubles. */
+static const double P10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The fast path of ga_json_double: the text "%.15g" prints for d when d reads
+ * back from a decimal of at most 15 significant digits (costs, latencies,
+ * temperatures nearly always do), without snprintf/strtod. m / 10^k is
+ * correctly rounded (m < 2^53 and 10^k are exact), so m / 10^k == |d| proves
+ * the decimal m * 10^-k reads back as d; the smallest such k gives the fewest
+ * digits, and a round-tripping decimal of <= 15 digits is exactly what %.15g
+ * prints once its trailing zeros are gone. Writes at most 24 bytes to out;
+ * returns their count, or 0 when d needs the slow path (0, 16-17 digits,
+ * magnitudes beyond 1e-22..1e15). */
+static int short_double(double d, char *out) {
+  double a = d < 0 ? -d : d;
+  unsigned long long m = 0;
+  char digits[20];
+  int k, nd = 0, x, i, o = 0;
+  if (!(a >= 1e-22) || a >= 1e15) return 0;
+  for (k = 0; k <= 22; k++) {
+    double s = a * P10[k];
+    if (s >= 1e15) return 0;
+    m = (unsigned long long)(s + 0.5);
+    if (m && (double)m / P10[k] == a) break;
+  }
+  if (k > 22) return 0;
+  for (; m; m /= 10) digits[nd++] = (char)('0' + m % 10); /* reversed */
+  x = nd - 1 - k;                                           /* exponent of the leading digit */
+  if (d < 0) out[o++] = '-';
+  if (x < -4 || x >= 15) { /* %g's exponent form: d[.ddd]e[+-]XX */
+    int last = 0;
+    while (last < nd - 1 && digits[last] == '0') last++; /* trailing zeros go */
+    out[o++] = digits[nd - 1];
+    if (nd - 1 > last) {
+      out[o++] = '.';
+      for (i = nd - 2; i >= last; i--) out[o++] = digits[i];
+    }
+    out[o++] = 'e';
+    out[o++] = x < 0 ? '-' : '+';
+    if (x < 0) x = -x;
+    if (x >= 100) out[o++] = (char)('0' + x / 100);
+    out[o++] = (char)('0' + x / 10 % 10);
+    out[o++] = (char)('0' + x % 10);
+  } else if (k == 0) {
+    for (i = nd - 1; i >= 0; i--) out[o++] = digits[i];
+  } else if (nd > k) {
+    for (i = nd - 1; i >= k; i--) out[o++] = digits[i];
+    out[o++] = '.';
+    for (; i >= 0; i--) out[o++] = digits[i];
+  } else {
+    out[o++] = '0';
+    out[o++] = '.';
+    for (i = nd; i < k; i++) out[o++] = '0';
+    for (i = nd - 1; i >= 0; i--) out[o++] = digits[i];
+  }
+  out[o] = '\0';
+  return o;
+}
+
 int ga_json_double(ga_buf *b, double d) {
   char tmp[40];
-  int prec;
+  int prec, n;
   if (isnan(d) || isinf(d)) return -1;
-  for (prec = 15; prec <= 17; prec++) {
-    snprintf(tmp, sizeof tmp, "%.*g", prec, d);
-    if (strtod(tmp, NULL) == d) break;
+  n = short_double(d, tmp);
+  if (n == 0) {
+    for (prec = 15; prec <= 17; prec++) {
+      snprintf(tmp, sizeof tmp, "%.*g", prec, d);
+      if (strtod(tmp, NULL) == d) break;
+    }
+    n = (int)strlen(tmp);
   }
-  ga_buf_addstr(b, tmp);
+  ga_buf_add(b, tmp, (size_t)n);
   /* keep it a float in readers that care (e.g. 2.0 -> "2.0"): "2" is fine JSON,
    * but a cost of 2 USD read back as an integer would change the column type */
   if (!strpbrk(tmp, ".eEn")) ga_buf_add(b, ".0", 2);
   return 0;
 }
 
+/* Decimal digits by hand: snprintf("%lld") costs more than the rest of a
+ * metric document's integers put together. */
 void ga_json_int(ga_buf *b, long long v) {
-  char tmp[24];
-  int n = snprintf(tmp, sizeof tmp, "%lld", v);
-  ga_buf_add(b, tmp, (size_t)n);
+  char tmp[24], *p = tmp + sizeof tmp;
+  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+  do {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (v < 0) *--p = '-';
+  ga_buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
 int ga_isnull(lua_State *L, int idx) {
   return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL;
 }
 
-typedef struct { const char *s; size_t n; } jkey;
+/* A table's keys, gathered in one lua_next pass. Each string key and its
+ * value are left on the Lua stack (key at slot, value at slot + 1): the key's
+ * text stays alive and the value is encoded in place, with no second lookup
+ * (re-interning the key text and a rawget cost more than the encoding). */
+typedef struct { const char *s; size_t n; int slot; } jkey;
+#define KEYS_INLINE 32
+typedef struct {
+  jkey inl[KEYS_INLINE], *k;
+  size_t n, cap;
+  size_t count, nint, maxi; /* all keys; positive integer keys; the largest */
+} keylist;
+
+static void keys_free(keylist *kl) {
+  if (kl->k != kl->inl) free(kl->k);
+}
 
 static int cmp_key(const void *a, const void *b) {
   const jkey *x = (const jkey *)a, *y = (const jkey *)b;
   size_t n = x->n < y->n ? x->n : y->n;
-  int c = memcmp(x->s, y->s, n);
+  int c;
+  if (n >= 8) { /* the first 8 bytes as one big-endian number usually decide */
+    uint64_t u, v;
+    memcpy(&u, x->s, 8);
+    memcpy(&v, y->s, 8);
+    u = __builtin_bswap64(u);
+    v = __builtin_bswap64(v);
+    if (u != v) return u < v ? -1 : 1;
+  }
+  c = memcmp(x->s, y->s, n);
   return c ? c : (x->n > y->n) - (x->n < y->n);
 }
 
-int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip,
-                    int need_comma, char *err, size_t errlen);
+static void sort_keys(jkey *k, size_t n) {
+  size_t i, j;
+  if (n > 24) {
+    qsort(k, n, sizeof *k, cmp_key);
+    return;
+  }
+  for (i = 1; i < n; i++) { /* metric objects are small: insertion sort, no calls into libc */
+    jkey t = k[i];
+    for (j = i; j > 0 && cmp_key(&k[j - 1], &t) > 0; j--) k[j] = k[j - 1];
+    k[j] = t;
+  }
+}
 
-/* Encodes the table at absolute index idx (array or object). */
-static int encode_table(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_t errlen) {
-  size_t count = 0, maxi = 0, nstr = 0, i;
-  int all_int = 1, rc = 0;
+/* One pass over the table at absolute index idx: counts its keys, notes the
+ * positive integer ones, and records (and keeps on the stack) the string ones.
+ * The caller restores the stack top and calls keys_free. 0, or -1 + err. */
+static int collect_keys(lua_State *L, int idx, keylist *kl, char *err, size_t errlen) {
+  kl->k = kl->inl; /* the inline array is filled as keys come, never cleared */
+  kl->n = kl->count = kl->nint = kl->maxi = 0;
+  kl->cap = KEYS_INLINE;
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
-    long long k;
+    long long iv;
+    kl->count++;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      if (kl->n == kl->cap) {
+        jkey *k = (jkey *)malloc(2 * kl->cap * sizeof *k);
+        if (!k) {
+          snprintf(err, errlen, "out of memory");
+          return -1;
+        }
+        memcpy(k, kl->k, kl->n * sizeof *k);
+        if (kl->k != kl->inl) free(kl->k);
+        kl->k = k;
+        kl->cap *= 2;
+      }
+      if ((kl->n & 7) == 0 && !lua_checkstack(L, 30)) { /* room for 8 more pairs + lua_next's */
+        snprintf(err, errlen, "Lua stack exhausted");
+        return -1;
+      }
+      kl->k[kl->n].s = lua_tolstring(L, -2, &kl->k[kl->n].n);
+      kl->k[kl->n].slot = lua_gettop(L) - 1;
+      kl->n++;
+      lua_pushvalue(L, -2); /* key and value stay; this copy drives lua_next */
+      continue;
+    }
     lua_pop(L, 1);
-    count++;
-    if (lua_type(L, -1) == LUA_TNUMBER && ga_tointeger(L, -1, &k) && k >= 1) {
-      if ((size_t)k > maxi) maxi = (size_t)k;
-    } else {
-      all_int = 0;
-      if (lua_type(L, -1) == LUA_TSTRING) nstr++;
+    if (lua_type(L, -1) == LUA_TNUMBER && ga_tointeger(L, -1, &iv) && iv >= 1) {
+      kl->nint++;
+      if ((size_t)iv > kl->maxi) kl->maxi = (size_t)iv;
     }
   }
-  if (all_int && maxi == count) { /* array, or [] for an empty table */
-    ga_buf_addc(b, '[');
-    for (i = 1; i <= count && rc == 0; i++) {
-      if (i > 1) ga_buf_addc(b, ',');
-      lua_rawgeti(L, idx, (int)i);
-      rc = ga_json_encode(L, lua_gettop(L), b, depth + 1, err, errlen);
-      lua_pop(L, 1);
-    }
-    if (rc == 0) ga_buf_addc(b, ']');
-    return rc;
-  }
-  if (nstr != count) {
-    snprintf(err, errlen, "a table mixes array and string keys, or has keys JSON cannot hold");
-    return -1;
-  }
-  ga_buf_addc(b, '{');
-  rc = ga_json_members(L, idx, b, depth, NULL, 0, err, errlen);
-  if (rc == 0) ga_buf_addc(b, '}');
-  return rc;
+  return 0;
 }
 
 static int skipped(const jkey *k, const char *const *skip) {
@@ -152,45 +302,65 @@ static int skipped(const jkey *k, const char *const *skip) {
   return 0;
 }
 
-int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip,
-                    int need_comma, char *err, size_t errlen) {
-  size_t count = 0, i, n = 0;
+/* Writes the gathered string keys (less `skip`), sorted, with their values. */
+static int write_members(lua_State *L, ga_buf *b, int depth, keylist *kl, const char *const *skip, int need_comma,
+                         char *err, size_t errlen) {
+  size_t i, n = 0;
   int rc = 0;
-  jkey *keys;
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    lua_pop(L, 1);
-    if (lua_type(L, -1) != LUA_TSTRING) {
-      lua_pop(L, 1);
-      snprintf(err, errlen, "an object has a key that is not a string");
-      return -1;
-    }
-    count++;
-  }
-  if (count == 0) return 0;
-  keys = (jkey *)malloc(count * sizeof *keys);
-  if (!keys) {
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    lua_pop(L, 1);
-    /* the table holds the key strings, so the pointers outlive this loop */
-    keys[n].s = lua_tolstring(L, -1, &keys[n].n);
-    if (!skipped(&keys[n], skip)) n++;
-  }
-  qsort(keys, n, sizeof *keys, cmp_key);
+  for (i = 0; i < kl->n; i++)
+    if (!skipped(&kl->k[i], skip)) kl->k[n++] = kl->k[i];
+  sort_keys(kl->k, n);
   for (i = 0; i < n && rc == 0; i++) {
     if (i || need_comma) ga_buf_addc(b, ',');
-    ga_json_string(b, keys[i].s, keys[i].n);
+    ga_json_string(b, kl->k[i].s, kl->k[i].n);
     ga_buf_addc(b, ':');
-    lua_pushlstring(L, keys[i].s, keys[i].n);
-    lua_rawget(L, idx);
-    rc = ga_json_encode(L, lua_gettop(L), b, depth + 1, err, errlen);
-    lua_pop(L, 1);
+    rc = ga_json_encode(L, kl->k[i].slot + 1, b, depth + 1, err, errlen);
   }
-  free(keys);
+  return rc;
+}
+
+/* Encodes the table at absolute index idx (array or object). */
+static int encode_table(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_t errlen) {
+  keylist kl;
+  size_t i;
+  int rc = 0, top = lua_gettop(L);
+  if (collect_keys(L, idx, &kl, err, errlen) != 0) {
+    rc = -1;
+  } else if (kl.nint == kl.count && kl.maxi == kl.count) { /* array, or [] for an empty table */
+    ga_buf_addc(b, '[');
+    for (i = 1; i <= kl.count && rc == 0; i++) {
+      if (i > 1) ga_buf_addc(b, ',');
+      lua_rawgeti(L, idx, (int)i);
+      rc = ga_json_encode(L, lua_gettop(L), b, depth + 1, err, errlen);
+      lua_pop(L, 1);
+    }
+    if (rc == 0) ga_buf_addc(b, ']');
+  } else if (kl.n != kl.count) {
+    snprintf(err, errlen, "a table mixes array and string keys, or has keys JSON cannot hold");
+    rc = -1;
+  } else {
+    ga_buf_addc(b, '{');
+    rc = write_members(L, b, depth, &kl, NULL, 0, err, errlen);
+    if (rc == 0) ga_buf_addc(b, '}');
+  }
+  lua_settop(L, top);
+  keys_free(&kl);
+  return rc;
+}
+
+int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip,
+                    int need_comma, char *err, size_t errlen) {
+  keylist kl;
+  int rc, top = lua_gettop(L);
+  idx = ga_absindex(L, idx);
+  rc = collect_keys(L, idx, &kl, err, errlen);
+  if (rc == 0 && kl.n != kl.count) {
+    snprintf(err, errlen, "an object has a key that is not a string");
+    rc = -1;
+  }
+  if (rc == 0) rc = write_members(L, b, depth, &kl, skip, need_comma, err, errlen);
+  lua_settop(L, top);
+  keys_free(&kl);
   return rc;
 }
 

@@ -28,6 +28,9 @@ typedef struct { int64_t last_ms; uint8_t rnd[10]; } ga_ulid_state;
 /* Writes 26 Crockford base32 chars (no NUL) for time `ms`; monotonic within one ms.
  * Returns 0, or -1 when the random source fails or the 80-bit counter overflows. */
 int ga_ulid_next(ga_ulid_state *st, int64_t ms, char out[26]);
+/* The ms time in the first 10 chars of a ULID (s: n bytes, any content).
+ * Returns 0, -1 when n != 26, -2 on a char outside upper-case Crockford. */
+int ga_ulid_time(const char *s, size_t n, int64_t *ms);
 void ga_open_ulid(lua_State *L);
 
 /* ---- exact JSON (ga_json.c) ---- */
@@ -78,12 +81,14 @@ typedef struct {
 extern const char *const ga_col_names[GA_NCOLS];
 
 /* Validates the persist_generation table at idx and fills `row` (id and
- * created_at are left to the caller). Returns 0, or -1 with a message in err.
+ * created_at, unless the row gives them, are left to ga_row_stamp). Returns
+ * 0, or -1 with a message in err.
  * The row's text pointers stay valid while the table at idx is alive. */
 int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen);
 void ga_row_free(ga_row *row);
-/* Sets row id (ULID) and created_at ("YYYY-MM-DD HH:MM:SS.mmm", UTC) from one
- * wall-clock reading unless created_at was given. Returns 0 or -1. */
+/* Sets row id (a new ULID, unless the row gave one: copies keep theirs) and
+ * created_at ("YYYY-MM-DD HH:MM:SS.mmm", UTC) from one wall-clock reading
+ * unless created_at was given. Returns 0 or -1. */
 int ga_row_stamp(ga_row *row, ga_ulid_state *ulid);
 
 /* ---- filesystem facts (ga_fs.c) ---- */
@@ -120,8 +125,29 @@ int ga_writer_flush(ga_writer *w, long timeout_ms);
 void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st);
 /* Drains the queue, joins the thread, frees everything. */
 void ga_writer_stop(ga_writer *w);
+/* A writer backend: SQLite's in ga_writer.c, PostgreSQL's in ga_pg.c. The
+ * connection belongs to the writer thread. write_batch writes batch[0..n)
+ * (NULL entries skipped) in one transaction: 0 when committed, -1 to retry
+ * after a backoff (nothing committed); a row the database refuses for itself
+ * goes to ga_writer_refuse. */
+typedef struct ga_writer_item ga_writer_item;
+typedef struct {
+  int (*write_batch)(void *conn, ga_writer *w, ga_writer_item **batch, int n);
+  void (*close)(void *conn);
+} ga_writer_backend;
+/* Starts the thread over conn, which it owns from now on (closed through the
+ * backend even when starting fails). NULL + err on failure. */
+ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, const ga_writer_opts *o, char *err,
+                                  size_t errlen);
+void ga_writer_item_cols(const ga_writer_item *it, ga_text cols[GA_NCOLS]); /* pointers into the item */
+/* Counts batch[i] failed with msg as the last error; frees it, sets it NULL. */
+void ga_writer_refuse(ga_writer *w, ga_writer_item **batch, int i, const char *msg);
+void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_error = "what: msg" */
 
 /* ---- further concerns register themselves below ---- */
+
+/* ---- PostgreSQL store over libpq (ga_pg.c): core.pg_open ---- */
+void ga_open_pg(lua_State *L);
 
 /* ---- token accounting and cost (ga_meter.c) ---- */
 /* Prices are int64 picodollars (1e-12 USD) per token; `has` bit i says pico[i]
@@ -165,6 +191,10 @@ double ga_usd_from_pico_text(const char *digits);
 void ga_open_meter(lua_State *L);
 
 /* ---- HTTP client (ga_http.c) ---- */
+/* Retry-After of raw response header lines (head: len bytes, not
+ * NUL-terminated; the last one wins): ms from now, or -1 when absent or
+ * neither delta-seconds nor an HTTP-date. */
+long long ga_http_retry_after(const char *head, size_t len);
 void ga_open_http(lua_State *L);
 
 #endif

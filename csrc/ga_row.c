@@ -4,6 +4,7 @@
  * extra keys sorted). Shared by every store backend. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "ga_private.h"
@@ -264,8 +265,17 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
       text_field(L, idx, "final_system_prompt", F_STR, 1, 0, &row->col[GA_COL_FINAL_SYSTEM_PROMPT], NULL, err, errlen) ||
       text_field(L, idx, "final_user_prompt", F_STR, 1, 0, &row->col[GA_COL_FINAL_USER_PROMPT], NULL, err, errlen) ||
       text_field(L, idx, "replay_of", F_STR, 0, 1, &row->col[GA_COL_REPLAY_OF], NULL, err, errlen) ||
-      text_field(L, idx, "created_at", F_STR, 0, 1, &row->col[GA_COL_CREATED_AT], NULL, err, errlen))
+      text_field(L, idx, "created_at", F_STR, 0, 1, &row->col[GA_COL_CREATED_AT], NULL, err, errlen) ||
+      text_field(L, idx, "id", F_STR, 0, 1, &row->col[GA_COL_ID], NULL, err, errlen))
     return -1;
+  if (row->col[GA_COL_ID].set) { /* an explicit id (copies between stores): a ULID */
+    static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    const ga_text *c = &row->col[GA_COL_ID];
+    size_t i;
+    int ok = c->n == 26 && c->p[0] <= '7';
+    for (i = 0; ok && i < c->n; i++) ok = c->p[i] != '\0' && strchr(crockford, c->p[i]) != NULL;
+    if (!ok) FAIL("id must be a ULID: 26 characters of Crockford base32 (upper case)");
+  }
   {
     ga_text *st = &row->col[GA_COL_STATUS];
     if (!st->set) {
@@ -288,7 +298,24 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
       else ok = i == 19 ? ch == '.' : (ch >= '0' && ch <= '9');
     }
     if (ok && c->n == 20) ok = 0;
+    if (ok) { /* a real date and time: both stores refuse 2024-02-30 */
+      static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+      int y = atoi(c->p), mo = atoi(c->p + 5), d = atoi(c->p + 8), h = atoi(c->p + 11), mi = atoi(c->p + 14),
+          sec = atoi(c->p + 17);
+      int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+      ok = y >= 1 && mo >= 1 && mo <= 12 && d >= 1 && d <= mdays[mo - 1] && (mo != 2 || d <= 28 + leap) && h < 24 &&
+           mi < 60 && sec < 60;
+    }
     if (!ok) FAIL("created_at must be 'YYYY-MM-DD HH:MM:SS[.fff]' (UTC)");
+    { /* stored as every store returns it: milliseconds, "YYYY-MM-DD HH:MM:SS.mmm" */
+      size_t f;
+      memcpy(row->created_at, c->p, 19);
+      row->created_at[19] = '.';
+      for (f = 0; f < 3; f++) row->created_at[20 + f] = 20 + f < c->n ? c->p[20 + f] : '0';
+      row->created_at[23] = '\0';
+      row->col[GA_COL_CREATED_AT].p = row->created_at;
+      row->col[GA_COL_CREATED_AT].n = 23;
+    }
   }
   if (build_token_metrics(L, idx, &row->json[0], err, errlen) ||
       build_performance_metrics(L, idx, &row->json[1], err, errlen) ||
@@ -319,7 +346,8 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
 
 int ga_row_stamp(ga_row *row, ga_ulid_state *ulid) {
   int64_t ms = ga_realtime_ms();
-  if (ga_ulid_next(ulid, ms, row->id) != 0) return -1;
+  if (row->col[GA_COL_ID].set) memcpy(row->id, row->col[GA_COL_ID].p, 26); /* checked by ga_row_build */
+  else if (ga_ulid_next(ulid, ms, row->id) != 0) return -1;
   row->col[GA_COL_ID].p = row->id;
   row->col[GA_COL_ID].n = 26;
   row->col[GA_COL_ID].set = 1;

@@ -83,17 +83,27 @@ static int l_ulid_generator(lua_State *L) {
   return 1;
 }
 
+int ga_ulid_time(const char *s, size_t n, int64_t *ms) {
+  size_t i;
+  int64_t t = 0;
+  if (n != 26) return -1;
+  for (i = 0; i < 10; i++) {
+    const char *p = s[i] ? strchr(B32, s[i]) : NULL;
+    if (!p) return -2;
+    t = (t << 5) | (p - B32);
+  }
+  *ms = t;
+  return 0;
+}
+
 /* core.ulid_time(id) -> ms since epoch encoded in a ULID, or nil, err */
 static int l_ulid_time(lua_State *L) {
-  size_t n, i;
+  size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   int64_t ms = 0;
-  if (n != 26) return ga_fail(L, "INVALID", "a ULID has 26 characters");
-  for (i = 0; i < 10; i++) {
-    const char *p = strchr(B32, s[i]);
-    if (!p || !s[i]) return ga_fail(L, "INVALID", "not a ULID");
-    ms = (ms << 5) | (p - B32);
-  }
+  int rc = ga_ulid_time(s, n, &ms);
+  if (rc == -1) return ga_fail(L, "INVALID", "a ULID has 26 characters");
+  if (rc != 0) return ga_fail(L, "INVALID", "not a ULID");
   ga_pushint64(L, (long long)ms);
   return 1;
 }

@@ -1,9 +1,10 @@
 /* ga_writer.c — the async writer: persist() copies a validated row into a
  * bounded in-memory queue and returns at once; one thread per writer drains
- * the queue into SQLite in batched transactions over its own connection.
+ * the queue in batched transactions over its own connection, through a
+ * backend (SQLite's is below; ga_pg.c has PostgreSQL's).
  * Acknowledged rows are never dropped silently: a batch that cannot commit is
- * retried with backoff; a row SQLite refuses is counted as failed and its
- * error kept (flush/stats report it). Pure C: no lua_State in this file. */
+ * retried with backoff; a row the database refuses is counted as failed and
+ * its error kept (flush/stats report it). Pure C: no lua_State in this file. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -14,13 +15,14 @@
 #include <sqlite3.h>
 #include "ga_private.h"
 
-typedef struct item {
-  struct item *next;
+typedef struct ga_writer_item item;
+struct ga_writer_item {
+  struct ga_writer_item *next;
   size_t len[GA_NCOLS];
   unsigned char set[GA_NCOLS];
   size_t total;
   char data[]; /* the columns' bytes, back to back */
-} item;
+};
 
 struct ga_writer {
   pthread_mutex_t mu;
@@ -31,9 +33,15 @@ struct ga_writer {
   ga_writer_stats st;
   uint64_t pushed, done; /* rows pushed; rows written or failed */
   int stopping;
+  const ga_writer_backend *be;
+  void *conn; /* the backend's connection, used by the thread only */
+};
+
+/* SQLite's backend connection */
+typedef struct {
   sqlite3 *db;
   sqlite3_stmt *insert;
-};
+} sqlite_conn;
 
 static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -56,6 +64,28 @@ static void set_error(ga_writer *w, const char *what, const char *msg) {
   pthread_mutex_unlock(&w->mu);
 }
 
+void ga_writer_error(ga_writer *w, const char *what, const char *msg) { set_error(w, what, msg); }
+
+void ga_writer_refuse(ga_writer *w, item **batch, int i, const char *msg) {
+  set_error(w, "row refused", msg);
+  pthread_mutex_lock(&w->mu);
+  w->st.failed++;
+  pthread_mutex_unlock(&w->mu);
+  free(batch[i]);
+  batch[i] = NULL;
+}
+
+void ga_writer_item_cols(const item *it, ga_text cols[GA_NCOLS]) {
+  const char *p = it->data;
+  int i;
+  for (i = 0; i < GA_NCOLS; i++) {
+    cols[i].p = p;
+    cols[i].n = it->len[i];
+    cols[i].set = it->set[i];
+    p += it->len[i];
+  }
+}
+
 static void bind_item(sqlite3_stmt *st, const item *it) {
   const char *p = it->data;
   int i;
@@ -70,40 +100,46 @@ static void bind_item(sqlite3_stmt *st, const item *it) {
  * retried (busy, I/O, disk full: nothing of it was committed). A row SQLite
  * refuses for itself (a constraint) is counted failed, freed and set to NULL
  * in `batch`, so a retry skips it. */
-static int write_batch(ga_writer *w, item **batch, int n) {
+static int sqlite_write_batch(void *conn, ga_writer *w, item **batch, int n) {
+  sqlite_conn *c = (sqlite_conn *)conn;
   int i, rc;
-  if (sqlite3_exec(w->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    set_error(w, "cannot begin batch", sqlite3_errmsg(w->db));
+  if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    set_error(w, "cannot begin batch", sqlite3_errmsg(c->db));
     return -1;
   }
   for (i = 0; i < n; i++) {
     if (!batch[i]) continue;
-    bind_item(w->insert, batch[i]);
-    rc = sqlite3_step(w->insert);
-    sqlite3_reset(w->insert);
-    sqlite3_clear_bindings(w->insert);
+    bind_item(c->insert, batch[i]);
+    rc = sqlite3_step(c->insert);
+    sqlite3_reset(c->insert);
+    sqlite3_clear_bindings(c->insert);
     if (rc == SQLITE_DONE) continue;
     rc &= 0xff;
     if (rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG || rc == SQLITE_ERROR) {
-      set_error(w, "row refused", sqlite3_errmsg(w->db));
-      pthread_mutex_lock(&w->mu);
-      w->st.failed++;
-      pthread_mutex_unlock(&w->mu);
-      free(batch[i]);
-      batch[i] = NULL;
+      ga_writer_refuse(w, batch, i, sqlite3_errmsg(c->db));
       continue;
     }
-    set_error(w, "batch interrupted", sqlite3_errmsg(w->db));
-    sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+    set_error(w, "batch interrupted", sqlite3_errmsg(c->db));
+    sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
     return -1;
   }
-  if (sqlite3_exec(w->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    set_error(w, "cannot commit batch", sqlite3_errmsg(w->db));
-    sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+  if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    set_error(w, "cannot commit batch", sqlite3_errmsg(c->db));
+    sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
     return -1;
   }
   return 0;
 }
+
+static void sqlite_close(void *conn) {
+  sqlite_conn *c = (sqlite_conn *)conn;
+  if (!c) return;
+  sqlite3_finalize(c->insert);
+  sqlite3_close_v2(c->db);
+  free(c);
+}
+
+static const ga_writer_backend sqlite_backend = {sqlite_write_batch, sqlite_close};
 
 static int is_stopping(ga_writer *w) {
   int s;
@@ -142,7 +178,7 @@ static void *writer_main(void *arg) {
       bytes += it->total;
     }
     pthread_mutex_unlock(&w->mu);
-    while ((ok = write_batch(w, batch, n)) != 0) {
+    while ((ok = w->be->write_batch(w->conn, w, batch, n)) != 0) {
       pthread_mutex_lock(&w->mu);
       w->st.retries++;
       pthread_mutex_unlock(&w->mu);
@@ -173,32 +209,21 @@ static void *writer_main(void *arg) {
   return NULL;
 }
 
-ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err, size_t errlen) {
-  static const char *const syncs[] = {"OFF", "NORMAL", "FULL", "EXTRA"};
+ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, const ga_writer_opts *o, char *err,
+                                  size_t errlen) {
   ga_writer *w = (ga_writer *)calloc(1, sizeof *w);
-  char sql[64];
   sigset_t all, old;
   int rc;
   if (!w) {
     snprintf(err, errlen, "out of memory");
+    be->close(conn);
     return NULL;
   }
   w->o = *o;
+  w->be = be;
+  w->conn = conn;
   if (w->o.batch < 1) w->o.batch = 1;
   if (w->o.capacity < 1) w->o.capacity = 1;
-  if (sqlite3_open_v2(path, &w->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI, NULL) !=
-      SQLITE_OK) {
-    snprintf(err, errlen, "writer cannot open '%s': %s", path, w->db ? sqlite3_errmsg(w->db) : "out of memory");
-    goto fail;
-  }
-  sqlite3_busy_timeout(w->db, (int)o->busy_timeout_ms);
-  snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", syncs[o->synchronous & 3]);
-  if (sqlite3_exec(w->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
-      sqlite3_exec(w->db, sql, NULL, NULL, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(w->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &w->insert, NULL) != SQLITE_OK) {
-    snprintf(err, errlen, "writer cannot prepare '%s': %s", path, sqlite3_errmsg(w->db));
-    goto fail;
-  }
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->not_empty, NULL);
   pthread_cond_init(&w->not_full, NULL);
@@ -214,13 +239,37 @@ ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err,
     pthread_cond_destroy(&w->not_empty);
     pthread_cond_destroy(&w->not_full);
     pthread_cond_destroy(&w->idle);
-    goto fail;
+    be->close(conn);
+    free(w);
+    return NULL;
   }
   return w;
+}
+
+ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err, size_t errlen) {
+  static const char *const syncs[] = {"OFF", "NORMAL", "FULL", "EXTRA"};
+  sqlite_conn *c = (sqlite_conn *)calloc(1, sizeof *c);
+  char sql[64];
+  if (!c) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI, NULL) !=
+      SQLITE_OK) {
+    snprintf(err, errlen, "writer cannot open '%s': %s", path, c->db ? sqlite3_errmsg(c->db) : "out of memory");
+    goto fail;
+  }
+  sqlite3_busy_timeout(c->db, (int)o->busy_timeout_ms);
+  snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", syncs[o->synchronous & 3]);
+  if (sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_exec(c->db, sql, NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v3(c->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &c->insert, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "writer cannot prepare '%s': %s", path, sqlite3_errmsg(c->db));
+    goto fail;
+  }
+  return ga_writer_start_backend(&sqlite_backend, c, o, err, errlen);
 fail:
-  sqlite3_finalize(w->insert);
-  sqlite3_close_v2(w->db);
-  free(w);
+  sqlite_close(c);
   return NULL;
 }
 
@@ -312,8 +361,7 @@ void ga_writer_stop(ga_writer *w) {
     free(it);
     w->st.failed++;
   }
-  sqlite3_finalize(w->insert);
-  sqlite3_close_v2(w->db);
+  w->be->close(w->conn);
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->not_empty);
   pthread_cond_destroy(&w->not_full);

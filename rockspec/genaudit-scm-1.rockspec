@@ -10,7 +10,8 @@ description = {
   summary = "Audit trail and metrics for LLM content-generation pipelines",
   detailed = [[
 Records, for every generation, the exact final prompts, token usage and cost,
-latency and repair metrics in one row of generation_snapshots (SQLite).
+latency and repair metrics in one row of generation_snapshots (SQLite, or
+PostgreSQL through libpq).
 ]],
   license = "MIT",
 }
@@ -22,6 +23,7 @@ dependencies = {
 external_dependencies = {
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
   CURL = { header = "curl/curl.h", library = "curl" },
+  PQ = { header = "libpq-fe.h", library = "pq" },
 }
 build = {
   type = "builtin",
@@ -29,12 +31,13 @@ build = {
     ["genaudit.core"] = {
       sources = {
         "csrc/ga_clock.c", "csrc/ga_core.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_json.c",
-        "csrc/ga_meter.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c", "csrc/ga_writer.c",
+        "csrc/ga_meter.c", "csrc/ga_pg.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c",
+        "csrc/ga_writer.c",
       },
       defines = {},
-      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
-      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },
-      libraries = { "sqlite3", "curl", "m", "pthread" },
+      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)" },
+      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)", "$(PQ_LIBDIR)" },
+      libraries = { "sqlite3", "curl", "pq", "m", "pthread" },
     },
     ["genaudit"] = "lua/genaudit/init.lua",
     ["genaudit.store"] = "lua/genaudit/store.lua",
@@ -49,6 +52,7 @@ build = {
     ["genaudit.client"] = "lua/genaudit/client.lua",
     ["genaudit.replay"] = "lua/genaudit/replay.lua",
     ["genaudit.report"] = "lua/genaudit/report.lua",
+    ["genaudit.copy"] = "lua/genaudit/copy.lua",
     ["genaudit.openresty"] = "lua/genaudit/openresty.lua",
   },
   install = {

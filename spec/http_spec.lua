@@ -128,6 +128,16 @@ describe("genaudit.core http_client", function()
       assert.equal(50, res.attempts[1].slept_ms)
     end)
 
+    -- found by fuzz/fuzz_retry_after.c: curl_getdate takes any year, and
+    -- seconds * 1000 overflowed (UB) for dates past year ~292 million
+    it("caps an HTTP-date Retry-After millions of years ahead at one day, no overflow", function()
+      srv:script{ { status = 429, headers = { { "Retry-After", "1 Jan 999999999" } } }, {} }
+      local res = assert(client:request{ url = srv.url .. "/", retries = 1, max_backoff_ms = 50 })
+      assert.same({ 429, 200 }, statuses(res.attempts))
+      assert.equal(86400000, res.attempts[1].retry_after_ms)
+      assert.equal(50, res.attempts[1].slept_ms)
+    end)
+
     it("retries 503 twice with exponential backoff and jitter, then returns the 200", function()
       srv:script{ { status = 503 }, { status = 503 }, { body = "third time" } }
       local res = assert(client:request{ url = srv.url .. "/", retries = 2, backoff_ms = 20, max_backoff_ms = 1000 })

@@ -86,6 +86,7 @@ describe("genaudit in nginx #nginx", function()
       assert.is_true(row.estimated_cost > 0)
     end
     assert.falsy(log:find("[error]", 1, true), log)
+    assert.falsy(log:find(KEY, 1, true), "the API key is in nginx's error.log")
     assert.falsy(tmp.read(db):find(KEY, 1, true))
   end)
 

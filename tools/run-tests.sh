@@ -5,6 +5,19 @@
 set -u
 cd "$(dirname "$0")/.." || exit 2
 BUSTED=${BUSTED:-/usr/bin/busted}
+# PostgreSQL for the #postgresql specs: started here (and stopped on exit,
+# failures included) unless GENAUDIT_PG_URL names a server already or
+# GENAUDIT_SKIP_PG=1. If it cannot start, those specs fail and say why.
+if [ -z "${GENAUDIT_PG_URL:-}" ] && [ "${GENAUDIT_SKIP_PG:-}" != "1" ]; then
+  if GENAUDIT_PG_URL=$(sh tools/pg-test-server.sh acquire $$); then
+    export GENAUDIT_PG_URL
+    trap 'sh tools/pg-test-server.sh release $$' EXIT
+    trap 'exit 130' INT TERM
+  else
+    echo "tools/pg-test-server.sh could not start PostgreSQL: the #postgresql specs will fail"
+    unset GENAUDIT_PG_URL
+  fi
+fi
 total_p=0; total_f=0; total_s=0; rc=0
 for engine in lua5.4:lua54 luajit:luajit; do
   interp=${engine%%:*}; dir=${engine##*:}

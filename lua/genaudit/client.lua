@@ -15,7 +15,7 @@ local function us_to_ms(us) return math.floor(us) / 1000 end
 local function curl_transport(provider)
   local http = core.http_client{
     connect_timeout_ms = provider.connect_timeout_ms, timeout_ms = provider.timeout_ms,
-    verify_tls = provider.verify_tls,
+    verify_tls = provider.verify_tls, max_response_bytes = provider.max_response_bytes,
   }
   return function(req)
     return http:request{
@@ -121,6 +121,9 @@ function Client:performance_metrics(run, total_ms)
     model_identifier = run.model_identifier,
     requested_model = self.provider.model,
     provider = self.provider.name,
+    -- false only when the provider was built with verify_tls = false: an
+    -- unverified connection is recorded on every snapshot it served
+    verify_tls = self.provider.verify_tls ~= false,
     attempts = run.attempts,
     calls = run.http,
   }

@@ -157,7 +157,7 @@ function M.transport(provider, opts)
   local o = {
     connect_timeout_ms = opts.connect_timeout_ms or provider.connect_timeout_ms or 10000,
     timeout_ms = opts.timeout_ms or provider.timeout_ms or 120000,
-    max_response_bytes = opts.max_response_bytes or 64 * 1024 * 1024,
+    max_response_bytes = opts.max_response_bytes or provider.max_response_bytes or 64 * 1024 * 1024,
     verify_tls = provider.verify_tls,
   }
   return function(req)

@@ -108,7 +108,7 @@ local function new_provider(name, opts, spec)
   local self = setmetatable({
     name = name, model = opts.model, base_url = (opts.base_url or spec.default_url):gsub("/+$", ""),
     wire = spec.wire, timeout_ms = opts.timeout_ms, connect_timeout_ms = opts.connect_timeout_ms,
-    retries = opts.retries, verify_tls = opts.verify_tls,
+    retries = opts.retries, verify_tls = opts.verify_tls, max_response_bytes = opts.max_response_bytes,
   }, Provider)
   local extra_headers = opts.headers or {}
   -- headers are built on demand so the key is never stored on the object

@@ -13,33 +13,65 @@ local core = require("genaudit.core")
 
 local M = {}
 
--- Everything dialect-specific, in one place (SQLite here; a PostgreSQL
--- backend supplies its own table). Percentiles are nearest-rank: the value at
--- rank ceil(p * n / 100) among the n non-NULL values in ascending order,
--- computed as (n * p + 99) / 100 in integer arithmetic (SQLite 3.40 may lack
--- ceil()).
-local SQL = {
-  -- created_at >= now - N seconds; the bound argument comes from since_arg
-  since = "created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
-  since_arg = function(seconds) return string.format("-%d seconds", seconds) end,
-  day = "substr(created_at, 1, 10)",
-  -- 1.. over the non-NULL values of col within its group (NULLs ranked last)
-  rank = function(col)
-    return "row_number() OVER (PARTITION BY grp ORDER BY (" .. col .. ") IS NULL, " .. col .. ")"
-  end,
-  count = function(col) return "count(" .. col .. ") OVER (PARTITION BY grp)" end,
-  pick = function(rank, n, p, col)
-    return string.format("max(CASE WHEN %s = (%s * %d + 99) / 100 THEN %s END)", rank, n, p, col)
-  end,
-  -- one row (column `value`) per element of repair_metrics.repair_types of b
-  repair_types = "json_each(b.repair_metrics, '$.repair_types') AS j",
-  real = function(expr) return "CAST(" .. expr .. " AS REAL)" end,
-  desc_nulls_last = function(col) return col .. " DESC NULLS LAST" end,
-  asc_nulls_last = function(col) return col .. " ASC NULLS LAST" end,
-  -- the table's columns, generated ones included, in table order
-  columns = "SELECT name FROM pragma_table_xinfo('generation_snapshots') ORDER BY cid",
-  explain = "EXPLAIN QUERY PLAN ",
+-- Everything dialect-specific, in one place: one table per store backend
+-- (store.backend). Percentiles are nearest-rank: the value at rank
+-- ceil(p * n / 100) among the n non-NULL values in ascending order, computed
+-- as (n * p + 99) / 100 in integer arithmetic (SQLite 3.40 may lack ceil()).
+-- Sums of floats are taken in one order on both stores (ascending, by a
+-- window over the whole group), and averages divided out explicitly, so both
+-- give the same last digit; text keys sort bytewise on both.
+local function rank(col) -- 1.. over the non-NULL values of col within its group (NULLs ranked last)
+  return "row_number() OVER (PARTITION BY grp ORDER BY (" .. col .. ") IS NULL, " .. col .. ")"
+end
+local function count(col) return "count(" .. col .. ") OVER (PARTITION BY grp)" end
+local function pick(rnk, n, p, col)
+  return string.format("max(CASE WHEN %s = (%s * %d + 99) / 100 THEN %s END)", rnk, n, p, col)
+end
+-- the sum of col over its partition, added up in ascending order
+local function sum_ordered(col, part)
+  return "sum(" .. col .. ") OVER (PARTITION BY " .. part .. " ORDER BY " .. col
+    .. " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+end
+local function desc_nulls_last(col) return col .. " DESC NULLS LAST" end
+local function asc_nulls_last(col) return col .. " ASC NULLS LAST" end
+
+local DIALECTS = {
+  sqlite = {
+    -- created_at >= now - N seconds; the bound argument comes from since_arg
+    since = "created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+    since_arg = function(seconds) return string.format("-%d seconds", seconds) end,
+    day = "substr(created_at, 1, 10)",
+    -- one row (column `value`) per element of repair_metrics.repair_types of b
+    repair_types = "json_each(b.repair_metrics, '$.repair_types') AS j",
+    real = function(expr) return "CAST(" .. expr .. " AS REAL)" end,
+    bytewise = function(col) return col end, -- SQLite's default collation is BINARY
+    -- the table's columns, generated ones included, in table order
+    columns = "SELECT name FROM pragma_table_xinfo('generation_snapshots') ORDER BY cid",
+    explain = "EXPLAIN QUERY PLAN ", explain_column = "detail",
+  },
+  postgresql = {
+    since = "created_at >= now() - CAST(? AS interval)",
+    since_arg = function(seconds) return string.format("%d seconds", seconds) end,
+    day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') COLLATE \"C\"",
+    repair_types = "json_array_elements_text(b.repair_metrics -> 'repair_types') AS j(value)",
+    real = function(expr) return "CAST(" .. expr .. " AS double precision)" end,
+    bytewise = function(col) return col .. ' COLLATE "C"' end,
+    columns = "SELECT attname AS name FROM pg_attribute WHERE attrelid = 'generation_snapshots'::regclass"
+      .. " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    explain = "EXPLAIN ", explain_column = "QUERY PLAN",
+  },
 }
+for _, d in pairs(DIALECTS) do
+  d.rank, d.count, d.pick, d.sum_ordered = rank, count, pick, sum_ordered
+  d.desc_nulls_last, d.asc_nulls_last = desc_nulls_last, asc_nulls_last
+end
+
+-- The dialect of a store (a store without `backend` is SQLite).
+local function dialect_of(store)
+  local d = DIALECTS[store.backend or "sqlite"]
+  if not d then error("genaudit.report: no SQL dialect for backend '" .. tostring(store.backend) .. "'", 3) end
+  return d
+end
 
 local TABLE = "generation_snapshots"
 
@@ -50,7 +82,7 @@ local GROUPS = {
     model = { "model_identifier", "model_identifier" },
     platform = { "platform", "platform" },
     org = { "org_id", "org_id" },
-    day = { "day", SQL.day },
+    day = { "day", function(SQL) return SQL.day end },
   },
   latency = {
     model = { "model_identifier", "model_identifier" },
@@ -93,7 +125,7 @@ end
 
 -- The WHERE clause for the shared filters (since, org, template) and its
 -- bound parameters, or nil, err, code.
-local function filters(opts, allowed)
+local function filters(opts, allowed, SQL)
   local conds, params = {}, {}
   if opts.org ~= nil then
     local v, err = id_value("org", opts.org)
@@ -118,11 +150,12 @@ local function filters(opts, allowed)
   return where, params
 end
 
-local function group_of(report, by)
+local function group_of(report, by, SQL)
   local g = GROUPS[report][by]
   if not g then
     return fail("unknown --by column '" .. tostring(by) .. "' for " .. report .. " (use " .. GROUP_NAMES[report] .. ")")
   end
+  if type(g[2]) == "function" then return { g[1], g[2](SQL) } end
   return g
 end
 
@@ -130,19 +163,20 @@ end
 -- or nil, err, code.
 local builders = {}
 
-function builders.cost(opts)
-  local g, err, code = group_of("cost", opts.by)
+function builders.cost(opts, SQL)
+  local g, err, code = group_of("cost", opts.by, SQL)
   if not g then return nil, err, code end
   local where, params
-  where, params, code = filters(opts, { template = true })
+  where, params, code = filters(opts, { template = true }, SQL)
   if not where then return nil, params, code end
   local name = g[1]
   local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, estimated_cost AS cost, total_tokens AS tokens FROM "
     .. TABLE .. where .. "), ranked AS (SELECT grp, cost, tokens, " .. SQL.rank("cost") .. " AS rc, "
-    .. SQL.count("cost") .. " AS nc FROM base)"
-    .. " SELECT grp AS " .. name .. ", count(*) AS posts, count(cost) AS priced, sum(cost) AS total_cost,"
-    .. " avg(cost) AS avg_cost, " .. SQL.pick("rc", "nc", 50, "cost") .. " AS p50_cost, "
-    .. SQL.pick("rc", "nc", 95, "cost") .. " AS p95_cost, sum(tokens) AS total_tokens, avg(tokens) AS avg_tokens"
+    .. SQL.count("cost") .. " AS nc, " .. SQL.sum_ordered("cost", "grp") .. " AS sc FROM base)"
+    .. " SELECT grp AS " .. name .. ", count(*) AS posts, count(cost) AS priced, max(sc) AS total_cost,"
+    .. " max(sc) / max(nc) AS avg_cost, " .. SQL.pick("rc", "nc", 50, "cost") .. " AS p50_cost, "
+    .. SQL.pick("rc", "nc", 95, "cost") .. " AS p95_cost, sum(tokens) AS total_tokens, "
+    .. SQL.real("sum(tokens)") .. " / count(tokens) AS avg_tokens"
     .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.desc_nulls_last("total_cost") .. ", " .. SQL.asc_nulls_last("grp")
   return sql, params, { name, "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
     "total_tokens", "avg_tokens" }
@@ -150,24 +184,32 @@ end
 
 -- One statement (one 'now'): the top templates, each joined to its up-to-3
 -- most common repair types; fold() turns the 1..3 rows per template into one.
-function builders.repairs(opts)
+function builders.repairs(opts, SQL)
   local top = opts.top == nil and 3 or opts.top
   if type(top) ~= "number" or top % 1 ~= 0 or top < 1 or top > 1e9 then
     return fail("top must be a positive integer, got '" .. tostring(opts.top) .. "'")
   end
-  local where, params, code = filters(opts, {})
+  local where, params, code = filters(opts, {}, SQL)
   if not where then return nil, params, code end
+  local n_filter = #params
   params[#params + 1] = math.floor(top)
-  local sql = "WITH base AS (SELECT template_id, repair_count, initial_validation_score, repair_metrics FROM "
+  for i = 1, n_filter do params[#params + 1] = params[i] end -- the filter again, for `types`
+  -- base reads only indexed columns (snapshots_time_template covers them); the
+  -- JSON of repair_types is read only for repaired rows of the top templates
+  local sql = "WITH base AS (SELECT template_id, repair_count, initial_validation_score FROM "
     .. TABLE .. where .. "),"
+    .. " scored AS (SELECT template_id, repair_count, initial_validation_score, "
+    .. SQL.sum_ordered("initial_validation_score", "template_id") .. " AS ss FROM base),"
     .. " top AS (SELECT template_id, coalesce(sum(repair_count), 0) AS repairs, count(*) AS posts,"
     .. " count(CASE WHEN repair_count > 0 THEN 1 END) AS repaired_posts,"
-    .. " avg(initial_validation_score) AS avg_initial_score FROM base GROUP BY template_id"
+    .. " max(ss) / count(initial_validation_score) AS avg_initial_score FROM scored GROUP BY template_id"
     .. " ORDER BY repairs DESC, template_id LIMIT ?),"
-    .. " types AS (SELECT b.template_id, j.value AS slug, count(*) AS n FROM base b"
+    .. " types AS (SELECT b.template_id, j.value AS slug, count(*) AS n FROM " .. TABLE .. " b"
     .. " JOIN top t ON t.template_id = b.template_id, " .. SQL.repair_types
+    .. (where ~= "" and (where .. " AND") or " WHERE") .. " b.repair_count > 0"
     .. " GROUP BY b.template_id, j.value),"
-    .. " ranked AS (SELECT template_id, slug, n, row_number() OVER (PARTITION BY template_id ORDER BY n DESC, slug)"
+    .. " ranked AS (SELECT template_id, slug, n, row_number() OVER (PARTITION BY template_id ORDER BY n DESC, "
+    .. SQL.bytewise("slug") .. ")"
     .. " AS r FROM types)"
     .. " SELECT t.template_id, t.repairs, t.posts, t.repaired_posts, "
     .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, k.slug, k.n"
@@ -193,11 +235,11 @@ function builders.repairs(opts)
     "top_repair_types" }, fold
 end
 
-function builders.latency(opts)
-  local g, err, code = group_of("latency", opts.by)
+function builders.latency(opts, SQL)
+  local g, err, code = group_of("latency", opts.by, SQL)
   if not g then return nil, err, code end
   local where, params
-  where, params, code = filters(opts, {})
+  where, params, code = filters(opts, {}, SQL)
   if not where then return nil, params, code end
   local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" } }
   local ranks, picks, columns = {}, {}, { g[1], "posts" }
@@ -220,18 +262,18 @@ function builders.latency(opts)
 end
 
 -- Every row, oldest first (created_at is the leading column of the time index).
-function builders.export(opts)
+function builders.export(opts, SQL)
   if opts.format ~= "jsonl" and opts.format ~= "csv" then
     return fail("unknown export format '" .. tostring(opts.format) .. "' (use jsonl or csv)")
   end
-  local where, params, code = filters(opts, {})
+  local where, params, code = filters(opts, {}, SQL)
   if not where then return nil, params, code end
   return "SELECT * FROM " .. TABLE .. where .. " ORDER BY created_at, id", params
 end
 
 local function run(name, store, opts)
   opts = check_args(name, store, opts)
-  local sql, params, columns, fold = builders[name](opts)
+  local sql, params, columns, fold = builders[name](opts, dialect_of(store))
   if not sql then return nil, params, columns end
   local rows, err, code = store:query(sql, params)
   if not rows then return nil, err, code end
@@ -259,7 +301,7 @@ function M.validate(report, opts)
     error("bad argument #2 to 'validate' (table expected, got " .. type(opts) .. ")", 2)
   end
   if not builders[report] then return fail("unknown report '" .. tostring(report) .. "'") end
-  local sql, err, code = builders[report](opts or {})
+  local sql, err, code = builders[report](opts or {}, DIALECTS.sqlite)
   if not sql then return nil, err, code end
   return true
 end
@@ -270,13 +312,14 @@ end
 function M.explain(store, report, opts)
   opts = check_args("explain", store, opts)
   if not builders[report] then return fail("unknown report '" .. tostring(report) .. "'") end
-  local sql, params, code = builders[report](opts)
+  local SQL = dialect_of(store)
+  local sql, params, code = builders[report](opts, SQL)
   if not sql then return nil, params, code end
   local rows, err
   rows, err, code = store:query(SQL.explain .. sql, params)
   if not rows then return nil, err, code end
   local lines = {}
-  for _, r in ipairs(rows) do lines[#lines + 1] = r.detail end
+  for _, r in ipairs(rows) do lines[#lines + 1] = r[SQL.explain_column] end
   return table.concat(lines, "\n")
 end
 
@@ -284,7 +327,7 @@ end
 -- (generated columns included) | nil, err, code.
 function M.columns(store)
   check_args("columns", store)
-  local rows, err, code = store:query(SQL.columns, {})
+  local rows, err, code = store:query(dialect_of(store).columns, {})
   if not rows then return nil, err, code end
   local names = {}
   for i, r in ipairs(rows) do names[i] = r.name end
@@ -357,7 +400,7 @@ end
 -- true value on success and nil, err on failure (which raises).
 function M.export(store, opts)
   opts = check_args("export", store, opts)
-  local sql, params, code = builders.export(opts)
+  local sql, params, code = builders.export(opts, dialect_of(store))
   if not sql then return nil, params, code end
   local out = opts.out
   if out == nil or (type(out) ~= "table" and type(out) ~= "userdata") then

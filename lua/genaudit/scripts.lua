@@ -49,6 +49,7 @@ function M.loader(opts)
   opts = opts or {}
   return setmetatable({
     cache = {},          -- path -> { version, value, error }
+    listings = {},       -- dir -> { version, paths }
     sandbox = opts.sandbox ~= false,
     env = opts.env,
     validate = opts.validate,
@@ -104,11 +105,17 @@ function Loader:load(path)
 end
 
 -- loader:dir(dir) -> sorted array of "*.lua" paths in dir (empty when missing).
-function Loader.dir(_, dir, exclude)
+-- The listing is cached until the directory itself changes (a file added,
+-- removed or renamed changes its mtime); edits of a file are caught by load().
+function Loader:dir(dir, exclude)
+  local version = core.file_version(dir)
+  local cached = self.listings[dir]
+  if cached and version and cached.version == version then return cached.paths end
   local out = {}
   for _, name in ipairs(core.listdir(dir) or {}) do
     if name:match("%.lua$") and not (exclude and exclude[name]) then out[#out + 1] = dir .. "/" .. name end
   end
+  self.listings[dir] = { version = version, paths = out }
   return out
 end
 

@@ -65,16 +65,16 @@ local function parse_url(url)
     if path == "" then return nil, "OPEN: sqlite URL has no path (use sqlite:PATH or sqlite::memory:)", "OPEN" end
     return "sqlite", path
   end
-  if url:match("^postgres") then
-    return nil, "OPEN: PostgreSQL stores are not available in this build", "OPEN"
-  end
-  return nil, "OPEN: unsupported store URL '" .. url .. "' (expected sqlite:PATH or sqlite::memory:)", "OPEN"
+  if url:match("^postgresql://") or url:match("^postgres://") then return "postgresql", url end
+  return nil, "OPEN: unsupported store URL '" .. url
+    .. "' (expected sqlite:PATH, sqlite::memory: or postgresql://USER@HOST:PORT/DB)", "OPEN"
 end
 
 -- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
 -- unless opts.migrate == false. opts: synchronous, journal_mode,
 -- busy_timeout (ms), readonly, migrations_dir, async (true or the options of
--- store:start_async).
+-- store:start_async); PostgreSQL: connect_timeout (s), reconnect_timeout (ms),
+-- schema (created by migrate, first on the search_path).
 function M.open(url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'open' (table expected, got " .. type(opts) .. ")", 2)
@@ -83,12 +83,19 @@ function M.open(url, opts)
   local backend, path, code = parse_url(url)
   if not backend then return nil, path, code end
   local conn, err
-  conn, err, code = core.sqlite_open(path, {
-    synchronous = opts.synchronous, journal_mode = opts.journal_mode,
-    busy_timeout = opts.busy_timeout, readonly = opts.readonly,
-  })
+  if backend == "postgresql" then
+    conn, err, code = core.pg_open(path, { connect_timeout = opts.connect_timeout,
+      reconnect_timeout = opts.reconnect_timeout, schema = opts.schema, readonly = opts.readonly })
+  else
+    conn, err, code = core.sqlite_open(path, {
+      synchronous = opts.synchronous, journal_mode = opts.journal_mode,
+      busy_timeout = opts.busy_timeout, readonly = opts.readonly,
+    })
+  end
   if not conn then return nil, err, code end
-  local self = setmetatable({ backend = backend, url = url, _conn = conn, _opts = opts }, Store)
+  -- url: a PostgreSQL URL without its password
+  local self = setmetatable({ backend = backend, url = backend == "postgresql" and conn:url() or url, _conn = conn,
+                              _opts = opts }, Store)
   if opts.migrate ~= false and not opts.readonly then
     local ok
     ok, err, code = self:migrate()

@@ -20,9 +20,10 @@ ALTER TABLE generation_snapshots ADD COLUMN initial_validation_score REAL
 -- Financial Test: avg(estimated_cost) WHERE template_id = ? [AND created_at >= ?]
 CREATE INDEX snapshots_template_time ON generation_snapshots
   (template_id, created_at, estimated_cost, total_tokens, repair_count);
--- Stability Test: WHERE created_at >= ? GROUP BY template_id ORDER BY sum(repair_count)
+-- Stability Test: WHERE created_at >= ? GROUP BY template_id ORDER BY sum(repair_count);
+-- initial_validation_score too, so the repairs report never reads a whole row
 CREATE INDEX snapshots_time_template ON generation_snapshots
-  (created_at, template_id, repair_count, estimated_cost);
+  (created_at, template_id, repair_count, initial_validation_score, estimated_cost);
 -- per-tenant reports
 CREATE INDEX snapshots_org_time ON generation_snapshots
   (org_id, created_at, template_id, estimated_cost, repair_count);

@@ -1,0 +1,83 @@
+-- spec/bench_spec.lua
+-- Owns: keeping the benchmarks in bench/ working. Each benchmark runs once at
+-- its tiny size (BENCH_SIZE=small) under the engine running the specs; the
+-- spec checks only that it exits 0 and prints every expected machine-readable
+-- line "BENCH name=<name> engine=<engine> unit=<unit> k=v ..." with numeric
+-- values (baseline=<label>:<number>, target=<text>). No timing is asserted:
+-- benchmarks are not tests.
+local provider = require("spec.support.provider")
+local tmp = require("spec.support.tmp")
+
+local ENGINE = rawget(_G, "jit") and "luajit" or "lua5.4"
+local INTERP = provider.interpreter()
+
+local EXPECTED = {
+  persist_sync = { "persist_sync", "persist_sync_vs_lua" },
+  async = { "async_caller", "async_throughput", "async_stats", "async_queue_full", "async_close_drain" },
+  overhead = { "overhead", "overhead_split", "overhead_linear_rule", "overhead_linear_rule_split",
+               "overhead_linear_rule_async", "overhead_linear_rule_async_split" },
+  analytics = { "analytics_generate", "analytics_financial", "analytics_financial_report", "analytics_stability",
+                "analytics_stability_report", "analytics_open_analyze" },
+  memory = { "memory_async", "memory_export" },
+}
+local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory" }
+local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true }
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- Runs a shell command; returns its output (stderr included) and exit status.
+local function run(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"__exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local status = tonumber(out:match("__exit=(%d+)%s*$"))
+  return out:gsub("__exit=%d+%s*$", ""), status
+end
+
+-- { name = { key = value } } for the BENCH lines of out.
+local function bench_lines(out)
+  local lines = {}
+  for line in out:gmatch("[^\n]+") do
+    if line:match("^BENCH ") then
+      local fields = {}
+      for k, v in line:gmatch("([%w_]+)=(%S+)") do fields[k] = v end
+      if fields.name then lines[fields.name] = fields end
+    end
+  end
+  return lines
+end
+
+describe("bench", function()
+  local dir
+
+  setup(function()
+    local out, status = run("make --no-print-directory -s build/bench/raw_insert build/bench/gen_rows")
+    assert(status == 0, "cannot build the C helpers of bench/:\n" .. out)
+    dir = tmp.dir()
+  end)
+
+  teardown(function() tmp.rm(dir) end)
+
+  for _, script in ipairs(ORDER) do
+    local names = EXPECTED[script]
+    it(script .. ".lua at BENCH_SIZE=small exits 0 and prints " .. table.concat(names, ", "), function()
+      local out, status = run("BENCH_SIZE=small BENCH_TMPDIR=" .. q(dir) .. " " .. q(INTERP) .. " bench/" .. script
+        .. ".lua")
+      assert.are.equal(0, status, out)
+      local lines = bench_lines(out)
+      for _, name in ipairs(names) do
+        local f = lines[name]
+        assert.is_table(f, "no BENCH line name=" .. name .. " in:\n" .. out)
+        assert.are.equal(ENGINE, f.engine)
+        assert.is_string(f.unit)
+        for k, v in pairs(f) do
+          if k == "baseline" then
+            assert.is_truthy(v:match("^[%w_]+:%-?[%d.]+$"), name .. ": baseline=" .. v)
+          elseif not TEXT_FIELDS[k] then
+            assert.is_number(tonumber(v), name .. ": " .. k .. "=" .. v .. " is not a number")
+          end
+        end
+      end
+    end)
+  end
+end)
