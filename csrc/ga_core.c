@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include "ga_private.h"
 
 int ga_fail(lua_State *L, const char *code, const char *fmt, ...) {
@@ -61,6 +62,42 @@ void ga_pushint64(lua_State *L, long long v) {
 #else
   lua_pushnumber(L, (lua_Number)v);
 #endif
+}
+
+int ga_store_flush(lua_State *L, ga_writer *w) {
+  long long t = -1;
+  ga_writer_stats st;
+  if (!lua_isnoneornil(L, 2) && (!ga_tointeger(L, 2, &t) || t < 0))
+    return luaL_argerror(L, 2, "timeout_ms must be a non-negative integer");
+  if (!w) { /* synchronous mode: every persist() already committed */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (ga_writer_flush(w, (long)t) != 0) return ga_fail(L, "TIMEOUT", "rows still queued after %lld ms", t);
+  ga_writer_get_stats(w, &st);
+  if (st.failed > 0)
+    return ga_fail(L, "WRITE_FAILED", "%llu row(s) could not be written; last error: %s",
+                   (unsigned long long)st.failed, st.last_error);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int ga_store_stats(lua_State *L, ga_writer *w, uint64_t persisted) {
+  ga_writer_stats st;
+  memset(&st, 0, sizeof st);
+  if (w) ga_writer_get_stats(w, &st);
+  else st.written = st.queued = persisted;
+  lua_createtable(L, 0, 11);
+  lua_pushstring(L, w ? "async" : "sync");
+  lua_setfield(L, -2, "mode");
+#define F(name) (ga_pushint64(L, (long long)st.name), lua_setfield(L, -2, #name))
+  F(queued); F(written); F(failed); F(batches); F(retries); F(pending); F(max_depth); F(pending_bytes);
+#undef F
+  if (st.last_error[0]) {
+    lua_pushstring(L, st.last_error);
+    lua_setfield(L, -2, "last_error");
+  }
+  return 1;
 }
 
 GA_EXPORT int luaopen_genaudit_core(lua_State *L) {

@@ -1786,58 +1786,22 @@ static int l_store_start_async(lua_State *L) {
   return 1;
 }
 
-/* store:flush([timeout_ms]) -> true | nil, err, code. Waits until every row
- * persisted so far is committed; reports rows the writer could not write. */
+
+/* store:flush([timeout_ms]) and store:stats() (ga_core.c), plus the
+ * PostgreSQL-only `reconnects` count. */
 static int l_store_flush(lua_State *L) {
   pgstore *s = check_store(L);
-  long long t = -1;
-  ga_writer_stats st;
-  if (!lua_isnoneornil(L, 2) && (!ga_tointeger(L, 2, &t) || t < 0))
-    return luaL_argerror(L, 2, "timeout_ms must be a non-negative integer");
-  if (!s->writer) {
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  if (ga_writer_flush(s->writer, (long)t) != 0) return ga_fail(L, "TIMEOUT", "rows still queued after %lld ms", t);
-  ga_writer_get_stats(s->writer, &st);
-  if (st.failed > 0)
-    return ga_fail(L, "WRITE_FAILED", "%llu row(s) could not be written; last error: %s",
-                   (unsigned long long)st.failed, st.last_error);
-  lua_pushboolean(L, 1);
+  return ga_store_flush(L, s->writer);
+}
+
+static int l_store_stats(lua_State *L) {
+  pgstore *s = check_store(L);
+  ga_store_stats(L, s->writer, s->persisted);
+  ga_pushint64(L, (long long)s->reconnects);
+  lua_setfield(L, -2, "reconnects");
   return 1;
 }
 
-/* store:stats() -> { mode, queued, written, failed, pending, max_depth, ...,
- * reconnects } */
-static int l_store_stats(lua_State *L) {
-  pgstore *s = check_store(L);
-  ga_writer_stats st;
-  memset(&st, 0, sizeof st);
-  if (s->writer) ga_writer_get_stats(s->writer, &st);
-  else st.written = st.queued = s->persisted;
-  lua_createtable(L, 0, 11);
-  lua_pushstring(L, s->writer ? "async" : "sync");
-  lua_setfield(L, -2, "mode");
-#define F(name)                             \
-  ga_pushint64(L, (long long)st.name);      \
-  lua_setfield(L, -2, #name)
-  F(queued);
-  F(written);
-  F(failed);
-  F(batches);
-  F(retries);
-  F(pending);
-  F(max_depth);
-  F(pending_bytes);
-#undef F
-  ga_pushint64(L, (long long)s->reconnects);
-  lua_setfield(L, -2, "reconnects");
-  if (st.last_error[0]) {
-    lua_pushstring(L, st.last_error);
-    lua_setfield(L, -2, "last_error");
-  }
-  return 1;
-}
 
 void ga_open_pg(lua_State *L) {
   static const luaL_Reg methods[] = {{"migrate", l_store_migrate},

@@ -144,6 +144,11 @@ void ga_writer_item_cols(const ga_writer_item *it, ga_text cols[GA_NCOLS]); /* p
 void ga_writer_refuse(ga_writer *w, ga_writer_item **batch, int i, const char *msg);
 void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_error = "what: msg" */
 
+/* Shared store methods (ga_core.c) over a backend's optional writer:
+ * flush([timeout_ms]) -> true | nil, err, code; stats() -> table (on top). */
+int ga_store_flush(lua_State *L, ga_writer *w);
+int ga_store_stats(lua_State *L, ga_writer *w, uint64_t persisted);
+
 /* ---- further concerns register themselves below ---- */
 
 /* ---- PostgreSQL store over libpq (ga_pg.c): core.pg_open ---- */
