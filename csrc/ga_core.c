@@ -7,6 +7,12 @@
 #include <string.h>
 #include "ga_private.h"
 
+void ga_rawgetfield(lua_State *L, int idx, const char *k) {
+  idx = ga_absindex(L, idx);
+  lua_pushstring(L, k);
+  lua_rawget(L, idx);
+}
+
 int ga_fail(lua_State *L, const char *code, const char *fmt, ...) {
   char msg[1024];
   va_list ap;

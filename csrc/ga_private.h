@@ -10,6 +10,10 @@
 #define GA_EXPORT __attribute__((visibility("default")))
 
 /* Returns nil, "CODE: message", "CODE" (luv's triple); always 3 results. */
+/* Pushes t[k] for the table at idx without metamethods: no user code runs,
+ * so nothing can raise (bar OOM) or hand back a string nobody else holds. */
+void ga_rawgetfield(lua_State *L, int idx, const char *k);
+
 int ga_fail(lua_State *L, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -128,8 +132,9 @@ void ga_writer_stop(ga_writer *w);
 /* A writer backend: SQLite's in ga_writer.c, PostgreSQL's in ga_pg.c. The
  * connection belongs to the writer thread. write_batch writes batch[0..n)
  * (NULL entries skipped) in one transaction: 0 when committed, -1 to retry
- * after a backoff (nothing committed); a row the database refuses for itself
- * goes to ga_writer_refuse. */
+ * after a backoff (nothing committed), -2 when waiting will not help (the
+ * batch is given up, counted failed, after a few tries); a row the database
+ * refuses for itself goes to ga_writer_refuse. */
 typedef struct ga_writer_item ga_writer_item;
 typedef struct {
   int (*write_batch)(void *conn, ga_writer *w, ga_writer_item **batch, int n);

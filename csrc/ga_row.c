@@ -26,7 +26,7 @@ static int text_field(lua_State *L, int idx, const char *name, int kind, int req
                       ga_text *col, char *numbuf, char *err, size_t errlen) {
   int t;
   long long iv;
-  lua_getfield(L, idx, name);
+  ga_rawgetfield(L, idx, name); /* raw: the string must be held by the table itself */
   t = lua_type(L, -1);
   col->set = 0;
   if (t == LUA_TNIL || ga_isnull(L, -1)) {
@@ -53,7 +53,7 @@ static int text_field(lua_State *L, int idx, const char *name, int kind, int req
 
 /* Pushes field `key` of the table at tidx; returns its Lua type. */
 static int getf(lua_State *L, int tidx, const char *key) {
-  lua_getfield(L, tidx, key);
+  ga_rawgetfield(L, tidx, key);
   return ga_isnull(L, -1) ? LUA_TNIL : lua_type(L, -1);
 }
 

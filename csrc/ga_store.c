@@ -599,7 +599,7 @@ static sqlite3_stmt *prepare_bound(lua_State *L, store *s, int fresh) {
       bad = "no parameters given";
       break;
     }
-    if (pname && pname[0] != '?') lua_getfield(L, 3, pname + 1);
+    if (pname && pname[0] != '?') ga_rawgetfield(L, 3, pname + 1);
     else lua_rawgeti(L, 3, i);
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);

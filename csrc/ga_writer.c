@@ -33,6 +33,7 @@ struct ga_writer {
   ga_writer_stats st;
   uint64_t pushed, done; /* rows pushed; rows written or failed */
   int stopping;
+  int dead; /* the thread could not run: push refuses, flush does not wait */
   const ga_writer_backend *be;
   void *conn; /* the backend's connection, used by the thread only */
 };
@@ -100,12 +101,24 @@ static void bind_item(sqlite3_stmt *st, const item *it) {
  * retried (busy, I/O, disk full: nothing of it was committed). A row SQLite
  * refuses for itself (a constraint) is counted failed, freed and set to NULL
  * in `batch`, so a retry skips it. */
+/* -1: worth retrying (busy, locked, I/O, disk full); -2: will not get
+ * better by waiting (read-only file, corruption, not a database). */
+static int sqlite_failure_kind(sqlite3 *db) {
+  switch (sqlite3_errcode(db) & 0xff) {
+    case SQLITE_READONLY: case SQLITE_CORRUPT: case SQLITE_NOTADB: case SQLITE_CANTOPEN:
+    case SQLITE_PERM: case SQLITE_AUTH:
+      return -2;
+    default:
+      return -1;
+  }
+}
+
 static int sqlite_write_batch(void *conn, ga_writer *w, item **batch, int n) {
   sqlite_conn *c = (sqlite_conn *)conn;
   int i, rc;
   if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
     set_error(w, "cannot begin batch", sqlite3_errmsg(c->db));
-    return -1;
+    return sqlite_failure_kind(c->db);
   }
   for (i = 0; i < n; i++) {
     if (!batch[i]) continue;
@@ -120,13 +133,15 @@ static int sqlite_write_batch(void *conn, ga_writer *w, item **batch, int n) {
       continue;
     }
     set_error(w, "batch interrupted", sqlite3_errmsg(c->db));
+    rc = sqlite_failure_kind(c->db);
     sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    return -1;
+    return rc;
   }
   if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
     set_error(w, "cannot commit batch", sqlite3_errmsg(c->db));
+    rc = sqlite_failure_kind(c->db);
     sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    return -1;
+    return rc;
   }
   return 0;
 }
@@ -149,18 +164,36 @@ static int is_stopping(ga_writer *w) {
   return s;
 }
 
-/* Retries at shutdown before a batch is given up (and counted failed). */
+/* Retries at shutdown before a batch is given up (and counted failed); and
+ * retries of a batch whose failure will not pass by waiting (backend
+ * returned -2), at any time. */
 #define STOP_RETRIES 20
+#define PERMANENT_RETRIES 5
 
 static void *writer_main(void *arg) {
   ga_writer *w = (ga_writer *)arg;
   item **batch = (item **)calloc((size_t)w->o.batch, sizeof *batch);
-  if (!batch) {
-    set_error(w, "writer thread", "out of memory");
-    return NULL; /* ga_writer_stop frees what is queued and counts it failed */
+  if (!batch) { /* fail everything queued, and refuse what comes: never wait forever */
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->st.last_error, sizeof w->st.last_error, "writer thread: out of memory");
+    w->dead = 1;
+    while (w->head) {
+      item *it = w->head;
+      w->head = it->next;
+      w->st.pending_bytes -= it->total;
+      w->st.pending--;
+      w->st.failed++;
+      w->done++;
+      free(it);
+    }
+    w->tail = NULL;
+    pthread_cond_broadcast(&w->not_full);
+    pthread_cond_broadcast(&w->idle);
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
   }
   for (;;) {
-    int n = 0, i, ok, attempts = 0;
+    int n = 0, i, ok, attempts = 0, permanent = 0;
     long backoff = 5;
     size_t bytes = 0;
     uint64_t written = 0;
@@ -183,6 +216,7 @@ static void *writer_main(void *arg) {
       w->st.retries++;
       pthread_mutex_unlock(&w->mu);
       if (is_stopping(w) && ++attempts >= STOP_RETRIES) break;
+      if (ok == -2 && ++permanent >= PERMANENT_RETRIES) break;
       sleep_ms(backoff);
       if (backoff < 1000) backoff *= 2;
     }
@@ -196,7 +230,7 @@ static void *writer_main(void *arg) {
       w->st.written += written;
       w->st.batches++;
     } else {
-      w->st.failed += written; /* given up at shutdown: none of them committed */
+      w->st.failed += written; /* given up: none of them committed */
     }
     w->done += (uint64_t)n;
     w->st.pending -= (size_t)n;
@@ -306,6 +340,12 @@ int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen) {
       return -1;
     }
     pthread_cond_wait(&w->not_full, &w->mu);
+  }
+  if (w->dead) {
+    pthread_mutex_unlock(&w->mu);
+    free(it);
+    snprintf(err, errlen, "writer thread is not running: %s", w->st.last_error);
+    return -2;
   }
   if (w->stopping) {
     pthread_mutex_unlock(&w->mu);

@@ -73,6 +73,17 @@ describe("genaudit.providers", function()
         "PROVIDER_REJECTED" }, { err, code })
     end)
 
+    it("leaves no part of the key in an error even when the body is cut short across it", function()
+      local key = "sk-proj-ABCDEFGHIJKLMNOP"
+      local p = providers.openai{ model = "m", api_key = key }
+      for pad = 100, 130 do
+        local _, err = p:parse_response(200, ("x"):rep(pad) .. key)
+        assert.falsy(err:find("sk-proj", 1, true), err)
+        _, err = p:parse_response(401, ("y"):rep(pad + 70) .. key)
+        assert.falsy(err:find("sk-proj", 1, true), err)
+      end
+    end)
+
     it("maps 429 to RATE_LIMITED and 5xx to PROVIDER_ERROR", function()
       local p = providers.openai{ model = "m" }
       assert.equal("RATE_LIMITED", select(3, p:parse_response(429, "{}")))

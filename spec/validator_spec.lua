@@ -146,6 +146,15 @@ describe("genaudit.validator", function()
       assert.equal(100, score)
     end)
 
+    it("stops a rule that catches its own time-out with pcall and loops on", function()
+      tmp.write(dir .. "/sly.lua", [[return function()
+        while true do pcall(function() while true do end end) end end]])
+      local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
+      local issues = lv:validate("x #t", ctx)
+      assert.same({ { slug = "rule_error", message = "sly: script exceeded its time limit (50 ms)", penalty = 0 } },
+        issues)
+    end)
+
     it("stops a rule file whose top level loops forever and keeps the other rules", function()
       tmp.write(dir .. "/hang.lua", [[while true do end]])
       local lv = validator.new{ rules = dir, script_timeout_ms = 50 }

@@ -19,16 +19,19 @@ local COSOCKET_PHASES = { rewrite = true, access = true, content = true, timer =
 local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
 
 local function parse_url(url)
-  local scheme, host, port, path = url:match("^(https?)://([^/:]+):?(%d*)(.*)$")
-  if not scheme then return nil end
+  local scheme, host, port, path = url:match("^(https?)://([^/:@%[%]]+):?(%d*)(.*)$")
+  if not scheme or (path ~= "" and path:sub(1, 1) ~= "/") then return nil end -- no userinfo, no IPv6 literal
   port = tonumber(port) or (scheme == "https" and 443 or 80)
   if path == "" then path = "/" end
-  return { scheme = scheme, host = host, port = port, path = path, hostport = host .. ":" .. port }
+  local default = port == (scheme == "https" and 443 or 80)
+  return { scheme = scheme, host = host, port = port, path = path, hostport = host .. ":" .. port,
+           host_header = default and host or (host .. ":" .. port) }
 end
 
 local function now_us() return core.monotonic_us() end
 
--- Reads the body: Content-Length, chunked, or until close. Returns body | nil, err.
+-- Reads the body: Content-Length, chunked, or until close. Returns body,
+-- framed (true when the connection can be reused) | nil, err.
 local function read_body(sock, headers, limit)
   local te = headers["transfer-encoding"]
   if te and te:lower():find("chunked", 1, true) then
@@ -36,8 +39,9 @@ local function read_body(sock, headers, limit)
     while true do
       local line, err = sock:receive("*l")
       if not line then return nil, err end
-      local size = tonumber(line:match("^%s*(%x+)"), 16)
-      if not size then return nil, "bad chunk size" end
+      local hex = line:match("^%s*(%x+)")
+      if not hex then return nil, "bad chunk size" end
+      local size = tonumber(hex, 16)
       if size == 0 then
         repeat line, err = sock:receive("*l") until not line or line == ""
         if not line then return nil, err end
@@ -52,18 +56,21 @@ local function read_body(sock, headers, limit)
       line, err = sock:receive("*l")
       if not line then return nil, err end
     end
-    return table.concat(parts)
+    return table.concat(parts), true
   end
   local len = tonumber(headers["content-length"])
   if len then
     if len > limit then return nil, "too large" end
-    if len == 0 then return "" end
-    return sock:receive(len)
+    if len == 0 then return "", true end
+    local data, err = sock:receive(len)
+    if not data then return nil, err end
+    return data, true
   end
-  local data, err, partial = sock:receive("*a")
-  data = data or partial
-  if data and #data > limit then return nil, "too large" end
-  return data, err
+  -- unframed: the body ends when the server closes; a time-out is a failure
+  local data, err = sock:receive("*a")
+  if not data then return nil, err end
+  if #data > limit then return nil, "too large" end
+  return data, false
 end
 
 -- One HTTP exchange. Returns status, headers, body, timings | nil, err, code, timings
@@ -72,7 +79,9 @@ local function exchange(u, req, opts)
   local timings = { dns_us = 0, tls_us = 0 }
   local sock = ngx.socket.tcp()
   sock:settimeouts(opts.connect_timeout_ms, opts.timeout_ms, opts.timeout_ms)
-  local ok, err = sock:connect(u.host, u.port)
+  -- TLS-verified and unverified connections never share a keepalive pool
+  local verify = opts.verify_tls ~= false
+  local ok, err = sock:connect(u.host, u.port, { pool = u.hostport .. (verify and ":v" or ":nv") })
   timings.connect_us = now_us() - t0
   local function fail(msg, code)
     sock:close()
@@ -86,13 +95,19 @@ local function exchange(u, req, opts)
   end
   if u.scheme == "https" and sock:getreusedtimes() == 0 then
     local t1 = now_us()
-    ok, err = sock:sslhandshake(nil, u.host, opts.verify_tls ~= false)
+    ok, err = sock:sslhandshake(nil, u.host, verify)
     timings.tls_us = now_us() - t1
     if not ok then return fail(("TLS failure with %s: %s"):format(u.hostport, err), "TLS") end
   end
-  local lines = { "POST " .. u.path .. " HTTP/1.1", "Host: " .. u.host, "User-Agent: genaudit/0.1.0",
+  local lines = { "POST " .. u.path .. " HTTP/1.1", "Host: " .. u.host_header, "User-Agent: genaudit/0.1.0",
                   "Content-Length: " .. #req.body, "Connection: keep-alive" }
-  for k, v in pairs(req.headers) do lines[#lines + 1] = k .. ": " .. v end
+  for k, v in pairs(req.headers) do
+    if tostring(k):find("[\r\n:]") or tostring(v):find("[\r\n]") then
+      sock:close()
+      error("genaudit: header " .. tostring(k) .. " has a CR, LF or ':' in its name or value", 3)
+    end
+    lines[#lines + 1] = k .. ": " .. v
+  end
   lines[#lines + 1] = ""
   lines[#lines + 1] = req.body
   ok, err = sock:send(table.concat(lines, "\r\n"))
@@ -120,8 +135,9 @@ local function exchange(u, req, opts)
     local name, value = h:match("^([^:]+):%s*(.-)%s*$")
     if name then headers[name:lower()] = value end
   end
-  local body
-  body, err = read_body(sock, headers, opts.max_response_bytes)
+  local body, framed
+  body, framed = read_body(sock, headers, opts.max_response_bytes)
+  if not body then err = framed end
   if not body then
     if err == "too large" then
       return fail(("response from %s exceeds max_response_bytes=%d"):format(u.hostport, opts.max_response_bytes),
@@ -132,7 +148,7 @@ local function exchange(u, req, opts)
     end
     return fail(("%s closed the connection in the body"):format(u.hostport), "HTTP")
   end
-  if (headers.connection or ""):lower() == "close" then sock:close() else sock:setkeepalive(60000, 64) end
+  if framed and (headers.connection or ""):lower() ~= "close" then sock:setkeepalive(60000, 64) else sock:close() end
   timings.total_us = now_us() - t0
   timings.wait_us = timings.total_us
   timings.pretransfer_us = timings.connect_us + timings.tls_us

@@ -138,10 +138,13 @@ function Provider:parse_response(status, body)
   local doc = decode(body)
   if status < 200 or status >= 300 then
     local code = status == 429 and "RATE_LIMITED" or (status >= 500 and "PROVIDER_ERROR" or "PROVIDER_REJECTED")
-    return nil, self.scrub(("%s: provider answered HTTP %d: %s"):format(code, status, error_message(doc, body))), code
+    -- scrub the whole body before cutting it short: a key straddling the cut
+    -- would otherwise survive in part
+    local msg = error_message(doc, self.scrub(body))
+    return nil, ("%s: provider answered HTTP %d: %s"):format(code, status, self.scrub(msg)), code
   end
   if not doc then
-    return nil, "BAD_RESPONSE: provider body is not JSON: " .. self.scrub(short(body, 120)), "BAD_RESPONSE"
+    return nil, "BAD_RESPONSE: provider body is not JSON: " .. short(self.scrub(body), 120), "BAD_RESPONSE"
   end
   local res, err = self.parse(doc)
   if not res then return nil, "BAD_RESPONSE: " .. self.scrub(err), "BAD_RESPONSE" end

@@ -12,12 +12,26 @@ local pack = rawget(table, "pack") or function(...) return { n = select("#", ...
 local jit = rawget(_G, "jit")
 local DEFAULT_LIMIT_MS = 1000
 
+-- The time-limited calls under way (innermost last): the hook marks one
+-- expired, and the sandbox's pcall/xpcall re-raise it, so a script cannot
+-- catch its own time-out and loop on.
+local active = {}
+
+local function reraise_if_expired(...)
+  local top = active[#active]
+  if top and top.expired then error(top.message, 0) end
+  return ...
+end
+
+local function sandbox_pcall(f, ...) return reraise_if_expired(pcall(f, ...)) end
+local function sandbox_xpcall(f, handler, ...) return reraise_if_expired(xpcall(f, handler, ...)) end
+
 -- A fresh environment per script: pure functions only unless the host opts in.
 local function sandbox_env(extra)
   local env = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-    pcall = pcall, select = select, tonumber = tonumber, tostring = tostring,
-    type = type, unpack = unpack, xpcall = xpcall, rawequal = rawequal,
+    pcall = sandbox_pcall, select = select, tonumber = tonumber, tostring = tostring,
+    type = type, unpack = unpack, xpcall = sandbox_xpcall, rawequal = rawequal,
     rawget = rawget, rawset = rawset, rawlen = _G.rawlen, setmetatable = setmetatable,
     _VERSION = _VERSION,
   }
@@ -128,15 +142,19 @@ function M.call(fn, limit_ms, ...)
   limit_ms = limit_ms or DEFAULT_LIMIT_MS
   if limit_ms <= 0 then return pcall(fn, ...) end
   local deadline = core.monotonic_us() + limit_ms * 1000
+  local state = { expired = false, message = ("script exceeded its time limit (%d ms)"):format(limit_ms) }
   local co = coroutine.create(fn)
   -- LuaJIT keeps one hook for all coroutines: remember the host's, put it back
   local old_hook, old_mask, old_count = debug.gethook()
   debug.sethook(co, function()
-    if core.monotonic_us() > deadline then
-      error(("script exceeded its time limit (%d ms)"):format(limit_ms), 0)
+    if state.expired or core.monotonic_us() > deadline then
+      state.expired = true
+      error(state.message, 0)
     end
   end, "", 1000)
+  active[#active + 1] = state
   local res = pack(coroutine.resume(co, ...))
+  active[#active] = nil
   if jit then
     if old_hook then debug.sethook(old_hook, old_mask, old_count) else debug.sethook() end
   end
