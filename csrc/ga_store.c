@@ -176,11 +176,13 @@ static void refresh_stats(store *s) {
 static int l_sqlite_open(lua_State *L) {
   static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
   static const char *const journals[] = {"wal", "delete", "truncate", "memory", NULL};
-  const char *path = luaL_checkstring(L, 1);
+  size_t pathlen;
+  const char *path = luaL_checklstring(L, 1, &pathlen);
   int sync = 1, journal = 0, readonly = 0, flags, rc;
   long long busy = 5000;
   store *s;
   char sql[96];
+  if (strlen(path) != pathlen) return luaL_argerror(L, 1, "database path must not contain NUL bytes");
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "synchronous");
@@ -292,6 +294,11 @@ static int l_store_migrate(lua_State *L) {
     if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration name must be a string");
     lua_getfield(L, -3, "sql");
     if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration sql must be a string");
+    { /* sqlite3_exec stops at a NUL: refuse rather than run half a migration */
+      size_t len;
+      const char *sql = lua_tolstring(L, -1, &len);
+      if (strlen(sql) != len) return luaL_argerror(L, 2, "migration sql must not contain NUL bytes");
+    }
     lua_pop(L, 4);
   }
   if (exec(s, SQL_MIGRATIONS_TABLE) != SQLITE_OK) return fail_db(L, s, "cannot create schema_migrations");
