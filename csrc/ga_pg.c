@@ -999,20 +999,8 @@ static int l_store_migrate(lua_State *L) {
   char err[512];
   PGresult *res;
   luaL_checktype(L, 2, LUA_TTABLE);
+  ga_check_migrations(L, 2); /* everything, before touching the database */
   n = ga_rawlen(L, 2);
-  for (i = 1; i <= n; i++) { /* check everything before touching the database */
-    long long v;
-    lua_rawgeti(L, 2, (int)i);
-    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "migrations must be tables {version=, name=, sql=}");
-    lua_getfield(L, -1, "version");
-    if (!ga_tointeger(L, -1, &v) || v <= 0 || v > 2147483647)
-      return luaL_argerror(L, 2, "migration version must be a positive integer");
-    lua_getfield(L, -2, "name");
-    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration name must be a string");
-    lua_getfield(L, -3, "sql");
-    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration sql must be a string");
-    lua_pop(L, 4);
-  }
   if ((r = ensure(L, s)) != 0) return r;
   if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot migrate while each() reads from this store");
   if (begin_migration(s, err, sizeof err) != 0 || exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
@@ -1733,36 +1721,14 @@ static const ga_writer_backend pg_backend = {pgw_write_batch, pgw_close};
  * From now on persist() checks and queues rows for a writer thread with its
  * own connection, which COPYs them in batches of one transaction each. */
 static int l_store_start_async(lua_State *L) {
-  static const char *const fulls[] = {"block", "error", NULL};
   pgstore *s = check_store(L);
   ga_writer_opts o;
-  long long q = 10000, b = 100, mb = 256LL * 1024 * 1024;
-  int block = 1;
   char err[512];
   pgwriter *c;
   PGresult *r;
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_getfield(L, 2, "queue");
-    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &q) || q < 1 || q > 100000000))
-      return luaL_argerror(L, 2, "queue must be an integer 1..1e8");
-    lua_getfield(L, 2, "batch");
-    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &b) || b < 1 || b > 100000))
-      return luaL_argerror(L, 2, "batch must be an integer 1..100000");
-    lua_getfield(L, 2, "max_bytes");
-    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &mb) || mb < 1))
-      return luaL_argerror(L, 2, "max_bytes must be a positive integer");
-    lua_getfield(L, 2, "on_full");
-    if (!lua_isnil(L, -1)) block = luaL_checkoption(L, -1, NULL, fulls) == 0;
-    lua_pop(L, 4);
-  }
+  ga_check_async_opts(L, 2, &o);
   if (s->cfg.readonly) return ga_fail(L, "READONLY", "store was opened read-only");
   if (s->writer) return ga_fail(L, "ASYNC", "the store is already in async mode");
-  memset(&o, 0, sizeof o);
-  o.capacity = (size_t)q;
-  o.batch = (int)b;
-  o.max_bytes = (size_t)mb;
-  o.block = block;
   c = (pgwriter *)calloc(1, sizeof *c);
   if (!c) return ga_fail(L, "NOMEM", "out of memory");
   c->cfg = &s->cfg;

@@ -152,6 +152,12 @@ void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_e
 /* Shared store methods (ga_core.c) over a backend's optional writer:
  * flush([timeout_ms]) -> true | nil, err, code; stats() -> table (on top). */
 int ga_store_flush(lua_State *L, ga_writer *w);
+/* The options of start_async{ queue, batch, max_bytes, on_full } at idx into
+ * *o (the backend fills the rest); raises on a bad option. */
+void ga_check_async_opts(lua_State *L, int idx, ga_writer_opts *o);
+/* Checks the migration list { {version=, name=, sql=}, ... } at idx before
+ * any of it runs; raises on a malformed entry. */
+void ga_check_migrations(lua_State *L, int idx);
 int ga_store_stats(lua_State *L, ga_writer *w, uint64_t persisted);
 
 /* ---- further concerns register themselves below ---- */

@@ -283,24 +283,8 @@ static int l_store_migrate(lua_State *L) {
   int applied = 0, rc;
   sqlite3_stmt *q = NULL, *rec = NULL;
   luaL_checktype(L, 2, LUA_TTABLE);
+  ga_check_migrations(L, 2); /* everything, before touching the database */
   n = ga_rawlen(L, 2);
-  for (i = 1; i <= n; i++) { /* check everything before touching the database */
-    long long v;
-    lua_rawgeti(L, 2, (int)i);
-    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "migrations must be tables {version=, name=, sql=}");
-    lua_getfield(L, -1, "version");
-    if (!ga_tointeger(L, -1, &v) || v <= 0) return luaL_argerror(L, 2, "migration version must be a positive integer");
-    lua_getfield(L, -2, "name");
-    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration name must be a string");
-    lua_getfield(L, -3, "sql");
-    if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "migration sql must be a string");
-    { /* sqlite3_exec stops at a NUL: refuse rather than run half a migration */
-      size_t len;
-      const char *sql = lua_tolstring(L, -1, &len);
-      if (strlen(sql) != len) return luaL_argerror(L, 2, "migration sql must not contain NUL bytes");
-    }
-    lua_pop(L, 4);
-  }
   if (exec(s, SQL_MIGRATIONS_TABLE) != SQLITE_OK) return fail_db(L, s, "cannot create schema_migrations");
   if (sqlite3_prepare_v2(s->db, SQL_MIGRATION_APPLIED, -1, &q, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->db, SQL_MIGRATION_RECORD, -1, &rec, NULL) != SQLITE_OK) {
@@ -434,36 +418,15 @@ static int l_store_persist(lua_State *L) {
  * From now on persist() queues rows for a writer thread with its own
  * connection; flush() waits for them; close() drains them. File stores only. */
 static int l_store_start_async(lua_State *L) {
-  static const char *const fulls[] = {"block", "error", NULL};
   store *s = check_store(L);
   ga_writer_opts o;
-  long long q = 10000, b = 100, mb = 256LL * 1024 * 1024;
-  int block = 1;
   const char *path;
   char err[256];
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_getfield(L, 2, "queue");
-    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &q) || q < 1 || q > 100000000))
-      return luaL_argerror(L, 2, "queue must be an integer 1..1e8");
-    lua_getfield(L, 2, "batch");
-    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &b) || b < 1 || b > 100000))
-      return luaL_argerror(L, 2, "batch must be an integer 1..100000");
-    lua_getfield(L, 2, "max_bytes");
-    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &mb) || mb < 1))
-      return luaL_argerror(L, 2, "max_bytes must be a positive integer");
-    lua_getfield(L, 2, "on_full");
-    if (!lua_isnil(L, -1)) block = luaL_checkoption(L, -1, NULL, fulls) == 0;
-    lua_pop(L, 4);
-  }
+  ga_check_async_opts(L, 2, &o);
   if (s->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
   if (s->writer) return ga_fail(L, "ASYNC", "the store is already in async mode");
   path = sqlite3_db_filename(s->db, "main");
   if (!path || !*path) return ga_fail(L, "ASYNC", "async mode needs a database file (not :memory:)");
-  o.capacity = (size_t)q;
-  o.batch = (int)b;
-  o.max_bytes = (size_t)mb;
-  o.block = block;
   o.busy_timeout_ms = s->busy_ms;
   o.synchronous = s->sync_level;
   s->writer = ga_writer_start(path, &o, err, sizeof err);
