@@ -10,6 +10,8 @@ local genaudit = require("genaudit")
 local report = require("genaudit.report")
 local pg = require("spec.support.pg")
 local tmp = require("spec.support.tmp")
+local util = require("spec.support.util")
+local q, cli, lcg = util.q, util.cli, util.lcg
 
 local DAY = 86400
 local TEMPLATES = { "customer-story", "event-invite", "hiring", "launch-post", "weekly-tips", "Zeta", "alpha_beta" }
@@ -18,34 +20,6 @@ local PLATFORMS = { "instagram", "linkedin", "x" }
 local ORGS = { "org-a", "org-b", 42 }
 local SLUGS = { "banned_word", "length_exceeded", "missing_hashtag", "tone_mismatch", "Tone-Case" }
 local SINCES = { 7 * DAY, 10 * DAY, 36 * 3600 }
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- Runs `lua5.4 bin/genaudit ARGS`; returns stdout, stderr, exit code.
-local function cli(args)
-  local errfile = os.tmpname()
-  local p = assert(io.popen("lua5.4 bin/genaudit " .. args .. " 2>" .. q(errfile) .. '; echo "rc=$?"', "r"))
-  local all = p:read("*a")
-  p:close()
-  local f = assert(io.open(errfile, "rb"))
-  local err = f:read("*a")
-  f:close()
-  os.remove(errfile)
-  local out, rc = all:match("^(.*)rc=(%d+)\n$")
-  return out, err, tonumber(rc)
-end
-
--- Park-Miller: the same numbers under Lua 5.4 and LuaJIT.
-local function lcg(seed)
-  local state = seed
-  local r = {}
-  function r.int(lo, hi)
-    state = (state * 48271) % 2147483647
-    return lo + state % (hi - lo + 1)
-  end
-  function r.pick(list) return list[r.int(1, #list)] end
-  return r
-end
 
 -- 150 snapshot rows over 20 days, as persist_generation tables. Costs and
 -- scores with many digits (float sums must agree to the last bit), rows

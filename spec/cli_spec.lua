@@ -8,43 +8,18 @@ local genaudit = require("genaudit")
 local cjson = require("cjson")
 local provider_server = require("spec.support.provider")
 local tmp = require("spec.support.tmp")
+local util = require("spec.support.util")
+local q, cli, lcg, parse_csv = util.q, util.cli, util.lcg, util.parse_csv
 
 local KEY = "sk-cli-test-5b7c1d-SECRET"
 local DAY = 86400
 local TEMPLATES = { "event-invite", "hiring", "launch-post", "weekly-tips" }
 local LEGACY = "hiring" -- repaired a lot, but only more than 7 days ago
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- Runs `lua5.4 bin/genaudit ARGS` with `env` (a string of VAR=value words).
--- Returns stdout, stderr, exit code.
-local function cli(args, env)
-  local errfile = os.tmpname()
-  local cmd = "env -u GENAUDIT_BASE_URL -u GENAUDIT_API_KEY " .. (env or "") .. " lua5.4 bin/genaudit " .. args
-    .. " 2>" .. q(errfile) .. '; echo "rc=$?"'
-  local p = assert(io.popen(cmd, "r"))
-  local all = p:read("*a")
-  p:close()
-  local f = assert(io.open(errfile, "rb"))
-  local err = f:read("*a")
-  f:close()
-  os.remove(errfile)
-  local out, rc = all:match("^(.*)rc=(%d+)\n$")
-  return out, err, tonumber(rc)
-end
-
-local function lcg(seed)
-  local state = seed
-  return function(lo, hi)
-    state = (state * 48271) % 2147483647
-    return lo + state % (hi - lo + 1)
-  end
-end
-
 -- 32 ordinary snapshots over 14 days (none within an hour of the 7-day
 -- boundary) plus one with a repair log, for show and replay.
 local function generate(now)
-  local rnd = lcg(777)
+  local rnd = lcg(777).int
   local rows = {}
   for i = 1, 32 do
     local age
@@ -133,43 +108,6 @@ local function expected_top3(rows)
     return a[1] < b[1]
   end)
   return { list[1], list[2], list[3] }
-end
-
-local function parse_csv(s)
-  local records, record, i, n = {}, {}, 1, #s
-  while i <= n do
-    local value
-    if s:sub(i, i) == '"' then
-      local buf, j = {}, i + 1
-      while true do
-        local qpos = assert(s:find('"', j, true), "unterminated quoted field")
-        buf[#buf + 1] = s:sub(j, qpos - 1)
-        if s:sub(qpos + 1, qpos + 1) == '"' then
-          buf[#buf + 1] = '"'
-          j = qpos + 2
-        else
-          i = qpos + 1
-          break
-        end
-      end
-      value = table.concat(buf)
-    else
-      local j = s:find("[,\r\n]", i) or n + 1
-      value = s:sub(i, j - 1)
-      i = j
-    end
-    record[#record + 1] = value
-    if s:sub(i, i) == "," then
-      i = i + 1
-    elseif s:sub(i, i + 1) == "\r\n" then
-      records[#records + 1] = record
-      record = {}
-      i = i + 2
-    else
-      error("bad CSV at byte " .. i)
-    end
-  end
-  return records
 end
 
 local function lines(s)

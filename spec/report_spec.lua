@@ -10,6 +10,8 @@
 local genaudit = require("genaudit")
 local report = require("genaudit.report")
 local cjson = require("cjson")
+local util = require("spec.support.util")
+local lcg, parse_csv = util.lcg, util.parse_csv
 
 local DAY = 86400
 local N_ROWS = 80
@@ -26,19 +28,6 @@ local SLUGS = { "banned_word", "length_exceeded", "missing_hashtag", "tone_misma
 local SINCES = { ["7d"] = 7 * DAY, ["10d"] = 10 * DAY, ["36h"] = 36 * 3600 }
 -- A user prompt that needs CSV quoting and JSON escaping.
 local TRICKY = 'Say "hi", then\r\nsay, "bye" \\ done\n\ttab and a NUL:\0 end'
-
--- Park-Miller minimal standard generator: the same numbers under Lua 5.4 and
--- LuaJIT (math.random differs between the two), exact in doubles.
-local function lcg(seed)
-  local state = seed
-  local r = {}
-  function r.int(lo, hi)
-    state = (state * 48271) % 2147483647
-    return lo + state % (hi - lo + 1)
-  end
-  function r.pick(list) return list[r.int(1, #list)] end
-  return r
-end
 
 local function far_from_boundaries(age)
   for _, b in pairs(SINCES) do
@@ -284,48 +273,6 @@ local function with_group(name, columns)
   local t = { name }
   for _, c in ipairs(columns) do t[#t + 1] = c end
   return t
-end
-
--- ---- an RFC 4180 reader, to check the CSV export ----
-
-local function parse_csv(s)
-  local records, record, i, n = {}, {}, 1, #s
-  while i <= n do
-    local value
-    if s:sub(i, i) == '"' then
-      local buf, j = {}, i + 1
-      while true do
-        local q = assert(s:find('"', j, true), "unterminated quoted field")
-        buf[#buf + 1] = s:sub(j, q - 1)
-        if s:sub(q + 1, q + 1) == '"' then
-          buf[#buf + 1] = '"'
-          j = q + 2
-        else
-          i = q + 1
-          break
-        end
-      end
-      value = table.concat(buf)
-    else
-      local j = s:find("[,\r\n]", i) or n + 1
-      value = s:sub(i, j - 1)
-      assert(not value:find('"', 1, true), "a quote inside an unquoted field")
-      i = j
-    end
-    record[#record + 1] = value
-    local d = s:sub(i, i)
-    if d == "," then
-      i = i + 1
-    elseif s:sub(i, i + 1) == "\r\n" then
-      records[#records + 1] = record
-      record = {}
-      i = i + 2
-    else
-      error("bad CSV at byte " .. i .. ": expected , or CRLF")
-    end
-  end
-  assert(#record == 0, "the last record is not CRLF-terminated")
-  return records
 end
 
 -- An out object collecting what export writes.
