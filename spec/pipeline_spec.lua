@@ -201,6 +201,12 @@ describe("genaudit.pipeline", function()
       assert.equal(2, #srv:requests())
       local tries = pm.calls[1].tries
       assert.same({ 429, 0, 200 }, { tries[1].status, tries[1].retry_after_ms, tries[2].status })
+      -- curl's phase timings of the call are kept, in whole microseconds
+      local t = pm.calls[1].timings
+      for _, k in ipairs({ "dns_us", "connect_us", "tls_us", "first_byte_us", "total_us" }) do
+        assert.is_number(t[k], k)
+      end
+      assert.is_true(t.first_byte_us <= t.total_us)
     end)
 
     it("applies a rule file edited between two generations", function()
