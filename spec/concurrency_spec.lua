@@ -9,7 +9,8 @@ describe("several processes", function()
     local cmd = {}
     for i = 1, 6 do
       cmd[#cmd + 1] = ("LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/lua54/?.so;;' lua5.4 -e " ..
-        "'local s, e = require(\"genaudit\").open(\"sqlite:%s\"); io.write(s and s:schema_version() or e)' " ..
+        "'local s, e = require(\"genaudit\").open(\"sqlite:%s\"); io.write(s and s:schema_version() or e); " ..
+        "io.stdout:flush()' " ..
         "> %s/out%d 2>&1 &"):format(db, dir, i)
     end
     cmd[#cmd + 1] = "wait"
@@ -40,6 +41,7 @@ describe("several processes", function()
       assert(s:flush())
       s:close()
       io.write(bad)
+      io.stdout:flush() -- before exit: a crash of a checker at exit (make check) cannot lose it
     ]]
     local f = assert(io.open(dir .. "/w.lua", "w"))
     f:write(script)
