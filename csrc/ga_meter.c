@@ -360,13 +360,20 @@ static int pt_tostring(lua_State *L) {
 
 /* ---- meter userdata ---- */
 
+/* Where a call's cost comes from; SRC_LOCAL and SRC_PROVIDER are known costs,
+ * the others say why the cost is unknown (it is then null, never 0). */
+enum { SRC_LOCAL, SRC_PROVIDER, SRC_UNPRICED, SRC_UNPRICED_SERVED, SRC_NO_USAGE, SRC_FAILED, SRC_N };
+static const char *const src_names[SRC_N] = {
+    "local_estimate", "provider", "unpriced", "unpriced_served_model", "no_usage", "failed_before_usage"};
+#define SRC_KNOWN(s) ((s) <= SRC_PROVIDER)
+
 typedef struct {
   char *kind; /* kind and model share one allocation */
   char *model; /* NULL when the call named no model */
   size_t kind_len, model_len;
   ga_usage u;
-  int64_t total, wait_us, cost, provider_pico;
-  int priced, has_provider;
+  int64_t total, wait_us, cost, provider_pico; /* cost: the call's known cost (local or provider) */
+  int src, has_provider, has_usage;
 } meter_call;
 
 typedef struct {
@@ -420,6 +427,10 @@ static int count_field(lua_State *L, int t, const char *name, long long dflt, in
   return 0;
 }
 
+static int meter_append(lua_State *L, meter *m, meter_call *cp, const char *kind, size_t kind_len,
+                        const char *model, size_t model_len, const ga_usage *sum, int64_t sum_total,
+                        int64_t sum_wait);
+
 /* m:add_call(call) -> true, or nil, "INVALID: ...", "INVALID" (the meter is
  * unchanged), or nil, "LIMIT: ...", "LIMIT" past METER_MAX_CALLS calls.
  * Raises when call is not a table, prices is not an open price_table, or on
@@ -433,8 +444,7 @@ static int meter_add_call(lua_State *L) {
   meter_call c;
   ga_usage sum;
   int64_t sum_total, sum_wait;
-  char *mem;
-  int rc;
+  int rc, unpriced;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_getfield(L, 2, "prices"); /* 3 */
@@ -462,7 +472,11 @@ static int meter_add_call(lua_State *L) {
   COUNT("reasoning_tokens", 0, &c.u.reasoning);
   if (__builtin_add_overflow(c.u.prompt, c.u.completion, &c.total))
     return ga_fail(L, "INVALID", "prompt_tokens + completion_tokens is too large");
-  COUNT("total_tokens", c.total, &c.total);
+  {
+    int64_t sum_pc = c.total;
+    COUNT("total_tokens", c.total, &c.total);
+    if (c.total < sum_pc) return ga_fail(L, "INVALID", "total_tokens must not be less than prompt_tokens + completion_tokens");
+  }
   COUNT("provider_wait_us", 0, &c.wait_us);
 #undef COUNT
   lua_getfield(L, 2, "provider_cost");
@@ -471,10 +485,25 @@ static int meter_add_call(lua_State *L) {
   if (rc < 0) return ga_fail(L, "INVALID", "provider_cost must be a non-negative number of USD");
   c.has_provider = rc == 0;
 
+  lua_getfield(L, 2, "unpriced_reason");
+  if (lua_isnil(L, -1)) {
+    unpriced = SRC_UNPRICED;
+  } else {
+    const char *r = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    if (strcmp(r, "unpriced") == 0) unpriced = SRC_UNPRICED;
+    else if (strcmp(r, "unpriced_served_model") == 0) unpriced = SRC_UNPRICED_SERVED;
+    else unpriced = -1;
+  }
+  lua_pop(L, 1);
+  if (unpriced < 0) return ga_fail(L, "INVALID", "unpriced_reason must be 'unpriced' or 'unpriced_served_model'");
+  c.has_usage = 1;
   if (pt && model) e = pt_find(pt, model, model_len, NULL);
   switch (ga_call_cost(e ? &e->p : NULL, &c.u, &c.cost)) {
-    case GA_COST_OK: c.priced = 1; break;
-    case GA_COST_UNPRICED: c.priced = 0; c.cost = 0; break;
+    case GA_COST_OK: c.src = SRC_LOCAL; break;
+    case GA_COST_UNPRICED: /* no local price: the billed cost when the provider reported one */
+      c.src = c.has_provider ? SRC_PROVIDER : unpriced;
+      c.cost = c.has_provider ? c.provider_pico : 0;
+      break;
     case GA_COST_BAD_CACHED:
       return ga_fail(L, "INVALID", "cached_prompt_tokens + cache_write_tokens must not exceed prompt_tokens");
     case GA_COST_BAD_REASONING:
@@ -491,8 +520,16 @@ static int meter_add_call(lua_State *L) {
       __builtin_add_overflow(m->sum_wait, c.wait_us, &sum_wait))
     return ga_fail(L, "INVALID", "the meter's token sums would overflow");
 
-  /* all checks passed; from here only allocation can fail, and it raises with
-   * nothing of this call allocated yet */
+  return meter_append(L, m, &c, kind, kind_len, model, model_len, &sum, sum_total, sum_wait);
+}
+
+/* Appends a checked call and its new sums; only allocation can fail here, and
+ * it raises with nothing of this call allocated yet. Returns true. */
+static int meter_append(lua_State *L, meter *m, meter_call *cp, const char *kind, size_t kind_len,
+                        const char *model, size_t model_len, const ga_usage *sum, int64_t sum_total,
+                        int64_t sum_wait) {
+  meter_call c = *cp;
+  char *mem;
   if (m->n == m->cap) {
     size_t cap = m->cap ? m->cap * 2 : 8;
     meter_call *nc = (meter_call *)realloc(m->c, cap * sizeof *nc);
@@ -513,11 +550,48 @@ static int meter_add_call(lua_State *L) {
     c.model_len = model_len;
   }
   m->c[m->n++] = c;
-  m->sum = sum;
+  m->sum = *sum;
   m->sum_total = sum_total;
   m->sum_wait = sum_wait;
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* m:add_failed_call{ kind, model, reason, provider_wait_us } -> true, or nil,
+ * "INVALID: ...", "INVALID" / "LIMIT: ...". A call whose usage is unknown: it
+ * failed before any usage was reported (reason "failed_before_usage") or was
+ * answered without usable usage ("no_usage"). Its cost is unknown, so every
+ * total it is part of is null. Raises on out of memory. */
+static int meter_add_failed_call(lua_State *L) {
+  meter *m = check_meter(L);
+  const char *kind, *model = NULL, *reason;
+  size_t kind_len = 0, model_len = 0;
+  meter_call c;
+  int64_t sum_wait;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "kind");   /* 3 */
+  lua_getfield(L, 2, "model");  /* 4 */
+  lua_getfield(L, 2, "reason"); /* 5 */
+  memset(&c, 0, sizeof c);
+  kind = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &kind_len) : NULL;
+  if (!kind || kind_len == 0 || kind_len > METER_MAX_KIND)
+    return ga_fail(L, "INVALID", "kind must be a non-empty string of at most %d bytes", METER_MAX_KIND);
+  if (!lua_isnil(L, 4)) {
+    model = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &model_len) : NULL;
+    if (!model || model_len > METER_MAX_MODEL)
+      return ga_fail(L, "INVALID", "model must be a string of at most %d bytes", METER_MAX_MODEL);
+  }
+  reason = lua_type(L, 5) == LUA_TSTRING ? lua_tostring(L, 5) : "";
+  if (strcmp(reason, "no_usage") == 0) c.src = SRC_NO_USAGE;
+  else if (strcmp(reason, "failed_before_usage") == 0) c.src = SRC_FAILED;
+  else return ga_fail(L, "INVALID", "reason must be 'no_usage' or 'failed_before_usage'");
+  if (count_field(L, 2, "provider_wait_us", 0, &c.wait_us) != 0)
+    return ga_fail(L, "INVALID", "provider_wait_us must be a non-negative integer");
+  if (m->n >= METER_MAX_CALLS) return ga_fail(L, "LIMIT", "a meter holds at most %d calls", METER_MAX_CALLS);
+  if (__builtin_add_overflow(m->sum_wait, c.wait_us, &sum_wait))
+    return ga_fail(L, "INVALID", "the meter's token sums would overflow");
+  return meter_append(L, m, &c, kind, kind_len, model, model_len, &m->sum, m->sum_total, sum_wait);
 }
 
 static void set_int(lua_State *L, const char *name, int64_t v) {
@@ -539,12 +613,16 @@ static void set_tokens(lua_State *L, const ga_usage *u, int64_t total) {
   set_int(L, "reasoning_tokens", u->reasoning);
 }
 
-/* m:totals() -> the sums and the per-call list. A cost that depends on an
- * unpriced call is nil, never 0; USD numbers come from the exact sums. */
+/* m:totals() -> the sums and the per-call list. A cost is never a partial sum:
+ * estimated_cost (and initial_cost, repair_cost, provider_cost) is nil as
+ * soon as one call it covers has no known cost, and cost_source then names
+ * why (the first such call's reason); each call carries its own cost (null
+ * when unknown) and cost_source. USD numbers come from the exact sums. */
 static int meter_totals(lua_State *L) {
   meter *m = check_meter(L);
   u128 cost = 0, initial = 0, repair = 0, provider = 0;
-  int all_priced = 1, initial_priced = 1, repair_priced = 1, has_provider = 0;
+  int all_known = 1, initial_known = 1, repair_known = 1, all_provider = 1, n_local = 0, n_prov = 0;
+  int first_unknown = -1;
   size_t i, n_initial = 0, n_repair = 0;
   char dec[40];
   for (i = 0; i < m->n; i++) {
@@ -553,33 +631,37 @@ static int meter_totals(lua_State *L) {
     int is_repair = c->kind_len == 6 && memcmp(c->kind, "repair", 6) == 0;
     n_initial += (size_t)is_initial;
     n_repair += (size_t)is_repair;
-    if (c->priced) {
+    if (SRC_KNOWN(c->src)) {
       cost += (u128)c->cost;
       if (is_initial) initial += (u128)c->cost;
       if (is_repair) repair += (u128)c->cost;
+      if (c->src == SRC_LOCAL) n_local++;
+      else n_prov++;
     } else {
-      all_priced = 0;
-      if (is_initial) initial_priced = 0;
-      if (is_repair) repair_priced = 0;
+      all_known = 0;
+      if (first_unknown < 0) first_unknown = c->src;
+      if (is_initial) initial_known = 0;
+      if (is_repair) repair_known = 0;
     }
-    if (c->has_provider) {
-      has_provider = 1;
-      provider += (u128)c->provider_pico;
-    }
+    if (c->has_provider) provider += (u128)c->provider_pico;
+    else all_provider = 0;
   }
   lua_createtable(L, 0, 16);
   set_tokens(L, &m->sum, m->sum_total);
-  if (all_priced) {
+  if (all_known) {
     set_usd(L, "estimated_cost", cost);
     u128_dec(cost, dec);
     lua_pushstring(L, dec);
     lua_setfield(L, -2, "estimated_cost_picousd");
   }
-  if (n_initial > 0 && initial_priced) set_usd(L, "initial_cost", initial);
-  if (n_repair > 0 ? repair_priced : all_priced) set_usd(L, "repair_cost", repair);
-  if (has_provider) set_usd(L, "provider_cost", provider);
-  lua_pushstring(L, has_provider ? (all_priced ? "provider_reported+local_estimate" : "provider_reported")
-                                 : (all_priced ? "local_estimate" : "unpriced"));
+  if (n_initial > 0 && initial_known) set_usd(L, "initial_cost", initial);
+  if (n_repair > 0 ? repair_known : all_known) set_usd(L, "repair_cost", repair);
+  if (m->n > 0 && all_provider) set_usd(L, "provider_cost", provider);
+  if (m->n == 0) lua_pushliteral(L, "no_calls"); /* nothing was sent: 0 is the true cost */
+  else if (!all_known) lua_pushstring(L, src_names[first_unknown]);
+  else if (n_prov == 0) lua_pushliteral(L, "local_estimate");
+  else if (n_local == 0) lua_pushliteral(L, "provider");
+  else lua_pushliteral(L, "mixed"); /* every call known, some priced locally, some billed */
   lua_setfield(L, -2, "cost_source");
   lua_createtable(L, (int)m->n, 0);
   for (i = 0; i < m->n; i++) {
@@ -591,8 +673,15 @@ static int meter_totals(lua_State *L) {
       lua_pushlstring(L, c->model, c->model_len);
       lua_setfield(L, -2, "model");
     }
-    set_tokens(L, &c->u, c->total);
-    if (c->priced) set_usd(L, "cost", (u128)c->cost);
+    if (c->has_usage) set_tokens(L, &c->u, c->total);
+    if (SRC_KNOWN(c->src)) {
+      set_usd(L, "cost", (u128)c->cost);
+    } else {
+      lua_pushlightuserdata(L, NULL); /* genaudit.null: JSON null in the stored document */
+      lua_setfield(L, -2, "cost");
+    }
+    lua_pushstring(L, src_names[c->src]);
+    lua_setfield(L, -2, "cost_source");
     if (c->has_provider) set_usd(L, "provider_cost", (u128)c->provider_pico);
     set_int(L, "provider_wait_us", c->wait_us);
     lua_rawseti(L, -2, (int)i + 1);
@@ -653,8 +742,8 @@ void ga_open_meter(lua_State *L) {
   static const luaL_Reg pt_methods[] = {
       {"set", pt_set}, {"get", pt_get}, {"count", pt_count}, {"close", pt_gc}, {NULL, NULL}};
   static const luaL_Reg meter_methods[] = {
-      {"add_call", meter_add_call}, {"totals", meter_totals}, {"reset", meter_reset},
-      {"close", meter_gc},          {NULL, NULL}};
+      {"add_call", meter_add_call}, {"add_failed_call", meter_add_failed_call}, {"totals", meter_totals},
+      {"reset", meter_reset},       {"close", meter_gc},                        {NULL, NULL}};
   ga_newclass(L, PT_MT, pt_methods, pt_gc, pt_tostring);
   ga_newclass(L, METER_MT, meter_methods, meter_gc, meter_tostring);
   lua_pushcfunction(L, l_price_table);

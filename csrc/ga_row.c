@@ -16,6 +16,10 @@ const char *const ga_col_names[GA_NCOLS] = {
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 
+/* How far ahead of this host's clock an explicit created_at may be (clock
+ * skew between the hosts of a fleet, for copies and imports): 5 minutes. */
+#define GA_MAX_CLOCK_SKEW_MS (5 * 60 * 1000)
+
 /* Field kinds for the top-level text columns. */
 enum { F_STR, F_ID };
 
@@ -82,8 +86,9 @@ static int count_member(lua_State *L, int tidx, const char *obj, const char *key
 
 /* Writes ,"key":<number >= 0 or null>. required: absent is an error. */
 static int number_member(lua_State *L, int tidx, const char *obj, const char *key, int required,
-                         int first, ga_buf *b, char *err, size_t errlen) {
+                         int first, ga_buf *b, double *out, char *err, size_t errlen) {
   int t = getf(L, tidx, key);
+  if (out) *out = NAN; /* absent */
   if (!first) ga_buf_addc(b, ',');
   ga_buf_addc(b, '"');
   ga_buf_addstr(b, key);
@@ -109,6 +114,7 @@ static int number_member(lua_State *L, int tidx, const char *obj, const char *ke
 #endif
     lua_pop(L, 1);
     if (isnan(d) || isinf(d) || d < 0) FAIL("%s.%s must be a finite number >= 0", obj, key);
+    if (out) *out = d;
     if (is_int) ga_json_int(b, iv);
     else ga_json_double(b, d);
   }
@@ -138,7 +144,7 @@ static int table_field(lua_State *L, int idx, const char *name, int *tidx, char 
 static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
   static const char *const skip[] = {"prompt_tokens", "completion_tokens", "total_tokens", "estimated_cost", NULL};
   int tidx, rc;
-  long long p = 0, c = 0;
+  long long p = 0, c = 0, total = 0;
   if (table_field(L, idx, "token_usage", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
   rc = count_member(L, tidx, "token_usage", "prompt_tokens", -1, 1, b, &p, err, errlen);
@@ -149,8 +155,13 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size
       rc = -1;
     }
   }
-  if (rc == 0) rc = count_member(L, tidx, "token_usage", "total_tokens", p + c, 0, b, NULL, err, errlen);
-  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, err, errlen);
+  if (rc == 0) rc = count_member(L, tidx, "token_usage", "total_tokens", p + c, 0, b, &total, err, errlen);
+  if (rc == 0 && total < p + c) {
+    snprintf(err, errlen, "token_usage.total_tokens: %lld is less than prompt_tokens + completion_tokens (%lld)",
+             total, p + c);
+    rc = -1;
+  }
+  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, NULL, err, errlen);
   if (rc == 0) rc = rest_members(L, tidx, "token_usage", skip, b, err, errlen);
   lua_pop(L, 1);
   if (rc == 0) ga_buf_addc(b, '}');
@@ -160,10 +171,16 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size
 static int build_performance_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
   static const char *const skip[] = {"total_latency_ms", "provider_latency_ms", "model_identifier", NULL};
   int tidx, rc, t;
+  double total = 0, provider = 0;
   if (table_field(L, idx, "performance", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
-  rc = number_member(L, tidx, "performance", "total_latency_ms", 1, 1, b, err, errlen);
-  if (rc == 0) rc = number_member(L, tidx, "performance", "provider_latency_ms", 1, 0, b, err, errlen);
+  rc = number_member(L, tidx, "performance", "total_latency_ms", 1, 1, b, &total, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "performance", "provider_latency_ms", 1, 0, b, &provider, err, errlen);
+  if (rc == 0 && provider > total) { /* the provider's wait is part of the generation's wall-clock time */
+    snprintf(err, errlen, "performance.provider_latency_ms: %.17g is more than total_latency_ms (%.17g)", provider,
+             total);
+    rc = -1;
+  }
   if (rc == 0) {
     t = getf(L, tidx, "model_identifier");
     ga_buf_add(b, ",\"model_identifier\":", 20);
@@ -188,6 +205,7 @@ static int build_performance_metrics(lua_State *L, int idx, ga_buf *b, char *err
 static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
   static const char *const skip[] = {"repair_count", "repair_types", "initial_validation_score", "repair_log", NULL};
   int tidx, rc, t;
+  double score = NAN;
   char e[160];
   if (table_field(L, idx, "repair_info", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
@@ -215,7 +233,22 @@ static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, siz
     }
     lua_pop(L, 1);
   }
-  if (rc == 0) rc = number_member(L, tidx, "repair_info", "initial_validation_score", 0, 0, b, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "repair_info", "initial_validation_score", 0, 0, b, &score, err, errlen);
+  if (rc == 0 && score > 100) { /* NaN (absent) compares false */
+    snprintf(err, errlen, "repair_info.initial_validation_score: %.17g is outside 0..100", score);
+    rc = -1;
+  }
+  if (rc == 0) { /* final_validation_score: an extra key, written with the others, checked here */
+    t = getf(L, tidx, "final_validation_score");
+    if (t != LUA_TNIL) {
+      double d = t == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : NAN;
+      if (!(d >= 0 && d <= 100)) {
+        snprintf(err, errlen, "repair_info.final_validation_score: must be a number in 0..100");
+        rc = -1;
+      }
+    }
+    lua_pop(L, 1);
+  }
   if (rc == 0) { /* repair_log: text or any JSON value; [] when absent */
     t = getf(L, tidx, "repair_log");
     ga_buf_add(b, ",\"repair_log\":", 14);
@@ -286,6 +319,7 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
       FAIL("status must be 'completed' or 'failed'");
     }
     if (st->n == 6 && !row->col[GA_COL_ERROR].set) FAIL("error is required when status is 'failed'");
+    if (st->n == 9 && row->col[GA_COL_ERROR].set) FAIL("error: must be absent when status is 'completed'");
   }
   if (row->col[GA_COL_CREATED_AT].set) { /* checked here too, so async mode never acknowledges a row SQLite refuses */
     static const char shape[] = "dddd-dd-dd dd:dd:dd";
@@ -307,6 +341,20 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
            mi < 60 && sec < 60;
     }
     if (!ok) FAIL("created_at must be 'YYYY-MM-DD HH:MM:SS[.fff]' (UTC)");
+    { /* a plausible time: not before 2000, not more than GA_MAX_CLOCK_SKEW_MS ahead of this host's clock */
+      int y = atoi(c->p), mo = atoi(c->p + 5), d = atoi(c->p + 8);
+      int64_t days, ms;
+      if (y < 2000) FAIL("created_at: %.*s is before 2000", (int)c->n, c->p);
+      { /* days since 1970-01-01 of a proleptic Gregorian date (Hinnant's days_from_civil) */
+        int yy = mo <= 2 ? y - 1 : y, era = yy / 400, yoe = yy - era * 400;
+        int doy = (153 * (mo > 2 ? mo - 3 : mo + 9) + 2) / 5 + d - 1;
+        int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        days = (int64_t)era * 146097 + doe - 719468;
+      }
+      ms = ((days * 24 + atoi(c->p + 11)) * 60 + atoi(c->p + 14)) * 60000 + (int64_t)atoi(c->p + 17) * 1000;
+      if (ms > ga_realtime_ms() + GA_MAX_CLOCK_SKEW_MS)
+        FAIL("created_at: %.*s is in the future", (int)c->n, c->p);
+    }
     { /* stored as every store returns it: milliseconds, "YYYY-MM-DD HH:MM:SS.mmm" */
       size_t f;
       memcpy(row->created_at, c->p, 19);

@@ -271,6 +271,55 @@ describe("hostile inputs", function()
       assert.is_true(#bytes_of(dbfile .. "-wal") > 0)
     end)
 
+    it("never stores the key a provider echoes in model, content or errors, in any encoding or case", function()
+      local function b64(x, url) -- coreutils' base64, an encoder independent of genaudit's
+        local f = assert(io.open(dir .. "/k", "wb"))
+        f:write(x)
+        f:close()
+        local p = assert(io.popen("base64 -w0 " .. shq(dir .. "/k")))
+        local out = p:read("a")
+        p:close()
+        if url then out = out:gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" }) end
+        return out
+      end
+      local hex = KEY:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+      local pct = KEY:gsub(".", function(c) return ("%%%02X"):format(c:byte()) end)
+      local forms = { raw = KEY, upper = KEY:upper(), lower = KEY:lower(), base64 = b64(KEY),
+                      base64url = b64(KEY, true), basic = b64("user:" .. KEY), hex = hex, hex_upper = hex:upper(),
+                      percent = pct }
+      local p = pipeline()
+      local errors = {}
+      local function gen() -- every generation, completed or failed, is stored
+        local res, err = p:generate(ctx())
+        if not res then errors[#errors + 1] = err end
+      end
+      srv:queue{ { model = KEY, content = "model echo" } } gen()
+      srv:queue{ { content = "Your key is " .. KEY .. " or " .. KEY:upper() .. "; " .. b64(KEY) } } gen()
+      srv:queue{ { content = "Authorization: Basic " .. b64("user:" .. KEY) .. " hex " .. hex .. " " .. pct } } gen()
+      srv:queue{ { model = "m-" .. b64(KEY, true), usage = false, content = "unbilled " .. KEY } } gen()
+      srv:queue{ { status = 401, body = '{"error":{"message":"Bearer ' .. b64(KEY) .. ' refused"}}' } } gen()
+      srv:queue{ { status = 400, message = "key " .. KEY:upper() .. " is not valid" } } gen()
+      srv:queue{ { status = 503, body = "upstream said: " .. hex:upper() }, { status = 503, body = pct } } gen()
+      assert.equal(7, count(store))
+      assert.equal(4, #errors)
+      local rows = assert(store:query("SELECT * FROM generation_snapshots"))
+      local texts = {}
+      for _, r in ipairs(rows) do
+        for _, v in pairs(r) do texts[#texts + 1] = tostring(v) end
+      end
+      for _, e in ipairs(errors) do texts[#texts + 1] = e end
+      local all = table.concat(texts, "\n")
+      assert.truthy(all:find("[REDACTED]", 1, true))
+      assert.truthy(all:find("model echo", 1, true)) -- the rows are really there
+      local files = { dbfile, dbfile .. "-wal", dbfile .. "-shm" }
+      for name, f in pairs(forms) do
+        assert.falsy(all:lower():find(f:lower(), 1, true), name)
+        for _, path in ipairs(files) do
+          assert.falsy(bytes_of(path):lower():find(f:lower(), 1, true), name .. " in " .. path)
+        end
+      end
+    end)
+
     it("records verify_tls on every snapshot: true by default, false when turned off", function()
       local on = assert(pipeline():generate(ctx()))
       local off = assert(pipeline{ verify_tls = false }:generate(ctx()))

@@ -107,11 +107,11 @@ describe("genaudit.core meter", function()
       assert.same({
         { kind = "initial", model = model, prompt_tokens = 10, completion_tokens = 5, total_tokens = 15,
           cached_prompt_tokens = 0, cache_write_tokens = 0, reasoning_tokens = 0,
-          cost = usd(10 * input + 5 * output), provider_wait_us = 1500 },
+          cost = usd(10 * input + 5 * output), cost_source = "local_estimate", provider_wait_us = 1500 },
         { kind = "repair", model = model, prompt_tokens = 12, completion_tokens = 6, total_tokens = 18,
           cached_prompt_tokens = 4, cache_write_tokens = 0, reasoning_tokens = 0,
-          cost = usd(8 * input + 4 * cache_read + 6 * output), provider_cost = 0.00002,
-          provider_wait_us = 2500 },
+          cost = usd(8 * input + 4 * cache_read + 6 * output), cost_source = "local_estimate",
+          provider_cost = 0.00002, provider_wait_us = 2500 },
       }, m:totals().calls)
     end)
 
@@ -201,8 +201,8 @@ describe("genaudit.core meter", function()
       assert.is_nil(t.estimated_cost_picousd)
       assert.is_nil(t.initial_cost)
       assert.is_nil(t.repair_cost)
-      assert.is_nil(t.calls[1].cost)
-      assert.are.equal("unpriced", t.cost_source)
+      assert.are.equal(core.null, t.calls[1].cost) -- JSON null in the stored document, never 0
+      assert.same({ "unpriced", "unpriced" }, { t.cost_source, t.calls[1].cost_source })
     end)
 
     it("gives a nil estimate when no price table is passed", function()
@@ -246,18 +246,19 @@ describe("genaudit.core meter", function()
       assert.are.equal(0.3, t.provider_cost) -- summed in picodollars: no 0.30000000000000004
       assert.are.equal(usd(2 * (1000 * price(model, "input_cost_per_token")
         + 200 * price(model, "output_cost_per_token"))), t.estimated_cost)
-      assert.are.equal("provider_reported+local_estimate", t.cost_source)
+      assert.are.equal("local_estimate", t.cost_source) -- the estimate is local; the billed cost is beside it
       assert.are.equal(0.1, t.calls[1].provider_cost)
     end)
 
-    it("reports cost_source 'provider_reported' when only the provider's cost is known", function()
-      local m = core.meter()
-      m:add_call(call{ model = "x", prompt_tokens = 10, completion_tokens = 5, provider_cost = "0.000042" })
-      local t = m:totals()
-      assert.are.equal(0.000042, t.provider_cost)
-      assert.is_nil(t.estimated_cost)
-      assert.are.equal("provider_reported", t.cost_source)
-    end)
+    it("uses the provider's billed cost as the estimate when there is no local price (cost_source 'provider')",
+      function()
+        local m = core.meter()
+        m:add_call(call{ model = "x", prompt_tokens = 10, completion_tokens = 5, provider_cost = "0.000042" })
+        local t = m:totals()
+        assert.same({ 0.000042, 0.000042, "42000000", "provider" },
+          { t.provider_cost, t.estimated_cost, t.estimated_cost_picousd, t.cost_source })
+        assert.same({ 0.000042, "provider" }, { t.calls[1].cost, t.calls[1].cost_source })
+      end)
 
     it("sums 1000 calls of 3 tokens at 1e-07 to exactly 0.0003", function()
       local pt, m = core.price_table(), core.meter()
@@ -282,13 +283,77 @@ describe("genaudit.core meter", function()
       assert.are.equal(200500, m:totals().provider_wait_us)
     end)
 
-    it("reports an empty meter as zero tokens and zero cost", function()
+    it("reports an empty meter (no call was made) as zero tokens, zero cost and cost_source 'no_calls'", function()
       local t = core.meter():totals()
       assert.same({
         prompt_tokens = 0, completion_tokens = 0, total_tokens = 0, cached_prompt_tokens = 0,
         cache_write_tokens = 0, reasoning_tokens = 0, estimated_cost = 0, estimated_cost_picousd = "0",
-        repair_cost = 0, cost_source = "local_estimate", calls = {}, call_count = 0, provider_wait_us = 0,
+        repair_cost = 0, cost_source = "no_calls", calls = {}, call_count = 0, provider_wait_us = 0,
       }, t)
+    end)
+  end)
+
+  describe("costs that are not known", function()
+    it("gives a null total, never a partial sum, when a repair call failed before any usage", function()
+      local pt, m = fixture_pt(), core.meter()
+      assert.is_true(m:add_call{ kind = "initial", model = "gpt-4o-mini", prices = pt, prompt_tokens = 10,
+        completion_tokens = 5 })
+      assert.is_true(m:add_failed_call{ kind = "repair", model = "gpt-4o-mini", reason = "failed_before_usage",
+        provider_wait_us = 700 })
+      local t = m:totals()
+      local initial = usd(10 * price("gpt-4o-mini", "input_cost_per_token")
+        + 5 * price("gpt-4o-mini", "output_cost_per_token"))
+      assert.same({ nil, nil, initial, nil, "failed_before_usage" },
+        { t.estimated_cost, t.estimated_cost_picousd, t.initial_cost, t.repair_cost, t.cost_source })
+      assert.same({ initial, "local_estimate" }, { t.calls[1].cost, t.calls[1].cost_source })
+      assert.same({ kind = "repair", model = "gpt-4o-mini", cost = core.null, cost_source = "failed_before_usage",
+        provider_wait_us = 700 }, t.calls[2])
+      assert.same({ 10, 5, 15, 2, 700 }, { t.prompt_tokens, t.completion_tokens, t.total_tokens, t.call_count,
+        t.provider_wait_us })
+    end)
+
+    it("gives a null cost with cost_source 'no_usage' for an answer without usage", function()
+      local m = core.meter()
+      assert.is_true(m:add_failed_call{ kind = "initial", model = "served-1", reason = "no_usage" })
+      local t = m:totals()
+      assert.same({ nil, nil, "no_usage", "no_usage" },
+        { t.estimated_cost, t.initial_cost, t.cost_source, t.calls[1].cost_source })
+    end)
+
+    it("names the reason of the first call of unknown cost", function()
+      local pt, m = fixture_pt(), core.meter()
+      m:add_call{ kind = "initial", model = "gpt-4o", prices = pt, prompt_tokens = 10, completion_tokens = 5,
+        unpriced_reason = "unpriced_served_model" }
+      m:add_failed_call{ kind = "repair", reason = "no_usage" }
+      local t = m:totals()
+      assert.same({ "local_estimate", "no_usage" }, { t.calls[1].cost_source, t.calls[2].cost_source })
+      assert.equal("no_usage", t.cost_source)
+      m:reset()
+      m:add_call{ kind = "initial", model = "served-x", prices = pt, prompt_tokens = 10, completion_tokens = 5,
+        unpriced_reason = "unpriced_served_model" }
+      m:add_failed_call{ kind = "repair", reason = "no_usage" }
+      assert.equal("unpriced_served_model", m:totals().cost_source)
+    end)
+
+    it("sums local estimates and billed costs into one total labelled 'mixed'", function()
+      local pt, m = fixture_pt(), core.meter()
+      m:add_call{ kind = "initial", model = "gpt-4o-mini", prices = pt, prompt_tokens = 10, completion_tokens = 5 }
+      m:add_call{ kind = "repair", model = "not-priced", prices = pt, prompt_tokens = 10, completion_tokens = 5,
+        provider_cost = "0.000001" }
+      local t = m:totals()
+      local initial = 10 * price("gpt-4o-mini", "input_cost_per_token")
+        + 5 * price("gpt-4o-mini", "output_cost_per_token")
+      assert.same({ usd(initial + 1000000), usd(initial), usd(1000000), "mixed" },
+        { t.estimated_cost, t.initial_cost, t.repair_cost, t.cost_source })
+      assert.is_nil(t.provider_cost) -- only one call reported one: no partial sum
+      assert.same({ "local_estimate", "provider" }, { t.calls[1].cost_source, t.calls[2].cost_source })
+    end)
+
+    it("refuses a failed call with an unknown reason", function()
+      local m = core.meter()
+      assert.same({ nil, "INVALID: reason must be 'no_usage' or 'failed_before_usage'", "INVALID" },
+        { m:add_failed_call{ kind = "initial", reason = "oops" } })
+      assert.equal(0, m:totals().call_count)
     end)
   end)
 
@@ -352,6 +417,16 @@ describe("genaudit.core meter", function()
     it("rejects a kind that is not a string", function()
       rejects({ kind = 1, prompt_tokens = 10, completion_tokens = 5 },
         "INVALID: kind must be a non-empty string of at most 64 bytes")
+    end)
+
+    it("rejects a total_tokens below prompt_tokens + completion_tokens", function()
+      rejects({ prompt_tokens = 10, completion_tokens = 5, total_tokens = 14 },
+        "INVALID: total_tokens must not be less than prompt_tokens + completion_tokens")
+    end)
+
+    it("rejects an unknown unpriced_reason", function()
+      rejects({ prompt_tokens = 10, completion_tokens = 5, unpriced_reason = "free" },
+        "INVALID: unpriced_reason must be 'unpriced' or 'unpriced_served_model'")
     end)
 
     it("raises when prices is not a price table", function()

@@ -174,7 +174,7 @@ describe("genaudit.pipeline", function()
       local tm = cjson.decode(row(r.snapshot_id).token_metrics)
       assert.equal(0.0000321, tm.provider_cost)
       assert.equal((100 * 150000 + 20 * 600000) / 1e12, tm.estimated_cost)
-      assert.equal("provider_reported+local_estimate", tm.cost_source)
+      assert.equal("local_estimate", tm.cost_source) -- the estimate is local; the billed cost is beside it
     end)
 
     it("normalizes Anthropic usage, cache reads and writes included", function()
@@ -243,6 +243,112 @@ describe("genaudit.pipeline", function()
       assert.truthy(bytes:find("Tone: playful", 1, true)) -- the rows are really there
       assert.falsy(bytes:find(KEY, 1, true))
       store = assert(genaudit.open("sqlite:" .. dbfile))
+    end)
+  end)
+
+  describe("request encoding", function()
+    it("sends a 2^53-1 seed and a 17-digit temperature byte for byte as stored", function()
+      local seed = 9007199254740991 -- 2^53 - 1: an integer on Lua 5.4, an exact double on LuaJIT
+      local temperature = 0.123456789012345678
+      local r = assert(pipeline():generate(ctx{ params = { seed = seed, temperature = temperature,
+                                                           max_tokens = 200 } }))
+      local body = srv:requests()[1].body
+      assert.truthy(body:find('"seed":9007199254740991', 1, true), body)
+      assert.truthy(body:find('"temperature":0.12345678901234568', 1, true), body)
+      assert.equal(temperature, tonumber(body:match('"temperature":([^,}]+)')))
+      assert.equal('{"max_tokens":200,"seed":9007199254740991,"temperature":0.12345678901234568}',
+        row(r.snapshot_id).request_params)
+    end)
+
+    it("refuses a request over max_request_bytes with TOO_LARGE, sends nothing and stores the failure", function()
+      local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini",
+                                              max_request_bytes = 4096 }
+      local r, err, code, id = pipeline{ provider = prov }:generate(ctx{ knowledge = { string.rep("k", 5000) } })
+      assert.is_nil(r)
+      assert.same({ "TOO_LARGE", "TOO_LARGE: the request text exceeds max_request_bytes=4096" }, { code, err })
+      assert.equal(0, #srv:requests())
+      local stored = row(id)
+      assert.same({ "failed", err }, { stored.status, stored.error })
+      assert.truthy(stored.final_user_prompt:find(string.rep("k", 5000), 1, true))
+      local tm = cjson.decode(stored.token_metrics)
+      assert.same({ 0, "no_calls" }, { tm.estimated_cost, tm.cost_source }) -- nothing was sent, nothing billed
+    end)
+  end)
+
+  describe("cost and attribution", function()
+    local function tm_of(id) return cjson.decode(row(id).token_metrics) end
+
+    it("stores a failed call's cost as null with cost_source 'failed_before_usage', never 0", function()
+      srv:queue{ { status = 500 }, { status = 500 }, { status = 500 } }
+      local _, _, _, id = pipeline():generate(ctx())
+      local stored = row(id)
+      assert.is_nil(stored.estimated_cost)
+      assert.truthy(stored.token_metrics:find('"estimated_cost":null', 1, true))
+      local tm = tm_of(id)
+      assert.equal("failed_before_usage", tm.cost_source)
+      assert.same({ "initial", cjson.null, "failed_before_usage" },
+        { tm.calls[1].kind, tm.calls[1].cost, tm.calls[1].cost_source })
+    end)
+
+    it("keeps the content and the model of an answer without usage; cost null, cost_source 'no_usage'", function()
+      srv:queue{ { content = "an unbilled draft #t", model = "gpt-4o-mini-2024-07-18", usage = false } }
+      local _, err, code, id = pipeline():generate(ctx())
+      assert.same({ "BAD_RESPONSE", "BAD_RESPONSE: response has no usage" }, { code, err })
+      local stored = row(id)
+      assert.same({ "failed", "an unbilled draft #t", "gpt-4o-mini-2024-07-18" },
+        { stored.status, stored.content, stored.model_identifier })
+      assert.is_nil(stored.estimated_cost)
+      local tm = tm_of(id)
+      assert.same({ "no_usage", cjson.null, "gpt-4o-mini-2024-07-18" },
+        { tm.cost_source, tm.calls[1].cost, tm.calls[1].served_model })
+    end)
+
+    it("never prices a served model without a price at the requested model's price", function()
+      srv:queue{ { content = words(5), model = "gpt-9-ultra-2031-01-01", usage = usage(100, 20) } }
+      local r = assert(pipeline():generate(ctx()))
+      local stored = row(r.snapshot_id)
+      assert.is_nil(stored.estimated_cost)
+      local tm = tm_of(r.snapshot_id)
+      assert.equal("unpriced_served_model", tm.cost_source)
+      assert.same({ "gpt-4o-mini", "gpt-9-ultra-2031-01-01", cjson.null, "unpriced_served_model" },
+        { tm.calls[1].requested_model, tm.calls[1].served_model, tm.calls[1].cost, tm.calls[1].cost_source })
+      local pm = cjson.decode(stored.performance_metrics)
+      assert.same({ "gpt-9-ultra-2031-01-01", "gpt-4o-mini" }, { pm.model_identifier, pm.requested_model })
+    end)
+
+    it("prices a call by the model that served it", function()
+      srv:queue{ { content = words(5), model = "claude-3-5-haiku-20241022", usage = usage(100, 20) } }
+      local r = assert(pipeline():generate(ctx())) -- requested gpt-4o-mini, served claude-3-5-haiku
+      local tm = tm_of(r.snapshot_id)
+      assert.same({ (100 * 800000 + 20 * 4000000) / 1e12, "local_estimate", "claude-3-5-haiku" },
+        { tm.estimated_cost, tm.cost_source, tm.calls[1].model })
+    end)
+
+    it("uses OpenRouter's billed cost where no local price exists (cost_source 'provider')", function()
+      srv:queue{ { content = words(5), model = "mystery/model-7", usage = usage(100, 20, { cost = 0.0000123 }) } }
+      local prov = genaudit.providers.openrouter{ base_url = srv.url, api_key = KEY, model = "mystery/model-7" }
+      local r = assert(pipeline{ provider = prov }:generate(ctx()))
+      local stored = row(r.snapshot_id)
+      assert.equal(0.0000123, stored.estimated_cost)
+      local tm = tm_of(r.snapshot_id)
+      assert.same({ 0.0000123, 0.0000123, "provider" }, { tm.estimated_cost, tm.provider_cost, tm.cost_source })
+    end)
+
+    it("gives a null total and a per-call breakdown when the initial call is priced and a repair is not", function()
+      srv:queue{ { content = words(30), usage = usage(1000, 300) },
+                 { content = words(5), model = "mystery-model-1", usage = usage(1300, 10) } }
+      local r = assert(pipeline():generate(ctx()))
+      local stored = row(r.snapshot_id)
+      assert.is_nil(stored.estimated_cost)
+      local tm = tm_of(r.snapshot_id)
+      local initial = (1000 * 150000 + 300 * 600000) / 1e12
+      assert.same({ cjson.null, "unpriced_served_model", initial }, { tm.estimated_cost, tm.cost_source,
+        tm.initial_cost })
+      assert.is_nil(tm.repair_cost)
+      assert.same({ { "initial", initial, "local_estimate" }, { "repair", cjson.null, "unpriced_served_model" } },
+        { { tm.calls[1].kind, tm.calls[1].cost, tm.calls[1].cost_source },
+          { tm.calls[2].kind, tm.calls[2].cost, tm.calls[2].cost_source } })
+      assert.same({ 2300, 310 }, { tm.prompt_tokens, tm.completion_tokens })
     end)
   end)
 

@@ -58,6 +58,11 @@ describe("genaudit.providers", function()
       assert.truthy(err:find("^BAD_RESPONSE: usage"))
     end)
 
+    it("rejects a total_tokens below prompt + completion", function()
+      local _, err = p:parse_response(200, openai_body{ prompt_tokens = 10, completion_tokens = 5, total_tokens = 14 })
+      assert.equal("BAD_RESPONSE: usage.total_tokens is less than prompt_tokens + completion_tokens", err)
+    end)
+
     it("rejects more cached tokens than prompt tokens", function()
       local _, err = p:parse_response(200, openai_body{ prompt_tokens = 10, completion_tokens = 2,
         prompt_tokens_details = { cached_tokens = 11 } })
@@ -81,6 +86,39 @@ describe("genaudit.providers", function()
         assert.falsy(err:find("sk-proj", 1, true), err)
         _, err = p:parse_response(401, ("y"):rep(pad + 70) .. key)
         assert.falsy(err:find("sk-proj", 1, true), err)
+      end
+    end)
+
+    it("scrubs the key in upper case, hex, percent-, base64- and base64url-encoded, and after Bearer", function()
+      local key = "sk-Live>>?~~/key+0123456789"
+      local p = providers.openai{ model = "m", api_key = key }
+      local function b64(s) -- reference encoder, independent of the one under test
+        local A = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        local bits = s:gsub(".", function(c)
+          local b, r = c:byte(), ""
+          for i = 7, 0, -1 do r = r .. (math.floor(b / 2 ^ i) % 2) end
+          return r
+        end) .. "0000"
+        local out = bits:gsub("%d%d%d%d%d%d", function(x) return A:sub(tonumber(x, 2) + 1, tonumber(x, 2) + 1) end)
+        return out:sub(1, math.ceil(#s * 4 / 3)) .. ({ "", "==", "=" })[#s % 3 + 1]
+      end
+      local echoes = {
+        key:upper(), key:lower(), "Bearer " .. key,
+        (key:gsub(".", function(c) return ("%02X"):format(c:byte()) end)),
+        (key:gsub(".", function(c) return ("%%%02x"):format(c:byte()) end)),
+        (key:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end)),
+        "Bearer " .. b64(key), b64("user:" .. key), b64("u:" .. key), b64(":" .. key),
+        (b64(key):gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" })),
+      }
+      for _, e in ipairs(echoes) do
+        local res = assert(p:parse_response(200, cjson.encode{ model = e, choices = { { message = { content = "<"
+          .. e .. ">" } } }, usage = { prompt_tokens = 1, completion_tokens = 1 } }))
+        local _, err = p:parse_response(401, cjson.encode{ error = { message = "bad key " .. e } })
+        for _, text in ipairs({ res.model_identifier, res.content, err }) do
+          assert.truthy(text:find("[REDACTED]", 1, true), e .. " -> " .. text)
+          assert.falsy(text:lower():find(key:lower(), 1, true), text)
+          assert.falsy(text:find(b64(key):sub(2, -4), 1, true), text)
+        end
       end
     end)
 
@@ -115,6 +153,43 @@ describe("genaudit.providers", function()
         { max_tokens = 99, seed = 1 }).body)
       assert.same({ "s", 1, "user", 99 }, { body.system, #body.messages, body.messages[1].role, body.max_tokens })
       assert.is_nil(body.seed)
+    end)
+
+    it("encodes numbers exactly: a 2^53-1 seed and a 17-digit temperature", function()
+      local p = providers.openai{ model = "m" }
+      local body = p:request({ { role = "user", content = "u" } },
+        { seed = 9007199254740991, temperature = 0.123456789012345678 }).body
+      assert.equal('{"messages":[{"content":"u","role":"user"}],"model":"m","seed":9007199254740991,'
+        .. '"temperature":0.12345678901234568}', body)
+    end)
+
+    it("refuses a body one byte over max_request_bytes with TOO_LARGE, and sends one exactly at it", function()
+      local msgs = { { role = "user", content = string.rep("x", 100) .. "\n\"" } } -- escapes grow the body
+      local size = #providers.openai{ model = "m" }:request(msgs).body
+      local at = providers.openai{ model = "m", max_request_bytes = size }
+      assert.equal(size, #assert(at:request(msgs)).body)
+      local over = providers.openai{ model = "m", max_request_bytes = size - 1 }
+      assert.same({ nil, ("TOO_LARGE: the request body exceeds max_request_bytes=%d"):format(size - 1), "TOO_LARGE" },
+        { over:request(msgs) })
+    end)
+
+    it("refuses text over max_request_bytes before encoding anything", function()
+      local p = providers.anthropic{ model = "m", max_request_bytes = 1000 }
+      assert.same({ nil, "TOO_LARGE: the request text exceeds max_request_bytes=1000", "TOO_LARGE" },
+        { p:request({ { role = "system", content = string.rep("s", 600) },
+                      { role = "user", content = string.rep("u", 401) } }) })
+    end)
+
+    it("returns INVALID for parameters JSON cannot hold", function()
+      local p = providers.openai{ model = "m" }
+      local r, err, code = p:request({ { role = "user", content = "u" } }, { temperature = 0 / 0 })
+      assert.same({ nil, "INVALID" }, { r, code })
+      assert.matches("^INVALID: the request cannot be sent as JSON: ", err)
+    end)
+
+    it("raises on a max_request_bytes that is not a positive integer", function()
+      assert.has_error(function() providers.openai{ model = "m", max_request_bytes = 0 } end,
+        "bad argument #1 to 'openai' (max_request_bytes: positive integer expected)")
     end)
 
     it("asks OpenRouter for the billed cost", function()

@@ -36,6 +36,32 @@ describe("genaudit.replay", function()
     assert.truthy(srv:requests()[1].body:find('"max_tokens":50[,}]')) -- an integer, as first sent
   end)
 
+  it("re-sends a 2^53-1 seed and a 17-digit temperature exactly as stored", function()
+    local exact = assert(genaudit.persister(store):persist_generation{
+      org_id = 1, user_id = 2, platform = "x", template_id = "t", final_system_prompt = "s", final_user_prompt = "u",
+      token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+      performance = { total_latency_ms = 1, provider_latency_ms = 1 }, repair_info = {},
+      request_params = { seed = 9007199254740991, temperature = 0.123456789012345678 },
+    })
+    assert(genaudit.replay(store, exact, { provider = provider() }))
+    local body = srv:requests()[1].body
+    local stored = store:query("SELECT request_params FROM generation_snapshots WHERE id = ?", { exact })[1]
+    assert.equal('{"seed":9007199254740991,"temperature":0.12345678901234568}', stored.request_params)
+    assert.truthy(body:find('"seed":9007199254740991,', 1, true), body)
+    assert.truthy(body:find('"temperature":0.12345678901234568}', 1, true), body)
+  end)
+
+  it("keeps the content of a replay answered without usage, its cost null", function()
+    srv:queue{ { content = "unmetered words", usage = false } }
+    local r, _, code, rid = genaudit.replay(store, id, { provider = provider() })
+    assert.same({ nil, "BAD_RESPONSE" }, { r, code })
+    local rec = store:query("SELECT * FROM generation_snapshots WHERE id = ?", { rid })[1]
+    assert.same({ "failed", "unmetered words", "gpt-4o-mini-2024-07-18" },
+      { rec.status, rec.content, rec.model_identifier })
+    assert.is_nil(rec.estimated_cost)
+    assert.equal("no_usage", cjson.decode(rec.token_metrics).cost_source)
+  end)
+
   it("scores the new output against the stored one", function()
     srv:queue{ { content = "the quick brown fox" } }
     local r = assert(genaudit.replay(store, id, { provider = provider() }))

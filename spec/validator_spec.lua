@@ -96,6 +96,24 @@ describe("genaudit.validator", function()
       assert.same({ 1, false, "budget_exhausted" }, { rr.repair_count, rr.passed, rr.stop_reason })
     end)
 
+    it("refuses at load a policy whose budget is over the cap of 10, keeping the default budget", function()
+      tmp.write(dir .. "/policy.lua", [[return { budget = 1000000 }]])
+      local calls = 0
+      local rr = v:validate_and_repair(words(12), ctx, function() calls = calls + 1; return words(12) end)
+      assert.equal("SCRIPT: " .. dir .. "/policy.lua: budget must be at most 10 (got 1000000)",
+        v:script_errors()[dir .. "/policy.lua"])
+      assert.same({ 2, 2, "budget_exhausted" }, { calls, rr.repair_count, rr.stop_reason })
+      assert.equal(10, validator.MAX_REPAIR_BUDGET)
+    end)
+
+    it("accepts a budget of exactly 10", function()
+      tmp.write(dir .. "/policy.lua", [[return { budget = 10 }]])
+      local calls = 0
+      local rr = v:validate_and_repair(words(12), ctx, function() calls = calls + 1; return words(12) end)
+      assert.is_nil(v:script_errors()[dir .. "/policy.lua"])
+      assert.same({ 10, "budget_exhausted" }, { calls, rr.stop_reason })
+    end)
+
     it("lets a policy decline a repair with a reason", function()
       tmp.write(dir .. "/policy.lua", [[return { feedback = function() return nil, "not fixable" end }]])
       local rr = v:validate_and_repair(words(12), ctx, function() error("must not be called") end)

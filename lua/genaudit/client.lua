@@ -51,24 +51,38 @@ function Client.run(_, sw)
   return { sw = sw or core.stopwatch(), meter = core.meter(), attempts = 0, http = {} }
 end
 
--- Resolves the price table key for a model string (response model first).
-local function price_key(pricing, ...)
-  if not pricing then return nil end
-  for i = 1, select("#", ...) do
-    local m = select(i, ...)
-    if m then
-      local key = pricing:resolve(m)
-      if key then return key end
-    end
+-- Resolves the price table key for a model string, or nil.
+local function price_key(pricing, model)
+  if not pricing or not model then return nil end
+  return pricing:resolve(model)
+end
+
+-- The price of a call is the price of the model that served it: the model the
+-- response reports, else (no model reported) the requested one. A served
+-- model without a price is never priced as the requested model: the cost is
+-- then unknown (cost_source "unpriced_served_model" when the requested model
+-- has a price, "unpriced" otherwise) unless the provider billed a cost.
+-- Returns the price key (or nil) and the reason when unpriced.
+local function pricing_for(pricing, served, requested)
+  if served then
+    local key = price_key(pricing, served)
+    if key then return key end
+    return nil, price_key(pricing, requested) and "unpriced_served_model" or "unpriced"
   end
-  return nil
+  local key = price_key(pricing, requested)
+  return key, not key and "unpriced" or nil
 end
 
 -- client:complete(run, kind, messages, params) -> text | nil, err, code
 -- kind: "initial", "repair" or "replay" (kept per call in token_metrics).
+-- Every call that reached the provider is a call of the meter: with its usage
+-- and cost, or, when it failed or came back without usable usage, as a call of
+-- unknown cost. An answer without usable usage keeps its content (run.content
+-- when none is set yet, else the call's log entry) and its reported model.
 function Client:complete(run, kind, messages, params)
   local provider = self.provider
-  local req = provider:request(messages, params)
+  local req, rerr, rcode = provider:request(messages, params)
+  if not req then return nil, rerr, rcode end -- refused before sending: nothing was billed
   req.retries, req.backoff_ms, req.max_backoff_ms = self.retries, self.backoff_ms, self.max_backoff_ms
   local res, err, code, info = self.transport(req)
   local tries = res and res.attempts or (info and info.attempts) or {}
@@ -81,29 +95,61 @@ function Client:complete(run, kind, messages, params)
                retry_after_ms = t.retry_after_ms, slept_ms = t.slept_ms,
                wait_ms = t.timings and us_to_ms(t.timings.wait_us) or nil }
   end
-  run.http[#run.http + 1] = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us), tries = log,
-                              status = res and res.status or nil, timings = res and res.timings or nil }
-  if not res then return nil, provider.scrub(err), code or "HTTP" end
-  local parsed
-  parsed, err, code = provider:parse_response(res.status, res.body)
-  if not parsed then return nil, err, code end
+  local entry = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us), tries = log,
+                  status = res and res.status or nil, timings = res and res.timings or nil }
+  run.http[#run.http + 1] = entry
+  run.call_models = run.call_models or {}
+  local function failed_call(reason, served)
+    local call = { kind = kind, model = served or provider.model, reason = reason, provider_wait_us = wait_us }
+    local ok = run.meter:add_failed_call(call)
+    if not ok then -- a reported model too long for the meter: the call is kept without it
+      call.model = nil
+      ok = run.meter:add_failed_call(call)
+    end
+    if ok then run.call_models[#run.call_models + 1] = { requested = provider.model, served = served } end
+  end
+  if not res then
+    failed_call("failed_before_usage")
+    return nil, provider.scrub(err), code or "HTTP"
+  end
+  local parsed, answer
+  parsed, err, code, answer = provider:parse_response(res.status, res.body)
+  if not parsed then
+    local ok2xx = res.status >= 200 and res.status < 300
+    if answer then
+      run.model_identifier = answer.model_identifier or run.model_identifier
+      if run.content == nil then run.content = answer.content else entry.content = answer.content end
+    end
+    failed_call(ok2xx and "no_usage" or "failed_before_usage", answer and answer.model_identifier)
+    return nil, err, code
+  end
   run.model_identifier = parsed.model_identifier or run.model_identifier
-  local key = price_key(self.pricing, parsed.model_identifier, provider.model)
+  local key, reason = pricing_for(self.pricing, parsed.model_identifier, provider.model)
   local u = parsed.usage
   local ok, merr = run.meter:add_call{
     kind = kind, model = key or parsed.model_identifier or provider.model,
-    prices = key and self.pricing:price_table() or nil,
+    prices = key and self.pricing:price_table() or nil, unpriced_reason = reason,
     prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens, total_tokens = u.total_tokens,
     cached_prompt_tokens = u.cached_prompt_tokens, cache_write_tokens = u.cache_write_tokens,
     reasoning_tokens = u.reasoning_tokens, provider_cost = parsed.provider_cost, provider_wait_us = wait_us,
   }
-  if not ok then return nil, "BAD_RESPONSE: " .. tostring(merr), "BAD_RESPONSE" end
+  if not ok then
+    if run.content == nil then run.content = parsed.content else entry.content = parsed.content end
+    failed_call("no_usage", parsed.model_identifier)
+    return nil, "BAD_RESPONSE: " .. tostring(merr), "BAD_RESPONSE"
+  end
+  run.call_models[#run.call_models + 1] = { requested = provider.model, served = parsed.model_identifier }
   return parsed.content
 end
 
--- client:token_metrics(run) -> the token_metrics document of a run
+-- client:token_metrics(run) -> the token_metrics document of a run. Each call
+-- names the model it was priced as (`model`), the requested and the served one.
 function Client.token_metrics(_, run)
   local t = run.meter:totals()
+  for i, c in ipairs(t.calls) do
+    local m = run.call_models and run.call_models[i]
+    if m then c.requested_model, c.served_model = m.requested, m.served end
+  end
   return {
     prompt_tokens = t.prompt_tokens, completion_tokens = t.completion_tokens, total_tokens = t.total_tokens,
     estimated_cost = t.estimated_cost, cached_prompt_tokens = t.cached_prompt_tokens,

@@ -6,10 +6,18 @@
 --   total_tokens          as reported (Gemini reports more than the sum)
 --   cached_prompt_tokens, cache_write_tokens, reasoning_tokens
 -- A provider object never exposes its API key: it lives in a closure, and
--- every error text is scrubbed of it.
+-- every string derived from a provider answer (error texts, the reported
+-- model, the content) is scrubbed of it, in every usual encoding.
+-- Request bodies are built with genaudit's exact C encoder (core.json_encode),
+-- never with lua-cjson: Debian's cjson rounds numbers to 14 digits (a seed or
+-- a temperature would be sent other than stored) and crashes on huge strings.
 local cjson = require("cjson.safe")
+local core = require("genaudit.core")
 
 local M = {}
+
+-- The default cap on a request body (prompts, draft, feedback, parameters).
+M.MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 local tointeger = rawget(math, "tointeger") -- 5.4: cjson decodes 42 as 42.0
 
@@ -18,13 +26,80 @@ local function int(v)
   return tointeger and tointeger(v) or v
 end
 
--- Removes the secret from any text that leaves the provider object.
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+local function base64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local q = { math.floor(n / 262144) % 64, math.floor(n / 4096) % 64, math.floor(n / 64) % 64, n % 64 }
+    local keep = c and 4 or (b and 3 or 2)
+    for k = 1, 4 do out[#out + 1] = k <= keep and B64:sub(q[k] + 1, q[k] + 1) or "=" end
+  end
+  return table.concat(out)
+end
+
+-- The forms of the secret a provider may echo, lower-cased (matching ignores
+-- case): the key itself, its hex, its percent-encodings, and its base64 and
+-- base64url encodings at each of the 3 alignments it can have inside a longer
+-- encoded text ("Basic " .. base64("user:" .. key)), minus the edge characters
+-- that depend on the neighbouring bytes.
+local function secret_forms(secret)
+  local forms, seen = {}, {}
+  local function add(f, min)
+    f = f:lower()
+    if #f >= (min or 8) and not seen[f] then
+      seen[f] = true
+      forms[#forms + 1] = f
+    end
+  end
+  add(secret, 1)
+  add((secret:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)))
+  add((secret:gsub(".", function(ch) return ("%%%02x"):format(ch:byte()) end)))
+  add((secret:gsub("[^%w%-%._~]", function(ch) return ("%%%02x"):format(ch:byte()) end)))
+  for off = 0, 2 do
+    local enc = base64(("\0"):rep(off) .. secret)
+    local first = math.ceil(8 * off / 6) + 1
+    local last = math.floor(8 * (off + #secret) / 6)
+    local core_b64 = enc:sub(first, last)
+    add(core_b64)
+    add((core_b64:gsub("[+/]", { ["+"] = "-", ["/"] = "_" })))
+    add((core_b64:gsub("/", "\\/"))) -- as a JSON encoder that escapes '/' writes it
+  end
+  return forms
+end
+
+-- Removes the secret, in any form secret_forms lists, from a text that leaves
+-- the provider object. Case-insensitive: an upper-cased echo goes too.
 local function scrubber(secret)
   if not secret or secret == "" then return function(s) return s end end
-  local pattern = secret:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+  local forms = secret_forms(secret)
   return function(s)
-    if type(s) ~= "string" then return s end
-    return (s:gsub(pattern, "[REDACTED]"))
+    if type(s) ~= "string" or s == "" then return s end
+    local low = s:lower()
+    local ranges = {}
+    for _, f in ipairs(forms) do
+      local from = 1
+      while true do
+        local a, b = low:find(f, from, true)
+        if not a then break end
+        ranges[#ranges + 1] = { a, b }
+        from = b + 1
+      end
+    end
+    if #ranges == 0 then return s end
+    table.sort(ranges, function(x, y) return x[1] < y[1] end)
+    local out, pos = {}, 1
+    for _, r in ipairs(ranges) do
+      if r[2] >= pos then
+        if r[1] > pos then out[#out + 1] = s:sub(pos, r[1] - 1) end
+        if r[1] >= pos then out[#out + 1] = "[REDACTED]" end
+        pos = r[2] + 1
+      end
+    end
+    out[#out + 1] = s:sub(pos)
+    return table.concat(out)
   end
 end
 
@@ -55,6 +130,7 @@ local function openai_usage(u)
   local pd = type(u.prompt_tokens_details) == "table" and u.prompt_tokens_details or {}
   local cd = type(u.completion_tokens_details) == "table" and u.completion_tokens_details or {}
   local total = int(u.total_tokens) or (p + c)
+  if total < p + c then return nil, "usage.total_tokens is less than prompt_tokens + completion_tokens" end
   local reasoning = int(cd.reasoning_tokens) or 0
   local completion = c
   if total > p + c and reasoning == 0 then
@@ -95,6 +171,10 @@ local function check_common(kind, opts)
   if opts.api_key ~= nil and type(opts.api_key) ~= "string" then
     error("bad argument #1 to '" .. kind .. "' (api_key: string expected)", 3)
   end
+  local mrb = opts.max_request_bytes
+  if mrb ~= nil and (type(mrb) ~= "number" or mrb < 1 or mrb % 1 ~= 0) then
+    error("bad argument #1 to '" .. kind .. "' (max_request_bytes: positive integer expected)", 3)
+  end
 end
 
 local Provider = {}
@@ -109,6 +189,7 @@ local function new_provider(name, opts, spec)
     name = name, model = opts.model, base_url = (opts.base_url or spec.default_url):gsub("/+$", ""),
     wire = spec.wire, timeout_ms = opts.timeout_ms, connect_timeout_ms = opts.connect_timeout_ms,
     retries = opts.retries, verify_tls = opts.verify_tls, max_response_bytes = opts.max_response_bytes,
+    max_request_bytes = opts.max_request_bytes or M.MAX_REQUEST_BYTES,
   }, Provider)
   local extra_headers = opts.headers or {}
   -- headers are built on demand so the key is never stored on the object
@@ -125,15 +206,50 @@ local function new_provider(name, opts, spec)
   return self
 end
 
--- provider:request(messages, params) -> { url, headers, body }
+-- The bytes of every string (keys included) in v, up to `limit`: the size a
+-- request will have at least, known before anything is encoded. Stops early
+-- past the limit and below 64 levels (the encoder refuses those anyway).
+local function string_bytes(v, limit, depth)
+  if type(v) == "string" then return #v end
+  if type(v) ~= "table" or depth > 64 then return 0 end
+  local n = 0
+  for k, x in next, v do
+    n = n + string_bytes(k, limit, depth + 1) + string_bytes(x, limit, depth + 1)
+    if n > limit then return n end
+  end
+  return n
+end
+
+local function too_large(self, what)
+  return nil, ("TOO_LARGE: the request %s exceeds max_request_bytes=%d"):format(what, self.max_request_bytes),
+    "TOO_LARGE"
+end
+
+-- provider:request(messages, params) -> { url, headers, body } | nil, err, code
 -- messages: { {role="system"|"user"|"assistant", content=string}, ... }
+-- A request whose strings add up to more than max_request_bytes is refused
+-- before it is encoded, and so is one whose encoding (escapes added) does:
+-- nil, "TOO_LARGE: ...", "TOO_LARGE". Parameters JSON cannot hold (NaN, a
+-- function) give nil, "INVALID: ...", "INVALID".
 function Provider:request(messages, params)
-  local body = self.build_body(self, messages, params or {})
+  params = params or {}
+  local limit = self.max_request_bytes
+  if string_bytes(messages, limit, 0) + string_bytes(params, limit, 0) > limit then
+    return too_large(self, "text")
+  end
+  local body, err = self.build_body(self, messages, params)
+  if not body then
+    return nil, "INVALID: the request cannot be sent as JSON: " .. tostring(err):gsub("^INVALID: ", ""), "INVALID"
+  end
+  if #body > limit then return too_large(self, "body") end
   return { url = self.base_url .. self.path, headers = self.headers(), body = body }
 end
 
 -- provider:parse_response(status, body) -> { content, model_identifier,
--- usage, provider_cost, finish_reason } | nil, err, code
+-- usage, provider_cost, finish_reason } | nil, err, code, answer
+-- answer: for a 2xx body that could be read but lacks usable usage, what it
+-- held ({ content, model_identifier }), so a failed snapshot keeps it.
+-- Every string taken from the body is scrubbed of the API key.
 function Provider:parse_response(status, body)
   local doc = decode(body)
   if status < 200 or status >= 300 then
@@ -146,8 +262,14 @@ function Provider:parse_response(status, body)
   if not doc then
     return nil, "BAD_RESPONSE: provider body is not JSON: " .. short(self.scrub(body), 120), "BAD_RESPONSE"
   end
-  local res, err = self.parse(doc)
-  if not res then return nil, "BAD_RESPONSE: " .. self.scrub(err), "BAD_RESPONSE" end
+  local res, err, answer = self.parse(doc)
+  if not res then
+    if answer then
+      answer = { content = self.scrub(answer.content), model_identifier = self.scrub(answer.model_identifier) }
+    end
+    return nil, "BAD_RESPONSE: " .. self.scrub(err), "BAD_RESPONSE", answer
+  end
+  res.content, res.model_identifier = self.scrub(res.content), self.scrub(res.model_identifier)
   return res
 end
 
@@ -155,7 +277,7 @@ end
 local function openai_body(self, messages, params)
   local req = { model = self.model, messages = messages }
   for k, v in pairs(params) do req[k] = v end
-  return assert(cjson.encode(req))
+  return core.json_encode(req)
 end
 
 local function openai_parse(doc)
@@ -164,10 +286,11 @@ local function openai_parse(doc)
   if type(msg) ~= "table" or type(msg.content) ~= "string" then
     return nil, "response has no choices[1].message.content"
   end
+  local model = type(doc.model) == "string" and doc.model or nil
   local usage, err, cost = openai_usage(doc.usage)
-  if not usage then return nil, err end
+  if not usage then return nil, err, { content = msg.content, model_identifier = model } end
   return {
-    content = msg.content, model_identifier = type(doc.model) == "string" and doc.model or nil,
+    content = msg.content, model_identifier = model,
     usage = usage, provider_cost = cost, finish_reason = choice.finish_reason,
   }
 end
@@ -233,7 +356,7 @@ local anthropic_spec = {
     end
     for k, v in pairs(params) do req[k] = v end
     if req.seed ~= nil then req.seed = nil end -- not part of the Messages API
-    return assert(cjson.encode(req))
+    return core.json_encode(req)
   end,
   parse = function(doc)
     if type(doc.content) ~= "table" then return nil, "response has no content" end
@@ -244,10 +367,11 @@ local anthropic_spec = {
       end
     end
     if #parts == 0 then return nil, "response has no text content" end
+    local model = type(doc.model) == "string" and doc.model or nil
     local usage, err = anthropic_usage(doc.usage)
-    if not usage then return nil, err end
+    if not usage then return nil, err, { content = table.concat(parts), model_identifier = model } end
     return {
-      content = table.concat(parts), model_identifier = type(doc.model) == "string" and doc.model or nil,
+      content = table.concat(parts), model_identifier = model,
       usage = usage, finish_reason = doc.stop_reason,
     }
   end,

@@ -87,7 +87,8 @@ function M.run(store, id, opts)
       token_usage = result.token_metrics, performance = result.performance_metrics,
       repair_info = { repair_count = 0, repair_types = {}, repair_log = {}, similarity = result.similarity },
       request_params = next(params) and params or nil,
-      content = text, status = text and "completed" or "failed", error = not text and err or nil,
+      -- a failed replay keeps what an answer without usage held (run.content)
+      content = text or run.content, status = text and "completed" or "failed", error = not text and err or nil,
       replay_of = id,
     }
     if not sid then return nil, perr, pcode end

@@ -29,10 +29,17 @@ local function validate_rule(r)
   return true
 end
 
+-- The most repair calls a policy may ask for per generation: each one is a
+-- billed model call, and a script must not be able to ask for thousands.
+M.MAX_REPAIR_BUDGET = 10
+
 local function validate_policy(p)
   if type(p) ~= "table" then return nil, "a policy must return a table" end
   if p.budget ~= nil and (type(p.budget) ~= "number" or p.budget < 0 or p.budget % 1 ~= 0) then
     return nil, "budget must be a non-negative integer"
+  end
+  if p.budget ~= nil and p.budget > M.MAX_REPAIR_BUDGET then
+    return nil, ("budget must be at most %d (got %s)"):format(M.MAX_REPAIR_BUDGET, tostring(p.budget))
   end
   for _, f in ipairs({ "feedback", "should_repair" }) do
     if p[f] ~= nil and type(p[f]) ~= "function" then return nil, f .. " must be a function" end

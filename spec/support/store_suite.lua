@@ -1078,5 +1078,88 @@ return function(suite_name, B)
         store:close()
       end)
     end)
+
+    -- Implausible values (issue 11, class 10): refused, nothing written, in
+    -- sync and async mode alike (the row is checked before it is queued).
+    describe("persist_generation() plausibility", function()
+      local store
+      before_each(function() store = fresh() end)
+      after_each(function() store:close() end)
+
+      local function utc(offset_s) return os.date("!%Y-%m-%d %H:%M:%S", os.time() + offset_s) end
+      local AHEAD = utc(600) -- one text for the row and the expected message
+
+      local cases = {
+        { "total_tokens is less than prompt + completion",
+          function(r) r.token_usage.total_tokens = 199 end,
+          "token_usage.total_tokens: 199 is less than prompt_tokens + completion_tokens (200)" },
+        { "initial_validation_score is 250", function(r) r.repair_info.initial_validation_score = 250 end,
+          "repair_info.initial_validation_score: 250 is outside 0..100" },
+        { "initial_validation_score is 100.5", function(r) r.repair_info.initial_validation_score = 100.5 end,
+          "repair_info.initial_validation_score: 100.5 is outside 0..100" },
+        { "final_validation_score is 101", function(r) r.repair_info.final_validation_score = 101 end,
+          "repair_info.final_validation_score: must be a number in 0..100" },
+        { "final_validation_score is -1", function(r) r.repair_info.final_validation_score = -1 end,
+          "repair_info.final_validation_score: must be a number in 0..100" },
+        { "final_validation_score is NaN", function(r) r.repair_info.final_validation_score = 0 / 0 end,
+          "repair_info.final_validation_score: must be a number in 0..100" },
+        { "final_validation_score is a string", function(r) r.repair_info.final_validation_score = "90" end,
+          "repair_info.final_validation_score: must be a number in 0..100" },
+        { "created_at is in 2999", function(r) r.created_at = "2999-01-01 00:00:00.000" end,
+          "created_at: 2999-01-01 00:00:00.000 is in the future" },
+        { "created_at is 10 minutes ahead", function(r) r.created_at = AHEAD end,
+          "created_at: " .. AHEAD .. " is in the future" },
+        { "created_at is in 1999", function(r) r.created_at = "1999-12-31 23:59:59.999" end,
+          "created_at: 1999-12-31 23:59:59.999 is before 2000" },
+        { "status is 'completed' with an error", function(r) r.status = "completed" r.error = "boom" end,
+          "error: must be absent when status is 'completed'" },
+        { "status defaults to 'completed' and an error is given", function(r) r.error = "" end,
+          "error: must be absent when status is 'completed'" },
+        { "provider_latency_ms is more than total_latency_ms",
+          function(r) r.performance.provider_latency_ms = 1500.75 end,
+          "performance.provider_latency_ms: 1500.75 is more than total_latency_ms (1500.5)" },
+        { "provider_latency_ms is negative", function(r) r.performance.provider_latency_ms = -1 end,
+          "performance.provider_latency_ms must be a finite number >= 0" },
+        { "total_latency_ms is NaN", function(r) r.performance.total_latency_ms = 0 / 0 end,
+          "performance.total_latency_ms must be a finite number >= 0" },
+      }
+
+      for _, case in ipairs(cases) do
+        local name, breakit, message = case[1], case[2], case[3]
+        it("returns nil, 'INVALID: ...', 'INVALID' and writes nothing when " .. name, function()
+          local row = valid_row()
+          breakit(row)
+          assert.same({ nil, "INVALID: " .. message, "INVALID" }, { store:persist_generation(row) })
+          assert.equal(0, count_rows(store))
+        end)
+      end
+
+      it("accepts the edges: scores 0 and 100, total = prompt + completion, 2000-01-01, a minute ahead,"
+        .. " equal latencies", function()
+        local rows = {
+          valid_row({ token_usage = { prompt_tokens = 120, completion_tokens = 80, total_tokens = 200 },
+                      repair_info = { initial_validation_score = 0, final_validation_score = 100 } }),
+          valid_row({ repair_info = { initial_validation_score = 100, final_validation_score = 0 },
+                      created_at = "2000-01-01 00:00:00.000" }),
+          valid_row({ created_at = utc(60), performance = { total_latency_ms = 7.25, provider_latency_ms = 7.25 } }),
+          valid_row({ status = "failed", error = "PROVIDER_ERROR: boom" }),
+        }
+        for _, r in ipairs(rows) do assert(store:persist_generation(r)) end
+        assert.equal(#rows, count_rows(store))
+      end)
+
+      it("refuses an implausible row in async mode before queueing it", function()
+        local t = B.target()
+        local s = assert(B.open(t, { async = {} }))
+        assert.same({ nil, "INVALID: created_at: 2999-01-01 00:00:00.000 is in the future", "INVALID" },
+          { s:persist_generation(valid_row({ created_at = "2999-01-01 00:00:00.000" })) })
+        assert.same({ nil, "INVALID: error: must be absent when status is 'completed'", "INVALID" },
+          { s:persist_generation(valid_row({ error = "boom" })) })
+        assert.is_true(s:flush())
+        assert.equal(0, s:stats().failed)
+        assert.equal(0, count_rows(s))
+        s:close()
+      end)
+    end)
   end)
 end
