@@ -114,6 +114,11 @@ rock: deps
 	  SQLITE_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir sqlite3) \
 	  PQ_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libpq)
 
+# The OpenResty example rendered into a runnable nginx prefix (tools/openresty-example.sh).
+OPENRESTY_PREFIX ?= build/openresty-example
+openresty-example: all
+	@sh tools/openresty-example.sh $(OPENRESTY_PREFIX)
+
 # The main job: the example pipeline into ./genaudit.db, then the reports.
 demo: deps
 	@$(MAKE) --no-print-directory all
