@@ -1,5 +1,8 @@
 # genaudit — build, test, lint, demo. Every variable can be overridden:
 #   make LUA=luajit, make CFLAGS="-O0 -g", make PREFIX=/opt/genaudit install
+# make install puts the 5.4 build where a stock lua5.4 looks ($(PREFIX)/lib/lua/5.4,
+# $(PREFIX)/share/lua/5.4) and the LuaJIT build where luajit/OpenResty look (…/lua/5.1);
+# DESTDIR is honoured; make uninstall removes the same files.
 LUA            ?= lua5.4
 LUAJIT         ?= luajit
 PKG_CONFIG     ?= pkg-config
@@ -8,8 +11,12 @@ CFLAGS         ?= -O2 -g
 WARN           ?= -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu99
 PREFIX         ?= /usr/local
 LUA_VERSION    ?= 5.4
-LUA_CMODULE_DIR?= $(PREFIX)/lib/x86_64-linux-gnu/lua/$(LUA_VERSION)
+LUA_CMODULE_DIR?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_MODULE_DIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+LUAJIT_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
+LUAJIT_MODULE_DIR  ?= $(PREFIX)/share/lua/5.1
+BINDIR         ?= $(PREFIX)/bin
+MANDIR         ?= $(PREFIX)/share/man/man1
 BUSTED         ?= /usr/bin/busted
 LUACHECK       ?= luacheck
 
@@ -24,7 +31,7 @@ SO_54   := build/lua54/genaudit/core.so
 SO_JIT  := build/luajit/genaudit/core.so
 MODFLAGS = -shared -fPIC -fvisibility=hidden
 
-.PHONY: all deps test lint demo bench install clean rock
+.PHONY: all deps test lint demo bench install uninstall clean rock openresty-example
 
 all: $(SO_54) $(SO_JIT)
 
@@ -45,35 +52,79 @@ test: deps
 	@sh tools/run-tests.sh
 
 lint: deps
-	$(LUACHECK) $(wildcard lua spec bin tools examples bench)
+	$(LUACHECK) $(wildcard lua spec bin tools examples bench) bin/genaudit
 	@$(MAKE) --no-print-directory -B all >/dev/null && echo "C: -Wall -Wextra -Werror clean"
 
+# What install copies, per Lua tree (the same Lua files, price map and
+# migrations go into the 5.4 and the 5.1/LuaJIT tree; each gets its own core.so).
+LUA_FILES   := $(wildcard lua/genaudit/*.lua)
+DATA_FILES  := $(wildcard lua/genaudit/data/*.json) lua/genaudit/data/LICENSE.litellm-model-prices
+MIG_SQLITE  := $(wildcard migrations/sqlite/*.sql)
+MIG_PG      := $(wildcard migrations/postgresql/*.sql)
+MAN_PAGE    := $(wildcard man/genaudit.1)
+
+# $(call install_tree,CMODULE_DIR,MODULE_DIR,SO)
+define install_tree
+	install -d $(DESTDIR)$(1)/genaudit $(DESTDIR)$(2)/genaudit/data \
+	  $(DESTDIR)$(2)/genaudit/migrations/sqlite $(DESTDIR)$(2)/genaudit/migrations/postgresql
+	install -m 0755 $(3) $(DESTDIR)$(1)/genaudit/core.so
+	install -m 0644 $(LUA_FILES) $(DESTDIR)$(2)/genaudit/
+	install -m 0644 $(DATA_FILES) $(DESTDIR)$(2)/genaudit/data/
+	install -m 0644 $(MIG_SQLITE) $(DESTDIR)$(2)/genaudit/migrations/sqlite/
+	install -m 0644 $(MIG_PG) $(DESTDIR)$(2)/genaudit/migrations/postgresql/
+endef
+
+# $(call uninstall_tree,CMODULE_DIR,MODULE_DIR): the files install_tree copies,
+# then genaudit's own directories when empty (the lua/5.x dirs stay).
+define uninstall_tree
+	rm -f $(DESTDIR)$(1)/genaudit/core.so $(addprefix $(DESTDIR)$(2)/genaudit/,$(notdir $(LUA_FILES))) \
+	  $(addprefix $(DESTDIR)$(2)/genaudit/data/,$(notdir $(DATA_FILES))) \
+	  $(addprefix $(DESTDIR)$(2)/genaudit/migrations/sqlite/,$(notdir $(MIG_SQLITE))) \
+	  $(addprefix $(DESTDIR)$(2)/genaudit/migrations/postgresql/,$(notdir $(MIG_PG)))
+	-rmdir $(DESTDIR)$(1)/genaudit $(DESTDIR)$(2)/genaudit/data $(DESTDIR)$(2)/genaudit/migrations/sqlite \
+	  $(DESTDIR)$(2)/genaudit/migrations/postgresql $(DESTDIR)$(2)/genaudit/migrations $(DESTDIR)$(2)/genaudit \
+	  2>/dev/null || true
+endef
+
 install: all
-	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/genaudit $(DESTDIR)$(LUA_MODULE_DIR)/genaudit
-	install -m 0755 $(SO_54) $(DESTDIR)$(LUA_CMODULE_DIR)/genaudit/core.so
-	install -m 0644 lua/genaudit/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 bin/genaudit $(DESTDIR)$(PREFIX)/bin/genaudit
-	install -d $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/sqlite \
-	  $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/postgresql
-	install -m 0644 migrations/sqlite/*.sql $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/sqlite/
-	install -m 0644 migrations/postgresql/*.sql $(DESTDIR)$(LUA_MODULE_DIR)/genaudit/migrations/postgresql/
+	$(call install_tree,$(LUA_CMODULE_DIR),$(LUA_MODULE_DIR),$(SO_54))
+	$(call install_tree,$(LUAJIT_CMODULE_DIR),$(LUAJIT_MODULE_DIR),$(SO_JIT))
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 bin/genaudit $(DESTDIR)$(BINDIR)/genaudit
+	$(if $(MAN_PAGE),install -d $(DESTDIR)$(MANDIR) && install -m 0644 $(MAN_PAGE) $(DESTDIR)$(MANDIR)/genaudit.1)
+
+uninstall:
+	$(call uninstall_tree,$(LUA_CMODULE_DIR),$(LUA_MODULE_DIR))
+	$(call uninstall_tree,$(LUAJIT_CMODULE_DIR),$(LUAJIT_MODULE_DIR))
+	rm -f $(DESTDIR)$(BINDIR)/genaudit $(DESTDIR)$(MANDIR)/genaudit.1
 
 clean:
 	rm -rf build
 
 # Builds and installs the rock into a throwaway tree (checks the rockspec).
+# Dependencies the interpreter already loads (Debian's lua-cjson, lua-argparse,
+# lua-filesystem) are declared provided (tools/rocks-provided.lua), so luarocks
+# reports only what is really missing.
 ROCKTREE ?= build/rocktree
+ROCK_CONFIG := build/luarocks-config-5.4.lua
 rock: deps
-	luarocks --lua-version 5.4 make --deps-mode=none --tree $(ROCKTREE) rockspec/genaudit-scm-1.rockspec \
+	@mkdir -p build && $(LUA) tools/rocks-provided.lua > $(ROCK_CONFIG)
+	LUAROCKS_CONFIG_5_4=$(ROCK_CONFIG) luarocks --lua-version 5.4 make --deps-mode=none --tree $(ROCKTREE) rockspec/genaudit-scm-1.rockspec \
 	  CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl) \
 	  SQLITE_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir sqlite3) \
 	  PQ_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libpq)
 
-# The main job: the example pipeline into ./genaudit.db, then the reports.
+# The OpenResty example rendered into a runnable nginx prefix (tools/openresty-example.sh).
+OPENRESTY_PREFIX ?= build/openresty-example
+openresty-example: all
+	@sh tools/openresty-example.sh $(OPENRESTY_PREFIX)
+
+# The main job: the example pipeline into ./genaudit.db (appended to;
+# DEMO_FRESH=1 starts a fresh one), then the reports.
+DEMO_FRESH ?=
 demo: deps
 	@$(MAKE) --no-print-directory all
-	LUA_PATH="./lua/?.lua;./lua/?/init.lua;./?.lua;;" LUA_CPATH="./build/lua54/?.so;;" $(LUA) examples/demo.lua genaudit.db
+	DEMO_FRESH="$(DEMO_FRESH)" LUA_PATH="./lua/?.lua;./lua/?/init.lua;./?.lua;;" LUA_CPATH="./build/lua54/?.so;;" $(LUA) examples/demo.lua genaudit.db
 	@echo; echo "== genaudit report cost --by template   (the Financial Test, per template)"
 	@$(LUA) bin/genaudit --db genaudit.db report cost --by template
 	@echo; echo "== genaudit report repairs --top 3 --since 7d   (the Stability Test)"

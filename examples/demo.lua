@@ -3,26 +3,71 @@
 -- into ./genaudit.db. `make demo` then prints the cost and repairs reports
 -- with the CLI (bin/genaudit).
 --
--- Provider: the local server (tools/local_provider.lua) unless GENAUDIT_API_KEY
--- is set; then GENAUDIT_PROVIDER (openai|openrouter|anthropic|ollama|vllm,
--- default openai), GENAUDIT_BASE_URL and GENAUDIT_MODEL pick the real one.
+-- Provider: the local server (tools/local_provider.lua) unless GENAUDIT_PROVIDER
+-- or GENAUDIT_API_KEY is set; then GENAUDIT_PROVIDER (openai|openrouter|
+-- anthropic|ollama|vllm, default openai), GENAUDIT_BASE_URL and GENAUDIT_MODEL
+-- pick the real one (ollama and vllm need no key).
+-- Store: appends to an existing file; DEMO_FRESH=1 starts a fresh one. Exits 1
+-- when every generation failed, 2 (one line) for a bad provider setting.
 local genaudit = require("genaudit")
 
 local db = arg and arg[1] or "genaudit.db"
 local N = tonumber(os.getenv("GENAUDIT_DEMO_N") or "36")
+local KEYLESS = { ollama = true, vllm = true }
+
+local function env(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+local function usage_error(msg)
+  io.stderr:write("demo: ", msg, "\n")
+  os.exit(2)
+end
 
 local function provider()
-  local key = os.getenv("GENAUDIT_API_KEY")
-  if key and key ~= "" then
-    local kind = os.getenv("GENAUDIT_PROVIDER") or "openai"
-    local make = genaudit.providers[kind]
-    if not make then error("unknown GENAUDIT_PROVIDER '" .. kind .. "'", 0) end
-    return make{ api_key = key, base_url = os.getenv("GENAUDIT_BASE_URL"),
-                 model = os.getenv("GENAUDIT_MODEL") or "gpt-4o-mini" }, nil
+  local key, kind = env("GENAUDIT_API_KEY"), env("GENAUDIT_PROVIDER")
+  if key or kind then
+    kind = kind or "openai"
+    local make = rawget(genaudit.providers, kind)
+    if type(make) ~= "function" then
+      local known = {}
+      for name, v in pairs(genaudit.providers) do
+        if type(v) == "function" then known[#known + 1] = name end
+      end
+      table.sort(known)
+      usage_error("unknown GENAUDIT_PROVIDER '" .. kind .. "' (one of: " .. table.concat(known, ", ") .. ")")
+    end
+    if not key and not KEYLESS[kind] then
+      usage_error("GENAUDIT_PROVIDER=" .. kind .. " needs GENAUDIT_API_KEY (ollama and vllm run without one)")
+    end
+    print(("provider: %s%s"):format(kind, env("GENAUDIT_BASE_URL") and (" at " .. env("GENAUDIT_BASE_URL")) or ""))
+    return make{ api_key = key, base_url = env("GENAUDIT_BASE_URL"), model = env("GENAUDIT_MODEL") or "gpt-4o-mini" },
+      nil
   end
   local srv = require("spec.support.provider").start{ api_key = "sk-local-demo" }
-  print(("local provider listening on %s (set GENAUDIT_API_KEY to use a real one)"):format(srv.url))
+  print(("local provider listening on %s (set GENAUDIT_PROVIDER or GENAUDIT_API_KEY to use a real one)")
+    :format(srv.url))
   return genaudit.providers.openai{ base_url = srv.url, api_key = "sk-local-demo", model = "gpt-4o-mini" }, srv
+end
+
+-- Says whether the run appends to an existing store or starts a fresh one.
+local function open_store()
+  local fresh = os.getenv("DEMO_FRESH") == "1"
+  if fresh then
+    for _, suffix in ipairs({ "", "-wal", "-shm" }) do os.remove(db .. suffix) end
+  end
+  local f = io.open(db, "rb")
+  if f then f:close() end
+  local store = assert(genaudit.open("sqlite:" .. db))
+  if f then
+    local n = assert(store:query("SELECT count(*) AS n FROM generation_snapshots"))[1].n
+    print(("appending to %s (%d snapshots already there; DEMO_FRESH=1 starts fresh)"):format(db, n))
+  else
+    print(("starting a fresh %s%s"):format(db, fresh and " (DEMO_FRESH=1)" or ""))
+  end
+  return store
 end
 
 local BUSINESSES = {
@@ -41,13 +86,13 @@ local PLATFORMS = { "linkedin", "x", "instagram" }
 local TONES = { nil, "playful", nil, "calm" }
 
 local prov, srv = provider()
-local store = assert(genaudit.open("sqlite:" .. db))
+local store = open_store()
 local pipeline = genaudit.pipeline{
   store = store, provider = prov, templates = "examples/templates", rules = "examples/rules",
   pricing = assert(genaudit.pricing.default()),
 }
 
-local ok_count, failed = 0, 0
+local ok_count, failed, unpriced = 0, 0, {}
 for i = 1, N do
   local job = JOBS[(i - 1) % #JOBS + 1]
   local platform = PLATFORMS[(i - 1) % #PLATFORMS + 1]
@@ -61,13 +106,24 @@ for i = 1, N do
   }
   if result then
     ok_count = ok_count + 1
+    if result.token_metrics.estimated_cost == nil then
+      unpriced[tostring(result.performance_metrics.model_identifier)] = true
+    end
   else
     failed = failed + 1
     print(("generation %d failed (snapshot %s): %s"):format(i, tostring(id), err))
   end
 end
 print(("%d generations: %d completed, %d failed -> %s"):format(N, ok_count, failed, db))
+for model in pairs(unpriced) do
+  io.stderr:write("demo: warning: model '", model, "' has no price in ", (genaudit.pricing.default_path()),
+    "; its estimated cost is stored as null\n")
+end
 
 pipeline:close()
 store:close()
 if srv then srv:stop() end
+if N > 0 and ok_count == 0 then
+  io.stderr:write("demo: every generation failed\n")
+  os.exit(1)
+end

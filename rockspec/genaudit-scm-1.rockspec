@@ -1,10 +1,11 @@
 -- genaudit: auditable, measurable LLM content generation (Lua + C core).
--- Build from a checkout: luarocks make rockspec/genaudit-scm-1.rockspec
+-- Build from a checkout: luarocks make rockspec/genaudit-scm-1.rockspec (or make rock)
 rockspec_format = "3.0"
 package = "genaudit"
 version = "scm-1"
 source = {
-  url = "git+file:///work/main",
+  url = "git+https://github.com/genaudit/genaudit.git",
+  branch = "main",
 }
 description = {
   summary = "Audit trail and metrics for LLM content-generation pipelines",
@@ -14,11 +15,20 @@ latency and repair metrics in one row of generation_snapshots (SQLite, or
 PostgreSQL through libpq).
 ]],
   license = "MIT",
+  homepage = "https://github.com/genaudit/genaudit",
 }
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
   "argparse", -- bin/genaudit
+  "luafilesystem", -- bin/genaudit: follows a symlink to a checkout
+}
+test_dependencies = {
+  "busted",
+}
+-- luarocks test: the busted suite (.busted's default task: the Lua 5.4 build, so run make first)
+test = {
+  type = "busted",
 }
 external_dependencies = {
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
@@ -57,6 +67,11 @@ build = {
   },
   install = {
     bin = { genaudit = "bin/genaudit" },
+    -- the price map beside the modules: <tree>/share/lua/5.x/genaudit/data/
+    lua = {
+      ["genaudit.data.prices"] = "lua/genaudit/data/litellm-model-prices-2026-07.json",
+      ["genaudit.data.prices_license"] = "lua/genaudit/data/LICENSE.litellm-model-prices",
+    },
   },
   copy_directories = { "migrations" },
 }

@@ -449,3 +449,142 @@ describe("bin/genaudit", function()
     end)
   end)
 end)
+
+-- issue 12: the CLI finds its modules without LUA_PATH (through symlinks too),
+-- says which price map it uses, and warns when a model it records is unpriced.
+describe("bin/genaudit outside the checkout", function()
+  local dir, srv
+  local ROOT = io.popen("pwd"):read("l")
+  local CLEAN = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u GENAUDIT_PRICES "
+    .. "-u GENAUDIT_API_KEY -u GENAUDIT_BASE_URL "
+
+  -- runs a command line in `dir`; returns stdout, stderr, exit code
+  local function sh(cmd)
+    local errfile = os.tmpname()
+    local p = assert(io.popen("cd " .. q(dir) .. " && " .. cmd .. " 2>" .. q(errfile) .. '; echo "rc=$?"'))
+    local all = p:read("a")
+    p:close()
+    local err = tmp.read(errfile)
+    os.remove(errfile)
+    local out, rc = all:match("^(.*)rc=(%d+)\n$")
+    return out, err, tonumber(rc)
+  end
+
+  setup(function()
+    dir = tmp.dir()
+    srv = provider_server.start{ api_key = KEY }
+  end)
+  teardown(function()
+    srv:stop()
+    tmp.rm(dir)
+  end)
+
+  describe("run through a symlink from another directory, with LUA_PATH and LUA_CPATH unset", function()
+    setup(function()
+      assert(os.execute("mkdir -p " .. q(dir .. "/bin") .. " " .. q(dir .. "/links")))
+      -- links/genaudit -> ../bin/genaudit -> <checkout>/bin/genaudit
+      assert(os.execute("ln -s " .. q(ROOT .. "/bin/genaudit") .. " " .. q(dir .. "/bin/genaudit")))
+      assert(os.execute("ln -s ../bin/genaudit " .. q(dir .. "/links/genaudit")))
+    end)
+
+    it("loads the checkout's modules (lua5.4)", function()
+      local out, err, rc = sh(CLEAN .. "./links/genaudit --version")
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("genaudit 0.1.0 (Lua 5.4, modules " .. ROOT .. "/bin/../lua/genaudit/init.lua)\n", out)
+    end)
+
+    it("loads the checkout's modules and its LuaJIT build (luajit)", function()
+      local out, err, rc = sh(CLEAN .. "luajit links/genaudit --version")
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("genaudit 0.1.0 (Lua 5.1, modules " .. ROOT .. "/bin/../lua/genaudit/init.lua)\n", out)
+    end)
+
+    it("migrates a database in the current directory", function()
+      local out, err, rc = sh(CLEAN .. "./links/genaudit --db here.db migrate")
+      assert.same({ "schema version 5 (5 migrations applied)\n", "", 0 }, { out, err, rc })
+      assert.truthy(io.open(dir .. "/here.db")):close()
+    end)
+  end)
+
+  describe("prices", function()
+    local SHIPPED = ROOT .. "/bin/../lua/genaudit/data/litellm-model-prices-2026-07.json"
+
+    it("names the shipped file, its source and date, and its model count", function()
+      local out, err, rc = sh(CLEAN .. "lua5.4 " .. q(ROOT .. "/bin/genaudit") .. " --json prices")
+      assert.same({ "", 0 }, { err, rc })
+      local doc = cjson.decode(out)
+      local count = 0
+      for k, entry in pairs(cjson.decode(tmp.read(ROOT .. "/lua/genaudit/data/litellm-model-prices-2026-07.json"))) do
+        local priced = false
+        for _, f in ipairs(genaudit.pricing.PRICE_FIELDS) do
+          if type(entry[f]) == "number" then priced = true end
+        end
+        if k ~= "sample_spec" and priced then count = count + 1 end
+      end
+      assert.is_true(count > 200)
+      assert.same({ SHIPPED, "shipped", "2026-07", count }, { doc.path, doc.origin, doc.date, doc.models })
+      assert.truthy(doc.source:find("LiteLLM", 1, true))
+    end)
+
+    it("uses GENAUDIT_PRICES when it is set", function()
+      tmp.write(dir .. "/my-prices.json", '{"house-model": {"input_cost_per_token": 1e-06,'
+        .. ' "output_cost_per_token": 2e-06}}')
+      local out, err, rc = sh(CLEAN .. "GENAUDIT_PRICES=my-prices.json lua5.4 " .. q(ROOT .. "/bin/genaudit")
+        .. " prices")
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("price map: my-prices.json\nsource:    GENAUDIT_PRICES\ndate:      unknown\nmodels:    1\n", out)
+    end)
+
+    it("check shows the key a provider's model name resolves to, with its prices", function()
+      local out, err, rc = sh(CLEAN .. "lua5.4 " .. q(ROOT .. "/bin/genaudit") ..
+        " prices check openai/gpt-4o-mini-2024-07-18")
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("openai/gpt-4o-mini-2024-07-18 -> gpt-4o-mini-2024-07-18 (" .. SHIPPED .. ")\n" ..
+        "  input_cost_per_token                             1.5e-07 USD/token\n" ..
+        "  output_cost_per_token                            6e-07 USD/token\n" ..
+        "  cache_read_input_token_cost                      7.5e-08 USD/token\n", out)
+    end)
+
+    it("check says unpriced and exits 1 for a model the map does not price", function()
+      local out, err, rc = sh(CLEAN .. "lua5.4 " .. q(ROOT .. "/bin/genaudit") .. " --json prices check llama-9-house")
+      assert.same({ "", 1 }, { err, rc })
+      assert.same({ "llama-9-house", cjson.null, cjson.null }, (function(d) return { d.model, d.key, d.prices } end)(
+        cjson.decode(out)))
+    end)
+
+    it("exits 1 with one line when the price map cannot be read", function()
+      local out, err, rc = sh(CLEAN .. "GENAUDIT_PRICES=/nonexistent/p.json lua5.4 " .. q(ROOT .. "/bin/genaudit")
+        .. " prices")
+      assert.same({ "", 1 }, { out, rc })
+      assert.matches("^genaudit: cannot load the price map: [^\n]*/nonexistent/p.json[^\n]*\n$", err)
+    end)
+  end)
+
+  describe("replay of an unpriced model", function()
+    it("prints one warning line on stderr and stores the cost as null", function()
+      local db = dir .. "/unpriced.db"
+      local store = assert(genaudit.open("sqlite:" .. db))
+      local id = assert(store:persist_generation{
+        org_id = "o", user_id = "u", platform = "linkedin", template_id = "t",
+        final_system_prompt = "s", final_user_prompt = "u", content = "a b c",
+        token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+        performance = { total_latency_ms = 2, provider_latency_ms = 1, model_identifier = "m" },
+        repair_info = { repair_count = 0, repair_types = {} },
+      })
+      store:close()
+      srv:queue{ { content = "a b d", model = "house-llm-7b" } }
+      local out, err, rc = sh(CLEAN .. "GENAUDIT_API_KEY=" .. KEY .. " lua5.4 " .. q(ROOT .. "/bin/genaudit") ..
+        " --db unpriced.db replay " .. id .. " --provider openai --base-url " .. q(srv.url) .. " --model house-llm")
+      assert.equal(0, rc, err)
+      assert.equal("genaudit: warning: model 'house-llm-7b' has no price in " .. ROOT ..
+        "/bin/../lua/genaudit/data/litellm-model-prices-2026-07.json (see 'genaudit prices check');" ..
+        " estimated cost stored as null\n", err)
+      local sid = out:match("replay snapshot: (%w+)\n")
+      store = assert(genaudit.open("sqlite:" .. db))
+      local r = store:query("SELECT estimated_cost, model_identifier FROM generation_snapshots WHERE id = ?",
+        { sid })[1]
+      store:close()
+      assert.same({ "house-llm-7b" }, { r.model_identifier, r.estimated_cost })
+    end)
+  end)
+end)

@@ -5,7 +5,7 @@
 local core = require("genaudit.core")
 local pricing = require("genaudit.pricing")
 
-local FIXTURE = "spec/fixtures/litellm-model-prices-2026-07.json"
+local FIXTURE = "lua/genaudit/data/litellm-model-prices-2026-07.json"
 
 local function read_all(path)
   local f = assert(io.open(path, "rb"))

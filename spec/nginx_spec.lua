@@ -29,9 +29,16 @@ describe("genaudit in nginx #nginx", function()
     port_base = port_base + 1
     opts = opts or {}
     return nginx.start{
-      port = port_base, workers = opts.workers or 2, db = db, templates = opts.templates,
+      port = port_base, workers = opts.workers or 2, db = db, templates = opts.templates, prepare = opts.prepare,
       env = { GENAUDIT_API_KEY = KEY, GENAUDIT_BASE_URL = srv.url, GENAUDIT_MODEL = "gpt-4o-mini" },
     }
+  end
+
+  local function owner(path)
+    local p = io.popen("stat -c %U " .. "'" .. path .. "'")
+    local name = p:read("l")
+    p:close()
+    return name
   end
 
   local function paths(n, offset)
@@ -88,6 +95,44 @@ describe("genaudit in nginx #nginx", function()
     assert.falsy(log:find("[error]", 1, true), log)
     assert.falsy(log:find(KEY, 1, true), "the API key is in nginx's error.log")
     assert.falsy(tmp.read(db):find(KEY, 1, true))
+    -- the config as shipped (no `user root;`): the workers wrote the store as nobody
+    assert.equal("nobody", owner(db))
+  end)
+
+  it("logs one line naming the store and the worker user when it cannot open the store, and answers 503", function()
+    -- the database's directory given back to root: the workers (nobody) cannot write it
+    local ngx_srv = start{ workers = 1, prepare = function() assert(os.execute("chown root '" .. dir .. "'")) end }
+    local r = ngx_srv:load({ "/generate?user_id=1" }, 1)[1]
+    ngx_srv:stop()
+    local log = ngx_srv:error_log()
+    ngx_srv:cleanup()
+    assert.equal(503, r.code)
+    assert.same({ error = "the generation service is not available", code = "UNAVAILABLE" }, cjson.decode(r.body))
+    assert.falsy(r.body:find(dir, 1, true), r.body)
+    local lines = {}
+    for l in log:gmatch("[^\n]*genaudit disabled: [^\n]*") do lines[#lines + 1] = l end
+    assert.equal(1, #lines, log)
+    assert.truthy(lines[1]:find("genaudit disabled: cannot open store sqlite:" .. db .. " as user nobody (uid 65534): "
+      .. "OPEN: cannot open database '" .. db .. "': Permission denied", 1, true), lines[1])
+    assert.falsy(log:find("NOT_READY", 1, true), log)
+    assert.truthy(log:find("UNAVAILABLE: genaudit.openresty.init_worker() failed: cannot open store", 1, true), log)
+  end)
+
+  it("never sends a server path to the client: a broken template answers 500 and is logged", function()
+    local tdir = dir .. "/templates"
+    assert(os.execute("cp -r examples/templates " .. tdir))
+    tmp.write(tdir .. "/launch-post.lua", "return { task = ")
+    local ngx_srv = start{ workers = 1, templates = tdir }
+    local r = ngx_srv:load({ "/generate?user_id=1&template_id=launch-post" }, 1)[1]
+    ngx_srv:stop()
+    local log = ngx_srv:error_log()
+    ngx_srv:cleanup()
+    assert.equal(500, r.code)
+    local doc = cjson.decode(r.body)
+    assert.same({ "internal error (see the server log)", "INTERNAL" }, { doc.error, doc.code })
+    assert.falsy(r.body:find("/", 1, true), r.body)
+    assert.truthy(log:find(tdir .. "/launch-post.lua", 1, true), log)
+    assert.equal("failed", snapshots()[doc.snapshot_id].status)
   end)
 
   it("loses nothing when nginx reloads in the middle of the load", function()

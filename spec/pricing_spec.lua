@@ -4,7 +4,7 @@
 local core = require("genaudit.core")
 local pricing = require("genaudit.pricing")
 
-local FIXTURE = "spec/fixtures/litellm-model-prices-2026-07.json"
+local FIXTURE = "lua/genaudit/data/litellm-model-prices-2026-07.json"
 local FIELDS = {
   "input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
   "cache_creation_input_token_cost", "output_cost_per_reasoning_token",
@@ -188,7 +188,7 @@ describe("genaudit.pricing", function()
   end)
 
   describe("default()", function()
-    it("loads the price map shipped in spec/fixtures", function()
+    it("loads the price map shipped in lua/genaudit/data", function()
       local p = assert(pricing.default())
       assert.are.equal(fixture():count(), p:count())
       assert.are.equal("gpt-4o-mini", p:resolve("openai/gpt-4o-mini"))
@@ -196,9 +196,10 @@ describe("genaudit.pricing", function()
 
     it("finds the shipped file relative to the module", function()
       if os.getenv("GENAUDIT_PRICES") then return end -- the environment overrides it
-      local path = pricing.default_path()
-      local tail = "/../../spec/fixtures/litellm-model-prices-2026-07.json"
+      local path, origin = pricing.default_path()
+      local tail = "/genaudit/data/litellm-model-prices-2026-07.json"
       assert.are.equal(tail, path:sub(-#tail))
+      assert.are.equal("shipped", origin)
       assert.are.equal(read_all(FIXTURE), read_all(path))
     end)
   end)

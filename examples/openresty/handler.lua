@@ -24,11 +24,29 @@ local ctx = {
   params = { temperature = 0.7, max_tokens = 400 },
 }
 
+-- Errors a client may read: its own bad input and what the provider said.
+-- Everything else (store, template and rule scripts, startup) can name server
+-- paths: it goes to error.log and the client gets a generic answer.
+local CLIENT_ERRORS = {
+  INVALID = 400, PROVIDER_ERROR = 502, PROVIDER_REJECTED = 502, RATE_LIMITED = 502, BAD_RESPONSE = 502,
+  REPAIR_EXHAUSTED = 502, TIMEOUT = 502, CONNECT = 502, TLS = 502, HTTP = 502, TOO_LARGE = 502,
+}
+
 local result, err, code, snapshot_id = openresty.generate(ctx)
 ngx.header["Content-Type"] = "application/json"
 if not result then
-  ngx.status = code == "INVALID" and 400 or 502
-  ngx.say(cjson.encode{ error = err, code = code, snapshot_id = snapshot_id })
+  if CLIENT_ERRORS[code] then
+    ngx.status = CLIENT_ERRORS[code]
+    ngx.say(cjson.encode{ error = err, code = code, snapshot_id = snapshot_id })
+  else
+    ngx.log(ngx.ERR, "genaudit: ", err)
+    local unavailable = code == "UNAVAILABLE" or code == "NOT_READY"
+    ngx.status = unavailable and 503 or 500
+    ngx.say(cjson.encode{
+      error = unavailable and "the generation service is not available" or "internal error (see the server log)",
+      code = unavailable and "UNAVAILABLE" or "INTERNAL", snapshot_id = snapshot_id,
+    })
+  end
   return
 end
 ngx.say(cjson.encode{

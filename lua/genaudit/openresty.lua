@@ -226,17 +226,44 @@ end
 -- ---- per-worker lifecycle ----
 local worker = {}
 
+-- "nobody (uid 65534)": the effective user this worker runs as, from
+-- /proc/self/status and /etc/passwd (init phase only: it reads files).
+local function worker_user()
+  local f = io.open("/proc/self/status", "rb")
+  local status = f and f:read("a") or ""
+  if f then f:close() end
+  local uid = status:match("\nUid:%s+%d+%s+(%d+)")
+  if not uid then return "an unknown user" end
+  local name
+  f = io.open("/etc/passwd", "rb")
+  if f then
+    for line in f:lines() do
+      local n, u = line:match("^([^:]*):[^:]*:(%d+):")
+      if u == uid then name = n break end
+    end
+    f:close()
+  end
+  return (name or "uid") .. " (uid " .. uid .. ")"
+end
+
 -- openresty.init_worker{ store = "sqlite:/var/lib/genaudit/audit.db",
 --   async = { queue = 10000, batch = 100, on_full = "error" }, provider = <provider>,
 --   templates = dir, rules = dir, pricing = <pricing> } — call from
 -- init_worker_by_lua*. Opens this worker's store (migrations are safe with
 -- several workers at once) with a writer thread, and builds the pipeline.
+-- A failure is logged as one line naming the store and the worker's user,
+-- and returned as nil, err; generate() then answers UNAVAILABLE with it.
 function M.init_worker(opts)
   local genaudit = require("genaudit")
   local async = opts.async or { queue = 10000, batch = 100, on_full = "error" }
+  worker.init_error = nil
   local store, err = genaudit.open(opts.store, { async = async, busy_timeout = opts.busy_timeout or 10000 })
   if not store then
-    ngx.log(ngx.ERR, "genaudit: cannot open store: ", err)
+    local user = worker_user()
+    err = ("cannot open store %s as user %s: %s (the worker user must be able to write the database's"
+      .. " directory)"):format(tostring(opts.store), user, tostring(err))
+    ngx.log(ngx.ERR, "genaudit disabled: ", err)
+    worker.init_error = err
     return nil, err
   end
   worker.store = store
@@ -247,9 +274,16 @@ function M.init_worker(opts)
   return true
 end
 
--- openresty.generate(ctx) -> the pipeline's result | nil, err, code, snapshot_id
+-- openresty.generate(ctx) -> the pipeline's result | nil, err, code, snapshot_id.
+-- UNAVAILABLE when init_worker() failed (err says why; it names server
+-- paths: log it, do not send it to clients), NOT_READY when it never ran.
 function M.generate(ctx)
-  if not worker.pipeline then return nil, "NOT_READY: genaudit.openresty.init_worker() has not run", "NOT_READY" end
+  if not worker.pipeline then
+    if worker.init_error then
+      return nil, "UNAVAILABLE: genaudit.openresty.init_worker() failed: " .. worker.init_error, "UNAVAILABLE"
+    end
+    return nil, "NOT_READY: genaudit.openresty.init_worker() has not run", "NOT_READY"
+  end
   return worker.pipeline:generate(ctx)
 end
 

@@ -20,8 +20,10 @@ M.PRICE_FIELDS = {
   "cache_creation_input_token_cost_above_200k_tokens",
 }
 
--- The price map shipped with the source tree (see spec/fixtures/README.md).
+-- The price map shipped with the module, in genaudit/data/ beside this file
+-- (checkout, make install and the rock alike; see lua/genaudit/data/README.md).
 M.DEFAULT_FILE = "litellm-model-prices-2026-07.json"
+M.DEFAULT_SOURCE = "LiteLLM model_prices_and_context_window.json (synced by Wei-Shaw/model-price-repo), July 2026"
 
 local Pricing = {}
 Pricing.__index = Pricing
@@ -82,21 +84,22 @@ function M.load(src)
   return build(map, src)
 end
 
--- pricing.default_path() -> $GENAUDIT_PRICES, else the price map in the source
--- tree this module was loaded from (../../spec/fixtures/).
+-- pricing.default_path() -> $GENAUDIT_PRICES, else the price map shipped
+-- beside this module (<dir of pricing.lua>/data/), and as a second value
+-- "GENAUDIT_PRICES" or "shipped" saying which.
 function M.default_path()
   local env = os.getenv("GENAUDIT_PRICES")
-  if env and env ~= "" then return env end
+  if env and env ~= "" then return env, "GENAUDIT_PRICES" end
   local src = debug.getinfo(1, "S").source
   local moddir = "."
   if src:sub(1, 1) == "@" then moddir = src:sub(2):match("^(.*)/[^/]*$") or "." end
-  return moddir .. "/../../spec/fixtures/" .. M.DEFAULT_FILE
+  return moddir .. "/data/" .. M.DEFAULT_FILE, "shipped"
 end
 
 -- pricing.default() -> pricing object for default_path(), or nil, err. Loads
 -- the file on every call: keep the result.
 function M.default()
-  return M.load(M.default_path())
+  return M.load((M.default_path()))
 end
 
 -- ---- resolving a reported model name to a key of the map ----

@@ -24,20 +24,27 @@ local function alive(pid)
   return state ~= nil and state ~= "Z"
 end
 
--- M.start{ port, workers, db, templates, rules, env = {NAME = value} } -> server
-function M.start(opts)
-  local root = io.popen("pwd"):read("l")
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- M.render{ port, workers, db, templates, rules } -> prefix: the example
+-- config rendered by tools/openresty-example.sh as shipped (no `user`
+-- override: as root, the workers run as nobody; the script makes the
+-- database's directory theirs).
+function M.render(opts)
   local prefix = tmp.dir()
-  assert(sh("mkdir -p " .. prefix .. "/tmp"))
-  local conf = tmp.read(root .. "/examples/openresty/nginx.conf")
-  local subst = {
-    PREFIX = prefix, ROOT = root, PORT = tostring(opts.port), DB = opts.db,
-    TEMPLATES = opts.templates or (root .. "/examples/templates"), RULES = opts.rules or (root .. "/examples/rules"),
-    WORKERS = tostring(opts.workers or 2),
-  }
-  conf = conf:gsub("@(%u+)@", function(k) return assert(subst[k], k) end)
-  conf = "user root;\n" .. conf -- the spec's files belong to root
-  tmp.write(prefix .. "/nginx.conf", conf)
+  local env = { EXAMPLE_PORT = opts.port, EXAMPLE_WORKERS = opts.workers or 2, EXAMPLE_DB = opts.db,
+                EXAMPLE_TEMPLATES = opts.templates, EXAMPLE_RULES = opts.rules }
+  local parts = {}
+  for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. q(v) end
+  assert(sh(table.concat(parts, " ") .. " sh tools/openresty-example.sh " .. q(prefix) .. " > /dev/null"))
+  return prefix
+end
+
+-- M.start{ port, workers, db, templates, rules, env = {NAME = value},
+--   prepare = function(prefix) } -> server; prepare runs after rendering.
+function M.start(opts)
+  local prefix = M.render(opts)
+  if opts.prepare then opts.prepare(prefix) end
   local env = {}
   for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "='" .. v .. "'" end
   local pidfile = prefix .. "/master.pid"
