@@ -200,6 +200,9 @@ describe("the script sandbox", function()
       ["table.sort"] = { [[local t = {} for i = 1, 100000 do t[i] = (i * 7919) % 100000 end]], [[table.sort(t)]] },
       ["string.gsub"] = { [[local s = ("abc "):rep(100000)]], [[s:gsub("%w+", "x")]] },
       ["string.upper"] = { [[local s = ("abc "):rep(1000000)]], [[s:upper()]] },
+      ["string.gmatch iterator"] = { [[local s = (("a"):rep(1500) .. "xy"):rep(1000)]],
+                                     [[for _ in s:gmatch("a*y") do]] .. " progress.n = progress.n + 1 end" },
+      ["os.date"] = { [[local f = ("%Y-%m-%d "):rep(500000)]], [[os.date(f, 0)]] },
       ["table.insert and table.remove"] = { [[local t = {} for i = 1, 2000000 do t[i] = i end]],
                                             [[table.insert(t, 1, table.remove(t, 1))]] },
     }

@@ -192,7 +192,14 @@ guarded.string.gsub = function(s, pattern, repl, n)
   gsub_depth = gsub_depth + 1
   return gsub_done(pcall(raw_gsub, s, pattern, repl, n))
 end
-local guarded_unpack = guard(unpack)
+-- gmatch's iterator is a C function of its own: each step is checked too.
+local raw_gmatch = string.gmatch
+guarded.string.gmatch = function(...)
+  check_deadline()
+  local step = raw_gmatch(...)
+  return function() return after(step()) end
+end
+local guarded_unpack, guarded_select = guard(unpack), guard(select)
 
 -- While a guarded call runs, string methods ("s:rep(n)") resolve to the
 -- guarded functions too: the string metatable's __index is swapped for the
@@ -203,7 +210,7 @@ local string_mt = getmetatable("")
 local function sandbox_env(extra)
   local env = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-    pcall = sandbox_pcall, select = select, tonumber = tonumber, tostring = tostring,
+    pcall = sandbox_pcall, select = guarded_select, tonumber = tonumber, tostring = tostring,
     type = type, unpack = guarded_unpack, xpcall = sandbox_xpcall, rawequal = rawequal,
     rawget = rawget, rawset = rawset, rawlen = _G.rawlen, setmetatable = sandbox_setmetatable,
     _VERSION = _VERSION,
@@ -215,7 +222,7 @@ local function sandbox_env(extra)
   end
   env.string, env.table, env.math = copy(guarded.string), copy(guarded.table), copy(math)
   if guarded.utf8 then env.utf8 = copy(guarded.utf8) end
-  env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+  env.os = { time = os.time, clock = os.clock, date = guard(os.date), difftime = os.difftime }
   env._G = env
   for k, v in pairs(extra or {}) do env[k] = v end
   return env
