@@ -334,9 +334,14 @@ local function run(fn, limit_ms, sandboxed, ...)
     local state = { expired = false, deadline = monotonic_us() + limit_ms * 1000,
                     message = ("script exceeded its time limit (%d ms)"):format(limit_ms) }
     local co = coroutine.create(fn)
-    -- LuaJIT keeps one hook for all coroutines: remember the host's, put it back
+    -- LuaJIT keeps one hook for all coroutines: remember the host's, put it
+    -- back first thing after the call, and until then let the hook act only
+    -- inside the script's coroutine (it also fires in the host code between
+    -- resume and sethook, where an error would leave all of this in place)
     local old_hook, old_mask, old_count = debug.gethook()
+    local running = coroutine.running
     debug.sethook(co, function()
+      if running() ~= co then return end
       if state.expired or monotonic_us() > state.deadline then
         state.expired = true
         error(state.message, 0)
@@ -344,10 +349,10 @@ local function run(fn, limit_ms, sandboxed, ...)
     end, "", 1000)
     active[#active + 1] = state
     res = pack(coroutine.resume(co, ...))
-    active[#active] = nil
     if jit then
       if old_hook then debug.sethook(old_hook, old_mask, old_count) else debug.sethook() end
     end
+    active[#active] = nil
     if res[1] and coroutine.status(co) ~= "dead" then
       res = { false, "script yielded; scripts must run to completion", n = 2 }
     end
