@@ -320,6 +320,22 @@ describe("hostile inputs", function()
       end
     end)
 
+    it("a hostile rule can neither falsify the row nor lose it (more in spec/sandbox_spec.lua)", function()
+      local p = pipeline()
+      tmp.write(dir .. "/rules/evil.lua", [[return function(draft, ctx)
+        ctx.org_id, ctx.template_id, ctx.params.temperature = "evil", "x", 9
+        return setmetatable({ message = "m", penalty = math.huge },
+          { __index = function() error("__index ran in the host", 0) end })
+      end]])
+      local c = ctx{ params = { temperature = 0.25 } }
+      local res = assert(p:generate(c))
+      local r = get(store, res.snapshot_id)
+      assert.same({ "42", "launch", "completed" }, { r.org_id, r.template_id, r.status })
+      assert.same({ temperature = 0.25 }, cjson.decode(r.request_params))
+      assert.equal(0.25, c.params.temperature)
+      assert.equal("SCRIPT: penalty must be a number from 0 to 100", p:script_errors()[dir .. "/rules/evil.lua"])
+    end)
+
     it("records verify_tls on every snapshot: true by default, false when turned off", function()
       local on = assert(pipeline():generate(ctx()))
       local off = assert(pipeline{ verify_tls = false }:generate(ctx()))

@@ -21,19 +21,79 @@ local M = {}
 local Composer = {}
 Composer.__index = Composer
 
+-- A template is read raw (no metamethod of the script's tables runs in host
+-- code) into a table of the host's own: strings, lists of strings (numbers
+-- written out), the platform overrides and the two functions.
+local function string_field(t, f)
+  local v = rawget(t, f)
+  if v ~= nil and type(v) ~= "string" then return nil, f .. " must be a string" end
+  if v and #v > scripts.MAX_STRING_BYTES then
+    return nil, ("%s is %d bytes, over the limit of %d bytes"):format(f, #v, scripts.MAX_STRING_BYTES)
+  end
+  return true, v
+end
+
+local function string_list(t, f)
+  local v = rawget(t, f)
+  if v == nil then return true, nil end
+  if type(v) ~= "table" then return nil, f .. " must be a list" end
+  local out = {}
+  for n = 1, math.huge do
+    local c = rawget(v, n)
+    if c == nil then break end
+    if type(c) == "number" then c = tostring(c) end
+    if type(c) ~= "string" then return nil, f .. " must be a list of strings" end
+    out[n] = c
+  end
+  return true, out
+end
+
+local function data_fields(t, out)
+  for _, f in ipairs({ "voice_signature", "task" }) do
+    local ok, v = string_field(t, f)
+    if not ok then return nil, v end
+    out[f] = v
+  end
+  local ok, list = string_list(t, "constraints")
+  if not ok then return nil, list end
+  out.constraints = list
+  return out
+end
+
 local function validate_template(t)
   if type(t) ~= "table" then return nil, "a template must return a table" end
-  for _, f in ipairs({ "voice_signature", "task" }) do
-    if t[f] ~= nil and type(t[f]) ~= "string" then return nil, f .. " must be a string" end
-  end
+  local out, err = data_fields(t, {})
+  if not out then return nil, err end
   for _, f in ipairs({ "system", "user" }) do
-    if t[f] ~= nil and type(t[f]) ~= "function" then return nil, f .. " must be a function" end
+    local fn = rawget(t, f)
+    if fn ~= nil and type(fn) ~= "function" then return nil, f .. " must be a function" end
+    out[f] = fn
   end
-  if t.constraints ~= nil and type(t.constraints) ~= "table" then return nil, "constraints must be a list" end
-  if t.version ~= nil and type(t.version) ~= "string" and type(t.version) ~= "number" then
+  local version = rawget(t, "version")
+  if version ~= nil and type(version) ~= "string" and type(version) ~= "number" then
     return nil, "version must be a string or a number"
   end
-  return true
+  if type(version) == "string" and #version > scripts.MAX_MESSAGE_BYTES then
+    return nil, ("version is %d bytes, over the limit of %d bytes"):format(#version, scripts.MAX_MESSAGE_BYTES)
+  end
+  out.version = version
+  local platforms = rawget(t, "platforms")
+  if platforms ~= nil then
+    if type(platforms) ~= "table" then return nil, "platforms must be a table" end
+    out.platforms = {}
+    local name, p = next(platforms)
+    while name ~= nil do
+      if type(name) == "string" then
+        if type(p) ~= "table" then return nil, "platforms." .. name .. " must be a table" end
+        local copy
+        copy, err = data_fields(p, {})
+        if not copy then return nil, "platforms." .. name .. ": " .. err end
+        out.platforms[name] = copy
+      end
+      name, p = next(platforms, name)
+    end
+  end
+  return out
 end
 
 -- composer.new{ templates = dir, sandbox = true, script_timeout_ms = 1000 } -> composer
@@ -102,7 +162,7 @@ local function default_parts(t, ctx)
   local constraints = {}
   for _, list in ipairs({ t.constraints or {}, platform.constraints or {} }) do
     for _, c in ipairs(list) do
-      local text, cerr = render(tostring(c), ctx)
+      local text, cerr = render(c, ctx)
       if not text then return nil, cerr end
       constraints[#constraints + 1] = text
     end
@@ -139,9 +199,18 @@ local function default_user(parts)
   return table.concat(sections, "\n\n")
 end
 
+local function check_size(id, name, s)
+  if #s > scripts.MAX_STRING_BYTES then
+    return nil, ("COMPOSE: template '%s' %s prompt is %d bytes, over the limit of %d bytes"):format(id, name, #s,
+      scripts.MAX_STRING_BYTES), "COMPOSE"
+  end
+  return s
+end
+
 -- composer:compose_post_generation(ctx) -> Prompt | nil, "COMPOSE: ...", "COMPOSE"
 -- ctx is a GenerationContext. Template errors (missing file, bad script, a
 -- template function that raises) are expected failures, never crashes.
+-- system() and user() each get their own copies of ctx and the parts.
 function Composer:compose_post_generation(ctx)
   if type(ctx) ~= "table" then
     error("bad argument #1 to 'compose_post_generation' (table expected, got " .. type(ctx) .. ")", 2)
@@ -155,16 +224,21 @@ function Composer:compose_post_generation(ctx)
   local parts
   parts, err = default_parts(t, ctx)
   if not parts then return nil, "COMPOSE: template '" .. id .. "': " .. err, "COMPOSE" end
-  local system, user = default_system(parts), default_user(parts)
-  for name, fn in pairs({ system = t.system, user = t.user }) do
-    local ok, res = self.loader:call(fn, ctx, parts)
-    if not ok then return nil, "COMPOSE: template '" .. id .. "' " .. name .. "(): " .. tostring(res), "COMPOSE" end
-    if type(res) ~= "string" then
-      return nil, "COMPOSE: template '" .. id .. "' " .. name .. "() must return a string", "COMPOSE"
+  local prompt = { system = default_system(parts), user = default_user(parts) }
+  for _, name in ipairs({ "system", "user" }) do
+    local fn = t[name]
+    if fn then
+      local ok, res = self.loader:call(fn, scripts.copy(ctx), scripts.copy(parts))
+      if not ok then return nil, "COMPOSE: template '" .. id .. "' " .. name .. "(): " .. res, "COMPOSE" end
+      if type(res) ~= "string" then
+        return nil, "COMPOSE: template '" .. id .. "' " .. name .. "() must return a string", "COMPOSE"
+      end
+      prompt[name] = res
     end
-    if name == "system" then system = res else user = res end
+    local s, serr, code = check_size(id, name, prompt[name])
+    if not s then return nil, serr, code end
   end
-  return dto.Prompt{ system = system, user = user, template_id = id, template_version = t.version }
+  return dto.Prompt{ system = prompt.system, user = prompt.user, template_id = id, template_version = t.version }
 end
 
 -- composer:template_error(id) -> the last load error of a template, if any

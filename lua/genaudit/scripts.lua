@@ -10,7 +10,19 @@ local unpack = rawget(table, "unpack") or _G.unpack
 local setfenv = _G.setfenv -- LuaJIT / 5.1 only
 local pack = rawget(table, "pack") or function(...) return { n = select("#", ...), ... } end
 local jit = rawget(_G, "jit")
+local monotonic_us = core.monotonic_us
 local DEFAULT_LIMIT_MS = 1000
+
+-- Size caps on what scripts produce (README "Writing rules"): no string
+-- function of the sandbox builds a string over MAX_STRING_BYTES, and a
+-- template's prompts and a policy's feedback are refused over it; an issue's
+-- slug and message over MAX_MESSAGE_BYTES are refused, error texts are cut
+-- there; a rule returns at most MAX_ISSUES issues. string.gsub callbacks nest
+-- at most MAX_CALLBACK_DEPTH deep (deeper, LuaJIT overflows the C stack).
+M.MAX_STRING_BYTES = 16 * 1024 * 1024
+M.MAX_MESSAGE_BYTES = 64 * 1024
+M.MAX_ISSUES = 100
+M.MAX_CALLBACK_DEPTH = 32
 
 -- The time-limited calls under way (innermost last): the hook marks one
 -- expired, and the sandbox's pcall/xpcall re-raise it, so a script cannot
@@ -23,16 +35,184 @@ local function reraise_if_expired(...)
   return ...
 end
 
+-- Raises the time-out of the innermost call once its deadline has passed:
+-- run after every C function of the sandbox, because the hook sees only VM
+-- instructions and a loop of slow C calls would otherwise overrun the limit.
+local function check_deadline()
+  local top = active[#active]
+  if top and (top.expired or monotonic_us() > top.deadline) then
+    top.expired = true
+    error(top.message, 0)
+  end
+end
+
 local function sandbox_pcall(f, ...) return reraise_if_expired(pcall(f, ...)) end
-local function sandbox_xpcall(f, handler, ...) return reraise_if_expired(xpcall(f, handler, ...)) end
+-- The message handler runs where the error was raised: for the time-out, that
+-- is inside the hook, where hooks are off — so it is skipped once expired.
+local function sandbox_xpcall(f, handler, ...)
+  return reraise_if_expired(xpcall(f, function(e)
+    local top = active[#active]
+    if top and top.expired then return e end
+    return handler(e)
+  end, ...))
+end
+
+-- A finalizer runs wherever the collector happens to be, in host code with
+-- no time limit (Lua 5.4 finalizes tables; LuaJIT only userdata, which
+-- scripts cannot make): scripts may not set one. 5.4 marks an object for
+-- finalization only when setmetatable sees the field, so adding it later
+-- does nothing.
+local function sandbox_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("setmetatable: a __gc metamethod is not allowed in scripts", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+-- M.text(v) -> a host string for a script value (an error object, a reason)
+-- without running any of its metamethods: strings are cut at
+-- MAX_MESSAGE_BYTES, numbers and booleans written out, anything else named
+-- by its type.
+function M.text(v)
+  local ty = type(v)
+  if ty == "string" then
+    if #v > M.MAX_MESSAGE_BYTES then return v:sub(1, M.MAX_MESSAGE_BYTES) .. "... (truncated)" end
+    return v
+  elseif ty == "number" or ty == "boolean" or ty == "nil" then
+    return tostring(v)
+  end
+  return "(error object of type " .. ty .. ")"
+end
+
+-- M.copy(v) -> a deep copy of a host value (the context, the parts, the
+-- issues) for a script to read or spoil: tables are copied raw, cycles kept,
+-- metatables dropped.
+function M.copy(v, seen)
+  if type(v) ~= "table" then return v end
+  seen = seen or {}
+  if seen[v] then return seen[v] end
+  local out = {}
+  seen[v] = out
+  local k, x = next(v)
+  while k ~= nil do
+    rawset(out, M.copy(k, seen), M.copy(x, seen))
+    k, x = next(v, k)
+  end
+  return out
+end
+
+local function too_big(what, n, limit)
+  return ("%s: result of %d bytes is over the limit of %d bytes"):format(what, n, limit)
+end
+
+-- The sandbox's C functions, each followed by a deadline check; string.rep
+-- and table.concat refuse results over MAX_STRING_BYTES before building them,
+-- string.gsub counts its nesting.
+local guarded = {}
+local function after(...)
+  check_deadline()
+  return ...
+end
+local function guard(f)
+  return function(...)
+    check_deadline()
+    return after(f(...))
+  end
+end
+for _, lib in ipairs({ "string", "table", "utf8" }) do
+  local src = rawget(_G, lib)
+  if type(src) == "table" then
+    local g = {}
+    for k, f in pairs(src) do
+      if type(f) == "function" then g[k] = guard(f) else g[k] = f end
+    end
+    guarded[lib] = g
+  end
+end
+
+local raw_rep, raw_concat, raw_gsub, floor = string.rep, table.concat, string.gsub, math.floor
+-- The size is known in advance; so is the count, which alone can hang Lua 5.4
+-- (string.rep("", 2^40) copies nothing 2^40 times).
+guarded.string.rep = function(s, n, sep)
+  if (type(s) == "string" or type(s) == "number") and type(n) == "number" and n >= 1 then
+    local ls = #tostring(s)
+    local lsep = (type(sep) == "string" or type(sep) == "number") and #tostring(sep) or 0
+    local total = ls * floor(n) + lsep * (floor(n) - 1)
+    if total > M.MAX_STRING_BYTES then error(too_big("string.rep", total, M.MAX_STRING_BYTES), 2) end
+    if n > M.MAX_STRING_BYTES then
+      error(("string.rep: a count of %.0f is over the limit of %d"):format(n, M.MAX_STRING_BYTES), 2)
+    end
+  end
+  check_deadline()
+  return after(raw_rep(s, n, sep))
+end
+-- Collects the pieces (metamethods of a proxy run here, in the script's
+-- call) so their total size is known before anything is built.
+guarded.table.concat = function(t, sep, i, j)
+  if type(t) ~= "table" then return raw_concat(t, sep, i, j) end
+  i = i == nil and 1 or i
+  j = j == nil and #t or j
+  if type(i) ~= "number" or type(j) ~= "number" then return raw_concat(t, sep, i, j) end
+  local lsep = (type(sep) == "string" or type(sep) == "number") and #tostring(sep) or 0
+  local parts, total = {}, 0
+  for k = i, j do
+    check_deadline()
+    local v = t[k]
+    if type(v) == "string" or type(v) == "number" then
+      total = total + #tostring(v) + (k > i and lsep or 0)
+      if total > M.MAX_STRING_BYTES then error(too_big("table.concat", total, M.MAX_STRING_BYTES), 2) end
+    end
+    parts[#parts + 1] = v
+    if v == nil then return raw_concat(t, sep, i, j) end -- the stock error message
+  end
+  return after(raw_concat(parts, sep))
+end
+local gsub_depth = 0
+local function gsub_result(res, count)
+  check_deadline()
+  if type(res) == "string" and #res > M.MAX_STRING_BYTES then
+    error(too_big("string.gsub", #res, M.MAX_STRING_BYTES), 0)
+  end
+  return res, count
+end
+local function gsub_done(ok, res, count)
+  gsub_depth = gsub_depth - 1
+  if not ok then error(res, 0) end
+  return gsub_result(res, count)
+end
+-- A callback (a function, or a table's __index) that calls gsub again nests
+-- C calls: LuaJIT has no C stack check there and crashes some 900 deep.
+guarded.string.gsub = function(s, pattern, repl, n)
+  check_deadline()
+  local ty = type(repl)
+  if ty ~= "function" and ty ~= "table" then return gsub_result(raw_gsub(s, pattern, repl, n)) end
+  if gsub_depth >= M.MAX_CALLBACK_DEPTH then
+    error(("string.gsub: callbacks nested more than %d deep"):format(M.MAX_CALLBACK_DEPTH), 2)
+  end
+  gsub_depth = gsub_depth + 1
+  return gsub_done(pcall(raw_gsub, s, pattern, repl, n))
+end
+-- gmatch's iterator is a C function of its own: each step is checked too.
+local raw_gmatch = string.gmatch
+guarded.string.gmatch = function(...)
+  check_deadline()
+  local step = raw_gmatch(...)
+  return function() return after(step()) end
+end
+local guarded_unpack, guarded_select = guard(unpack), guard(select)
+
+-- While a guarded call runs, string methods ("s:rep(n)") resolve to the
+-- guarded functions too: the string metatable's __index is swapped for the
+-- call and put back after it.
+local string_mt = getmetatable("")
 
 -- A fresh environment per script: pure functions only unless the host opts in.
 local function sandbox_env(extra)
   local env = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-    pcall = sandbox_pcall, select = select, tonumber = tonumber, tostring = tostring,
-    type = type, unpack = unpack, xpcall = sandbox_xpcall, rawequal = rawequal,
-    rawget = rawget, rawset = rawset, rawlen = _G.rawlen, setmetatable = setmetatable,
+    pcall = sandbox_pcall, select = guarded_select, tonumber = tonumber, tostring = tostring,
+    type = type, unpack = guarded_unpack, xpcall = sandbox_xpcall, rawequal = rawequal,
+    rawget = rawget, rawset = rawset, rawlen = _G.rawlen, setmetatable = sandbox_setmetatable,
     _VERSION = _VERSION,
   }
   local function copy(t)
@@ -40,9 +220,9 @@ local function sandbox_env(extra)
     for k, v in pairs(t) do c[k] = v end
     return c
   end
-  env.string, env.table, env.math = copy(string), copy(table), copy(math)
-  if _G.utf8 then env.utf8 = copy(_G.utf8) end
-  env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+  env.string, env.table, env.math = copy(guarded.string), copy(guarded.table), copy(math)
+  if guarded.utf8 then env.utf8 = copy(guarded.utf8) end
+  env.os = { time = os.time, clock = os.clock, date = guard(os.date), difftime = os.difftime }
   env._G = env
   for k, v in pairs(extra or {}) do env[k] = v end
   return env
@@ -57,7 +237,8 @@ end
 local Loader = {}
 Loader.__index = Loader
 
--- scripts.loader{ sandbox = true, env = {extra globals}, validate = fn(value) -> ok, err,
+-- scripts.loader{ sandbox = true, env = {extra globals},
+--   validate = fn(value) -> host_copy (or true) | nil, err,
 --   limit_ms = 1000 (per script call; 0 = no limit) }
 function M.loader(opts)
   opts = opts or {}
@@ -98,12 +279,14 @@ function Loader:load(path)
       if jit then jit.off(fn, true) end -- hooks must fire inside script loops
       local ok, res = self:call(fn)
       if not ok then
-        err = tostring(res)
+        err = res
       elseif res == nil then
         err = path .. ": script returned nothing"
       elseif self.validate then
-        local vok, verr = self.validate(res, path)
-        if vok then value = res else err = path .. ": " .. tostring(verr) end
+        -- validate reads the script's value raw and returns the host's own
+        -- copy of it (or true to keep the value itself)
+        local v, verr = self.validate(res, path)
+        if v then value = v == true and res or v else err = path .. ": " .. M.text(verr) end
       else
         value = res
       end
@@ -133,40 +316,62 @@ function Loader:dir(dir, exclude)
   return out
 end
 
--- scripts.call(fn, limit_ms, ...) -> true, results... | false, err. Runs user
--- code protected and time-limited: a script that raises, or runs longer than
--- limit_ms (an endless loop), never takes the pipeline down. The limit is
--- checked every 1000 VM instructions by a hook on a private coroutine (JIT
--- compilation is off for script code, or LuaJIT's traces would skip hooks).
-function M.call(fn, limit_ms, ...)
+-- Runs fn(...) protected: returns true, results... (the script's own values:
+-- read them raw) | false, err (a host string, see M.text). With limit_ms > 0
+-- the call is time-limited: the hook checks the deadline every 1000 VM
+-- instructions on a private coroutine (JIT compilation is off for script
+-- code, or LuaJIT's traces would skip hooks), and every C function of the
+-- sandbox checks it after it returns. With sandboxed, string methods resolve
+-- to the sandbox's guarded functions for the call.
+local function run(fn, limit_ms, sandboxed, ...)
   limit_ms = limit_ms or DEFAULT_LIMIT_MS
-  if limit_ms <= 0 then return pcall(fn, ...) end
-  local deadline = core.monotonic_us() + limit_ms * 1000
-  local state = { expired = false, message = ("script exceeded its time limit (%d ms)"):format(limit_ms) }
-  local co = coroutine.create(fn)
-  -- LuaJIT keeps one hook for all coroutines: remember the host's, put it back
-  local old_hook, old_mask, old_count = debug.gethook()
-  debug.sethook(co, function()
-    if state.expired or core.monotonic_us() > deadline then
-      state.expired = true
-      error(state.message, 0)
+  local old_index = string_mt.__index
+  if sandboxed then string_mt.__index = guarded.string end
+  local res
+  if limit_ms <= 0 then
+    res = pack(pcall(fn, ...))
+  else
+    local state = { expired = false, deadline = monotonic_us() + limit_ms * 1000,
+                    message = ("script exceeded its time limit (%d ms)"):format(limit_ms) }
+    local co = coroutine.create(fn)
+    -- LuaJIT keeps one hook for all coroutines: remember the host's, put it
+    -- back first thing after the call, and until then let the hook act only
+    -- inside the script's coroutine (it also fires in the host code between
+    -- resume and sethook, where an error would leave all of this in place)
+    local old_hook, old_mask, old_count = debug.gethook()
+    local running = coroutine.running
+    debug.sethook(co, function()
+      if running() ~= co then return end
+      if state.expired or monotonic_us() > state.deadline then
+        state.expired = true
+        error(state.message, 0)
+      end
+    end, "", 1000)
+    active[#active + 1] = state
+    res = pack(coroutine.resume(co, ...))
+    if jit then
+      if old_hook then debug.sethook(old_hook, old_mask, old_count) else debug.sethook() end
     end
-  end, "", 1000)
-  active[#active + 1] = state
-  local res = pack(coroutine.resume(co, ...))
-  active[#active] = nil
-  if jit then
-    if old_hook then debug.sethook(old_hook, old_mask, old_count) else debug.sethook() end
+    active[#active] = nil
+    if res[1] and coroutine.status(co) ~= "dead" then
+      res = { false, "script yielded; scripts must run to completion", n = 2 }
+    end
   end
-  if res[1] and coroutine.status(co) ~= "dead" then
-    return false, "script yielded; scripts must run to completion"
-  end
+  if sandboxed then string_mt.__index = old_index end
+  if not res[1] then return false, M.text(res[2]) end
   return unpack(res, 1, res.n)
 end
 
--- loader:call(fn, ...) -> like scripts.call with this loader's time limit.
+-- scripts.call(fn, limit_ms, ...) -> true, results... | false, err: runs
+-- untrusted code protected, time-limited and with guarded string methods: a
+-- script that raises, or runs longer than limit_ms (an endless loop), never
+-- takes the pipeline down.
+function M.call(fn, limit_ms, ...) return run(fn, limit_ms, true, ...) end
+
+-- loader:call(fn, ...) -> like scripts.call with this loader's time limit
+-- (string methods are guarded only for sandboxed loaders).
 function Loader:call(fn, ...)
-  return M.call(fn, self.limit_ms, ...)
+  return run(fn, self.limit_ms, self.sandbox, ...)
 end
 
 return M

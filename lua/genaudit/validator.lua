@@ -21,12 +21,28 @@ Validator.__index = Validator
 local DEFAULT_PENALTY = 10
 local POLICY_FILE = "policy.lua"
 
+-- A string a script supplies (a slug), checked raw against the size cap.
+local function short_string(v, what)
+  if type(v) ~= "string" then return nil, what .. " must be a string" end
+  if #v > scripts.MAX_MESSAGE_BYTES then
+    return nil, ("%s is %d bytes, over the limit of %d bytes"):format(what, #v, scripts.MAX_MESSAGE_BYTES)
+  end
+  return v
+end
+
+-- Rules and policies are read raw (no metamethod of the script's tables runs
+-- in host code) into tables of the host's own.
 local function validate_rule(r)
-  if type(r) == "function" then return true end
+  if type(r) == "function" then return { check = r } end
   if type(r) ~= "table" then return nil, "a rule must return a table or a function" end
-  if type(r.check) ~= "function" then return nil, "a rule needs a check function" end
-  if r.slug ~= nil and type(r.slug) ~= "string" then return nil, "slug must be a string" end
-  return true
+  local check, slug = rawget(r, "check"), rawget(r, "slug")
+  if type(check) ~= "function" then return nil, "a rule needs a check function" end
+  if slug ~= nil then
+    local err
+    slug, err = short_string(slug, "slug")
+    if not slug then return nil, err end
+  end
+  return { check = check, slug = slug }
 end
 
 -- The most repair calls a policy may ask for per generation: each one is a
@@ -35,16 +51,24 @@ M.MAX_REPAIR_BUDGET = 10
 
 local function validate_policy(p)
   if type(p) ~= "table" then return nil, "a policy must return a table" end
-  if p.budget ~= nil and (type(p.budget) ~= "number" or p.budget < 0 or p.budget % 1 ~= 0) then
+  local out = { budget = rawget(p, "budget"), min_score = rawget(p, "min_score") }
+  local b = out.budget
+  if b ~= nil and (type(b) ~= "number" or b < 0 or b % 1 ~= 0) then
     return nil, "budget must be a non-negative integer"
   end
-  if p.budget ~= nil and p.budget > M.MAX_REPAIR_BUDGET then
-    return nil, ("budget must be at most %d (got %s)"):format(M.MAX_REPAIR_BUDGET, tostring(p.budget))
+  if b ~= nil and b > M.MAX_REPAIR_BUDGET then
+    return nil, ("budget must be at most %d (got %s)"):format(M.MAX_REPAIR_BUDGET, tostring(b))
+  end
+  local m = out.min_score
+  if m ~= nil and (type(m) ~= "number" or m ~= m or m == math.huge or m == -math.huge) then
+    return nil, "min_score must be a finite number"
   end
   for _, f in ipairs({ "feedback", "should_repair" }) do
-    if p[f] ~= nil and type(p[f]) ~= "function" then return nil, f .. " must be a function" end
+    local fn = rawget(p, f)
+    if fn ~= nil and type(fn) ~= "function" then return nil, f .. " must be a function" end
+    out[f] = fn
   end
-  return true
+  return out
 end
 
 -- The default policy: repair while any issue remains, at most twice, telling
@@ -75,23 +99,34 @@ end
 
 local function slug_of(path) return path:match("([^/]+)%.lua$") end
 
--- Normalizes what a rule's check returned into a list of issues.
+-- Normalizes what a rule's check returned into a list of issues of the
+-- host's own, reading the script's tables raw. A penalty is a number from 0
+-- to 100: anything else (math.huge, NaN, negative) would make the score, and
+-- so the snapshot, unstorable.
 local function issues_from(res, default_slug)
   if res == nil or res == false then return {} end
   if type(res) ~= "table" then return nil, "check must return nil, an issue or a list of issues" end
-  local list = (res.slug or res.message) and { res } or res
+  local list = (rawget(res, "slug") ~= nil or rawget(res, "message") ~= nil) and { res } or res
   local out = {}
-  for _, i in ipairs(list) do
+  for n = 1, scripts.MAX_ISSUES + 1 do
+    local i = rawget(list, n)
+    if i == nil then break end
+    if n > scripts.MAX_ISSUES then return nil, ("a rule may return at most %d issues"):format(scripts.MAX_ISSUES) end
     if type(i) ~= "table" then return nil, "an issue must be a table" end
-    local penalty = i.penalty == nil and DEFAULT_PENALTY or i.penalty
-    if type(penalty) ~= "number" or penalty < 0 or penalty ~= penalty then
-      return nil, "penalty must be a number >= 0"
+    local penalty = rawget(i, "penalty")
+    if penalty == nil then penalty = DEFAULT_PENALTY end
+    if type(penalty) ~= "number" or not (penalty >= 0 and penalty <= 100) then
+      return nil, "penalty must be a number from 0 to 100"
     end
-    out[#out + 1] = {
-      slug = type(i.slug) == "string" and i.slug or default_slug,
-      message = type(i.message) == "string" and i.message or (i.slug or default_slug),
-      penalty = penalty,
-    }
+    local slug, message = rawget(i, "slug"), rawget(i, "message")
+    if type(slug) ~= "string" then slug = default_slug end
+    if type(message) ~= "string" then message = slug end
+    local err
+    slug, err = short_string(slug, "slug")
+    if not slug then return nil, err end
+    message, err = short_string(message, "message")
+    if not message then return nil, err end
+    out[n] = { slug = slug, message = message, penalty = penalty }
   end
   return out
 end
@@ -114,7 +149,7 @@ function Validator:policy()
   local path = self.dir .. "/" .. POLICY_FILE
   local p, err = self.policy_loader:load(path)
   if err and not err:find("No such file", 1, true) then self.errors[path] = err else self.errors[path] = nil end
-  p = p or {}
+  p = p or {} -- the host's copy (validate_policy)
   return {
     budget = p.budget or M.default_policy.budget,
     min_score = p.min_score or M.default_policy.min_score,
@@ -127,15 +162,16 @@ end
 -- validator:validate(draft, ctx) -> issues, score. A rule that raises or
 -- returns garbage becomes an issue of its own ("rule_error"), so a broken
 -- rule is visible in the audit trail instead of silently passing drafts.
+-- Each rule gets its own copy of ctx: what it changes there goes nowhere.
 function Validator:validate(draft, ctx)
   local issues, penalty = {}, 0
   for _, rule in ipairs(self:rules()) do
-    local ok, res = self.rule_loader:call(rule.check, draft, ctx)
+    local ok, res = self.rule_loader:call(rule.check, draft, scripts.copy(ctx))
     local list, err
-    if ok then list, err = issues_from(res, rule.slug) else err = tostring(res) end
+    if ok then list, err = issues_from(res, rule.slug) else err = res end
     if not list then
-      self.errors[rule.path] = "SCRIPT: " .. tostring(err)
-      list = { { slug = "rule_error", message = rule.slug .. ": " .. tostring(err), penalty = 0 } }
+      self.errors[rule.path] = "SCRIPT: " .. err
+      list = { { slug = "rule_error", message = rule.slug .. ": " .. err, penalty = 0 } }
     end
     for _, i in ipairs(list) do
       issues[#issues + 1] = i
@@ -153,9 +189,11 @@ local function slugs(issues)
   return out
 end
 
+-- The policy sees copies of the issues and the context: the issues stay the
+-- host's, as logged in the repair log.
 local function needs_repair(policy, issues, score, draft, ctx)
   if policy.should_repair then
-    local ok, res = policy.call(policy.should_repair, issues, score, draft, ctx)
+    local ok, res = policy.call(policy.should_repair, scripts.copy(issues), score, draft, scripts.copy(ctx))
     if ok then return res and true or false end
   end
   for _, i in ipairs(issues) do
@@ -187,10 +225,14 @@ function Validator:validate_and_repair(draft, ctx, repair)
       rr.stop_reason = "budget_exhausted"
       break
     end
-    local ok, feedback, reason = policy.call(policy.feedback, draft, issues, ctx)
+    local ok, feedback, reason = policy.call(policy.feedback, draft, scripts.copy(issues), scripts.copy(ctx))
+    if ok and type(feedback) == "string" and #feedback > scripts.MAX_STRING_BYTES then
+      ok, feedback = false, ("feedback is %d bytes, over the limit of %d bytes"):format(#feedback,
+        scripts.MAX_STRING_BYTES)
+    end
     if not ok or type(feedback) ~= "string" then
       rr.stop_reason = "policy_declined"
-      rr.stop_detail = not ok and tostring(feedback) or (reason and tostring(reason)) or nil
+      rr.stop_detail = not ok and feedback or (reason and scripts.text(reason)) or nil
       break
     end
     attempt = attempt + 1
