@@ -558,6 +558,13 @@ static int authorize(void *arg, int action, const char *a1, const char *a2, cons
   if (!s->guard) return SQLITE_OK;
   switch (action) {
     case SQLITE_SELECT: case SQLITE_READ: case SQLITE_RECURSIVE: return SQLITE_OK;
+    case SQLITE_UPDATE:
+      /* SQLite asks this while it sets up a table-valued function (json_each,
+       * pragma_table_xinfo) in a read; a real UPDATE of the schema table is
+       * refused by SQLite itself (writable_schema cannot be set here) and by
+       * the read-only check of query() */
+      if (a1 && (strcmp(a1, "sqlite_master") == 0 || strcmp(a1, "sqlite_temp_master") == 0)) return SQLITE_OK;
+      break;
     case SQLITE_FUNCTION:
       /* the two functions that can change the process: refused even if enabled */
       if (a2 && (sqlite3_stricmp(a2, "load_extension") == 0 || sqlite3_stricmp(a2, "fts3_tokenizer") == 0)) break;

@@ -463,7 +463,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
       end
     end
 
-    it("still stores a repair_count at the integer column's limit, and a long text in a column without index", function()
+    it("still stores a repair_count at the integer limit and a long text in a column without index", function()
       local store = assert(pg.open(pg.schema(), { async = true }))
       local long = string.rep("y", 100000)
       local id = assert(store:persist_generation(valid_row({ platform = long,

@@ -235,6 +235,14 @@ describe("genaudit.store (sqlite only)", function()
   end)
 
   describe("query()", function()
+    it("table-valued functions still work (json_each, pragma_table_xinfo)", function()
+      local store = assert(genaudit.open("sqlite::memory:"))
+      assert.same({ { value = 1 }, { value = 2 } }, store:query("SELECT value FROM json_each('[1,2]')"))
+      assert.same({ { name = "id" } }, store:query("SELECT name FROM pragma_table_xinfo('generation_snapshots')"
+        .. " WHERE cid = 0"))
+      store:close()
+    end)
+
     local store
     before_each(function() store = assert(genaudit.open("sqlite::memory:")) end)
     after_each(function() store:close() end)
