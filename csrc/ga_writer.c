@@ -210,6 +210,12 @@ static int is_stopping(ga_writer *w) {
  * retries of a batch whose failure will not pass by waiting (backend
  * returned -2), at any time. */
 #define STOP_RETRIES 20
+/* A batch ends at BATCH_BYTES (or `batch` rows, whichever comes first; one
+ * row at least): large rows do not hold the write lock for long. After a
+ * batch that held it YIELD_AFTER_NS or more, the writer waits YIELD_MS. */
+#define BATCH_BYTES (1024u * 1024u)
+#define YIELD_AFTER_NS 10000000u
+#define YIELD_MS 3
 #define PERMANENT_RETRIES 5
 
 static void *writer_main(void *arg) {
@@ -236,7 +242,8 @@ static void *writer_main(void *arg) {
     return NULL;
   }
   for (;;) {
-    int n = 0, i, ok, attempts = 0, permanent = 0;
+    int n = 0, i, ok, attempts = 0, permanent = 0, more;
+    uint64_t t0;
     long backoff = 5;
     size_t bytes = 0;
     uint64_t written = 0;
@@ -246,7 +253,7 @@ static void *writer_main(void *arg) {
       pthread_mutex_unlock(&w->mu);
       break;
     }
-    while (w->head && n < w->o.batch) {
+    while (w->head && n < w->o.batch && (n == 0 || bytes + w->head->total <= BATCH_BYTES)) {
       item *it = w->head;
       w->head = it->next;
       if (!w->head) w->tail = NULL;
@@ -254,6 +261,7 @@ static void *writer_main(void *arg) {
       bytes += it->total;
     }
     pthread_mutex_unlock(&w->mu);
+    t0 = ga_monotonic_ns();
     while ((ok = w->be->write_batch(w->conn, w, batch, n)) != 0) {
       pthread_mutex_lock(&w->mu);
       w->st.retries++;
@@ -280,9 +288,15 @@ static void *writer_main(void *arg) {
     w->done += (uint64_t)n;
     w->st.pending -= (size_t)n;
     w->st.pending_bytes -= bytes;
+    more = w->head != NULL;
     pthread_cond_broadcast(&w->not_full);
     pthread_cond_broadcast(&w->idle);
     pthread_mutex_unlock(&w->mu);
+    /* a long batch: leave the lock free for a moment before the next one, so
+     * other writers polling for it (a sync persist's busy handler polls every
+     * 0.5-1.5 ms) get it within their busy_timeout instead of the writer
+     * taking it back at once */
+    if (more && ok == 0 && ga_monotonic_ns() - t0 >= YIELD_AFTER_NS) sleep_ms(YIELD_MS);
   }
   free(batch);
   return NULL;

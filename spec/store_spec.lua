@@ -451,4 +451,47 @@ describe("genaudit.store (sqlite only)", function()
       store:close()
     end)
   end)
+
+  describe("a sync persist next to another writer", function()
+    local function count(store) return store:query("SELECT count(*) AS n FROM generation_snapshots")[1].n end
+
+    it("returns BUSY only after busy_timeout without the lock, and then wrote nothing", function()
+      local path = temp_path()
+      local store = assert(genaudit.open("sqlite:" .. path, { busy_timeout = 100 }))
+      local ready = path .. ".locked"
+      temp_files[#temp_files + 1] = ready
+      sh(("(echo 'BEGIN IMMEDIATE;'; echo '.shell touch %s'; sleep 1.5; echo 'COMMIT;') | sqlite3 %s >/dev/null 2>&1 &")
+        :format(shq(ready), shq(path)))
+      for _ = 1, 1000 do
+        local f = io.open(ready)
+        if f then f:close() break end
+        sh("sleep 0.01")
+      end
+      local id, err, code = store:persist_generation(valid_row())
+      assert.same({ nil, "BUSY: cannot persist snapshot: database is locked", "BUSY" }, { id, err, code })
+      sh("sleep 1.6")
+      assert.equal(0, count(store))
+      assert(store:persist_generation(valid_row())) -- and the store is fine afterwards
+      assert.equal(1, count(store))
+      store:close()
+    end)
+
+    it("gets the lock within busy_timeout while an async store writes 1 MB rows", function()
+      local path = temp_path()
+      local async = assert(genaudit.open("sqlite:" .. path, { async = true }))
+      local sync = assert(genaudit.open("sqlite:" .. path, { busy_timeout = 200 }))
+      local big = string.rep("x", 1024 * 1024)
+      local busy = {}
+      for i = 1, 40 do
+        for _ = 1, 5 do assert(async:persist_generation(valid_row({ content = big }))) end
+        local id, err = sync:persist_generation(valid_row({ user_id = "sync-" .. i }))
+        if not id then busy[#busy + 1] = err end
+      end
+      assert.is_true(async:flush())
+      assert.same({}, busy)
+      assert.equal(240, count(sync))
+      async:close()
+      sync:close()
+    end)
+  end)
 end)
