@@ -118,9 +118,12 @@ void ga_check_migrations(lua_State *L, int idx) {
   }
 }
 
+/* flush(): WRITE_FAILED reports the rows that failed since the last flush
+ * that reported failures, once; a later flush of good rows returns true. */
 int ga_store_flush(lua_State *L, ga_writer *w) {
   long long t = -1;
-  ga_writer_stats st;
+  uint64_t failed;
+  char last[256];
   if (!lua_isnoneornil(L, 2) && (!ga_tointeger(L, 2, &t) || t < 0))
     return luaL_argerror(L, 2, "timeout_ms must be a non-negative integer");
   if (!w) { /* synchronous mode: every persist() already committed */
@@ -128,10 +131,10 @@ int ga_store_flush(lua_State *L, ga_writer *w) {
     return 1;
   }
   if (ga_writer_flush(w, (long)t) != 0) return ga_fail(L, "TIMEOUT", "rows still queued after %lld ms", t);
-  ga_writer_get_stats(w, &st);
-  if (st.failed > 0)
+  failed = ga_writer_take_failed(w, last, sizeof last);
+  if (failed > 0)
     return ga_fail(L, "WRITE_FAILED", "%llu row(s) could not be written; last error: %s",
-                   (unsigned long long)st.failed, st.last_error);
+                   (unsigned long long)failed, last);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <libpq-fe.h>
 #include "ga_private.h"
@@ -51,6 +52,9 @@ static const char SQL_MIGRATIONS_APPLIED[] = "SELECT version FROM schema_migrati
 static const char SQL_MIGRATION_APPLIED[] = "SELECT 1 FROM schema_migrations WHERE version = $1";
 static const char SQL_MIGRATION_RECORD[] = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)";
 static const char SQL_SCHEMA_VERSION[] = "SELECT coalesce(max(version), 0) FROM schema_migrations";
+/* after every query()/each(): the session keeps no advisory lock of a query's */
+#define SQL_UNLOCK_ALL "SELECT pg_advisory_unlock_all()"
+static const char SQL_ID_STORED[] = "SELECT 1 FROM generation_snapshots WHERE id = $1";
 #define INSERT_NAME "ga_insert"
 #define PKEY_NAME "generation_snapshots_pkey"
 
@@ -343,10 +347,65 @@ static int json_has_nul_escape(const char *s, size_t n) {
   return 0;
 }
 
+/* Bytes of a btree index entry's column that always fit: PostgreSQL refuses
+ * an entry over ~2700 bytes (1/3 of a page), which compression may or may
+ * not bring under. org_id and template_id are indexed
+ * (migrations/postgresql/0004). */
+#define PG_INDEXED_MAX 2000
+/* A field (and one message) is at most 1 GB in PostgreSQL. */
+#define PG_FIELD_MAX (1073741823 - 1024)
+
+/* The integer after "key": in a metric document as ga_row writes it
+ * (the spec's keys first, no spaces); 0 and *found = 0 when absent. */
+static long long json_int_member(const ga_text *t, const char *key, int *found) {
+  char pat[48];
+  const char *p, *end = t->p + t->n;
+  size_t k = (size_t)snprintf(pat, sizeof pat, "\"%s\":", key);
+  long long v = 0;
+  *found = 0;
+  for (p = t->p; t->set && p + k <= end; p++)
+    if (memcmp(p, pat, k) == 0) {
+      p += k;
+      if (p >= end || *p < '0' || *p > '9') return 0;
+      *found = 1;
+      for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        if (v > 922337203685477580LL) return -1; /* more than int64: surely out of range */
+        v = v * 10 + (*p - '0');
+      }
+      return v;
+    }
+  return 0;
+}
+
 /* The row's text as PostgreSQL can store it: no NUL bytes (TEXT cannot hold
- * them; json's ->> cannot extract \u0000), valid UTF-8. 0, or -1 with err. */
+ * them; json's ->> cannot extract \u0000), valid UTF-8; and what the
+ * table's columns and indexes would refuse at insert (async mode must not
+ * acknowledge such a row): a field over 1 GB, an indexed column over
+ * PG_INDEXED_MAX bytes, a repair_count over the integer column's range.
+ * 0, or -1 with err. */
 static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
-  int i;
+  int i, found;
+  size_t total = 0;
+  long long rc;
+  for (i = 0; i < GA_NCOLS; i++) {
+    const ga_text *t = &row->col[i];
+    if (!t->set) continue;
+    total += t->n;
+    if (t->n > PG_FIELD_MAX || total > PG_FIELD_MAX) {
+      snprintf(err, errlen, "%s: the row is over PostgreSQL's limit of 1 GB per field and message", ga_col_names[i]);
+      return -1;
+    }
+    if ((i == GA_COL_ORG_ID || i == GA_COL_TEMPLATE_ID) && t->n > PG_INDEXED_MAX) {
+      snprintf(err, errlen, "%s: %zu bytes are over the %d an indexed column holds", ga_col_names[i], t->n,
+               PG_INDEXED_MAX);
+      return -1;
+    }
+  }
+  rc = json_int_member(&row->col[GA_COL_REPAIR_METRICS], "repair_count", &found);
+  if (found && (rc < 0 || rc > 2147483647)) {
+    snprintf(err, errlen, "repair_info.repair_count: over the range of PostgreSQL's integer column (2147483647)");
+    return -1;
+  }
   for (i = 0; i < GA_NCOLS; i++) {
     const ga_text *t = &row->col[i];
     int json = i == GA_COL_TOKEN_METRICS || i == GA_COL_PERFORMANCE_METRICS || i == GA_COL_REPAIR_METRICS ||
@@ -1100,21 +1159,39 @@ static int l_store_persist(lua_State *L) {
   ga_row row;
   char err[512], created[32];
   const char *values[GA_NCOLS];
-  int lengths[GA_NCOLS], formats[GA_NCOLS], attempt, lost = 0;
+  int lengths[GA_NCOLS], formats[GA_NCOLS], attempt, lost = 0, explicit_id;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (s->cfg.readonly) return ga_fail(L, "READONLY", "store was opened read-only");
   if (ga_row_build(L, 2, &row, err, sizeof err) != 0 || pg_row_check(&row, err, sizeof err) != 0) {
     ga_row_free(&row);
     return ga_fail(L, "INVALID", "%s", err);
   }
+  explicit_id = row.col[GA_COL_ID].set;
   if (ga_row_stamp(&row, &s->ulid) != 0) {
     ga_row_free(&row);
     return ga_fail(L, "ULID", "cannot generate a snapshot id");
   }
+  if (s->writer && explicit_id && s->each_depth == 0 && ensure(L, s) == 0) {
+    /* a row that brings its id: refused now if it is stored already */
+    const char *v[1];
+    char id[27];
+    PGresult *r;
+    int dup;
+    memcpy(id, row.id, 26);
+    id[26] = '\0';
+    v[0] = id;
+    r = PQexecParams(s->conn, SQL_ID_STORED, 1, NULL, v, NULL, NULL, 0);
+    dup = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    if (dup) {
+      ga_row_free(&row);
+      return ga_fail(L, "CONSTRAINT", "a snapshot with id %.26s is stored already", row.id);
+    }
+  }
   if (s->writer) {
-    int r = ga_writer_push(s->writer, &row, err, sizeof err);
+    int r = ga_writer_push(s->writer, &row, explicit_id, err, sizeof err);
     ga_row_free(&row);
-    if (r != 0) return ga_fail(L, r == -1 ? "FULL" : r == -2 ? "STOPPED" : "NOMEM", "%s", err);
+    if (r != 0) return ga_fail(L, ga_writer_push_code(r), "%s", err);
     lua_pushlstring(L, row.id, 26);
     return 1;
   }
@@ -1277,6 +1354,46 @@ static void xlat_release(void *p) {
   free(p);
 }
 
+/* False when the statement (one, translated) is one query() refuses: its
+ * first word, after comments and opening parentheses, starts a command
+ * other than SELECT, WITH, VALUES, TABLE, SHOW or EXPLAIN (the first words
+ * of PostgreSQL's grammar): transaction control, SET/RESET, PREPARE,
+ * DECLARE, LISTEN, LOCK, COPY, DO, CALL, utility commands. They could end
+ * the READ ONLY transaction a query runs in, or change the session beyond
+ * it. Refused before they reach the server; an unknown first word goes on,
+ * for the server's syntax error. */
+static int plain_read(const char *q) {
+  static const char *const refused[] = {
+      "abort", "alter", "analyse", "analyze", "begin", "call", "checkpoint", "close", "cluster", "comment",
+      "commit", "copy", "create", "deallocate", "declare", "delete", "discard", "do", "drop", "end", "execute",
+      "fetch", "grant", "import", "insert", "listen", "load", "lock", "merge", "move", "notify", "prepare",
+      "reassign", "refresh", "reindex", "release", "reset", "revoke", "rollback", "savepoint", "security", "set",
+      "start", "truncate", "unlisten", "update", "vacuum", NULL};
+  size_t n;
+  int i;
+  for (;;) {
+    while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r' || *q == '\f' || *q == '\v' || *q == '(') q++;
+    if (q[0] == '-' && q[1] == '-') {
+      while (*q && *q != '\n') q++;
+    } else if (q[0] == '/' && q[1] == '*') {
+      int depth = 1;
+      q += 2;
+      while (*q && depth > 0) {
+        if (q[0] == '/' && q[1] == '*') depth++, q += 2;
+        else if (q[0] == '*' && q[1] == '/') depth--, q += 2;
+        else q++;
+      }
+    } else {
+      break;
+    }
+  }
+  for (n = 0; (q[n] >= 'a' && q[n] <= 'z') || (q[n] >= 'A' && q[n] <= 'Z'); n++) {}
+  if (is_ident(q[n])) return 1; /* "selectx", "set_config": not a command word */
+  for (i = 0; refused[i]; i++)
+    if (strlen(refused[i]) == n && strncasecmp(q, refused[i], n) == 0) return 0;
+  return 1;
+}
+
 /* Translates and binds the statement at index 2 with the params at index 3
  * (nil: none). On success leaves the translated SQL (at *sqlidx), two boxes
  * and the bound values on the stack and returns 0; else pushes nil, err,
@@ -1292,7 +1409,8 @@ static int prepare_args(lua_State *L, int *sqlidx, params **po) {
   bx->mem = x;
   bx->release = xlat_release;
   if (translate(sql, len, x) != 0) return ga_fail(L, strcmp(x->err, "out of memory") == 0 ? "NOMEM" : "SQL", "%s", x->err);
-  if (x->statements != 1) return ga_fail(L, "READONLY", "query() runs one read-only statement");
+  if (x->statements != 1 || !plain_read(x->sql.buf))
+    return ga_fail(L, "READONLY", "query() runs one read-only statement");
   lua_pushstring(L, x->sql.buf);
   *sqlidx = lua_gettop(L);
   bp = newbox(L);
@@ -1410,10 +1528,13 @@ static int l_store_query(lua_State *L) {
     res = PQexecPrepared(s->conn, name, p->n, p->values, NULL, NULL, 0);
     box_set(b, res);
     ok = res && (PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK);
+    /* nothing the query did survives it: the transaction is rolled back, and
+     * session-level advisory locks it took (pg_advisory_lock(), which a
+     * rollback keeps: the migration lock among them) are released */
     if (PQstatus(s->conn) == CONNECTION_OK)
-      PQclear(PQexec(s->conn, !inner ? "ROLLBACK"
-                              : ok   ? "RELEASE SAVEPOINT ga_query"
-                                     : "ROLLBACK TO SAVEPOINT ga_query; RELEASE SAVEPOINT ga_query"));
+      PQclear(PQexec(s->conn, !inner ? "ROLLBACK; " SQL_UNLOCK_ALL
+                              : ok   ? "RELEASE SAVEPOINT ga_query; " SQL_UNLOCK_ALL
+                                     : "ROLLBACK TO SAVEPOINT ga_query; RELEASE SAVEPOINT ga_query; " SQL_UNLOCK_ALL));
     if (!ok) {
       if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0 && !inner) continue;
       if (state_is(res, "0A000") && attempt == 0) { /* "cached plan must not change result type" */
@@ -1439,10 +1560,11 @@ static int l_store_query(lua_State *L) {
 
 /* Ends each()'s transaction, or its savepoint when nested. */
 static void end_each(pgstore *s, int depth) {
-  char sql[96];
+  char sql[160];
   if (s->conn && PQstatus(s->conn) == CONNECTION_OK) {
-    if (depth == 1) snprintf(sql, sizeof sql, "ROLLBACK");
-    else snprintf(sql, sizeof sql, "ROLLBACK TO SAVEPOINT ga_each_%d; RELEASE SAVEPOINT ga_each_%d", depth, depth);
+    if (depth == 1) snprintf(sql, sizeof sql, "ROLLBACK; " SQL_UNLOCK_ALL);
+    else snprintf(sql, sizeof sql, "ROLLBACK TO SAVEPOINT ga_each_%d; RELEASE SAVEPOINT ga_each_%d; " SQL_UNLOCK_ALL,
+                  depth, depth);
     PQclear(PQexec(s->conn, sql));
   }
   if (s->each_depth > 0) s->each_depth--;

@@ -112,6 +112,7 @@ typedef struct {
   int block;        /* when full: 1 = wait, 0 = fail */
   long busy_timeout_ms;
   int synchronous;  /* 0 off, 1 normal, 2 full, 3 extra */
+  long long length_limit; /* SQLITE_LIMIT_LENGTH of the writer's connection; 0: SQLite's */
 } ga_writer_opts;
 typedef struct {
   uint64_t queued, written, failed, batches, retries;
@@ -121,8 +122,14 @@ typedef struct {
 /* Starts the thread with its own connection to `path`. NULL + err on failure. */
 ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err, size_t errlen);
 /* Copies the row into the queue. 0 ok; -1 full (block=0) or too large;
- * -2 stopped; -3 out of memory. err says which. */
-int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen);
+ * -2 stopped; -3 out of memory; -4 explicit_id and a row with that id is
+ * queued or being written already. err says which. */
+int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen);
+/* The error code for a ga_writer_push result: FULL, STOPPED, NOMEM, CONSTRAINT. */
+const char *ga_writer_push_code(int r);
+/* Rows failed since the last call (flush() reports each failure once), with
+ * the last error copied into last_error. */
+uint64_t ga_writer_take_failed(ga_writer *w, char *last_error, size_t errlen);
 /* Waits until everything pushed so far is committed (or failed). 0, or -1 on
  * timeout (timeout_ms < 0: wait forever). */
 int ga_writer_flush(ga_writer *w, long timeout_ms);

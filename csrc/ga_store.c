@@ -28,6 +28,7 @@ static const char SQL_MIGRATIONS_TABLE[] =
     " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))";
 static const char SQL_MIGRATION_APPLIED[] = "SELECT 1 FROM schema_migrations WHERE version = ?1";
 static const char SQL_MIGRATION_RECORD[] = "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)";
+static const char SQL_ID_STORED[] = "SELECT 1 FROM generation_snapshots WHERE id = ?1";
 static const char SQL_SCHEMA_VERSION[] = "SELECT coalesce(max(version), 0) FROM schema_migrations";
 /* Planner statistics (see refresh_stats). analysis_limit makes ANALYZE sample
  * ~400 rows per index: milliseconds at 1M rows instead of a full read. */
@@ -55,11 +56,15 @@ typedef struct {
   ga_ulid_state ulid;
   int readonly;
   int sync_level;     /* PRAGMA synchronous index, reused by the writer */
+  long long length_limit; /* opts.length_limit (SQLITE_LIMIT_LENGTH), 0: SQLite's; reused by the writer */
   long busy_ms;
   ga_writer *writer;  /* non-NULL in async mode */
   uint64_t persisted; /* sync mode: rows committed by persist() */
   uint64_t busy_t0;   /* when the current wait for a lock began (ns) */
+  uint64_t deadline;  /* open(): no wait for a lock past this (ns, monotonic); 0 = none */
   uint64_t rng;       /* xorshift64 for the busy handler's jitter, never 0 */
+  int guard;          /* preparing a query()/each() statement: the authorizer refuses */
+  int refused;        /* the authorizer refused something while guard was set */
 } store;
 
 /* The busy handler of a store's own connection: polls the lock every
@@ -74,6 +79,7 @@ static int busy_wait(void *arg, int count) {
   struct timespec ts;
   if (count == 0) s->busy_t0 = now;
   if (now - s->busy_t0 >= (uint64_t)s->busy_ms * 1000000u) return 0;
+  if (s->deadline && now >= s->deadline) return 0;
   x = s->rng;
   x ^= x << 13;
   x ^= x >> 7;
@@ -92,6 +98,7 @@ static store *check_store(lua_State *L) {
 }
 
 static int exec(store *s, const char *sql);
+static int authorize(void *arg, int action, const char *a1, const char *a2, const char *db, const char *trig);
 
 static int store_close_impl(store *s) {
   int i;
@@ -179,7 +186,7 @@ static int l_sqlite_open(lua_State *L) {
   size_t pathlen;
   const char *path = luaL_checklstring(L, 1, &pathlen);
   int sync = 1, journal = 0, readonly = 0, flags, rc;
-  long long busy = 5000;
+  long long busy = 5000, length_limit = 0;
   store *s;
   char sql[96];
   if (strlen(path) != pathlen) return luaL_argerror(L, 1, "database path must not contain NUL bytes");
@@ -194,7 +201,10 @@ static int l_sqlite_open(lua_State *L) {
       return luaL_argerror(L, 2, "busy_timeout must be an integer number of ms (0-3600000)");
     lua_getfield(L, 2, "readonly");
     readonly = lua_toboolean(L, -1);
-    lua_pop(L, 4);
+    lua_getfield(L, 2, "length_limit");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &length_limit) || length_limit < 1 || length_limit > 2147483647))
+      return luaL_argerror(L, 2, "length_limit must be a positive integer number of bytes");
+    lua_pop(L, 5);
   }
   /* closed userdata first, then the resource: nothing leaks if Lua raises */
   s = (store *)ga_newuserdata(L, sizeof *s);
@@ -204,6 +214,7 @@ static int l_sqlite_open(lua_State *L) {
   s->readonly = readonly;
   s->sync_level = sync;
   s->busy_ms = (long)busy;
+  s->length_limit = length_limit;
 
   if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
     /* create the file ourselves so it is private (0600) from the start */
@@ -226,16 +237,19 @@ static int l_sqlite_open(lua_State *L) {
   sqlite3_extended_result_codes(s->db, 1);
   s->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)s) | 1u;
   sqlite3_busy_handler(s->db, busy_wait, s);
+  sqlite3_set_authorizer(s->db, authorize, s);
+  if (length_limit > 0) sqlite3_limit(s->db, SQLITE_LIMIT_LENGTH, (int)length_limit);
+  /* every wait for a lock below ends by busy_timeout after open began: one
+   * budget for the whole open, not one per statement (or per retry) */
+  s->deadline = ga_monotonic_ns() + (uint64_t)busy * 1000000u;
   if (!readonly) {
-    long waited = 0;
     snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", journals[journal]);
-    /* switching journal mode needs an exclusive lock and does not go through
-     * the busy handler: retry while another process (a migrating nginx
-     * worker) holds the database, within busy_timeout */
-    while ((rc = exec(s, sql)) == SQLITE_BUSY && waited < busy) {
-      sqlite3_sleep(10);
-      waited += 10;
-    }
+    /* switching journal mode needs an exclusive lock, and some of its BUSY
+     * answers do not go through the busy handler: retry while another
+     * process (a migrating nginx worker) holds the database, until the
+     * deadline. (The busy handler waits within each try too: counting 10 ms
+     * per try made this loop wait busy_timeout^2/10 ms.) */
+    while ((rc = exec(s, sql)) == SQLITE_BUSY && ga_monotonic_ns() < s->deadline) sqlite3_sleep(10);
     if (rc != SQLITE_OK) {
       int r = fail_db(L, s, "cannot set journal mode");
       store_close_impl(s);
@@ -254,6 +268,7 @@ static int l_sqlite_open(lua_State *L) {
     store_close_impl(s);
     return r;
   }
+  s->deadline = 0;
   return 1;
 }
 
@@ -364,12 +379,55 @@ static int l_store_schema_version(lua_State *L) {
   return 1;
 }
 
-static void bind_row(sqlite3_stmt *st, const ga_row *row) {
+/* Binds the row's columns; SQLITE_OK or the first bind's error code. */
+static int bind_row(sqlite3_stmt *st, const ga_row *row) {
+  int i, rc = SQLITE_OK;
+  for (i = 0; i < GA_NCOLS && rc == SQLITE_OK; i++) {
+    if (row->col[i].set) rc = sqlite3_bind_text64(st, i + 1, row->col[i].p, row->col[i].n, SQLITE_STATIC, SQLITE_UTF8);
+    else rc = sqlite3_bind_null(st, i + 1);
+  }
+  return rc;
+}
+
+/* Bytes a row's record may need beyond its columns' own (header, varints). */
+#define ROW_OVERHEAD 1024
+
+/* Refuses a row SQLite would refuse for its size (SQLITE_LIMIT_LENGTH of
+ * this connection: per value, and per row record), before anything is
+ * bound or queued: the async writer would otherwise acknowledge it and fail
+ * later. 0, or -1 with err. */
+static int check_row_size(store *s, const ga_row *row, char *err, size_t errlen) {
+  long long limit = sqlite3_limit(s->db, SQLITE_LIMIT_LENGTH, -1), total = 0;
   int i;
   for (i = 0; i < GA_NCOLS; i++) {
-    if (row->col[i].set) sqlite3_bind_text64(st, i + 1, row->col[i].p, row->col[i].n, SQLITE_STATIC, SQLITE_UTF8);
-    else sqlite3_bind_null(st, i + 1);
+    if (!row->col[i].set) continue;
+    if ((long long)row->col[i].n > limit) {
+      snprintf(err, errlen, "%s: %zu bytes exceed the database's limit of %lld bytes per value", ga_col_names[i],
+               row->col[i].n, limit);
+      return -1;
+    }
+    total += (long long)row->col[i].n;
   }
+  if (total + ROW_OVERHEAD > limit) {
+    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total, limit);
+    return -1;
+  }
+  return 0;
+}
+
+/* True (1) when a row with this id is stored already; 0 when not; -1 on an
+ * error (then the writer finds out). Async mode asks before acknowledging a
+ * row that brings its own id. */
+static int id_stored(store *s, const char *id) {
+  sqlite3_stmt *st = NULL;
+  int r = -1, rc;
+  if (sqlite3_prepare_v2(s->db, SQL_ID_STORED, -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_bind_text(st, 1, id, 26, SQLITE_STATIC) == SQLITE_OK) {
+    rc = sqlite3_step(st);
+    r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+  }
+  sqlite3_finalize(st);
+  return r;
 }
 
 /* store:persist(row) -> id | nil, err, code. Writes nothing unless the whole
@@ -378,21 +436,31 @@ static int l_store_persist(lua_State *L) {
   store *s = check_store(L);
   ga_row row;
   char err[256];
-  int rc;
+  int rc, explicit_id;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (s->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
   if (ga_row_build(L, 2, &row, err, sizeof err) != 0) {
     ga_row_free(&row);
     return ga_fail(L, "INVALID", "%s", err);
   }
+  explicit_id = row.col[GA_COL_ID].set;
   if (ga_row_stamp(&row, &s->ulid) != 0) {
     ga_row_free(&row);
     return ga_fail(L, "ULID", "cannot generate a snapshot id");
   }
-  if (s->writer) {
-    int r = ga_writer_push(s->writer, &row, err, sizeof err);
+  if (check_row_size(s, &row, err, sizeof err) != 0) {
     ga_row_free(&row);
-    if (r != 0) return ga_fail(L, r == -1 ? "FULL" : r == -2 ? "STOPPED" : "NOMEM", "%s", err);
+    return ga_fail(L, "INVALID", "%s", err);
+  }
+  if (s->writer) {
+    int r;
+    if (explicit_id && id_stored(s, row.id) == 1) {
+      ga_row_free(&row);
+      return ga_fail(L, "CONSTRAINT", "a snapshot with id %.26s is stored already", row.id);
+    }
+    r = ga_writer_push(s->writer, &row, explicit_id, err, sizeof err);
+    ga_row_free(&row);
+    if (r != 0) return ga_fail(L, ga_writer_push_code(r), "%s", err);
     lua_pushlstring(L, row.id, 26);
     return 1;
   }
@@ -401,7 +469,12 @@ static int l_store_persist(lua_State *L) {
     ga_row_free(&row);
     return fail_db(L, s, "cannot prepare insert (is the store migrated?)");
   }
-  bind_row(s->insert, &row);
+  rc = bind_row(s->insert, &row);
+  if (rc != SQLITE_OK) { /* a value SQLite refuses: never stored as NULL */
+    sqlite3_clear_bindings(s->insert);
+    ga_row_free(&row);
+    return ga_fail(L, "INVALID", "cannot bind the row: %s", sqlite3_errstr(rc));
+  }
   rc = step_done(s->insert);
   if (rc != SQLITE_OK) {
     ga_row_free(&row);
@@ -429,6 +502,7 @@ static int l_store_start_async(lua_State *L) {
   if (!path || !*path) return ga_fail(L, "ASYNC", "async mode needs a database file (not :memory:)");
   o.busy_timeout_ms = s->busy_ms;
   o.synchronous = s->sync_level;
+  o.length_limit = s->length_limit;
   s->writer = ga_writer_start(path, &o, err, sizeof err);
   if (!s->writer) return ga_fail(L, "ASYNC", "%s", err);
   lua_pushboolean(L, 1);
@@ -454,6 +528,78 @@ static int only_space(const char *p) {
   return *p == '\0';
 }
 
+/* PRAGMAs query() may run: pure reads. `args` 1: with or without an
+ * argument (a table or index name, a row limit); 0: only without one (with
+ * an argument they set something). Everything else is refused. */
+static const struct { const char *name; int args; } read_pragmas[] = {
+    {"table_info", 1},      {"table_xinfo", 1},    {"index_list", 1},      {"index_info", 1},
+    {"index_xinfo", 1},     {"foreign_key_list", 1}, {"foreign_key_check", 1}, {"integrity_check", 1},
+    {"quick_check", 1},     {"user_version", 0},   {"application_id", 0},  {"schema_version", 0},
+    {"data_version", 0},    {"page_count", 0},     {"page_size", 0},       {"freelist_count", 0},
+    {"encoding", 0},        {"synchronous", 0},     {"foreign_keys", 0},
+    {"busy_timeout", 0},    {"query_only", 0},     {"locking_mode", 0},    {"trusted_schema", 0},
+    {"hard_heap_limit", 0}, {"soft_heap_limit", 0}, {"cache_size", 0},     {"compile_options", 0},
+    {"database_list", 0},   {"table_list", 0},     {"collation_list", 0},  {"function_list", 0},
+    {"module_list", 0},     {"pragma_list", 0},    {NULL, 0}};
+
+/* The authorizer of a store's connection. While a query()/each() statement
+ * is prepared (s->guard) it allows reading tables, calling functions and
+ * the PRAGMAs above, and refuses everything else: writes, schema changes,
+ * transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE),
+ * ATTACH/DETACH, PRAGMAs that set something. It runs while the statement is
+ * compiled, before any of it runs: a refused PRAGMA (busy_timeout,
+ * hard_heap_limit, ... which SQLite applies as it compiles them) changes
+ * nothing. Outside query()/each() it allows everything (the store's own SQL). */
+static int authorize(void *arg, int action, const char *a1, const char *a2, const char *db, const char *trig) {
+  store *s = (store *)arg;
+  int i;
+  (void)db;
+  (void)trig;
+  if (!s->guard) return SQLITE_OK;
+  switch (action) {
+    case SQLITE_SELECT: case SQLITE_READ: case SQLITE_RECURSIVE: return SQLITE_OK;
+    case SQLITE_UPDATE:
+      /* SQLite asks this while it sets up a table-valued function (json_each,
+       * pragma_table_xinfo) in a read; a real UPDATE of the schema table is
+       * refused by SQLite itself (writable_schema cannot be set here) and by
+       * the read-only check of query() */
+      if (a1 && (strcmp(a1, "sqlite_master") == 0 || strcmp(a1, "sqlite_temp_master") == 0)) return SQLITE_OK;
+      break;
+    case SQLITE_FUNCTION:
+      /* the two functions that can change the process: refused even if enabled */
+      if (a2 && (sqlite3_stricmp(a2, "load_extension") == 0 || sqlite3_stricmp(a2, "fts3_tokenizer") == 0)) break;
+      return SQLITE_OK;
+    case SQLITE_PRAGMA:
+      for (i = 0; a1 && read_pragmas[i].name; i++)
+        if (sqlite3_stricmp(a1, read_pragmas[i].name) == 0) {
+          if (a2 && !read_pragmas[i].args) break;
+          return SQLITE_OK;
+        }
+      break;
+    default: break;
+  }
+  s->refused = 1;
+  return SQLITE_DENY;
+}
+
+/* Prepares sql for query()/each() under the authorizer. SQLITE_AUTH when it
+ * refused something (nothing of the statement ran). */
+static int prepare_guarded(store *s, const char *sql, size_t len, unsigned flags, sqlite3_stmt **st,
+                           const char **tail) {
+  int rc;
+  s->guard = 1;
+  s->refused = 0;
+  rc = sqlite3_prepare_v3(s->db, sql, (int)len, flags, st, tail);
+  s->guard = 0;
+  if (rc == SQLITE_OK && s->refused) { /* cannot happen (a DENY fails the prepare), but never run it */
+    sqlite3_finalize(*st);
+    *st = NULL;
+    rc = SQLITE_AUTH;
+  }
+  if (rc != SQLITE_OK && s->refused) rc = SQLITE_AUTH;
+  return rc;
+}
+
 /* Finds or prepares the statement for sql in the per-store LRU cache. Only a
  * single read-only statement is cached: a hit reports an empty tail, so caching
  * "SELECT 1; DELETE ..." would let its second call pass query()'s check.
@@ -471,7 +617,7 @@ static sqlite3_stmt *cached_stmt(store *s, const char *sql, size_t len, const ch
     }
     if (s->q[i].used < s->q[victim].used) victim = i;
   }
-  if (sqlite3_prepare_v3(s->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st, tail) != SQLITE_OK || !st) return NULL;
+  if (prepare_guarded(s, sql, len, SQLITE_PREPARE_PERSISTENT, &st, tail) != SQLITE_OK || !st) return NULL;
   if (!only_space(*tail) || !sqlite3_stmt_readonly(st)) return st; /* refused by the caller, never cached */
   copy = (char *)malloc(len + 1);
   if (!copy) return st; /* usable, just not cached: caller finalizes uncached ones */
@@ -493,40 +639,55 @@ static int is_cached(store *s, sqlite3_stmt *st) {
   return 0;
 }
 
-/* Binds one Lua value at vidx to parameter i. Returns NULL or an error text. */
+/* Binds one Lua value at vidx to parameter i. Returns NULL or an error text
+ * (a type that cannot be bound, or SQLite refusing the value: too big). */
 static const char *bind_value(lua_State *L, sqlite3_stmt *st, int i, int vidx) {
   long long iv;
+  int rc;
   switch (lua_type(L, vidx)) {
     case LUA_TNUMBER:
 #if LUA_VERSION_NUM >= 503
       if (lua_isinteger(L, vidx)) {
-        sqlite3_bind_int64(st, i, (sqlite3_int64)lua_tointeger(L, vidx));
-        return NULL;
+        rc = sqlite3_bind_int64(st, i, (sqlite3_int64)lua_tointeger(L, vidx));
+        break;
       }
 #else
       if (ga_tointeger(L, vidx, &iv) && iv > -9007199254740992LL && iv < 9007199254740992LL) {
-        sqlite3_bind_int64(st, i, (sqlite3_int64)iv);
-        return NULL;
+        rc = sqlite3_bind_int64(st, i, (sqlite3_int64)iv);
+        break;
       }
 #endif
       (void)iv;
-      sqlite3_bind_double(st, i, (double)lua_tonumber(L, vidx));
-      return NULL;
+      rc = sqlite3_bind_double(st, i, (double)lua_tonumber(L, vidx));
+      break;
     case LUA_TSTRING: {
       size_t n;
       const char *p = lua_tolstring(L, vidx, &n);
-      sqlite3_bind_text64(st, i, p, n, SQLITE_TRANSIENT, SQLITE_UTF8);
-      return NULL;
+      rc = sqlite3_bind_text64(st, i, p, n, SQLITE_TRANSIENT, SQLITE_UTF8);
+      break;
     }
-    case LUA_TBOOLEAN: sqlite3_bind_int(st, i, lua_toboolean(L, vidx)); return NULL;
+    case LUA_TBOOLEAN: rc = sqlite3_bind_int(st, i, lua_toboolean(L, vidx)); break;
     case LUA_TLIGHTUSERDATA:
       if (ga_isnull(L, vidx)) {
-        sqlite3_bind_null(st, i);
-        return NULL;
+        rc = sqlite3_bind_null(st, i);
+        break;
       }
       /* fall through */
     default: return luaL_typename(L, vidx);
   }
+  if (rc == SQLITE_OK) return NULL;
+  return rc == SQLITE_TOOBIG ? "value (too big for the database)" : sqlite3_errstr(rc);
+}
+
+/* Steps a query()/each() statement under the authorizer too: a statement
+ * SQLite compiles while it runs (a pragma_xxx() table, a re-prepare after a
+ * schema change) gets the same check. */
+static int step_guarded(store *s, sqlite3_stmt *st) {
+  int rc;
+  s->guard = 1;
+  rc = sqlite3_step(st);
+  s->guard = 0;
+  return rc;
 }
 
 /* Releases a statement obtained from prepare_bound. */
@@ -544,12 +705,13 @@ static sqlite3_stmt *prepare_bound(lua_State *L, store *s, int fresh) {
   const char *sql = luaL_checklstring(L, 2, &len), *tail = NULL, *bad = NULL;
   sqlite3_stmt *st = NULL;
   int nparams, i;
+  s->refused = 0;
   if (fresh) {
-    if (sqlite3_prepare_v2(s->db, sql, (int)len, &st, &tail) != SQLITE_OK) st = NULL;
+    if (prepare_guarded(s, sql, len, 0, &st, &tail) != SQLITE_OK) st = NULL;
   } else {
     st = cached_stmt(s, sql, len, &tail);
   }
-  if (!st && sqlite3_errcode(s->db) == SQLITE_OK) { /* empty or comment-only sql */
+  if ((!st && sqlite3_errcode(s->db) == SQLITE_OK) || s->refused) { /* empty sql, or refused by authorize() */
     ga_fail(L, "READONLY", "query() runs one read-only statement");
     return NULL;
   }
@@ -627,7 +789,7 @@ static int l_store_query(lua_State *L) {
   if (!st) return 3;
   ncols = sqlite3_column_count(st);
   lua_newtable(L);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+  while ((rc = step_guarded(s, st)) == SQLITE_ROW) {
     push_row(L, st, ncols);
     lua_rawseti(L, -2, ++nrows);
   }
@@ -655,7 +817,7 @@ static int l_store_each(lua_State *L) {
   st = prepare_bound(L, s, 1); /* its own statement: fn may query the same store */
   if (!st) return 3;
   ncols = sqlite3_column_count(st);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+  while ((rc = step_guarded(s, st)) == SQLITE_ROW) {
     int stop;
     lua_pushvalue(L, 4);
     push_row(L, st, ncols);

@@ -16,8 +16,26 @@
 #include "ga_private.h"
 
 typedef struct ga_writer_item item;
+
+/* The explicit ids (rows copied between stores) queued or in a batch being
+ * written: a second row with one of them is refused at push time, before it
+ * is acknowledged. Only rows that bring their id are here; a new ULID is
+ * unique. */
+#define IDSET_BUCKETS 1024
+typedef struct idnode {
+  struct idnode *next;
+  char id[26];
+} idnode;
+
+static unsigned id_hash(const char *id) {
+  unsigned h = 2166136261u;
+  int i;
+  for (i = 0; i < 26; i++) h = (h ^ (unsigned char)id[i]) * 16777619u;
+  return h % IDSET_BUCKETS;
+}
 struct ga_writer_item {
   struct ga_writer_item *next;
+  int explicit_id; /* the row brought its id: it sits in the writer's id set while queued */
   size_t len[GA_NCOLS];
   unsigned char set[GA_NCOLS];
   size_t total;
@@ -32,6 +50,8 @@ struct ga_writer {
   ga_writer_opts o;
   ga_writer_stats st;
   uint64_t pushed, done; /* rows pushed; rows written or failed */
+  uint64_t failed_reported; /* st.failed as last reported by ga_writer_take_failed */
+  idnode **ids;             /* IDSET_BUCKETS chains: explicit ids queued or being written */
   int stopping;
   int dead; /* the thread could not run: push refuses, flush does not wait */
   const ga_writer_backend *be;
@@ -67,10 +87,24 @@ static void set_error(ga_writer *w, const char *what, const char *msg) {
 
 void ga_writer_error(ga_writer *w, const char *what, const char *msg) { set_error(w, what, msg); }
 
+/* Drops an item's id from the id set; the caller holds w->mu. */
+static void forget_id(ga_writer *w, const item *it) {
+  idnode **pp;
+  if (!it->explicit_id || !w->ids) return;
+  for (pp = &w->ids[id_hash(it->data)]; *pp; pp = &(*pp)->next)
+    if (memcmp((*pp)->id, it->data, 26) == 0) {
+      idnode *n = *pp;
+      *pp = n->next;
+      free(n);
+      return;
+    }
+}
+
 void ga_writer_refuse(ga_writer *w, item **batch, int i, const char *msg) {
   set_error(w, "row refused", msg);
   pthread_mutex_lock(&w->mu);
   w->st.failed++;
+  forget_id(w, batch[i]);
   pthread_mutex_unlock(&w->mu);
   free(batch[i]);
   batch[i] = NULL;
@@ -87,14 +121,17 @@ void ga_writer_item_cols(const item *it, ga_text cols[GA_NCOLS]) {
   }
 }
 
-static void bind_item(sqlite3_stmt *st, const item *it) {
+/* SQLITE_OK, or the first bind's error (a value too big): the row is then
+ * refused, never stored with a NULL in its place. */
+static int bind_item(sqlite3_stmt *st, const item *it) {
   const char *p = it->data;
-  int i;
-  for (i = 0; i < GA_NCOLS; i++) {
-    if (it->set[i]) sqlite3_bind_text64(st, i + 1, p, it->len[i], SQLITE_STATIC, SQLITE_UTF8);
-    else sqlite3_bind_null(st, i + 1);
+  int i, rc = SQLITE_OK;
+  for (i = 0; i < GA_NCOLS && rc == SQLITE_OK; i++) {
+    if (it->set[i]) rc = sqlite3_bind_text64(st, i + 1, p, it->len[i], SQLITE_STATIC, SQLITE_UTF8);
+    else rc = sqlite3_bind_null(st, i + 1);
     p += it->len[i];
   }
+  return rc;
 }
 
 /* Writes one batch in one transaction: 0 when committed, -1 when it must be
@@ -122,7 +159,12 @@ static int sqlite_write_batch(void *conn, ga_writer *w, item **batch, int n) {
   }
   for (i = 0; i < n; i++) {
     if (!batch[i]) continue;
-    bind_item(c->insert, batch[i]);
+    rc = bind_item(c->insert, batch[i]);
+    if (rc != SQLITE_OK) {
+      sqlite3_clear_bindings(c->insert);
+      ga_writer_refuse(w, batch, i, sqlite3_errstr(rc));
+      continue;
+    }
     rc = sqlite3_step(c->insert);
     sqlite3_reset(c->insert);
     sqlite3_clear_bindings(c->insert);
@@ -168,6 +210,12 @@ static int is_stopping(ga_writer *w) {
  * retries of a batch whose failure will not pass by waiting (backend
  * returned -2), at any time. */
 #define STOP_RETRIES 20
+/* A batch ends at BATCH_BYTES (or `batch` rows, whichever comes first; one
+ * row at least): large rows do not hold the write lock for long. After a
+ * batch that held it YIELD_AFTER_NS or more, the writer waits YIELD_MS. */
+#define BATCH_BYTES (1024u * 1024u)
+#define YIELD_AFTER_NS 10000000u
+#define YIELD_MS 3
 #define PERMANENT_RETRIES 5
 
 static void *writer_main(void *arg) {
@@ -184,6 +232,7 @@ static void *writer_main(void *arg) {
       w->st.pending--;
       w->st.failed++;
       w->done++;
+      forget_id(w, it);
       free(it);
     }
     w->tail = NULL;
@@ -193,7 +242,8 @@ static void *writer_main(void *arg) {
     return NULL;
   }
   for (;;) {
-    int n = 0, i, ok, attempts = 0, permanent = 0;
+    int n = 0, i, ok, attempts = 0, permanent = 0, more;
+    uint64_t t0;
     long backoff = 5;
     size_t bytes = 0;
     uint64_t written = 0;
@@ -203,7 +253,7 @@ static void *writer_main(void *arg) {
       pthread_mutex_unlock(&w->mu);
       break;
     }
-    while (w->head && n < w->o.batch) {
+    while (w->head && n < w->o.batch && (n == 0 || bytes + w->head->total <= BATCH_BYTES)) {
       item *it = w->head;
       w->head = it->next;
       if (!w->head) w->tail = NULL;
@@ -211,6 +261,7 @@ static void *writer_main(void *arg) {
       bytes += it->total;
     }
     pthread_mutex_unlock(&w->mu);
+    t0 = ga_monotonic_ns();
     while ((ok = w->be->write_batch(w->conn, w, batch, n)) != 0) {
       pthread_mutex_lock(&w->mu);
       w->st.retries++;
@@ -220,12 +271,14 @@ static void *writer_main(void *arg) {
       sleep_ms(backoff);
       if (backoff < 1000) backoff *= 2;
     }
+    pthread_mutex_lock(&w->mu);
     for (i = 0; i < n; i++) {
-      if (batch[i]) written++;
+      if (!batch[i]) continue;
+      written++;
+      forget_id(w, batch[i]); /* committed (the store finds it now) or given up */
       free(batch[i]);
       batch[i] = NULL;
     }
-    pthread_mutex_lock(&w->mu);
     if (ok == 0) {
       w->st.written += written;
       w->st.batches++;
@@ -235,9 +288,15 @@ static void *writer_main(void *arg) {
     w->done += (uint64_t)n;
     w->st.pending -= (size_t)n;
     w->st.pending_bytes -= bytes;
+    more = w->head != NULL;
     pthread_cond_broadcast(&w->not_full);
     pthread_cond_broadcast(&w->idle);
     pthread_mutex_unlock(&w->mu);
+    /* a long batch: leave the lock free for a moment before the next one, so
+     * other writers polling for it (a sync persist's busy handler polls every
+     * 0.5-1.5 ms) get it within their busy_timeout instead of the writer
+     * taking it back at once */
+    if (more && ok == 0 && ga_monotonic_ns() - t0 >= YIELD_AFTER_NS) sleep_ms(YIELD_MS);
   }
   free(batch);
   return NULL;
@@ -256,6 +315,13 @@ ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, cons
   w->o = *o;
   w->be = be;
   w->conn = conn;
+  w->ids = (idnode **)calloc(IDSET_BUCKETS, sizeof *w->ids);
+  if (!w->ids) {
+    snprintf(err, errlen, "out of memory");
+    be->close(conn);
+    free(w);
+    return NULL;
+  }
   if (w->o.batch < 1) w->o.batch = 1;
   if (w->o.capacity < 1) w->o.capacity = 1;
   pthread_mutex_init(&w->mu, NULL);
@@ -274,6 +340,7 @@ ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, cons
     pthread_cond_destroy(&w->not_full);
     pthread_cond_destroy(&w->idle);
     be->close(conn);
+    free(w->ids);
     free(w);
     return NULL;
   }
@@ -294,6 +361,7 @@ ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err,
     goto fail;
   }
   sqlite3_busy_timeout(c->db, (int)o->busy_timeout_ms);
+  if (o->length_limit > 0) sqlite3_limit(c->db, SQLITE_LIMIT_LENGTH, (int)o->length_limit);
   snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", syncs[o->synchronous & 3]);
   if (sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_exec(c->db, sql, NULL, NULL, NULL) != SQLITE_OK ||
@@ -307,9 +375,14 @@ fail:
   return NULL;
 }
 
-int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen) {
+const char *ga_writer_push_code(int r) {
+  return r == -1 ? "FULL" : r == -2 ? "STOPPED" : r == -4 ? "CONSTRAINT" : "NOMEM";
+}
+
+int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen) {
   size_t total = 0, i;
   item *it;
+  idnode *node = NULL;
   char *p;
   for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
   if (total > w->o.max_bytes) {
@@ -321,7 +394,13 @@ int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return -3;
   }
+  if (explicit_id && !(node = (idnode *)malloc(sizeof *node))) {
+    free(it);
+    snprintf(err, errlen, "out of memory");
+    return -3;
+  }
   it->next = NULL;
+  it->explicit_id = explicit_id;
   it->total = total;
   p = it->data;
   for (i = 0; i < GA_NCOLS; i++) {
@@ -330,11 +409,13 @@ int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen) {
     if (it->len[i]) memcpy(p, row->col[i].p, it->len[i]);
     p += it->len[i];
   }
+  if (node) memcpy(node->id, it->data, 26); /* the id column comes first */
   pthread_mutex_lock(&w->mu);
   while (!w->stopping &&
          (w->st.pending >= w->o.capacity || (w->st.pending > 0 && w->st.pending_bytes + total > w->o.max_bytes))) {
     if (!w->o.block) {
       pthread_mutex_unlock(&w->mu);
+      free(node);
       free(it);
       snprintf(err, errlen, "queue full (%zu rows pending)", w->o.capacity);
       return -1;
@@ -343,15 +424,33 @@ int ga_writer_push(ga_writer *w, const ga_row *row, char *err, size_t errlen) {
   }
   if (w->dead) {
     pthread_mutex_unlock(&w->mu);
+    free(node);
     free(it);
     snprintf(err, errlen, "writer thread is not running: %s", w->st.last_error);
     return -2;
   }
   if (w->stopping) {
     pthread_mutex_unlock(&w->mu);
+    free(node);
     free(it);
     snprintf(err, errlen, "writer is stopping");
     return -2;
+  }
+  if (node) {
+    idnode *n;
+    for (n = w->ids[id_hash(node->id)]; n; n = n->next)
+      if (memcmp(n->id, node->id, 26) == 0) {
+        pthread_mutex_unlock(&w->mu);
+        free(node);
+        free(it);
+        snprintf(err, errlen, "a snapshot with id %.26s is queued already", row->id);
+        return -4;
+      }
+  }
+  if (node) {
+    idnode **b = &w->ids[id_hash(node->id)];
+    node->next = *b;
+    *b = node;
   }
   if (w->tail) w->tail->next = it;
   else w->head = it;
@@ -381,6 +480,16 @@ int ga_writer_flush(ga_writer *w, long timeout_ms) {
   return rc;
 }
 
+uint64_t ga_writer_take_failed(ga_writer *w, char *last_error, size_t errlen) {
+  uint64_t n;
+  pthread_mutex_lock(&w->mu);
+  n = w->st.failed - w->failed_reported;
+  w->failed_reported = w->st.failed;
+  snprintf(last_error, errlen, "%s", w->st.last_error);
+  pthread_mutex_unlock(&w->mu);
+  return n;
+}
+
 void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st) {
   pthread_mutex_lock(&w->mu);
   *st = w->st;
@@ -388,6 +497,7 @@ void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st) {
 }
 
 void ga_writer_stop(ga_writer *w) {
+  int i;
   if (!w) return;
   pthread_mutex_lock(&w->mu);
   w->stopping = 1;
@@ -402,6 +512,13 @@ void ga_writer_stop(ga_writer *w) {
     w->st.failed++;
   }
   w->be->close(w->conn);
+  for (i = 0; i < IDSET_BUCKETS; i++)
+    while (w->ids[i]) {
+      idnode *n = w->ids[i];
+      w->ids[i] = n->next;
+      free(n);
+    }
+  free(w->ids);
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->not_empty);
   pthread_cond_destroy(&w->not_full);

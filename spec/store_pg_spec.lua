@@ -67,6 +67,26 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
       json_number = function(col, key) return "CAST(" .. col .. " ->> '" .. key .. "' AS double precision)" end,
       json_type = function(col, key) return "json_typeof(" .. col .. " -> '" .. key .. "')" end,
     },
+    hostile = {
+      "START TRANSACTION", "BEGIN ISOLATION LEVEL SERIALIZABLE", "ABORT", "SET TRANSACTION READ WRITE",
+      "SET statement_timeout = 1", "SET LOCAL statement_timeout = 1", "SET SESSION search_path TO public",
+      "RESET ALL", "RESET statement_timeout", "SET SESSION AUTHORIZATION DEFAULT", "SET ROLE NONE",
+      "PREPARE ga_hostile AS SELECT 1", "DEALLOCATE ALL", "DECLARE ga_c CURSOR WITH HOLD FOR SELECT 1",
+      "CLOSE ALL", "LISTEN ga_hostile", "UNLISTEN *", "NOTIFY ga_hostile", "DISCARD ALL",
+      "LOCK TABLE generation_snapshots", "PREPARE TRANSACTION 'ga_hostile'", "COMMIT PREPARED 'ga_hostile'",
+      "CHECKPOINT", "VACUUM", "ANALYZE", "COPY generation_snapshots TO STDOUT", "DO $$ BEGIN END $$",
+      "CREATE TEMP TABLE t (x int)", "DELETE FROM generation_snapshots", "LOAD 'plpgsql'",
+    },
+    state = {
+      "SHOW statement_timeout", "SHOW lock_timeout", "SHOW search_path", "SHOW default_transaction_read_only",
+      "SHOW TimeZone", "SELECT current_user AS u, session_user AS s",
+      "SELECT count(*) AS n FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'",
+      "SELECT count(*) AS n FROM pg_prepared_statements WHERE name NOT LIKE 'ga\\_%'",
+      "SELECT count(*) AS n FROM pg_cursors", "SELECT count(*) AS n FROM pg_listening_channels()",
+    },
+    poison = "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+      .. " IF NEW.template_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$;"
+      .. " CREATE TRIGGER poison BEFORE INSERT ON generation_snapshots FOR EACH ROW EXECUTE FUNCTION poison()",
     errors = {
       broken_migration = 'MIGRATION: migration 0006_broken failed: syntax error at or near ";"'
         .. " (database left at version 5)",
@@ -372,6 +392,85 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
       assert.equal(#ids, store:stats().written)
       assert.same({}, ids_present(store, ids))
       assert.equal(#ids, count_rows(store))
+      store:close()
+    end)
+  end)
+
+  describe("query() and each() leave nothing behind", function()
+    local MIGRATION_LOCK = "7450482329108636020" -- ga_pg.c: the one migration lock
+
+    local function advisory_locks(store)
+      local pid = assert(store:query("SELECT pg_backend_pid() AS p"))[1].p
+      local out = assert(pg.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = " .. pid))
+      return tonumber((out:gsub("%s+", "")))
+    end
+
+    it("releases a session advisory lock a query took: another open() does not wait for it", function()
+      local schema = pg.schema()
+      local store = assert(pg.open(schema))
+      assert.same({ { pg_advisory_lock = "" } }, store:query("SELECT pg_advisory_lock(" .. MIGRATION_LOCK .. ")"))
+      assert.equal(0, advisory_locks(store)) -- checked first: open() below would wait forever
+      local other = assert(pg.open(schema))
+      assert.equal(5, other:schema_version())
+      other:close()
+      store:close()
+    end)
+
+    it("releases a session advisory lock taken inside each(), and inside a query within each()", function()
+      local store = assert(pg.open(pg.schema()))
+      local inner
+      assert.equal(1, store:each("SELECT pg_advisory_lock(" .. MIGRATION_LOCK .. ") AS l", nil, function()
+        inner = store:query("SELECT pg_advisory_lock(42) AS l")
+      end))
+      assert.equal(1, #inner)
+      assert.equal(0, advisory_locks(store))
+      store:close()
+    end)
+
+    it("undoes set_config() of a query: statement_timeout and search_path stay as they were", function()
+      local store = assert(pg.open(pg.schema()))
+      local before = { store:query("SHOW statement_timeout")[1], store:query("SHOW search_path")[1] }
+      assert(store:query("SELECT set_config('statement_timeout', '1', false) AS a,"
+        .. " set_config('search_path', 'pg_catalog', false) AS b"))
+      assert.same(before, { store:query("SHOW statement_timeout")[1], store:query("SHOW search_path")[1] })
+      assert(store:persist_generation(valid_row()))
+      store:close()
+    end)
+  end)
+
+  describe("rows the server would refuse, refused before an id is returned", function()
+    local big = string.rep("x", 1999) .. "\226\130\172" -- 2002 bytes: over what an indexed column holds
+    local cases = {
+      { "an org_id over 2000 bytes (btree index entry)", { org_id = big },
+        "INVALID: org_id: 2002 bytes are over the 2000 an indexed column holds" },
+      { "a template_id over 2000 bytes (btree index entry)", { template_id = big },
+        "INVALID: template_id: 2002 bytes are over the 2000 an indexed column holds" },
+      { "a repair_count over the integer column's range",
+        { repair_info = { repair_count = 2147483648, repair_types = {} } },
+        "INVALID: repair_info.repair_count: over the range of PostgreSQL's integer column (2147483647)" },
+    }
+    for _, mode in ipairs({ "sync", "async" }) do
+      for _, c in ipairs(cases) do
+        it(mode .. ": " .. c[1], function()
+          local store = assert(pg.open(pg.schema(), { async = mode == "async" }))
+          assert.same({ nil, c[3], "INVALID" }, { store:persist_generation(valid_row(c[2])) })
+          local id = assert(store:persist_generation(valid_row()))
+          assert.is_true(store:flush())
+          assert.equal(0, store:stats().failed)
+          assert.same({ 1, id }, { count_rows(store), store:query("SELECT id FROM generation_snapshots")[1].id })
+          store:close()
+        end)
+      end
+    end
+
+    it("still stores a repair_count at the integer limit and a long text in a column without index", function()
+      local store = assert(pg.open(pg.schema(), { async = true }))
+      local long = string.rep("y", 100000)
+      local id = assert(store:persist_generation(valid_row({ platform = long,
+        repair_info = { repair_count = 2147483647, repair_types = {} } })))
+      assert.is_true(store:flush())
+      local row = store:query("SELECT platform, repair_count FROM generation_snapshots WHERE id = ?", { id })[1]
+      assert.same({ long, 2147483647 }, { row.platform, row.repair_count })
       store:close()
     end)
   end)

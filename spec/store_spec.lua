@@ -11,6 +11,7 @@
 
 local genaudit = require("genaudit")
 local cjson = require("cjson")
+local socket = require("socket")
 local store_suite = require("spec.support.store_suite")
 
 local IS_54 = _VERSION == "Lua 5.4" and rawget(_G, "jit") == nil
@@ -100,6 +101,27 @@ store_suite("genaudit.store (sqlite)", {
     json_number = function(col, key) return "json_extract(" .. col .. ", '$." .. key .. "')" end,
     json_type = function(col, key) return "json_type(" .. col .. ", '$." .. key .. "')" end,
   },
+  hostile = {
+    "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE", "BEGIN DEFERRED TRANSACTION",
+    "PRAGMA synchronous=OFF", "PRAGMA main.synchronous = 0", "PRAGMA busy_timeout=1", "PRAGMA query_only=1",
+    "PRAGMA locking_mode=EXCLUSIVE", "PRAGMA trusted_schema=1", "PRAGMA hard_heap_limit=100000",
+    "PRAGMA soft_heap_limit=100000", "PRAGMA journal_mode=DELETE", "PRAGMA writable_schema=ON",
+    "PRAGMA ignore_check_constraints=1", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=1", "PRAGMA user_version=7",
+    "PRAGMA temp_store=MEMORY", "PRAGMA mmap_size=4096", "PRAGMA threads=2", "PRAGMA recursive_triggers=1",
+    "PRAGMA case_sensitive_like=1", "PRAGMA automatic_index=0", "PRAGMA optimize", "PRAGMA shrink_memory",
+    "PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA incremental_vacuum", "PRAGMA user_version(7)",
+    "ATTACH ':memory:' AS other", "DETACH other", "VACUUM", "VACUUM INTO '/tmp/ga_hostile_vacuum.db'",
+    "ANALYZE", "REINDEX", "CREATE TEMP TABLE t(x)", "CREATE TEMP VIEW v AS SELECT 1",
+    "DELETE FROM generation_snapshots", "SELECT load_extension('libm')",
+  },
+  state = {
+    "SELECT count(*) AS n FROM sqlite_temp_master", -- first: it opens the temp database
+    "PRAGMA synchronous", "PRAGMA busy_timeout", "PRAGMA query_only", "PRAGMA locking_mode",
+    "PRAGMA trusted_schema", "PRAGMA hard_heap_limit", "PRAGMA soft_heap_limit",
+    "PRAGMA foreign_keys", "PRAGMA cache_size", "PRAGMA user_version", "PRAGMA database_list",
+  },
+  poison = "CREATE TRIGGER poison BEFORE INSERT ON generation_snapshots WHEN NEW.template_id = 'poison'"
+    .. " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
   errors = {
     broken_migration = 'MIGRATION: migration 0006_broken failed: near ";": syntax error (database left at version 5)',
     syntax = 'SQLITE: cannot prepare query: near "SELEC": syntax error',
@@ -213,6 +235,14 @@ describe("genaudit.store (sqlite only)", function()
   end)
 
   describe("query()", function()
+    it("table-valued functions still work (json_each, pragma_table_xinfo)", function()
+      local store = assert(genaudit.open("sqlite::memory:"))
+      assert.same({ { value = 1 }, { value = 2 } }, store:query("SELECT value FROM json_each('[1,2]')"))
+      assert.same({ { name = "id" } }, store:query("SELECT name FROM pragma_table_xinfo('generation_snapshots')"
+        .. " WHERE cid = 0"))
+      store:close()
+    end)
+
     local store
     before_each(function() store = assert(genaudit.open("sqlite::memory:")) end)
     after_each(function() store:close() end)
@@ -319,6 +349,149 @@ describe("genaudit.store (sqlite only)", function()
       local out = sh("sqlite3 " .. shq(path) .. " " .. shq("SELECT strftime('%Y-%m-%d %H:%M:%f', created_at)"
         .. " FROM generation_snapshots"))
       assert.equal(created .. "\n", out)
+    end)
+  end)
+
+  describe("values over SQLite's length limit (opts.length_limit)", function()
+    local LIMIT = 100000
+    for _, mode in ipairs({ "sync", "async" }) do
+      it(mode .. ": refuses a value over the limit with INVALID and returns no id", function()
+        local path = temp_path()
+        local store = assert(genaudit.open("sqlite:" .. path, { length_limit = LIMIT, async = mode == "async" }))
+        assert.same({ nil, "INVALID: final_user_prompt: 100001 bytes exceed the database's limit of 100000 bytes"
+          .. " per value", "INVALID" }, { store:persist_generation(valid_row({
+            final_user_prompt = string.rep("u", LIMIT + 1) })) })
+        assert.is_true(store:flush())
+        assert.same({ 0, 0 }, { store:stats().queued, store:stats().failed })
+        store:close()
+        store = assert(genaudit.open("sqlite:" .. path))
+        assert.equal(0, store:query("SELECT count(*) AS n FROM generation_snapshots")[1].n)
+        store:close()
+      end)
+
+      it(mode .. ": refuses a row whose values together are over the limit", function()
+        local store = assert(genaudit.open("sqlite:" .. temp_path(), { length_limit = LIMIT,
+                                                                       async = mode == "async" }))
+        local half = string.rep("h", math.floor(LIMIT / 2))
+        local ok, err, code = store:persist_generation(valid_row({ final_user_prompt = half, content = half }))
+        assert.same({ nil, "INVALID" }, { ok, code })
+        assert.matches("^INVALID: the row's %d+ bytes exceed the database's limit of 100000 bytes per row$", err)
+        assert.is_true(store:flush())
+        assert.equal(0, store:query("SELECT count(*) AS n FROM generation_snapshots")[1].n)
+        store:close()
+      end)
+
+      it(mode .. ": stores a value just under the limit exactly, never as NULL", function()
+        local path = temp_path()
+        local store = assert(genaudit.open("sqlite:" .. path, { length_limit = LIMIT, async = mode == "async" }))
+        local text = string.rep("\0v", math.floor((LIMIT - 2048) / 2))
+        local id = assert(store:persist_generation(valid_row({ final_user_prompt = text })))
+        assert.is_true(store:close())
+        store = assert(genaudit.open("sqlite:" .. path))
+        assert.equal(text, fetch(store, id).final_user_prompt)
+        store:close()
+      end)
+    end
+
+    it("query(): a parameter over the limit is a BIND error, not a NULL", function()
+      local store = assert(genaudit.open("sqlite::memory:", { length_limit = LIMIT }))
+      assert.same({ nil, "BIND: parameter 1: cannot bind a value (too big for the database)", "BIND" },
+        { store:query("SELECT length(?) AS n", { string.rep("p", LIMIT + 1) }) })
+      assert.same({ { n = LIMIT } }, store:query("SELECT length(?) AS n", { string.rep("p", LIMIT) }))
+      store:close()
+    end)
+
+    it("raises on a length_limit that is not a positive integer", function()
+      assert.has_error(function() genaudit.open("sqlite::memory:", { length_limit = 0 }) end,
+        "bad argument #2 to 'sqlite_open' (length_limit must be a positive integer number of bytes)")
+    end)
+  end)
+
+  describe("open() while another process holds the database", function()
+    -- sqlite3 takes an EXCLUSIVE lock on a rollback-journal database (readers
+    -- wait too) and keeps it until release() is called.
+    local function hold_exclusive(path)
+      local ready, fifo = path .. ".locked", path .. ".release"
+      temp_files[#temp_files + 1] = ready
+      temp_files[#temp_files + 1] = fifo
+      assert.equal("", sh("mkfifo " .. shq(fifo)))
+      sh(("(echo 'PRAGMA journal_mode=DELETE;'; echo 'BEGIN EXCLUSIVE;'; echo 'CREATE TABLE hold(x);';"
+        .. " echo '.shell touch %s'; cat %s; echo 'ROLLBACK;') | sqlite3 %s >/dev/null 2>&1 &")
+        :format(shq(ready), shq(fifo), shq(path)))
+      for _ = 1, 1000 do
+        local f = io.open(ready)
+        if f then f:close() break end
+        sh("sleep 0.01")
+      end
+      assert.truthy(sh("sqlite3 " .. shq(path) .. " 'SELECT 1 FROM sqlite_master'"):find("locked"))
+      return function()
+        local f = assert(io.open(fifo, "w")) -- cat reads EOF: sqlite3 rolls back and exits
+        f:close()
+        for _ = 1, 1000 do
+          if not sh("sqlite3 " .. shq(path) .. " 'SELECT 1 FROM sqlite_master'"):find("locked") then return end
+          sh("sleep 0.01")
+        end
+      end
+    end
+
+    it("returns nil, 'BUSY: ...', 'BUSY' after about busy_timeout, not busy_timeout^2/10 ms", function()
+      local path = temp_path()
+      local release = hold_exclusive(path)
+      local t0 = socket.gettime()
+      local store, err, code = genaudit.open("sqlite:" .. path, { busy_timeout = 1000 })
+      local waited = socket.gettime() - t0
+      release()
+      assert.is_nil(store)
+      assert.equal("BUSY", code)
+      assert.matches("^BUSY: .*database is locked", err)
+      -- the bug waited 1000^2/10 ms = 100 s here; a bound that only the bug fails
+      assert.is_true(waited < 20, "open() waited " .. waited .. " s")
+      store = assert(genaudit.open("sqlite:" .. path, { busy_timeout = 1000 }))
+      assert.equal(5, store:schema_version())
+      store:close()
+    end)
+  end)
+
+  describe("a sync persist next to another writer", function()
+    local function count(store) return store:query("SELECT count(*) AS n FROM generation_snapshots")[1].n end
+
+    it("returns BUSY only after busy_timeout without the lock, and then wrote nothing", function()
+      local path = temp_path()
+      local store = assert(genaudit.open("sqlite:" .. path, { busy_timeout = 100 }))
+      local ready = path .. ".locked"
+      temp_files[#temp_files + 1] = ready
+      sh(("(echo 'BEGIN IMMEDIATE;'; echo '.shell touch %s'; sleep 1.5; echo 'COMMIT;') | sqlite3 %s >/dev/null 2>&1 &")
+        :format(shq(ready), shq(path)))
+      for _ = 1, 1000 do
+        local f = io.open(ready)
+        if f then f:close() break end
+        sh("sleep 0.01")
+      end
+      local id, err, code = store:persist_generation(valid_row())
+      assert.same({ nil, "BUSY: cannot persist snapshot: database is locked", "BUSY" }, { id, err, code })
+      sh("sleep 1.6")
+      assert.equal(0, count(store))
+      assert(store:persist_generation(valid_row())) -- and the store is fine afterwards
+      assert.equal(1, count(store))
+      store:close()
+    end)
+
+    it("gets the lock within busy_timeout while an async store writes 1 MB rows", function()
+      local path = temp_path()
+      local async = assert(genaudit.open("sqlite:" .. path, { async = true }))
+      local sync = assert(genaudit.open("sqlite:" .. path, { busy_timeout = 200 }))
+      local big = string.rep("x", 1024 * 1024)
+      local busy = {}
+      for i = 1, 40 do
+        for _ = 1, 5 do assert(async:persist_generation(valid_row({ content = big }))) end
+        local id, err = sync:persist_generation(valid_row({ user_id = "sync-" .. i }))
+        if not id then busy[#busy + 1] = err end
+      end
+      assert.is_true(async:flush())
+      assert.same({}, busy)
+      assert.equal(240, count(sync))
+      async:close()
+      sync:close()
     end)
   end)
 end)

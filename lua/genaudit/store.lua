@@ -72,7 +72,8 @@ end
 
 -- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
 -- unless opts.migrate == false. opts: synchronous, journal_mode,
--- busy_timeout (ms), readonly, migrations_dir, async (true or the options of
+-- busy_timeout (ms), readonly, length_limit (SQLite: bytes per value and per
+-- row, lowers SQLITE_LIMIT_LENGTH), migrations_dir, async (true or the options of
 -- store:start_async); PostgreSQL: connect_timeout (s), reconnect_timeout (ms),
 -- schema (created by migrate, first on the search_path).
 function M.open(url, opts)
@@ -89,7 +90,7 @@ function M.open(url, opts)
   else
     conn, err, code = core.sqlite_open(path, {
       synchronous = opts.synchronous, journal_mode = opts.journal_mode,
-      busy_timeout = opts.busy_timeout, readonly = opts.readonly,
+      busy_timeout = opts.busy_timeout, readonly = opts.readonly, length_limit = opts.length_limit,
     })
   end
   if not conn then return nil, err, code end

@@ -11,7 +11,10 @@
 -- fresh(opts) (optional: a quicker fresh store), detail(target) (what tostring shows), table_exists(store, name),
 -- external(target, sql) (another client's output), sql = { epoch, json_number,
 -- json_type } (SQL fragments), errors = { broken_migration, syntax,
--- unknown_table, code, invalid_json(col) }.
+-- unknown_table, code, invalid_json(col) }, hostile (statements query() and
+-- each() must refuse, beyond the transaction control every backend has),
+-- state (read-only statements whose answers no query may change), poison
+-- (SQL that makes the database refuse rows with template_id 'poison').
 -- GENAUDIT_SKIP_SLOW=1 skips the 10 MB prompt (for valgrind runs).
 
 local busted = require("busted") -- describe, it, ... (globals only in spec files)
@@ -825,6 +828,126 @@ return function(suite_name, B)
       it("raises when params is not a table", function()
         assert.has_error(function() store:query("SELECT ?", 1) end,
           "bad argument #2 to 'query' (table expected, got number)")
+      end)
+    end)
+
+    describe("query() and each() cannot change the connection", function()
+      local READONLY = { nil, "READONLY: query() runs one read-only statement", "READONLY" }
+      local TX = { "BEGIN", "BEGIN TRANSACTION", "COMMIT", "END", "ROLLBACK", "SAVEPOINT ga_hostile",
+                   "RELEASE ga_hostile", "RELEASE SAVEPOINT ga_hostile", "ROLLBACK TO ga_hostile",
+                   "  begin  ;", "/* c */ COMMIT" }
+      local hostile = {}
+      for _, q in ipairs(TX) do hostile[#hostile + 1] = q end
+      for _, q in ipairs(B.hostile) do hostile[#hostile + 1] = q end
+
+      local function state(store)
+        local out = {}
+        for i, q in ipairs(B.state) do out[i] = assert(store:query(q)) end
+        return out
+      end
+
+      for _, q in ipairs(hostile) do
+        it("refuses " .. q:gsub("%s+", " ") .. " in query() and each(), on every call", function()
+          local store = fresh()
+          local before = state(store)
+          assert.same(READONLY, { store:query(q) })
+          assert.same(READONLY, { store:query(q) }) -- a second time: no cache lets it through
+          local seen = 0
+          assert.same(READONLY, { store:each(q, nil, function() seen = seen + 1 end) })
+          assert.equal(0, seen)
+          assert.same(before, state(store))
+          store:close()
+        end)
+      end
+
+      it("leaves every later persist_generation durable after each refused statement", function()
+        local t = B.target()
+        local store = assert(B.open(t))
+        local ids = {}
+        for i, q in ipairs(hostile) do
+          store:query(q)
+          store:each(q, nil, function() end)
+          ids[i] = assert(store:persist_generation(valid_row({ user_id = i })))
+        end
+        assert.is_true(store:close())
+        store = assert(B.open(t))
+        for i, id in ipairs(ids) do assert.equal(tostring(i), fetch(store, id).user_id, hostile[i]) end
+        assert.equal(#hostile, count_rows(store))
+        store:close()
+      end)
+
+      it("still runs plain reads (SELECT, WITH, VALUES)", function()
+        local store = fresh()
+        assert.same({ { v = 1 } }, store:query("SELECT 1 AS v"))
+        assert.same({ { v = 2 } }, store:query("WITH x(v) AS (SELECT 2) SELECT v FROM x"))
+        assert.equal(1, #assert(store:query("VALUES (1)")))
+        store:close()
+      end)
+    end)
+
+    describe("async mode: rows the database would refuse", function()
+      local store
+      after_each(function() if store then store:close() end store = nil end)
+
+      it("refuses a row whose explicit id is stored already, before acknowledging it", function()
+        local t = B.target()
+        store = assert(B.open(t))
+        local id = assert(store:persist_generation(valid_row()))
+        assert(store:start_async())
+        local ok, err, code = store:persist_generation(valid_row({ id = id }))
+        assert.same({ nil, "CONSTRAINT: a snapshot with id " .. id .. " is stored already", "CONSTRAINT" },
+          { ok, err, code })
+        assert.is_true(store:flush())
+        assert.equal(0, store:stats().failed)
+        assert.equal(1, count_rows(store))
+      end)
+
+      it("refuses a second row with the same explicit id while the first is queued or written", function()
+        local t = B.target()
+        store = assert(B.open(t, { async = true }))
+        local id = "01J0000000000000000000ABCD"
+        assert.equal(id, store:persist_generation(valid_row({ id = id })))
+        local ok, err, code = store:persist_generation(valid_row({ id = id, user_id = "other" }))
+        assert.is_nil(ok)
+        assert.equal("CONSTRAINT", code)
+        assert.truthy(err == "CONSTRAINT: a snapshot with id " .. id .. " is queued already"
+          or err == "CONSTRAINT: a snapshot with id " .. id .. " is stored already", err)
+        assert.is_true(store:flush())
+        assert.equal(0, store:stats().failed)
+        assert.same({ 1, "user-1" }, { count_rows(store), fetch(store, id).user_id })
+      end)
+
+      it("accepts an explicit id again after the row that had it was refused", function()
+        local t = B.target()
+        store = assert(B.open(t, { async = true }))
+        B.external(t, B.poison)
+        local id = "01J0000000000000000000ABCE"
+        assert(store:persist_generation(valid_row({ id = id, template_id = "poison" })))
+        assert.is_nil(store:flush())
+        assert.equal(id, store:persist_generation(valid_row({ id = id })))
+        assert.is_true(store:flush())
+        assert.equal("tpl-launch", fetch(store, id).template_id)
+      end)
+
+      it("reports a refused row in one flush(); later flushes of good rows return true", function()
+        local t = B.target()
+        store = assert(B.open(t, { async = true }))
+        B.external(t, B.poison)
+        assert(store:persist_generation(valid_row()))
+        assert(store:persist_generation(valid_row({ template_id = "poison" })))
+        local ok, err, code = store:flush()
+        assert.same({ nil, "WRITE_FAILED" }, { ok, code })
+        assert.matches("^WRITE_FAILED: 1 row%(s%) could not be written; last error: row refused: ", err)
+        local id = assert(store:persist_generation(valid_row({ user_id = "later" })))
+        assert.is_true(store:flush())
+        assert.is_true(store:flush())
+        assert.equal("later", fetch(store, id).user_id)
+        local st = store:stats()
+        assert.same({ 2, 1 }, { st.written, st.failed }) -- stats() keeps counting
+        assert(store:persist_generation(valid_row({ template_id = "poison" })))
+        local ok2, _, code2 = store:flush()
+        assert.same({ nil, "WRITE_FAILED" }, { ok2, code2 })
+        assert.is_true(store:flush())
       end)
     end)
 
