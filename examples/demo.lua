@@ -4,8 +4,9 @@
 -- with the CLI (bin/genaudit).
 --
 -- Provider: the local server (tools/local_provider.lua) unless GENAUDIT_API_KEY
--- is set; then GENAUDIT_PROVIDER (openai|openrouter|anthropic|ollama|vllm,
--- default openai), GENAUDIT_BASE_URL and GENAUDIT_MODEL pick the real one.
+-- or GENAUDIT_PROVIDER is set; then GENAUDIT_PROVIDER (openai|openrouter|
+-- anthropic|gemini|azure|ollama|vllm, default openai), GENAUDIT_BASE_URL and
+-- GENAUDIT_MODEL pick the real one (ollama and vllm need no key).
 local genaudit = require("genaudit")
 
 local db = arg and arg[1] or "genaudit.db"
@@ -13,11 +14,14 @@ local N = tonumber(os.getenv("GENAUDIT_DEMO_N") or "36")
 
 local function provider()
   local key = os.getenv("GENAUDIT_API_KEY")
-  if key and key ~= "" then
-    local kind = os.getenv("GENAUDIT_PROVIDER") or "openai"
+  local chosen = os.getenv("GENAUDIT_PROVIDER")
+  if key == "" then key = nil end
+  if key or (chosen and chosen ~= "") then
+    local kind = (chosen and chosen ~= "") and chosen or "openai"
     local make = genaudit.providers[kind]
     if not make then error("unknown GENAUDIT_PROVIDER '" .. kind .. "'", 0) end
-    return make{ api_key = key, base_url = os.getenv("GENAUDIT_BASE_URL"),
+    local base_url = os.getenv("GENAUDIT_BASE_URL")
+    return make{ api_key = key, base_url = base_url ~= "" and base_url or nil,
                  model = os.getenv("GENAUDIT_MODEL") or "gpt-4o-mini" }, nil
   end
   local srv = require("spec.support.provider").start{ api_key = "sk-local-demo" }

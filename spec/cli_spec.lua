@@ -409,6 +409,37 @@ describe("bin/genaudit", function()
       assert.falsy(err:find("sk-wrong-key-0000", 1, true))
     end)
 
+    it("replays through Gemini's OpenAI-compatible endpoint with --provider gemini", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " replay " .. show_id .. " --no-record --provider gemini"
+        .. " --model gemini-2.0-flash --base-url " .. q(srv.url .. "/v1beta/openai/"), "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 0 }, { err, rc })
+      assert.same({ "gemini", "gemini-2.0-flash" }, { cjson.decode(out).provider, cjson.decode(out).model })
+      local e = srv:requests()[1]
+      assert.same({ "/v1beta/openai/chat/completions", "valid", "Bearer [redacted]" },
+        { e.path, e.auth, e.headers.authorization })
+    end)
+
+    it("replays through an Azure deployment with --provider azure: api-version and the api-key header", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " replay " .. show_id .. " --no-record --provider azure"
+        .. " --base-url " .. q(srv.url .. "/openai/deployments/gpt4o-prod"), "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("azure", cjson.decode(out).provider)
+      local e = srv:requests()[1]
+      assert.same({ "/openai/deployments/gpt4o-prod/chat/completions", "api-version=2024-10-21", "valid", nil },
+        { e.path, e.query, e.auth, e.headers.authorization })
+    end)
+
+    it("exits 2 for --provider azure without a base URL, and for a base URL that is not one", function()
+      local out, err, rc = cli("--db " .. q(db) .. " replay " .. show_id .. " --provider azure",
+        "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 2 }, { out, rc })
+      assert.matches("^genaudit: replay %-%-provider azure needs %-%-base%-url", err)
+      out, err, rc = cli("--db " .. q(db) .. " replay " .. show_id .. " --base-url api.example.com",
+        "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", "genaudit: replay: openai: base_url: http(s) URL without query or spaces expected\n", 2 },
+        { out, err, rc })
+    end)
+
     it("exits 1 for an unknown id", function()
       assert.same({ "", "genaudit: no snapshot with id 'NOPE'\n", 1 },
         { cli("--db " .. q(db) .. " replay NOPE --base-url " .. q(srv.url)) })

@@ -2,8 +2,28 @@
 -- provider writes completed snapshots with every spec column filled.
 local genaudit = require("genaudit")
 local tmp = require("spec.support.tmp")
+local provider_server = require("spec.support.provider")
 
 describe("examples/demo.lua", function()
+  it("uses a keyless provider chosen with GENAUDIT_PROVIDER, at a /v1 base URL, without a dummy key", function()
+    local srv = provider_server.start{ quiet = true } -- checks no key: any Authorization would be logged
+    local dir = tmp.dir()
+    local cmd = "env -u GENAUDIT_API_KEY GENAUDIT_PROVIDER=vllm GENAUDIT_BASE_URL=" .. srv.url .. "/v1"
+      .. " GENAUDIT_MODEL=llama-3.1-8b GENAUDIT_DEMO_N=3 LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' "
+      .. "LUA_CPATH='./build/lua54/?.so;;' lua5.4 examples/demo.lua " .. dir .. "/demo.db 2>&1"
+    local p = io.popen(cmd)
+    local out = p:read("a")
+    p:close()
+    local log = srv:requests()
+    srv:stop()
+    tmp.rm(dir)
+    assert.truthy(out:find("3 generations: 3 completed, 0 failed", 1, true), out)
+    assert.is_true(#log >= 3)
+    for _, e in ipairs(log) do
+      assert.same({ "/v1/chat/completions", "missing", nil }, { e.path, e.auth, e.headers.authorization })
+    end
+  end)
+
   it("runs the example templates and rules into a fresh store", function()
     local dir = tmp.dir()
     local db = dir .. "/demo.db"
