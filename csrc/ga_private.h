@@ -60,6 +60,7 @@ int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *con
                     int need_comma, char *err, size_t errlen);
 int ga_isnull(lua_State *L, int idx);
 void ga_open_json(lua_State *L);
+void ga_open_jsondec(lua_State *L); /* core.json_decode (ga_jsondec.c) */
 
 /* ---- one snapshot row (ga_row.c) ---- */
 /* A text column: p/n point into Lua strings held by the row table (no copy,

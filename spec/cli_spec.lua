@@ -324,17 +324,19 @@ describe("bin/genaudit", function()
         .. " (run 'genaudit migrate')\n", 1 }, { cli("--db " .. q(path) .. " report repairs") })
     end)
 
-    it("exits 2 for a bad duration", function()
-      assert.same({ "", "genaudit: bad duration '7days' (use e.g. 30m, 24h, 7d, 2w)\n", 2 },
-        { cli("--db " .. q(db) .. " report repairs --since 7days") })
-      assert.same({ "", "genaudit: bad duration '0h' (use e.g. 30m, 24h, 7d, 2w)\n", 2 },
+    it("exits 2 for a bad time", function()
+      assert.same({ "", "genaudit: bad time '7days' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or 2026-11-01T12:00:00)\n",
+        2 }, { cli("--db " .. q(db) .. " report repairs --since 7days") })
+      assert.same({ "", "genaudit: bad time '0h' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or 2026-11-01T12:00:00)\n", 2 },
         { cli("--db " .. q(db) .. " export --format jsonl --since 0h") })
+      assert.same({ "", "genaudit: bad time '2026-02-30' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or "
+        .. "2026-11-01T12:00:00)\n", 2 }, { cli("--db " .. q(db) .. " list --until 2026-02-30") })
     end)
 
     it("exits 2 for an unknown --by column, even without a database", function()
       assert.same({ "", "genaudit: unknown --by column 'user' for cost (use template, model, platform, org, day)\n",
         2 }, { cli("--db " .. q(db) .. " report cost --by user") })
-      assert.same({ "", "genaudit: unknown --by column 'day' for latency (use model, template)\n", 2 },
+      assert.same({ "", "genaudit: unknown --by column 'day' for latency (use model, template, platform, org)\n", 2 },
         { cli("--db /nonexistent/x.db report latency --by day") })
     end)
 
