@@ -8,6 +8,7 @@
 
 local genaudit = require("genaudit")
 local report = require("genaudit.report")
+local copy = require("genaudit.copy")
 local pg = require("spec.support.pg")
 local tmp = require("spec.support.tmp")
 local util = require("spec.support.util")
@@ -160,6 +161,24 @@ pg.describe("reports and bin/genaudit on PostgreSQL #postgresql", function()
       cli("copy --from " .. q(sqlite_db) .. " --to " .. q(pg.url_for(copy_schema)))
       local out, err, rc = cli("--json copy --from " .. q(sqlite_db) .. " --to " .. q(pg.url_for(copy_schema)))
       assert.same({ 0, "", '{"copied":0,"skipped":150,"failed":0}\n' }, { rc, err, out })
+    end)
+
+    it("finishes a partial copy: the rows already in PostgreSQL are skipped, the others copied", function()
+      local target = pg.schema()
+      local dst = assert(pg.open(target))
+      local pre = 0
+      for i, row in ipairs(assert(sqlite_store:query("SELECT * FROM generation_snapshots ORDER BY id"))) do
+        if i % 4 == 0 or i == 1 then
+          assert(dst:persist_generation(assert(copy.generation(row))))
+          pre = pre + 1
+        end
+      end
+      dst:close()
+      local out, err, rc = cli("--json copy --from " .. q(sqlite_db) .. " --to " .. q(pg.url_for(target)))
+      assert.same({ 0, "", string.format('{"copied":%d,"skipped":%d,"failed":0}\n', 150 - pre, pre) },
+        { rc, err, out })
+      assert.equal(cli("--db " .. q(sqlite_db) .. " export --format jsonl"),
+        cli("--db " .. q(pg.url_for(target)) .. " export --format jsonl"))
     end)
 
     it("copies PostgreSQL back into a new SQLite file", function()
