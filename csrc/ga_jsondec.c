@@ -5,6 +5,11 @@
  * of every row and hands them back to the C row builder; a decoder in Lua
  * was the slowest step of a copy by far.
  *
+ * With a depth limit, objects and arrays nested deeper than it are checked
+ * but not built: they become genaudit.rawjson userdata holding their bytes,
+ * which the JSON encoder (ga_json.c) writes back verbatim — a copy then
+ * rebuilds only the members the row builder checks.
+ *
  * Nothing is malloc'd: strings with escapes are assembled in a luaL_Buffer,
  * so a memory error raised by Lua leaks nothing. Bad input is an expected
  * failure (nil, "INVALID: ...", "INVALID"), never a raise. */
@@ -17,6 +22,7 @@
 typedef struct {
   const unsigned char *s;
   size_t n, i;
+  int raw_depth; /* objects and arrays deeper than this stay raw (0: none) */
   char err[96];
 } jdec;
 
@@ -121,6 +127,12 @@ static int dec_string(lua_State *L, jdec *d) {
 
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
+static int literal(jdec *d, const char *word, size_t len) {
+  if (d->n - d->i < len || memcmp(d->s + d->i, word, len) != 0) return 0;
+  d->i += len;
+  return 1;
+}
+
 /* -?digits(.digits)?([eE][+-]?digits)?: an integer when it has neither a
  * fraction nor an exponent and fits in 64 bits, else a double. */
 static int dec_number(lua_State *L, jdec *d) {
@@ -164,6 +176,49 @@ static int dec_number(lua_State *L, jdec *d) {
     }
   }
   {
+    /* Clinger's fast path: at most 15 significant digits and a power of ten
+     * up to 22 are both exact doubles, so one multiplication or division is
+     * correctly rounded — strtod's answer, without strtod (costs and
+     * latencies nearly always qualify). */
+    static const double P10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    unsigned long long m = 0;
+    int nd = 0, e10 = 0, ok = 1;
+    size_t k = start + (size_t)neg;
+    while (k < j && is_digit(d->s[k])) {
+      if (m || d->s[k] != '0') nd++;
+      m = m * 10 + (unsigned)(d->s[k] - '0');
+      if (nd > 15) ok = 0;
+      k++;
+      if (!ok) break;
+    }
+    if (ok && k < j && d->s[k] == '.') {
+      k++;
+      while (ok && k < j && is_digit(d->s[k])) {
+        if (m || d->s[k] != '0') nd++;
+        m = m * 10 + (unsigned)(d->s[k] - '0');
+        e10--;
+        if (nd > 15) ok = 0;
+        k++;
+      }
+    }
+    if (ok && k < j) { /* the exponent */
+      int es = 1, ev = 0;
+      k++;
+      if (d->s[k] == '+' || d->s[k] == '-') es = d->s[k++] == '-' ? -1 : 1;
+      while (k < j && ev < 1000) ev = ev * 10 + (d->s[k++] - '0');
+      if (k < j) ok = 0;
+      e10 += es * ev;
+    }
+    if (ok && e10 >= -22 && e10 <= 22) {
+      double v = (double)m;
+      v = e10 < 0 ? v / P10[-e10] : v * P10[e10];
+      lua_pushnumber(L, (lua_Number)(neg ? -v : v));
+      d->i = j;
+      return 0;
+    }
+  }
+  {
     char tmp[64];
     char *end;
     double v;
@@ -179,6 +234,109 @@ static int dec_number(lua_State *L, jdec *d) {
 }
 
 static int dec_value(lua_State *L, jdec *d, int depth);
+
+/* Checks one value without building it: the same grammar as dec_value. */
+static int skip_value(jdec *d, int depth) {
+  unsigned char c;
+  if (depth > DEC_MAX_DEPTH) return dec_fail(d, "nested too deep");
+  skip_ws(d);
+  if (d->i >= d->n) return dec_fail(d, "unexpected end");
+  c = d->s[d->i];
+  if (c == '{' || c == '[') {
+    unsigned char close = c == '{' ? '}' : ']';
+    d->i++;
+    skip_ws(d);
+    if (d->i < d->n && d->s[d->i] == close) {
+      d->i++;
+      return 0;
+    }
+    for (;;) {
+      if (c == '{') {
+        skip_ws(d);
+        if (d->i >= d->n || d->s[d->i] != '"') return dec_fail(d, "expected a key");
+        if (skip_value(d, depth + 1) != 0) return -1;
+        skip_ws(d);
+        if (d->i >= d->n || d->s[d->i] != ':') return dec_fail(d, "expected ':'");
+        d->i++;
+      }
+      if (skip_value(d, depth + 1) != 0) return -1;
+      skip_ws(d);
+      if (d->i < d->n && d->s[d->i] == ',') {
+        d->i++;
+        continue;
+      }
+      if (d->i < d->n && d->s[d->i] == close) {
+        d->i++;
+        return 0;
+      }
+      return dec_fail(d, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+  }
+  if (c == '"') {
+    const unsigned char *p = d->s, *end = d->s + d->n, *q = p + d->i + 1;
+    for (;;) {
+      while (q < end && *q != '"' && *q != '\\') q++; /* the bulk of a string: one test per byte */
+      if (q >= end) {
+        d->i = (size_t)(q - p);
+        return dec_fail(d, "unterminated string");
+      }
+      if (*q == '"') {
+        d->i = (size_t)(q - p) + 1;
+        return 0;
+      }
+      d->i = (size_t)(q - p);
+      if (q + 1 >= end) return dec_fail(d, "unterminated string");
+      if (q[1] == 'u') {
+        unsigned cp;
+        if (q + 6 > end || hex4(q + 2, &cp) != 0) return dec_fail(d, "bad \\u escape");
+        q += 6;
+      } else if (q[1] && strchr("\"\\/bfnrt", q[1])) {
+        q += 2;
+      } else {
+        return dec_fail(d, "bad escape");
+      }
+    }
+  }
+  if (c == 't' || c == 'f' || c == 'n') {
+    if (literal(d, "true", 4) || literal(d, "false", 5) || literal(d, "null", 4)) return 0;
+    return dec_fail(d, "bad value");
+  }
+  {
+    /* a number: the grammar of dec_number, nothing pushed */
+    size_t j = d->i;
+    if (j < d->n && d->s[j] == '-') j++;
+    if (j >= d->n || !is_digit(d->s[j])) return dec_fail(d, "bad value");
+    while (j < d->n && is_digit(d->s[j])) j++;
+    if (j < d->n && d->s[j] == '.') {
+      j++;
+      if (j >= d->n || !is_digit(d->s[j])) return dec_fail(d, "bad number");
+      while (j < d->n && is_digit(d->s[j])) j++;
+    }
+    if (j < d->n && (d->s[j] == 'e' || d->s[j] == 'E')) {
+      j++;
+      if (j < d->n && (d->s[j] == '+' || d->s[j] == '-')) j++;
+      if (j >= d->n || !is_digit(d->s[j])) return dec_fail(d, "bad number");
+      while (j < d->n && is_digit(d->s[j])) j++;
+    }
+    d->i = j;
+    return 0;
+  }
+}
+
+/* An object or array nested deeper than d->raw_depth: checked, then pushed
+ * as a genaudit.rawjson userdata holding its bytes. */
+static int dec_raw(lua_State *L, jdec *d, int depth) {
+  size_t start = d->i, n;
+  char *p;
+  if (skip_value(d, depth) != 0) return -1;
+  n = d->i - start;
+  p = (char *)lua_newuserdata(L, sizeof(size_t) + n);
+  memcpy(p, &n, sizeof n);
+  memcpy(p + sizeof n, d->s + start, n);
+  luaL_getmetatable(L, GA_RAWJSON_MT);
+  lua_setmetatable(L, -2);
+  return 0;
+}
 
 static int dec_object(lua_State *L, jdec *d, int depth) {
   d->i++;
@@ -235,17 +393,13 @@ static int dec_array(lua_State *L, jdec *d, int depth) {
   }
 }
 
-static int literal(jdec *d, const char *word, size_t len) {
-  if (d->n - d->i < len || memcmp(d->s + d->i, word, len) != 0) return 0;
-  d->i += len;
-  return 1;
-}
-
 static int dec_value(lua_State *L, jdec *d, int depth) {
   if (depth > DEC_MAX_DEPTH) return dec_fail(d, "nested too deep");
   luaL_checkstack(L, 4, "JSON nesting");
   skip_ws(d);
   if (d->i >= d->n) return dec_fail(d, "unexpected end");
+  if (d->raw_depth > 0 && depth > d->raw_depth && (d->s[d->i] == '{' || d->s[d->i] == '['))
+    return dec_raw(L, d, depth);
   switch (d->s[d->i]) {
     case '{': return dec_object(L, d, depth);
     case '[': return dec_array(L, d, depth);
@@ -267,15 +421,21 @@ static int dec_value(lua_State *L, jdec *d, int depth) {
   return dec_fail(d, "bad value");
 }
 
-/* core.json_decode(text) -> value | nil, "INVALID: ... at byte N", "INVALID" */
+/* core.json_decode(text [, raw_depth]) -> value | nil, "INVALID: ... at byte
+ * N", "INVALID". raw_depth (default 0: none): objects and arrays nested
+ * deeper than that many levels come back as genaudit.rawjson values. */
 static int l_json_decode(lua_State *L) {
   jdec d;
   size_t n;
+  long long raw = 0;
   const char *s = luaL_checklstring(L, 1, &n);
+  if (!lua_isnoneornil(L, 2) && (!ga_tointeger(L, 2, &raw) || raw < 0 || raw > DEC_MAX_DEPTH))
+    return luaL_argerror(L, 2, "raw_depth must be an integer 0..64");
   lua_settop(L, 1);
   d.s = (const unsigned char *)s;
   d.n = n;
   d.i = 0;
+  d.raw_depth = (int)raw;
   d.err[0] = '\0';
   if (dec_value(L, &d, 1) == 0) {
     skip_ws(&d);
@@ -286,7 +446,26 @@ static int l_json_decode(lua_State *L) {
   return ga_fail(L, "INVALID", "%s", d.err);
 }
 
+/* The bytes of a genaudit.rawjson value at idx, or NULL when it is not one. */
+const char *ga_rawjson(lua_State *L, int idx, size_t *len) {
+  const char *p = (const char *)luaL_testudata(L, idx, GA_RAWJSON_MT);
+  if (!p) return NULL;
+  memcpy(len, p, sizeof *len);
+  return p + sizeof *len;
+}
+
+static int l_rawjson_tostring(lua_State *L) {
+  size_t n;
+  const char *p = ga_rawjson(L, 1, &n);
+  lua_pushlstring(L, p ? p : "", p ? n : 0);
+  return 1;
+}
+
 void ga_open_jsondec(lua_State *L) {
+  luaL_newmetatable(L, GA_RAWJSON_MT); /* in the registry: one per Lua state */
+  lua_pushcfunction(L, l_rawjson_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
   lua_pushcfunction(L, l_json_decode);
   lua_setfield(L, -2, "json_decode");
 }

@@ -91,6 +91,40 @@ describe("core.json_decode()", function()
     other:close()
   end)
 
+  it("keeps objects and arrays deeper than raw_depth as text the encoder writes back verbatim", function()
+    local text = '{"n":1,"calls":[{"b":2.50,"a":{}}, []],"o":{"x":[1,{"y":null}]}}'
+    local v = assert(core.json_decode(text, 1))
+    assert.equal(1, v.n)
+    assert.same({ "userdata", "userdata" }, { type(v.calls), type(v.o) })
+    assert.equal('[{"b":2.50,"a":{}}, []]', tostring(v.calls))
+    assert.equal('{"calls":[{"b":2.50,"a":{}}, []],"n":1,"o":{"x":[1,{"y":null}]}}', core.json_encode(v))
+    local two = assert(core.json_decode(text, 2))
+    assert.same({ "table", "userdata" }, { type(two.calls), type(two.calls[1]) })
+  end)
+
+  it("still checks what it keeps as text", function()
+    assert.same({ nil, "INVALID: bad escape at byte 9", "INVALID" }, { core.json_decode('{"a":["x\\q"]}', 1) })
+    assert.same({ nil, "INVALID: expected ',' or ']' at byte 9", "INVALID" },
+      { core.json_decode('{"a":[1 2]}', 1) })
+    assert.same({ nil, "INVALID: bad value at byte 7", "INVALID" }, { core.json_decode('{"a":[tru]}', 1) })
+  end)
+
+  it("keeps an empty object in a copied document an object", function()
+    local a = assert(genaudit.open("sqlite::memory:"))
+    local b = assert(genaudit.open("sqlite::memory:"))
+    assert(a:persist_generation{ org_id = 1, user_id = 1, platform = "x", template_id = "t",
+      final_system_prompt = "s", final_user_prompt = "u", token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+      performance = { total_latency_ms = 1, provider_latency_ms = 1 }, repair_info = {} })
+    local row = a:query("SELECT * FROM generation_snapshots", {})[1]
+    local doc = row.performance_metrics:gsub("}$", ',"z":{"empty":{}}}')
+    local g = assert(copy.generation(row))
+    g.performance = assert(copy.decode_json(doc, 1))
+    assert(b:persist_generation(g))
+    assert.equal(doc, b:query("SELECT performance_metrics AS p FROM generation_snapshots", {})[1].p)
+    a:close()
+    b:close()
+  end)
+
   for _, bad in ipairs({ { '{"a":1', "expected ',' or '}' at byte 7" }, { '[1,]', "bad value at byte 4" },
                          { '"abc', "unterminated string at byte 2" }, { '{"a":1} x', "trailing text at byte 9" },
                          { '"\\q"', "bad escape at byte 2" }, { '"\\u12"', "bad \\u escape at byte 2" },

@@ -15,10 +15,12 @@ local M = {}
 
 local BATCH = 500
 
--- M.decode_json(text) -> value | nil, err. Objects and arrays become
--- tables, null becomes genaudit.null, integers stay integers.
-function M.decode_json(text)
-  local v, err = core.json_decode(text)
+-- M.decode_json(text [, raw_depth]) -> value | nil, err. Objects and arrays
+-- become tables, null becomes genaudit.null, integers stay integers; with
+-- raw_depth, objects and arrays nested deeper stay JSON text that
+-- persist_generation writes back as it is.
+function M.decode_json(text, raw_depth)
+  local v, err = core.json_decode(text, raw_depth)
   if v == nil then return nil, (tostring(err):gsub("^INVALID: ", "")) end
   return v
 end
@@ -29,6 +31,11 @@ local TEXT_COLUMNS = { "id", "created_at", "org_id", "user_id", "platform", "tem
                        "status", "content", "error", "final_system_prompt", "final_user_prompt", "replay_of" }
 local DOCUMENTS = { token_usage = "token_metrics", performance = "performance_metrics",
                     repair_info = "repair_metrics", request_params = "request_params" }
+-- How deep each document is rebuilt as Lua values: the members the row
+-- builder checks (token counts, cost, latencies, repair_count, repair_types,
+-- repair_log as an array) are; what lies deeper (the per-call arrays, each
+-- repair_log entry) is kept as text. 1 = the document's own members.
+local RAW_DEPTH = { token_metrics = 1, performance_metrics = 1, repair_metrics = 2, request_params = 1 }
 
 -- the stored columns only: the generated ones (json_extract per row on
 -- SQLite) would cost more than the rest of the read
@@ -48,7 +55,7 @@ function M.generation(row)
   for _, c in ipairs(TEXT_COLUMNS) do g[c] = row[c] end
   for field, col in pairs(DOCUMENTS) do
     if row[col] ~= nil then
-      local v, err = M.decode_json(row[col])
+      local v, err = M.decode_json(row[col], RAW_DEPTH[col])
       if v == nil then return nil, col .. ": " .. err end
       g[field] = v
     end
