@@ -75,6 +75,20 @@ describe("core.json_decode()", function()
     end
   end)
 
+  it("reads every decimal as tonumber does, to the last bit", function()
+    local rnd = lcg(4242)
+    for _ = 1, 3000 do
+      local digits = tostring(rnd.int(0, 999999999)) .. tostring(rnd.int(0, 9999999))
+      local text = digits:sub(1, rnd.int(1, #digits))
+      local cut = rnd.int(0, #text)
+      if cut > 0 and cut < #text then text = text:sub(1, cut) .. "." .. text:sub(cut + 1) end
+      if rnd.int(1, 4) == 1 then text = text .. "e" .. (rnd.int(0, 1) == 1 and "-" or "") .. rnd.int(0, 40) end
+      if rnd.int(1, 3) == 1 then text = "-" .. text end
+      local got = assert(core.json_decode(text))
+      assert.equal(string.format("%.17g", tonumber(text)), string.format("%.17g", got), text)
+    end
+  end)
+
   it("reads escapes, surrogate pairs and raw UTF-8", function()
     local v = assert(core.json_decode('["a\\"b\\\\c\\/d\\b\\f\\n\\r\\t", "\\u00e9\\u20ac\\ud83d\\ude00", "caf\195\169",'
       .. ' "\\ud800x"]'))
