@@ -671,6 +671,21 @@ describe("bin/genaudit", function()
       assert.equal("shopping list: anvils, coffee\n", tmp.read(path))
     end)
 
+    it("says plainly that a file cannot be read, run as a user who may not read it", function()
+      local ok = os.execute("[ \"$(id -u)\" = 0 ] && command -v runuser >/dev/null"
+        .. " && runuser -u nobody -- lua5.4 -e '' 2>/dev/null")
+      if ok ~= true and ok ~= 0 then
+        pending("needs root and runuser to run the CLI as nobody")
+        return
+      end
+      local sub = dir .. "/private"
+      assert(os.execute("mkdir -p " .. q(sub) .. " && chmod 755 " .. q(dir) .. " " .. q(sub)))
+      local path = sub .. "/audit.db"
+      assert(os.execute("cp " .. q(db) .. " " .. q(path) .. " && chmod 600 " .. q(path)))
+      local out, err, rc = cli("--db " .. q(path) .. " list", "runuser -u nobody --")
+      assert.same({ "", "genaudit: cannot read " .. path .. " (Permission denied)\n", 1 }, { out, err, rc })
+    end)
+
     it("says so for a directory", function()
       assert.same({ "", "genaudit: " .. dir .. " is not a genaudit database (it is a directory)\n", 1 },
         { cli("--db " .. q(dir) .. " list") })
