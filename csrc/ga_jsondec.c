@@ -5,10 +5,12 @@
  * of every row and hands them back to the C row builder; a decoder in Lua
  * was the slowest step of a copy by far.
  *
- * With a depth limit, objects and arrays nested deeper than it are checked
- * but not built: they become genaudit.rawjson userdata holding their bytes,
- * which the JSON encoder (ga_json.c) writes back verbatim — a copy then
- * rebuilds only the members the row builder checks.
+ * With a depth limit, objects and arrays nested deeper than it are not
+ * built: they become genaudit.rawjson userdata holding their bytes, which the
+ * JSON encoder (ga_json.c) writes back verbatim — a copy then rebuilds only
+ * the members the row builder checks. Such a value is only delimited (its
+ * strings and brackets), not checked token by token: both stores check every
+ * document they are given (SQLite's json_valid CHECK, PostgreSQL's json type).
  *
  * Nothing is malloc'd: strings with escapes are assembled in a luaL_Buffer,
  * so a memory error raised by Lua leaks nothing. Bad input is an expected
@@ -235,100 +237,53 @@ static int dec_number(lua_State *L, jdec *d) {
 
 static int dec_value(lua_State *L, jdec *d, int depth);
 
-/* Checks one value without building it: the same grammar as dec_value. */
-static int skip_value(jdec *d, int depth) {
-  unsigned char c;
-  if (depth > DEC_MAX_DEPTH) return dec_fail(d, "nested too deep");
-  skip_ws(d);
-  if (d->i >= d->n) return dec_fail(d, "unexpected end");
-  c = d->s[d->i];
-  if (c == '{' || c == '[') {
-    unsigned char close = c == '{' ? '}' : ']';
-    d->i++;
-    skip_ws(d);
-    if (d->i < d->n && d->s[d->i] == close) {
-      d->i++;
-      return 0;
-    }
-    for (;;) {
-      if (c == '{') {
-        skip_ws(d);
-        if (d->i >= d->n || d->s[d->i] != '"') return dec_fail(d, "expected a key");
-        if (skip_value(d, depth + 1) != 0) return -1;
-        skip_ws(d);
-        if (d->i >= d->n || d->s[d->i] != ':') return dec_fail(d, "expected ':'");
-        d->i++;
+/* The end of the object or array at d->s[d->i]: strings skipped (escapes
+ * included), brackets matched by kind, nothing else looked at. */
+static int delimit(jdec *d, int depth) {
+  const unsigned char *base = d->s, *p = d->s + d->i, *end = d->s + d->n;
+  unsigned char want[DEC_MAX_DEPTH + 2];
+  int top = 0;
+  for (; p < end; p++) {
+    unsigned char c = *p;
+    if (c == '"') {
+      const unsigned char *open = p;
+      for (p++;;) {
+        while (p < end && *p != '"' && *p != '\\') p++; /* one test per byte */
+        if (p >= end) { /* reported as dec_string does: the byte after the quote */
+          d->i = (size_t)(open - base) + 1;
+          return dec_fail(d, "unterminated string");
+        }
+        if (*p == '"') break;
+        p += 2; /* the escaped byte (\u's hex digits are ordinary bytes) */
       }
-      if (skip_value(d, depth + 1) != 0) return -1;
-      skip_ws(d);
-      if (d->i < d->n && d->s[d->i] == ',') {
-        d->i++;
-        continue;
+      if (p >= end) break;
+    } else if (c == '{' || c == '[') {
+      if (depth + top > DEC_MAX_DEPTH) {
+        d->i = (size_t)(p - base);
+        return dec_fail(d, "nested too deep");
       }
-      if (d->i < d->n && d->s[d->i] == close) {
-        d->i++;
+      want[top++] = c == '{' ? '}' : ']';
+    } else if (c == '}' || c == ']') {
+      if (top == 0 || want[top - 1] != c) {
+        d->i = (size_t)(p - base);
+        return dec_fail(d, "mismatched bracket");
+      }
+      if (--top == 0) {
+        d->i = (size_t)(p - base) + 1;
         return 0;
       }
-      return dec_fail(d, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
     }
   }
-  if (c == '"') {
-    const unsigned char *p = d->s, *end = d->s + d->n, *q = p + d->i + 1;
-    for (;;) {
-      while (q < end && *q != '"' && *q != '\\') q++; /* the bulk of a string: one test per byte */
-      if (q >= end) {
-        d->i = (size_t)(q - p);
-        return dec_fail(d, "unterminated string");
-      }
-      if (*q == '"') {
-        d->i = (size_t)(q - p) + 1;
-        return 0;
-      }
-      d->i = (size_t)(q - p);
-      if (q + 1 >= end) return dec_fail(d, "unterminated string");
-      if (q[1] == 'u') {
-        unsigned cp;
-        if (q + 6 > end || hex4(q + 2, &cp) != 0) return dec_fail(d, "bad \\u escape");
-        q += 6;
-      } else if (q[1] && strchr("\"\\/bfnrt", q[1])) {
-        q += 2;
-      } else {
-        return dec_fail(d, "bad escape");
-      }
-    }
-  }
-  if (c == 't' || c == 'f' || c == 'n') {
-    if (literal(d, "true", 4) || literal(d, "false", 5) || literal(d, "null", 4)) return 0;
-    return dec_fail(d, "bad value");
-  }
-  {
-    /* a number: the grammar of dec_number, nothing pushed */
-    size_t j = d->i;
-    if (j < d->n && d->s[j] == '-') j++;
-    if (j >= d->n || !is_digit(d->s[j])) return dec_fail(d, "bad value");
-    while (j < d->n && is_digit(d->s[j])) j++;
-    if (j < d->n && d->s[j] == '.') {
-      j++;
-      if (j >= d->n || !is_digit(d->s[j])) return dec_fail(d, "bad number");
-      while (j < d->n && is_digit(d->s[j])) j++;
-    }
-    if (j < d->n && (d->s[j] == 'e' || d->s[j] == 'E')) {
-      j++;
-      if (j < d->n && (d->s[j] == '+' || d->s[j] == '-')) j++;
-      if (j >= d->n || !is_digit(d->s[j])) return dec_fail(d, "bad number");
-      while (j < d->n && is_digit(d->s[j])) j++;
-    }
-    d->i = j;
-    return 0;
-  }
+  d->i = d->n;
+  return dec_fail(d, "unexpected end");
 }
 
-/* An object or array nested deeper than d->raw_depth: checked, then pushed
+/* An object or array nested deeper than d->raw_depth: delimited, then pushed
  * as a genaudit.rawjson userdata holding its bytes. */
 static int dec_raw(lua_State *L, jdec *d, int depth) {
   size_t start = d->i, n;
   char *p;
-  if (skip_value(d, depth) != 0) return -1;
+  if (delimit(d, depth) != 0) return -1;
   n = d->i - start;
   p = (char *)lua_newuserdata(L, sizeof(size_t) + n);
   memcpy(p, &n, sizeof n);

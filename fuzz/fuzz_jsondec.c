@@ -1,9 +1,10 @@
 /* fuzz/fuzz_jsondec.c — core.json_decode (ga_jsondec.c) on arbitrary input:
  * the first byte picks raw_depth (0..3), the rest is the JSON text. Checks:
  * the decoder never raises (only returns a value or nil, "INVALID: ..."); a
- * text the strict RFC 8259 checker accepts (and not nested past 64) decodes;
- * whatever decodes encodes again (ga_json_encode, raw values spliced) to
- * valid JSON. Links liblua5.4 into this binary only — never into the
+ * text the strict RFC 8259 checker accepts (and not nested past 64) decodes,
+ * and encodes again (ga_json_encode, raw values spliced) to valid JSON. (Raw
+ * values are only delimited, so an invalid text may decode: the stores check
+ * documents themselves.) Links liblua5.4 into this binary only — never into the
  * module. */
 #include <stdint.h>
 #include "fuzz_util.h"

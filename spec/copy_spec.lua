@@ -116,11 +116,24 @@ describe("core.json_decode()", function()
     assert.same({ "table", "userdata" }, { type(two.calls), type(two.calls[1]) })
   end)
 
-  it("still checks what it keeps as text", function()
-    assert.same({ nil, "INVALID: bad escape at byte 9", "INVALID" }, { core.json_decode('{"a":["x\\q"]}', 1) })
-    assert.same({ nil, "INVALID: expected ',' or ']' at byte 9", "INVALID" },
-      { core.json_decode('{"a":[1 2]}', 1) })
-    assert.same({ nil, "INVALID: bad value at byte 7", "INVALID" }, { core.json_decode('{"a":[tru]}', 1) })
+  it("delimits what it keeps as text by its strings and brackets", function()
+    assert.equal([=[["]x", "\\", "a\"]"]]=], tostring(assert(core.json_decode([[{"a":["]x", "\\", "a\"]"]}]], 1)).a))
+    assert.same({ nil, "INVALID: mismatched bracket at byte 10", "INVALID" }, { core.json_decode('{"a":[1,2}}', 1) })
+    assert.same({ nil, "INVALID: unterminated string at byte 8", "INVALID" },
+      { core.json_decode([[{"a":["x\"]}]], 1) })
+    assert.same({ nil, "INVALID: unexpected end at byte 10", "INVALID" }, { core.json_decode('{"a":[[1]', 1) })
+  end)
+
+  it("leaves checking the text it kept to the store, which refuses a document that is not JSON", function()
+    local store = assert(genaudit.open("sqlite::memory:"))
+    local perf = assert(core.json_decode('{"total_latency_ms":1,"provider_latency_ms":1,"x":[tru]}', 1))
+    local id, err = store:persist_generation{ org_id = 1, user_id = 1, platform = "x", template_id = "t",
+      final_system_prompt = "s", final_user_prompt = "u", token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+      performance = perf, repair_info = {} }
+    assert.is_nil(id)
+    assert.truthy(err:find("malformed JSON", 1, true) or err:find("CHECK constraint", 1, true), err)
+    assert.equal(0, store:query("SELECT count(*) AS n FROM generation_snapshots", {})[1].n)
+    store:close()
   end)
 
   it("keeps an empty object in a copied document an object", function()
