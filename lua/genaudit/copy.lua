@@ -49,18 +49,26 @@ do
   SELECT_SOURCE = "SELECT " .. table.concat(cols, ", ") .. " FROM generation_snapshots ORDER BY id"
 end
 
--- M.generation(row) -> the persist_generation table for a stored row | nil, err
-function M.generation(row)
-  local g = {}
-  for _, c in ipairs(TEXT_COLUMNS) do g[c] = row[c] end
+-- Sets the decoded documents of a stored row on `g`; nil, err for one that
+-- is not JSON. (persist_generation ignores the fields it does not know, so
+-- copy passes the row itself.)
+local function decode_documents(row, g)
   for field, col in pairs(DOCUMENTS) do
-    if row[col] ~= nil then
-      local v, err = M.decode_json(row[col], RAW_DEPTH[col])
-      if v == nil then return nil, col .. ": " .. err end
+    local text = row[col]
+    if text ~= nil then
+      local v, err = core.json_decode(text, RAW_DEPTH[col])
+      if v == nil then return nil, col .. ": " .. tostring(err):gsub("^INVALID: ", "") end
       g[field] = v
     end
   end
   return g
+end
+
+-- M.generation(row) -> the persist_generation table for a stored row | nil, err
+function M.generation(row)
+  local g = {}
+  for _, c in ipairs(TEXT_COLUMNS) do g[c] = row[c] end
+  return decode_documents(row, g)
 end
 
 -- M.run(from, to, opts) -> { copied, skipped, failed, errors = { "id: err", ... } }
@@ -122,7 +130,7 @@ function M.run(from, to, opts)
       if have[row.id] then
         result.skipped = result.skipped + 1
       else
-        local g, gerr = M.generation(row)
+        local g, gerr = decode_documents(row, row) -- the row, with its documents decoded
         local id, perr
         if g then id, perr = to:persist_generation(g) else perr = "INVALID: " .. gerr end
         if id then result.copied = result.copied + 1 else failed(row.id, perr) end
