@@ -160,8 +160,9 @@ function M.run(from, to, opts)
         result.errors[#result.errors + 1] = string.format("%d row(s) refused by the destination: %s", refused,
           tostring(st.last_error))
       end
-      flushed = true
     end
+    -- WRITE_FAILED: rows the writer refused, counted above (or before this copy)
+    if fcode == "WRITE_FAILED" then flushed = true end
   end
   if not flushed then return nil, ferr, fcode end
   return result
