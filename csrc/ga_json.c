@@ -412,11 +412,20 @@ int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_
         ga_buf_add(b, "null", 4);
         return 0;
       }
-      /* fall through */
-    default:
-      snprintf(err, errlen, "cannot encode a %s as JSON", luaL_typename(L, idx));
-      return -1;
+      break;
+    case LUA_TUSERDATA: { /* JSON read by core.json_decode and kept as text */
+      size_t n;
+      const char *raw = ga_rawjson(L, idx, &n);
+      if (raw) {
+        ga_buf_add(b, raw, n);
+        return 0;
+      }
+      break;
+    }
+    default: break;
   }
+  snprintf(err, errlen, "cannot encode a %s as JSON", luaL_typename(L, idx));
+  return -1;
 }
 
 /* core.json_encode(v) -> string, or nil, err */

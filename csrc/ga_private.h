@@ -60,6 +60,12 @@ int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *con
                     int need_comma, char *err, size_t errlen);
 int ga_isnull(lua_State *L, int idx);
 void ga_open_json(lua_State *L);
+void ga_open_jsondec(lua_State *L); /* core.json_decode (ga_jsondec.c) */
+/* JSON text kept as it was read (core.json_decode with a raw_depth); the
+ * encoder writes it back verbatim. Returns its bytes, or NULL when the value
+ * at idx is not one. */
+#define GA_RAWJSON_MT "genaudit.rawjson"
+const char *ga_rawjson(lua_State *L, int idx, size_t *len);
 
 /* ---- one snapshot row (ga_row.c) ---- */
 /* A text column: p/n point into Lua strings held by the row table (no copy,

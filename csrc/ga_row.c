@@ -206,6 +206,7 @@ static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, siz
   static const char *const skip[] = {"repair_count", "repair_types", "initial_validation_score", "repair_log", NULL};
   int tidx, rc, t;
   double score = NAN;
+  size_t rawn;
   char e[160];
   if (table_field(L, idx, "repair_info", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
@@ -249,12 +250,12 @@ static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, siz
     }
     lua_pop(L, 1);
   }
-  if (rc == 0) { /* repair_log: text or any JSON value; [] when absent */
+  if (rc == 0) { /* repair_log: text or any JSON value (raw JSON too); [] when absent */
     t = getf(L, tidx, "repair_log");
     ga_buf_add(b, ",\"repair_log\":", 14);
     if (t == LUA_TNIL) {
       ga_buf_add(b, "[]", 2);
-    } else if (t == LUA_TSTRING || t == LUA_TTABLE) {
+    } else if (t == LUA_TSTRING || t == LUA_TTABLE || (t == LUA_TUSERDATA && ga_rawjson(L, -1, &rawn))) {
       if (ga_json_encode(L, lua_gettop(L), b, 1, e, sizeof e) != 0) {
         snprintf(err, errlen, "repair_info.repair_log: %s", e);
         rc = -1;

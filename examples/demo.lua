@@ -5,7 +5,7 @@
 --
 -- Provider: the local server (tools/local_provider.lua) unless GENAUDIT_PROVIDER
 -- or GENAUDIT_API_KEY is set; then GENAUDIT_PROVIDER (openai|openrouter|
--- anthropic|ollama|vllm, default openai), GENAUDIT_BASE_URL and GENAUDIT_MODEL
+-- anthropic|gemini|azure|ollama|vllm, default openai), GENAUDIT_BASE_URL and GENAUDIT_MODEL
 -- pick the real one (ollama and vllm need no key).
 -- Store: appends to an existing file; DEMO_FRESH=1 starts a fresh one. Exits 1
 -- when every generation failed, 2 (one line) for a bad provider setting.

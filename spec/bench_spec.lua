@@ -19,8 +19,9 @@ local EXPECTED = {
   analytics = { "analytics_generate", "analytics_financial", "analytics_financial_report", "analytics_stability",
                 "analytics_stability_report", "analytics_open_analyze" },
   memory = { "memory_async", "memory_export" },
+  copy = { "copy_throughput" },
 }
-local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory" }
+local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory", "copy" }
 local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end

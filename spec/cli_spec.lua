@@ -324,17 +324,19 @@ describe("bin/genaudit", function()
         .. " (run 'genaudit migrate')\n", 1 }, { cli("--db " .. q(path) .. " report repairs") })
     end)
 
-    it("exits 2 for a bad duration", function()
-      assert.same({ "", "genaudit: bad duration '7days' (use e.g. 30m, 24h, 7d, 2w)\n", 2 },
-        { cli("--db " .. q(db) .. " report repairs --since 7days") })
-      assert.same({ "", "genaudit: bad duration '0h' (use e.g. 30m, 24h, 7d, 2w)\n", 2 },
+    it("exits 2 for a bad time", function()
+      assert.same({ "", "genaudit: bad time '7days' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or 2026-11-01T12:00:00)\n",
+        2 }, { cli("--db " .. q(db) .. " report repairs --since 7days") })
+      assert.same({ "", "genaudit: bad time '0h' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or 2026-11-01T12:00:00)\n", 2 },
         { cli("--db " .. q(db) .. " export --format jsonl --since 0h") })
+      assert.same({ "", "genaudit: bad time '2026-02-30' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or "
+        .. "2026-11-01T12:00:00)\n", 2 }, { cli("--db " .. q(db) .. " list --until 2026-02-30") })
     end)
 
     it("exits 2 for an unknown --by column, even without a database", function()
       assert.same({ "", "genaudit: unknown --by column 'user' for cost (use template, model, platform, org, day)\n",
         2 }, { cli("--db " .. q(db) .. " report cost --by user") })
-      assert.same({ "", "genaudit: unknown --by column 'day' for latency (use model, template)\n", 2 },
+      assert.same({ "", "genaudit: unknown --by column 'day' for latency (use model, template, platform, org)\n", 2 },
         { cli("--db /nonexistent/x.db report latency --by day") })
     end)
 
@@ -409,6 +411,37 @@ describe("bin/genaudit", function()
       assert.falsy(err:find("sk-wrong-key-0000", 1, true))
     end)
 
+    it("replays through Gemini's OpenAI-compatible endpoint with --provider gemini", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " replay " .. show_id .. " --no-record --provider gemini"
+        .. " --model gemini-2.0-flash --base-url " .. q(srv.url .. "/v1beta/openai/"), "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 0 }, { err, rc })
+      assert.same({ "gemini", "gemini-2.0-flash" }, { cjson.decode(out).provider, cjson.decode(out).model })
+      local e = srv:requests()[1]
+      assert.same({ "/v1beta/openai/chat/completions", "valid", "Bearer [redacted]" },
+        { e.path, e.auth, e.headers.authorization })
+    end)
+
+    it("replays through an Azure deployment with --provider azure: api-version and the api-key header", function()
+      local out, err, rc = cli("--json --db " .. q(db) .. " replay " .. show_id .. " --no-record --provider azure"
+        .. " --base-url " .. q(srv.url .. "/openai/deployments/gpt4o-prod"), "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 0 }, { err, rc })
+      assert.equal("azure", cjson.decode(out).provider)
+      local e = srv:requests()[1]
+      assert.same({ "/openai/deployments/gpt4o-prod/chat/completions", "api-version=2024-10-21", "valid", nil },
+        { e.path, e.query, e.auth, e.headers.authorization })
+    end)
+
+    it("exits 2 for --provider azure without a base URL, and for a base URL that is not one", function()
+      local out, err, rc = cli("--db " .. q(db) .. " replay " .. show_id .. " --provider azure",
+        "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", 2 }, { out, rc })
+      assert.matches("^genaudit: replay %-%-provider azure needs %-%-base%-url", err)
+      out, err, rc = cli("--db " .. q(db) .. " replay " .. show_id .. " --base-url api.example.com",
+        "GENAUDIT_API_KEY=" .. KEY)
+      assert.same({ "", "genaudit: replay: openai: base_url: http(s) URL without query or spaces expected\n", 2 },
+        { out, err, rc })
+    end)
+
     it("exits 1 for an unknown id", function()
       assert.same({ "", "genaudit: no snapshot with id 'NOPE'\n", 1 },
         { cli("--db " .. q(db) .. " replay NOPE --base-url " .. q(srv.url)) })
@@ -446,6 +479,259 @@ describe("bin/genaudit", function()
       local ls = lines(out)
       assert.is_true(#ls >= 1)
       for _, l in ipairs(ls) do assert.equal("org-z", cjson.decode(l).org_id) end
+    end)
+  end)
+  describe("on a store no other test writes to", function()
+    local fdb, frows, fshow
+
+    setup(function()
+      fdb = dir .. "/fresh.db"
+      frows, fshow = seed(fdb)
+    end)
+
+    describe("report options", function()
+      it("answers the Financial Test with --template alone (--by defaults to template)", function()
+        local a = cli("--json --db " .. q(fdb) .. " report cost --template launch-post")
+        assert.equal(a, cli("--json --db " .. q(fdb) .. " report cost --by template --template launch-post"))
+        local doc = cjson.decode(a)
+        local x = expected_cost(frows, "launch-post")["launch-post"]
+        assert.same({ 1, "launch-post", x.posts, x.priced }, { #doc.rows, doc.rows[1].template_id, doc.rows[1].posts,
+          doc.rows[1].priced })
+        assert.is_true(near(x.avg, doc.rows[1].avg_cost))
+      end)
+
+      it("takes absolute UTC dates in --since and --until", function()
+        local sorted = {}
+        for _, r in ipairs(frows) do if r.created_at then sorted[#sorted + 1] = r end end
+        table.sort(sorted, function(a, b) return a.created_at < b.created_at end)
+        local d1, d2 = sorted[8].created_at:sub(1, 10), sorted[24].created_at:sub(1, 10)
+        local want = 0
+        for _, r in ipairs(sorted) do
+          if r.created_at:sub(1, 10) >= d1 and r.created_at:sub(1, 10) <= d2 then want = want + 1 end
+        end
+        local out, err, rc = cli("--json --db " .. q(fdb) .. " report cost --by org --since " .. d1
+          .. " --until " .. d2)
+        assert.same({ "", 0 }, { err, rc })
+        local got = 0
+        for _, r in ipairs(cjson.decode(out).rows) do got = got + r.posts end
+        assert.equal(want, got)
+        local t = sorted[8].created_at:sub(1, 19)
+        local before = 0
+        for _, r in ipairs(sorted) do if r.created_at < t then before = before + 1 end end
+        out = cli("--json --db " .. q(fdb) .. " list --limit 100 --until " .. t:gsub(" ", "T"))
+        assert.equal(before, #cjson.decode(out).rows)
+        assert.is_true(before >= 7)
+      end)
+
+      it("groups latency by platform and by org", function()
+        for by, col in pairs({ platform = "platform", org = "org_id" }) do
+          local out, err, rc = cli("--json --db " .. q(fdb) .. " report latency --by " .. by)
+          assert.same({ "", 0 }, { err, rc })
+          local posts = {}
+          for _, r in ipairs(frows) do
+            local k = by == "org" and r.org or (r.org == "org-z" and "x" or "linkedin")
+            posts[k] = (posts[k] or 0) + 1
+          end
+          local doc = cjson.decode(out)
+          assert.equal(col, doc.columns[1])
+          for _, r in ipairs(doc.rows) do assert.equal(posts[r[col]], r.posts, r[col]) end
+        end
+      end)
+
+      it("limits repairs to one template", function()
+        local out, err, rc = cli("--json --db " .. q(fdb) .. " report repairs --template " .. LEGACY)
+        assert.same({ "", 0 }, { err, rc })
+        local sum, repaired = 0, 0
+        for _, r in ipairs(frows) do
+          if r.template_id == LEGACY then sum = sum + r.repairs end
+          if r.template_id == LEGACY and r.repairs >= 2 then repaired = repaired + 1 end
+        end
+        local doc = cjson.decode(out)
+        assert.same({ 1, LEGACY, sum }, { #doc.rows, doc.rows[1].template_id, doc.rows[1].repairs })
+        assert.same({ length_exceeded = repaired, missing_hashtag = repaired }, doc.rows[1].top_repair_types)
+      end)
+
+      it("filters by --status", function()
+        local out = cli("--json --db " .. q(fdb) .. " report cost --by org --status failed")
+        assert.same({}, cjson.decode(out).rows) -- every seeded row completed
+        out = cli("--json --db " .. q(fdb) .. " report cost --by org --status completed")
+        assert.equal(cli("--json --db " .. q(fdb) .. " report cost --by org"), out)
+        local _, err, rc = cli("--db " .. q(fdb) .. " report cost --status done")
+        assert.same({ "genaudit: unknown status 'done' (use completed, failed or all)\n", 2 }, { err, rc })
+      end)
+    end)
+
+    describe("list", function()
+      -- the seeded frows newest first (the show row is the newest: created now)
+      local function newest()
+        local list = {}
+        for _, r in ipairs(frows) do list[#list + 1] = r end
+        table.sort(list, function(a, b)
+          if (a.age or 0) ~= (b.age or 0) then return (a.age or 0) < (b.age or 0) end
+          return a.id > b.id
+        end)
+        return list
+      end
+
+      it("prints the 20 newest snapshots, newest first: id, created_at, template, status, cost, repairs", function()
+        local out, err, rc = cli("--db " .. q(fdb) .. " list")
+        assert.same({ "", 0 }, { err, rc })
+        local ls = lines(out)
+        assert.same({ "id", "created_at", "template_id", "status", "estimated_cost", "repair_count" }, words(ls[1]))
+        assert.equal(21, #ls)
+        local want = newest()
+        for k = 2, 21 do
+          local w = words(ls[k])
+          local r = want[k - 1]
+          assert.same({ r.id, r.template_id, "completed", tostring(r.repairs) },
+            { w[1], w[4], w[5], w[7] })
+          if r.cost then assert.is_true(near(r.cost, tonumber(w[6]), 1e-5)) else assert.equal("-", w[6]) end
+        end
+      end)
+
+      it("filters by template, org and status, with --limit, as JSON", function()
+        local out, err, rc = cli("--json --db " .. q(fdb) .. " list --template hiring --org org-a --limit 3")
+        assert.same({ "", 0 }, { err, rc })
+        local want = {}
+        for _, r in ipairs(newest()) do
+          if r.template_id == "hiring" and r.org == "org-a" and #want < 3 then want[#want + 1] = r.id end
+        end
+        local got = {}
+        for i, r in ipairs(cjson.decode(out).rows) do got[i] = r.id end
+        assert.same(want, got)
+        assert.equal(3, #got)
+      end)
+
+      it("finds ids that show accepts in lower case", function()
+        local id = words(lines(cli("--db " .. q(fdb) .. " list --limit 1"))[2])[1]
+        assert.equal(fshow, id)
+        local out, err, rc = cli("--db " .. q(fdb) .. " show " .. id:lower())
+        assert.same({ "", 0 }, { err, rc })
+        assert.truthy(out:find("id:          " .. fshow, 1, true))
+      end)
+
+      it("exits 2 for a bad --limit", function()
+        assert.same({ "", "genaudit: limit must be a positive integer, got 'lots'\n", 2 },
+          { cli("--db " .. q(fdb) .. " list --limit lots") })
+      end)
+    end)
+  end)
+
+  describe("machine output", function()
+    local noisy
+
+    setup(function()
+      noisy = dir .. "/noisy.db"
+      local store = assert(genaudit.open("sqlite:" .. noisy))
+      for i, cost in ipairs({ 0.1, 0.2 }) do
+        assert(store:persist_generation{
+          org_id = "o", user_id = "u", platform = "x", template_id = "t", final_system_prompt = "s",
+          final_user_prompt = "u" .. i,
+          token_usage = { prompt_tokens = 1, completion_tokens = 1, estimated_cost = cost },
+          performance = { total_latency_ms = 1.1, provider_latency_ms = 1 },
+          repair_info = { repair_count = 3, repair_types = { "length_exceeded", "tone_mismatch" } },
+        })
+      end
+      store:close()
+      assert.equal("0.30000000000000004", string.format("%.17g", 0.1 + 0.2)) -- the noise itself
+    end)
+
+    it("prints sums and averages without float noise in JSON and CSV", function()
+      local out, err, rc = cli("--json --db " .. q(noisy) .. " report cost")
+      assert.same({ "", 0 }, { err, rc })
+      assert.truthy(out:find('"total_cost":0.3,"avg_cost":0.15,', 1, true), out)
+      out = cli("--csv --db " .. q(noisy) .. " report cost")
+      local rec = parse_csv(out)[2]
+      assert.same({ "0.3", "0.15" }, { rec[4], rec[5] })
+    end)
+
+    it("prints repair types as a JSON object of counts", function()
+      local out = cli("--json --db " .. q(noisy) .. " report repairs")
+      assert.truthy(out:find('"top_repair_types":{"length_exceeded":2,"tone_mismatch":2}', 1, true), out)
+      local rec = parse_csv(cli("--csv --db " .. q(noisy) .. " report repairs"))[2]
+      assert.equal('{"length_exceeded":2,"tone_mismatch":2}', rec[7])
+      assert.truthy(cli("--db " .. q(noisy) .. " report repairs"):find("length_exceeded×2, tone_mismatch×2", 1, true))
+    end)
+
+    it("keeps stored values exact in export", function()
+      local out = cli("--db " .. q(noisy) .. " export --format jsonl")
+      assert.truthy(out:find('"estimated_cost":0.1,', 1, true))
+      assert.truthy(out:find('"estimated_cost":0.2,', 1, true))
+    end)
+  end)
+
+  describe("errors for files that are not stores", function()
+    it("says plainly that a text file is not a genaudit database", function()
+      local path = dir .. "/notes.txt"
+      tmp.write(path, "shopping list: anvils, coffee\n")
+      for _, args in ipairs({ "report cost", "list", "show X", "migrate", "export --format jsonl" }) do
+        assert.same({ "", "genaudit: " .. path .. " is not a genaudit database (file is not a database)\n", 1 },
+          { cli("--db " .. q(path) .. " " .. args) })
+      end
+      assert.equal("shopping list: anvils, coffee\n", tmp.read(path))
+    end)
+
+    it("says plainly that a file cannot be read, run as a user who may not read it", function()
+      local ok = os.execute("[ \"$(id -u)\" = 0 ] && command -v runuser >/dev/null"
+        .. " && runuser -u nobody -- lua5.4 -e '' 2>/dev/null")
+      if ok ~= true and ok ~= 0 then
+        pending("needs root and runuser to run the CLI as nobody")
+        return
+      end
+      local sub = dir .. "/private"
+      assert(os.execute("mkdir -p " .. q(sub) .. " && chmod 755 " .. q(dir) .. " " .. q(sub)))
+      local path = sub .. "/audit.db"
+      assert(os.execute("cp " .. q(db) .. " " .. q(path) .. " && chmod 600 " .. q(path)))
+      local out, err, rc = cli("--db " .. q(path) .. " list", "runuser -u nobody --")
+      assert.same({ "", "genaudit: cannot read " .. path .. " (Permission denied)\n", 1 }, { out, err, rc })
+    end)
+
+    it("says so for a directory", function()
+      assert.same({ "", "genaudit: " .. dir .. " is not a genaudit database (it is a directory)\n", 1 },
+        { cli("--db " .. q(dir) .. " list") })
+    end)
+  end)
+
+  describe("help", function()
+    for _, c in ipairs({ { "replay", { "GENAUDIT_API_KEY", "GENAUDIT_BASE_URL", "GENAUDIT_PRICES" } },
+                         { "migrate", { "GENAUDIT_MIGRATIONS" } }, { "copy", { "GENAUDIT_MIGRATIONS" } },
+                         { "list", { "Environment:" } }, { "report cost", { "Environment:" } },
+                         { "export", { "Environment:" } } }) do
+      it(c[1] .. " --help names the environment variables it reads", function()
+        local out, _, rc = cli(c[1] .. " --help")
+        assert.equal(0, rc)
+        for _, v in ipairs(c[2]) do assert.truthy(out:find(v, 1, true), c[1] .. ": " .. v) end
+      end)
+    end
+  end)
+
+  describe("Ctrl-C", function()
+    it("exits 130 with one line when interrupted in the middle of an export", function()
+      local big = dir .. "/big.db"
+      local store = assert(genaudit.open("sqlite:" .. big))
+      for i = 1, 200 do
+        assert(store:persist_generation{
+          org_id = "o", user_id = "u", platform = "x", template_id = "t", final_system_prompt = ("s"):rep(2000),
+          final_user_prompt = "u" .. i, token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+          performance = { total_latency_ms = 1, provider_latency_ms = 1 }, repair_info = {},
+        })
+      end
+      store:close()
+      -- the export fills a FIFO nobody reads (64 KiB), blocks in write(), then gets SIGINT
+      local fifo, errf = dir .. "/fifo", dir .. "/ctrlc.err"
+      local script = table.concat({
+        "rm -f " .. q(fifo) .. " && mkfifo " .. q(fifo) .. " || exit 9",
+        "exec 3<>" .. q(fifo),
+        "env -u GENAUDIT_API_KEY lua5.4 bin/genaudit --db " .. q(big) .. " export --format jsonl --out " .. q(fifo)
+          .. " 2>" .. q(errf) .. " & pid=$!",
+        "i=0; while ! grep -q pipe /proc/$pid/wchan 2>/dev/null && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done",
+        "kill -INT $pid; wait $pid; echo rc=$?",
+      }, "\n")
+      local p = assert(io.popen("sh -c " .. q(script), "r"))
+      local all = p:read("a")
+      p:close()
+      assert.equal("rc=130\n", all)
+      assert.equal("genaudit: interrupted\n", tmp.read(errf))
     end)
   end)
 end)

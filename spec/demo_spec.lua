@@ -38,6 +38,20 @@ describe("examples/demo.lua", function()
   end)
   after_each(function() tmp.rm(dir) end)
 
+  it("uses a keyless provider chosen with GENAUDIT_PROVIDER, at a /v1 base URL, without a dummy key", function()
+    local srv = provider_server.start{ quiet = true } -- checks no key: any Authorization would be logged
+    local out, _, rc = demo(db, "GENAUDIT_PROVIDER=vllm GENAUDIT_BASE_URL=" .. srv.url .. "/v1"
+      .. " GENAUDIT_MODEL=llama-3.1-8b GENAUDIT_DEMO_N=3")
+    local log = srv:requests()
+    srv:stop()
+    assert.equal(0, rc)
+    assert.truthy(out:find("3 generations: 3 completed, 0 failed", 1, true), out)
+    assert.is_true(#log >= 3)
+    for _, e in ipairs(log) do
+      assert.same({ "/v1/chat/completions", "missing", nil }, { e.path, e.auth, e.headers.authorization })
+    end
+  end)
+
   it("runs the example templates and rules into a fresh store", function()
     local out, err, rc = demo(db, "GENAUDIT_DEMO_N=10")
     assert.same({ "", 0 }, { err, rc })

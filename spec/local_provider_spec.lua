@@ -458,6 +458,41 @@ describe("tools/local_provider.lua", function()
     end)
   end)
 
+  describe("Gemini and Azure routes", function()
+    it("serves Gemini's OpenAI-compatible path with a bearer key", function()
+      local resp = roundtrip("POST", "/v1beta/openai/chat/completions", openai_headers(),
+        chat_body(user("hi"), "gemini-2.0-flash"))
+      assert.equal(200, resp.status)
+      assert.equal("chat.completion", cjson.decode(resp.body).object)
+      assert.same({ "/v1beta/openai/chat/completions", "", "valid" },
+        { srv:requests()[1].path, srv:requests()[1].query, srv:requests()[1].auth })
+    end)
+
+    it("serves an Azure deployment path, checking the api-key header, and records the query", function()
+      local path = "/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21"
+      local resp = roundtrip("POST", path, { { "api-key", KEY }, { "Content-Type", "application/json" } },
+        chat_body(user("hi"), "my-gpt4o"))
+      assert.equal(200, resp.status)
+      local entry = srv:requests()[1]
+      assert.same({ "/openai/deployments/my-gpt4o/chat/completions", "api-version=2024-10-21", "valid", "[redacted]" },
+        { entry.path, entry.query, entry.auth, entry.headers["api-key"] })
+    end)
+
+    it("answers 401 on Azure for a bearer key instead of api-key", function()
+      local resp = roundtrip("POST", "/openai/deployments/d/chat/completions?api-version=2024-10-21",
+        openai_headers(), chat_body(user("hi")))
+      assert.equal(401, resp.status)
+      assert.equal("missing", srv:requests()[1].auth)
+    end)
+
+    it("answers 400 on an Azure deployment path without api-version", function()
+      local resp = roundtrip("POST", "/openai/deployments/d/chat/completions",
+        { { "api-key", KEY }, { "Content-Type", "application/json" } }, chat_body(user("hi")))
+      assert.equal(400, resp.status)
+      assert.equal("Missing required query parameter: api-version", cjson.decode(resp.body).error.message)
+    end)
+  end)
+
   describe("request log", function()
     it("records path, method, lower-case headers and the raw body", function()
       local body = chat_body(user("log me"))
@@ -466,6 +501,7 @@ describe("tools/local_provider.lua", function()
       local log = srv:requests()
       assert.equal(1, #log)
       assert.equal("/v1/chat/completions", log[1].path)
+      assert.equal("", log[1].query)
       assert.equal("POST", log[1].method)
       assert.equal("trace-42", log[1].headers["x-trace-id"])
       assert.equal("application/json", log[1].headers["content-type"])

@@ -1,4 +1,6 @@
 local providers = require("genaudit.providers")
+local client_mod = require("genaudit.client")
+local provider_server = require("spec.support.provider")
 local cjson = require("cjson")
 
 describe("genaudit.providers", function()
@@ -197,6 +199,156 @@ describe("genaudit.providers", function()
       local req = p:request({ { role = "user", content = "u" } })
       assert.equal("https://openrouter.ai/api/v1/chat/completions", req.url)
       assert.is_true(cjson.decode(req.body).usage.include)
+    end)
+  end)
+  describe("base URLs", function()
+    local M = { { role = "user", content = "u" } }
+    local function url(kind, opts)
+      opts.model = opts.model or "m"
+      return providers[kind](opts):request(M).url
+    end
+    local CASES = {
+      { "openai", nil, "https://api.openai.com/v1/chat/completions" },
+      { "openai", "https://api.openai.com", "https://api.openai.com/v1/chat/completions" },
+      { "openai", "https://api.openai.com/", "https://api.openai.com/v1/chat/completions" },
+      { "openai", "https://api.openai.com/v1", "https://api.openai.com/v1/chat/completions" },
+      { "openai", "https://api.openai.com/v1/", "https://api.openai.com/v1/chat/completions" },
+      { "openai", "https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1/chat/completions" },
+      { "openrouter", nil, "https://openrouter.ai/api/v1/chat/completions" },
+      { "openrouter", "https://openrouter.ai/api", "https://openrouter.ai/api/v1/chat/completions" },
+      { "openrouter", "https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1/chat/completions" },
+      { "openrouter", "https://openrouter.ai/api/v1/", "https://openrouter.ai/api/v1/chat/completions" },
+      { "vllm", nil, "http://127.0.0.1:8000/v1/chat/completions" },
+      { "vllm", "http://gpu-box:8000", "http://gpu-box:8000/v1/chat/completions" },
+      { "vllm", "http://gpu-box:8000/v1", "http://gpu-box:8000/v1/chat/completions" },
+      { "ollama", nil, "http://127.0.0.1:11434/v1/chat/completions" },
+      { "ollama", "http://localhost:11434", "http://localhost:11434/v1/chat/completions" },
+      { "ollama", "http://localhost:11434/v1/", "http://localhost:11434/v1/chat/completions" },
+      { "anthropic", nil, "https://api.anthropic.com/v1/messages" },
+      { "anthropic", "https://api.anthropic.com", "https://api.anthropic.com/v1/messages" },
+      { "anthropic", "https://api.anthropic.com/v1", "https://api.anthropic.com/v1/messages" },
+      { "anthropic", "https://api.anthropic.com/v1/", "https://api.anthropic.com/v1/messages" },
+      { "gemini", nil, "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions" },
+      { "gemini", "https://generativelanguage.googleapis.com/v1beta/openai/",
+        "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions" },
+      { "gemini", "https://generativelanguage.googleapis.com",
+        "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions" },
+      { "gemini", "https://generativelanguage.googleapis.com/v1beta",
+        "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions" },
+    }
+    for _, c in ipairs(CASES) do
+      it(c[1] .. " with base_url " .. tostring(c[2]) .. " posts to " .. c[3], function()
+        assert.equal(c[3], url(c[1], { base_url = c[2] }))
+      end)
+    end
+
+    it("builds an Azure deployment URL from resource, deployment and api_version", function()
+      local p = providers.azure{ resource = "acme-eu", deployment = "gpt4o-prod", api_version = "2024-06-01",
+        api_key = "az-key" }
+      local req = p:request(M)
+      assert.equal("https://acme-eu.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions"
+        .. "?api-version=2024-06-01", req.url)
+      assert.same({ "az-key", nil }, { req.headers["api-key"], req.headers.Authorization })
+      assert.equal("gpt4o-prod", cjson.decode(req.body).model)
+      assert.equal("gpt4o-prod", p.model)
+    end)
+
+    it("accepts Azure's base URL forms", function()
+      local D = "https://r.openai.azure.com/openai/deployments/d/chat/completions?api-version="
+      assert.equal(D .. "2024-10-21", url("azure", { base_url = "https://r.openai.azure.com", deployment = "d" }))
+      assert.equal(D .. "2024-10-21", url("azure", { base_url = "https://r.openai.azure.com/openai/deployments/d/" }))
+      assert.equal(D .. "2025-01-01-preview", url("azure", { base_url = D .. "2025-01-01-preview" }))
+      assert.equal(D .. "2024-06-01", url("azure", { base_url = "https://r.openai.azure.com/openai/deployments/d",
+        api_version = "2024-06-01" }))
+      assert.equal("https://r.openai.azure.com/openai/v1/chat/completions",
+        url("azure", { base_url = "https://r.openai.azure.com/openai/v1/", model = "gpt-4o" }))
+      assert.equal("d", providers.azure{ base_url = D .. "2024-10-21" }.model)
+    end)
+
+    it("raises for an Azure provider without a deployment or with a name that is not one", function()
+      assert.has_error(function() providers.azure{ resource = "r" } end,
+        "bad argument #1 to 'azure' (deployment or model required (or a base_url naming the deployment))")
+      assert.equal("https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        url("azure", { resource = "r", model = "gpt-4o" }))
+      assert.has_error(function() providers.azure{ resource = "r/../x", deployment = "d" } end,
+        "bad argument #1 to 'azure' (resource: a resource or deployment name expected)")
+      assert.has_error(function() providers.azure{ deployment = "d" } end,
+        "bad argument #1 to 'azure' (resource or base_url required)")
+    end)
+
+    it("raises for a base URL that is not http(s), never naming the key", function()
+      local ok, err = pcall(providers.openai, { model = "m", api_key = "sk-secret-1", base_url = "api.openai.com" })
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("base_url: http(s) URL", 1, true))
+      assert.falsy(tostring(err):find("sk-secret-1", 1, true))
+    end)
+  end)
+
+  describe("wire against the local provider", function()
+    local KEY = "sk-wire-0123456789-SECRET"
+    local srv
+
+    setup(function() srv = provider_server.start{ api_key = KEY, quiet = true } end)
+    teardown(function() srv:stop() end)
+    before_each(function() srv:reset() end)
+
+    -- Sends one completion through the real libcurl transport; returns the
+    -- text (or nil, err) and the local provider's log entry for it.
+    local function send(p)
+      local c = client_mod.new{ provider = p, retries = 0 }
+      local text, err = c:complete(c:run(), "initial", { { role = "system", content = "s" },
+        { role = "user", content = "write" } }, { temperature = 0 })
+      c:close()
+      return text, err, srv:requests()[1]
+    end
+
+    for _, c in ipairs({
+      { "openai", "", "/v1/chat/completions" }, { "openai", "/v1", "/v1/chat/completions" },
+      { "openai", "/v1/", "/v1/chat/completions" }, { "openrouter", "/v1", "/v1/chat/completions" },
+      { "vllm", "/v1", "/v1/chat/completions" }, { "ollama", "", "/v1/chat/completions" },
+      { "gemini", "", "/v1beta/openai/chat/completions" },
+      { "gemini", "/v1beta/openai/", "/v1beta/openai/chat/completions" },
+    }) do
+      it(c[1] .. " at base " .. (c[2] == "" and "(host only)" or c[2]) .. " reaches " .. c[3]
+         .. " with a bearer key", function()
+        local text, err, entry = send(providers[c[1]]{ base_url = srv.url .. c[2], api_key = KEY, model = "m1" })
+        assert.is_string(text, err)
+        assert.same({ c[3], "", "valid", "Bearer [redacted]" },
+          { entry.path, entry.query, entry.auth, entry.headers.authorization })
+        assert.equal("m1", cjson.decode(entry.body).model)
+      end)
+    end
+
+    it("anthropic at base /v1 reaches /v1/messages with x-api-key", function()
+      local text, err, entry = send(providers.anthropic{ base_url = srv.url .. "/v1", api_key = KEY, model = "c" })
+      assert.is_string(text, err)
+      assert.same({ "/v1/messages", "valid", "2023-06-01" }, { entry.path, entry.auth,
+        entry.headers["anthropic-version"] })
+    end)
+
+    it("azure sends the deployment path, api-version and the api-key header, and no Authorization", function()
+      local text, err, entry = send(providers.azure{ base_url = srv.url, deployment = "gpt4o-prod",
+        api_version = "2024-10-21", api_key = KEY })
+      assert.is_string(text, err)
+      assert.same({ "/openai/deployments/gpt4o-prod/chat/completions", "api-version=2024-10-21", "valid",
+        "[redacted]", nil }, { entry.path, entry.query, entry.auth, entry.headers["api-key"],
+        entry.headers.authorization })
+      assert.equal("gpt4o-prod", cjson.decode(entry.body).model)
+    end)
+
+    it("azure with a full deployment URL keeps its api-version", function()
+      local text, err, entry = send(providers.azure{ api_key = KEY,
+        base_url = srv.url .. "/openai/deployments/d2/chat/completions?api-version=2025-01-01-preview" })
+      assert.is_string(text, err)
+      assert.same({ "/openai/deployments/d2/chat/completions", "api-version=2025-01-01-preview" },
+        { entry.path, entry.query })
+    end)
+
+    it("azure with a wrong key fails without the key in the error", function()
+      local text, err = send(providers.azure{ base_url = srv.url, deployment = "d", api_key = "az-wrong-SECRET-77" })
+      assert.is_nil(text)
+      assert.matches("^PROVIDER_REJECTED: provider answered HTTP 401", err)
+      assert.falsy(err:find("az-wrong-SECRET-77", 1, true))
     end)
   end)
 end)

@@ -27,6 +27,7 @@ local SLUGS = { "banned_word", "length_exceeded", "missing_hashtag", "tone_misma
 -- time of the specs cannot move a row across one.
 local SINCES = { ["7d"] = 7 * DAY, ["10d"] = 10 * DAY, ["36h"] = 36 * 3600 }
 -- A user prompt that needs CSV quoting and JSON escaping.
+local BAD_TIME = "(use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or 2026-11-01T12:00:00)"
 local TRICKY = 'Say "hi", then\r\nsay, "bye" \\ done\n\ttab and a NUL:\0 end'
 
 local function far_from_boundaries(age)
@@ -102,13 +103,31 @@ end
 
 local NONE = {} -- the key of the NULL group
 
+-- An absolute --since/--until as the created_at text it is compared with:
+-- "2026-11-01" -> "2026-11-01" (a day), "2026-11-01T12:00:00" -> "2026-11-01 12:00:00".
+local function at_key(s)
+  local d, t = s:match("^(%d%d%d%d%-%d%d%-%d%d)T?(.*)$")
+  return t == "" and d or (d .. " " .. t), t == ""
+end
+
 local function select_rows(rows, opts)
   local out = {}
   for _, r in ipairs(rows) do
     local keep = true
     if opts.org and tostring(r.org) ~= tostring(opts.org) then keep = false end
     if opts.template and r.template_id ~= opts.template then keep = false end
-    if opts.since and r.age >= SINCES[opts.since] then keep = false end
+    if opts.status == "completed" and r.failed then keep = false end
+    if opts.status == "failed" and not r.failed then keep = false end
+    if opts.since and SINCES[opts.since] and r.age >= SINCES[opts.since] then keep = false end
+    if opts["until"] and SINCES[opts["until"]] and r.age < SINCES[opts["until"]] then keep = false end
+    if opts.since and not SINCES[opts.since] then
+      local k, day = at_key(opts.since)
+      if (day and r.created_at:sub(1, 10) or r.created_at) < k then keep = false end
+    end
+    if opts["until"] and not SINCES[opts["until"]] then
+      local k, day = at_key(opts["until"])
+      if day then keep = keep and r.created_at:sub(1, 10) <= k else keep = keep and r.created_at < k end
+    end
     if keep then out[#out + 1] = r end
   end
   return out
@@ -207,9 +226,8 @@ local function expected_repairs(rows, opts)
       if a[2] ~= b[2] then return a[2] > b[2] end
       return a[1] < b[1]
     end)
-    local parts = {}
-    for k = 1, math.min(3, #types) do parts[k] = types[k][1] .. "×" .. types[k][2] end
-    e.top_repair_types = table.concat(parts, ", ")
+    e.top_repair_types = {}
+    for k = 1, math.min(3, #types) do e.top_repair_types[types[k][1]] = types[k][2] end
     out[#out + 1] = e
   end
   table.sort(out, function(a, b)
@@ -231,7 +249,7 @@ local function expected_latency(rows, opts)
       table.insert(series.overhead, r.total_ms - r.provider_ms)
     end
     local e = { posts = #g.rows, _key = g.key }
-    if g.key ~= NONE then e[opts.by == "model" and "model_identifier" or "template_id"] = g.key end
+    if g.key ~= NONE then e[GROUP_COLUMN[opts.by]] = g.key end
     for name, values in pairs(series) do
       for _, p in ipairs({ 50, 95, 99 }) do e["p" .. p .. "_" .. name .. "_ms"] = percentile(values, p) end
     end
@@ -248,7 +266,9 @@ local function assert_rows(expected, got, columns)
   for i, e in ipairs(expected) do
     for _, c in ipairs(columns) do
       local ev, gv = e[c], got[i][c]
-      if type(ev) == "number" and type(gv) == "number" then
+      if type(ev) == "table" then
+        assert.same(ev, gv, ("row %d column %s"):format(i, c))
+      elseif type(ev) == "number" and type(gv) == "number" then
         assert.is_true(math.abs(ev - gv) <= 1e-9, ("row %d column %s: expected %.17g, got %.17g"):format(i, c, ev, gv))
       else
         assert.equal(ev, gv, ("row %d column %s"):format(i, c))
@@ -391,12 +411,12 @@ describe("genaudit.report", function()
     it("returns nil, err for an unknown --by column", function()
       assert.same({ nil, "REPORT: unknown --by column 'user' for cost (use template, model, platform, org, day)",
         "REPORT" }, { report.cost(store, { by = "user" }) })
-      assert.same({ nil, "REPORT: unknown --by column 'nil' for cost (use template, model, platform, org, day)",
-        "REPORT" }, { report.cost(store, {}) })
+      assert.same(assert(report.cost(store, { by = "template" })), assert(report.cost(store, {})))
+      assert.same(assert(report.latency(store, { by = "model" })), assert(report.latency(store, {})))
     end)
 
     it("returns nil, err for a bad duration", function()
-      assert.same({ nil, "REPORT: bad duration '7days' (use e.g. 30m, 24h, 7d, 2w)", "REPORT" },
+      assert.same({ nil, "REPORT: bad time '7days' " .. BAD_TIME, "REPORT" },
         { report.cost(store, { by = "template", since = "7days" }) })
     end)
 
@@ -436,8 +456,13 @@ describe("genaudit.report", function()
     it("names the three most common repair types, ties by slug", function()
       local got = assert(report.repairs(store, { top = 10 }))
       for _, r in ipairs(got.rows) do
-        assert.matches("^[%l_]+×%d+", r.top_repair_types)
-        assert.is_true(select(2, r.top_repair_types:gsub("×", "")) <= 3)
+        local n = 0
+        for slug, count in pairs(r.top_repair_types) do
+          n = n + 1
+          assert.matches("^[%l_]+$", slug)
+          assert.equal(0, count % 1)
+        end
+        assert.is_true(n <= 3)
       end
     end)
 
@@ -446,16 +471,18 @@ describe("genaudit.report", function()
         { report.repairs(store, { top = 0 }) })
       assert.same({ nil, "REPORT: top must be a positive integer, got 'x'", "REPORT" },
         { report.repairs(store, { top = "x" }) })
-      assert.same({ nil, "REPORT: bad duration '1y' (use e.g. 30m, 24h, 7d, 2w)", "REPORT" },
+      assert.same({ nil, "REPORT: bad time '1y' " .. BAD_TIME, "REPORT" },
         { report.repairs(store, { since = "1y" }) })
     end)
   end)
 
   describe("latency()", function()
-    for _, by in ipairs({ "model", "template" }) do
+    local LATENCY_GROUP = { model = "model_identifier", template = "template_id", platform = "platform",
+                            org = "org_id" }
+    for _, by in ipairs({ "model", "template", "platform", "org" }) do
       it("matches the nearest-rank percentiles grouped by " .. by, function()
         local got = assert(report.latency(store, { by = by }))
-        assert.same(with_group(by == "model" and "model_identifier" or "template_id", LATENCY_COLUMNS), got.columns)
+        assert.same(with_group(LATENCY_GROUP[by], LATENCY_COLUMNS), got.columns)
         assert_rows(expected_latency(rows, { by = by }), got.rows, got.columns)
       end)
     end
@@ -468,8 +495,109 @@ describe("genaudit.report", function()
     end)
 
     it("returns nil, err for a column it cannot group by", function()
-      assert.same({ nil, "REPORT: unknown --by column 'platform' for latency (use model, template)", "REPORT" },
-        { report.latency(store, { by = "platform" }) })
+      assert.same({ nil, "REPORT: unknown --by column 'day' for latency (use model, template, platform, org)",
+        "REPORT" }, { report.latency(store, { by = "day" }) })
+    end)
+  end)
+
+  describe("filters", function()
+    -- days and instants inside the data set, from the seeded rows themselves
+    local function day_of(k)
+      local list = {}
+      for i, r in ipairs(rows) do list[i] = r.created_at end
+      table.sort(list)
+      return list[k]:sub(1, 10), list[k]:sub(1, 19):gsub(" ", "T")
+    end
+
+    it("limits by --until (a duration), by status, and by template on every report", function()
+      for _, opts in ipairs({ { ["until"] = "7d" }, { since = "10d", ["until"] = "36h" }, { status = "failed" },
+                              { status = "completed", template = "launch-post" }, { status = "all" },
+                              { template = "hiring", org = "org-a" } }) do
+        assert.is_true(#select_rows(rows, opts) > 0, "a filter that selects rows")
+        local c = { by = "template" }
+        for k, v in pairs(opts) do c[k] = v end
+        assert_rows(expected_cost(rows, c), assert(report.cost(store, c)).rows, assert(report.cost(store, c)).columns)
+        local l = { by = "model" }
+        for k, v in pairs(opts) do l[k] = v end
+        local got = assert(report.latency(store, l))
+        assert_rows(expected_latency(rows, l), got.rows, got.columns)
+        local rp = { top = 10 }
+        for k, v in pairs(opts) do rp[k] = v end
+        got = assert(report.repairs(store, rp))
+        assert_rows(expected_repairs(rows, rp), got.rows, got.columns)
+      end
+    end)
+
+    it("takes absolute UTC dates and date-times for --since and --until", function()
+      local d1, t1 = day_of(20)
+      local d2, t2 = day_of(60)
+      for _, opts in ipairs({ { since = d1 }, { ["until"] = d2 }, { since = d1, ["until"] = d2 },
+                              { since = t1, ["until"] = t2 }, { since = t1 .. "Z" },
+                              { ["until"] = d1 .. " 12:00" } }) do
+        local e = { by = "day" }
+        for k, v in pairs(opts) do e[k] = (v:gsub("Z$", ""):gsub(" ", "T")) end
+        local n = #select_rows(rows, e)
+        assert.is_true(n > 0 and n < #rows, "a period that selects some rows")
+        local c = { by = "day" }
+        for k, v in pairs(opts) do c[k] = v end
+        local got = assert(report.cost(store, c))
+        assert_rows(expected_cost(rows, e), got.rows, got.columns)
+      end
+    end)
+
+    it("returns nil, err for a bad time or status", function()
+      for _, bad in ipairs({ "2026-13-01", "2026-02-30", "2026-11-01T25:00", "11/01/2026", "1969-12-31",
+                             "yesterday" }) do
+        assert.same({ nil, "REPORT: bad time '" .. bad .. "' " .. BAD_TIME, "REPORT" },
+          { report.cost(store, { ["until"] = bad }) })
+      end
+      assert.same({ nil, "REPORT: unknown status 'done' (use completed, failed or all)", "REPORT" },
+        { report.repairs(store, { status = "done" }) })
+    end)
+
+    it("reads a leap day and the end of a day as UTC instants", function()
+      assert.same({ at = "2028-02-29 00:00:00" }, report.parse_time("2028-02-29"))
+      assert.same({ at = "2028-03-01 00:00:00" }, report.parse_time("2028-02-29", true))
+      assert.same({ at = "2027-01-01 00:00:00" }, report.parse_time("2026-12-31", true))
+      assert.same({ at = "2026-11-01 12:30:05" }, report.parse_time("2026-11-01T12:30:05Z", true))
+      assert.same({ ago = 604800 }, report.parse_time("7d"))
+    end)
+  end)
+
+  describe("list()", function()
+    local function expected_list(opts, limit)
+      local sel = select_rows(rows, opts)
+      table.sort(sel, function(a, b)
+        if a.created_at ~= b.created_at then return a.created_at > b.created_at end
+        return a.id > b.id
+      end)
+      local out = {}
+      for i = 1, math.min(limit, #sel) do
+        local r = sel[i]
+        out[i] = { id = r.id, created_at = r.created_at, template_id = r.template_id,
+                   status = r.failed and "failed" or "completed", estimated_cost = r.cost, repair_count = r.repairs }
+      end
+      return out
+    end
+
+    it("lists the 20 newest snapshots, newest first", function()
+      local got = assert(report.list(store))
+      assert.same({ "id", "created_at", "template_id", "status", "estimated_cost", "repair_count" }, got.columns)
+      assert.same(expected_list({}, 20), got.rows)
+    end)
+
+    it("filters by template, org, status and period, with a limit", function()
+      for _, opts in ipairs({ { template = "hiring", limit = 5 }, { org = "org-b", status = "completed", limit = 100 },
+                              { status = "failed" }, { since = "10d", ["until"] = "7d", limit = 3 } }) do
+        local got = assert(report.list(store, opts))
+        assert.same(expected_list(opts, opts.limit or 20), got.rows)
+        assert.is_true(#got.rows > 0)
+      end
+    end)
+
+    it("returns nil, err for a bad limit", function()
+      assert.same({ nil, "REPORT: limit must be a positive integer, got '0'", "REPORT" },
+        { report.list(store, { limit = 0 }) })
     end)
   end)
 
@@ -482,6 +610,11 @@ describe("genaudit.report", function()
       assert.equal(24, #columns)
       assert.same({ "id", "org_id" }, { columns[1], columns[2] })
       assert.equal("initial_validation_score", columns[#columns])
+    end)
+
+    it("finds a snapshot by its id in lower case", function()
+      local row = assert(report.show(store, rows[5].id:lower()))
+      assert.equal(rows[5].id, row.id)
     end)
 
     it("returns nil, NOT_FOUND for an unknown id", function()
@@ -614,7 +747,7 @@ describe("genaudit.report", function()
     it("returns nil, err for an unknown format or a bad duration", function()
       assert.same({ nil, "REPORT: unknown export format 'xml' (use jsonl or csv)", "REPORT" },
         { report.export(store, { format = "xml", out = buffer() }) })
-      assert.same({ nil, "REPORT: bad duration 'soon' (use e.g. 30m, 24h, 7d, 2w)", "REPORT" },
+      assert.same({ nil, "REPORT: bad time 'soon' " .. BAD_TIME, "REPORT" },
         { report.export(store, { format = "csv", since = "soon", out = buffer() }) })
     end)
 

@@ -17,6 +17,10 @@
 --
 -- Routes:
 --   POST /v1/chat/completions, POST /chat/completions   OpenAI format
+--   POST /v1beta/openai/chat/completions                OpenAI format (Gemini)
+--   POST /openai/deployments/DEPLOYMENT/chat/completions?api-version=V,
+--   POST /openai/v1/chat/completions                    OpenAI format (Azure:
+--        key in the api-key header; without api-version -> 400)
 --   POST /v1/messages                                   Anthropic format
 --   POST /__mock/queue     JSON array of scripts (or one object), FIFO
 --   POST /__mock/reset     clear queue, request log and id counter
@@ -45,9 +49,10 @@
 --   model: echoed, with "-2024-07-18" appended unless it already ends in
 --     -YYYY-MM-DD or -YYYYMMDD
 --
--- Request log entries: {path, method, headers (lower-case names; credential
--- headers redacted), body (raw), auth ("valid"|"invalid"|"missing"|
--- "unchecked"), status (absent for hang/reset, which set outcome)}.
+-- Request log entries: {path, query (the raw text after "?", "" when none),
+-- method, headers (lower-case names; credential headers redacted), body (raw),
+-- auth ("valid"|"invalid"|"missing"|"unchecked"), status (absent for
+-- hang/reset, which set outcome)}.
 
 local socket = require("socket")
 local cjson = require("cjson")
@@ -320,6 +325,7 @@ local function read_request(c)
   end
   local h = req.headers
   req.path = req.target:match("^[^?#]*")
+  req.query = req.target:match("^[^?#]*%?([^#]*)") or ""
   if req.version == "1.1" then
     req.keep_alive = not has_token(h["connection"], "close")
   else
@@ -598,6 +604,8 @@ local function auth_state(fmt, headers)
   local presented
   if fmt == "anthropic" then
     presented = headers["x-api-key"]
+  elseif fmt == "azure" then
+    presented = headers["api-key"]
   else
     presented = headers["authorization"] and headers["authorization"]:match("^[Bb]earer%s+(.-)%s*$")
   end
@@ -615,7 +623,8 @@ local function log_request(req, auth)
     end
     headers[k] = v
   end
-  local entry = { path = req.path, method = req.method, headers = headers, body = req.body, auth = auth }
+  local entry = { path = req.path, query = req.query, method = req.method, headers = headers, body = req.body,
+                  auth = auth }
   local log = state.log
   log[#log + 1] = entry
   while #log > MAX_LOG do table.remove(log, 1) end
@@ -624,6 +633,8 @@ end
 
 local function completion(req, fmt)
   local entry = log_request(req, auth_state(fmt, req.headers))
+  local azure = fmt == "azure"
+  if azure then fmt = "openai" end
   local function reply(resp)
     entry.status = resp.status
     return resp
@@ -635,9 +646,14 @@ local function completion(req, fmt)
   if config.api_key and entry.auth ~= "valid" then
     local msg
     if fmt == "anthropic" then msg = "invalid x-api-key"
+    elseif azure then msg = "Access denied due to invalid subscription key or wrong API endpoint."
     elseif entry.auth == "missing" then msg = "You didn't provide an API key."
     else msg = "Incorrect API key provided." end
     return reply({ status = 401, body = error_body(fmt, 401, msg) })
+  end
+  if azure and not req.path:match("^/openai/v1/") and not req.query:match("^api%-version=[^&]+")
+     and not req.query:match("&api%-version=[^&]+") then
+    return reply({ status = 400, body = error_body(fmt, 400, "Missing required query parameter: api-version") })
   end
   local ok, doc = pcall(cjson.decode, req.body)
   local problem
@@ -723,8 +739,10 @@ end
 
 local function dispatch(req)
   local p = req.path
-  if p == "/v1/chat/completions" or p == "/chat/completions" then
+  if p == "/v1/chat/completions" or p == "/chat/completions" or p == "/v1beta/openai/chat/completions" then
     return completion(req, "openai")
+  elseif p:match("^/openai/deployments/[^/]+/chat/completions$") or p == "/openai/v1/chat/completions" then
+    return completion(req, "azure")
   elseif p == "/v1/messages" then
     return completion(req, "anthropic")
   elseif p:sub(1, 8) == "/__mock/" then

@@ -1,6 +1,9 @@
 -- genaudit.providers — request building and response parsing per wire
 -- format: OpenAI-compatible chat completions (OpenAI, OpenRouter, vLLM,
--- Ollama) and Anthropic Messages. Usage is normalized to one shape:
+-- Ollama, Gemini's OpenAI endpoint, Azure OpenAI) and Anthropic Messages.
+-- A base URL is accepted as each provider documents it: with or without the
+-- trailing /v1 (or /v1beta/openai for Gemini), with or without a final "/",
+-- or as the full endpoint URL. Usage is normalized to one shape:
 --   prompt_tokens         all input tokens, cached and cache-written included
 --   completion_tokens     all output tokens, reasoning included
 --   total_tokens          as reported (Gemini reports more than the sum)
@@ -177,16 +180,37 @@ local function check_common(kind, opts)
   end
 end
 
+-- The endpoint URL for a base URL: `base` ending in /vN (or any of
+-- `versioned`) gets `tail`; a base that already ends in `tail` is taken as
+-- the endpoint itself; any other base gets `prefix .. tail`.
+local function endpoint(base, prefix, tail, versioned)
+  if base:sub(-#tail) == tail then return base end
+  if base:match("/v%d+$") then return base .. tail end
+  for _, v in ipairs(versioned or {}) do
+    if base:sub(-#v) == v then return base .. tail end
+  end
+  return base .. prefix .. tail
+end
+
+local function check_base_url(kind, url)
+  if url ~= nil and (type(url) ~= "string" or not url:match("^https?://[^/?#%s]+[^?#%s]*$")) then
+    error("bad argument #1 to '" .. kind .. "' (base_url: http(s) URL without query or spaces expected)", 4)
+  end
+end
+
 local Provider = {}
 Provider.__index = Provider
 Provider.__tostring = function(self) return "genaudit.provider " .. self.name .. " (" .. self.model .. ")" end
 
--- Shared constructor: `spec` holds the wire-format functions.
+-- Shared constructor: `spec` holds the wire-format functions; spec.url(base,
+-- opts) gives the endpoint for the base URL (no trailing "/").
 local function new_provider(name, opts, spec)
   local key = opts.api_key
   local scrub = scrubber(key)
+  if not spec.full_url then check_base_url(name, opts.base_url) end
+  local base = (opts.base_url or spec.default_url):gsub("/+$", "")
   local self = setmetatable({
-    name = name, model = opts.model, base_url = (opts.base_url or spec.default_url):gsub("/+$", ""),
+    name = name, model = opts.model, base_url = base, url = spec.url(base, opts),
     wire = spec.wire, timeout_ms = opts.timeout_ms, connect_timeout_ms = opts.connect_timeout_ms,
     retries = opts.retries, verify_tls = opts.verify_tls, max_response_bytes = opts.max_response_bytes,
     max_request_bytes = opts.max_request_bytes or M.MAX_REQUEST_BYTES,
@@ -200,7 +224,6 @@ local function new_provider(name, opts, spec)
     return h
   end
   self.scrub = scrub
-  self.path = spec.path
   self.build_body = spec.build_body
   self.parse = spec.parse
   return self
@@ -242,7 +265,7 @@ function Provider:request(messages, params)
     return nil, "INVALID: the request cannot be sent as JSON: " .. tostring(err):gsub("^INVALID: ", ""), "INVALID"
   end
   if #body > limit then return too_large(self, "body") end
-  return { url = self.base_url .. self.path, headers = self.headers(), body = body }
+  return { url = self.url, headers = self.headers(), body = body }
 end
 
 -- provider:parse_response(status, body) -> { content, model_identifier,
@@ -295,8 +318,10 @@ local function openai_parse(doc)
   }
 end
 
+local function openai_url(base) return endpoint(base, "/v1", "/chat/completions") end
+
 local openai_spec = {
-  wire = "openai", default_url = "https://api.openai.com", path = "/v1/chat/completions",
+  wire = "openai", default_url = "https://api.openai.com", url = openai_url,
   auth_headers = function(key) return key and key ~= "" and { Authorization = "Bearer " .. key } or {} end,
   build_body = openai_body, parse = openai_parse,
 }
@@ -341,9 +366,86 @@ function M.vllm(opts)
   return new_provider("vllm", opts, vllm_spec)
 end
 
+-- Gemini through its OpenAI-compatible endpoint (Bearer key):
+-- https://generativelanguage.googleapis.com/v1beta/openai/chat/completions.
+-- Its thinking tokens show only in total_tokens (see openai_usage).
+local gemini_spec = derive(openai_spec, {
+  default_url = "https://generativelanguage.googleapis.com/v1beta/openai",
+  url = function(base)
+    if base:match("/v%d+beta$") then return base .. "/openai/chat/completions" end
+    return endpoint(base, "/v1beta/openai", "/chat/completions", { "/openai" })
+  end,
+})
+
+function M.gemini(opts)
+  check_common("gemini", opts)
+  return new_provider("gemini", opts, gemini_spec)
+end
+
+-- Azure OpenAI: a deployment URL with an api-version, and the key in an
+-- `api-key` header. opts: resource + deployment (+ api_version), or base_url
+-- (https://R.openai.azure.com, …/openai/deployments/D, the full
+-- …/chat/completions?api-version=V URL, or the v1 API's …/openai/v1);
+-- model defaults to the deployment, and the deployment to model.
+local AZURE_API_VERSION = "2024-10-21"
+local NAME = "^[%w][%w._-]*$"
+
+local function azure_url(base, opts)
+  local api_version = opts.api_version or AZURE_API_VERSION
+  local u = base:match("^(.-)%?") or base
+  if u:match("/openai/v1$") then return u .. "/chat/completions" end
+  if u:match("/openai/v1/chat/completions$") then return u end
+  local v = base:match("[?&]api%-version=([^&]+)") or api_version
+  if not u:match("/openai/deployments/[^/]+") then
+    u = u .. "/openai/deployments/" .. opts.deployment
+  end
+  if not u:match("/chat/completions$") then u = u .. "/chat/completions" end
+  return u .. "?api-version=" .. v
+end
+
+local azure_spec = derive(openai_spec, {
+  full_url = true, url = azure_url,
+  auth_headers = function(key) return key and key ~= "" and { ["api-key"] = key } or {} end,
+})
+
+function M.azure(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'azure' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local function bad(what) error("bad argument #1 to 'azure' (" .. what .. ")", 3) end
+  for _, k in ipairs({ "resource", "deployment" }) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "string" or not opts[k]:match(NAME)) then
+      bad(k .. ": a resource or deployment name expected")
+    end
+  end
+  if opts.api_version ~= nil and (type(opts.api_version) ~= "string" or not opts.api_version:match("^[%w.-]+$")) then
+    bad("api_version: a version such as " .. AZURE_API_VERSION .. " expected")
+  end
+  local base = opts.base_url
+  if base ~= nil and (type(base) ~= "string" or not base:match("^https?://[^/?#%s]+[^#%s]*$")) then
+    bad("base_url: http(s) URL expected")
+  end
+  if base == nil then
+    if not opts.resource then bad("resource or base_url required") end
+    base = "https://" .. opts.resource .. ".openai.azure.com"
+  end
+  local v1 = (base:match("^(.-)%?") or base):match("/openai/v1[/]*$") or base:match("/openai/v1/chat/completions")
+  local deployment = opts.deployment or base:match("/openai/deployments/([^/?]+)") or (not v1 and opts.model) or nil
+  if deployment ~= nil and (type(deployment) ~= "string" or not deployment:match(NAME)) then
+    bad("deployment: a deployment name expected")
+  end
+  if not deployment and not v1 then bad("deployment or model required (or a base_url naming the deployment)") end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.base_url, o.deployment, o.model = base, deployment, opts.model or deployment
+  check_common("azure", o)
+  return new_provider("azure", o, azure_spec)
+end
+
 -- ---- Anthropic Messages ----
 local anthropic_spec = {
-  wire = "anthropic", default_url = "https://api.anthropic.com", path = "/v1/messages",
+  wire = "anthropic", default_url = "https://api.anthropic.com",
+  url = function(base) return endpoint(base, "/v1", "/messages") end,
   auth_headers = function(key)
     local h = { ["anthropic-version"] = "2023-06-01" }
     if key and key ~= "" then h["x-api-key"] = key end

@@ -39,7 +39,11 @@ local DIALECTS = {
   sqlite = {
     -- created_at >= now - N seconds; the bound argument comes from since_arg
     since = "created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+    until_ago = "created_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
     since_arg = function(seconds) return string.format("-%d seconds", seconds) end,
+    -- an absolute UTC time 'YYYY-MM-DD HH:MM:SS' against the stored text
+    at_or_after = "created_at >= ?", before = "created_at < ?",
+    at_arg = function(t) return t .. ".000" end,
     day = "substr(created_at, 1, 10)",
     -- one row (column `value`) per element of repair_metrics.repair_types of b
     repair_types = "json_each(b.repair_metrics, '$.repair_types') AS j",
@@ -51,7 +55,10 @@ local DIALECTS = {
   },
   postgresql = {
     since = "created_at >= now() - CAST(? AS interval)",
+    until_ago = "created_at < now() - CAST(? AS interval)",
     since_arg = function(seconds) return string.format("%d seconds", seconds) end,
+    at_or_after = "created_at >= CAST(? AS timestamptz)", before = "created_at < CAST(? AS timestamptz)",
+    at_arg = function(t) return t .. "+00" end,
     day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') COLLATE \"C\"",
     repair_types = "json_array_elements_text(b.repair_metrics -> 'repair_types') AS j(value)",
     real = function(expr) return "CAST(" .. expr .. " AS double precision)" end,
@@ -87,9 +94,14 @@ local GROUPS = {
   latency = {
     model = { "model_identifier", "model_identifier" },
     template = { "template_id", "template_id" },
+    platform = { "platform", "platform" },
+    org = { "org_id", "org_id" },
   },
 }
-local GROUP_NAMES = { cost = "template, model, platform, org, day", latency = "model, template" }
+local GROUP_NAMES = { cost = "template, model, platform, org, day", latency = "model, template, platform, org" }
+-- the --by of a report that names none
+local DEFAULT_BY = { cost = "template", latency = "model" }
+local STATUSES = { completed = true, failed = true, all = true }
 
 -- The JSON documents export embeds verbatim rather than as strings.
 local JSON_COLUMNS = { token_metrics = true, performance_metrics = true, repair_metrics = true, request_params = true }
@@ -117,15 +129,65 @@ function M.parse_duration(s)
   return fail("bad duration '" .. tostring(s) .. "' (use e.g. 30m, 24h, 7d, 2w)")
 end
 
+-- Days from 1970-01-01 to y-m-d (proleptic Gregorian; Howard Hinnant's algorithm).
+local function days_from_civil(y, m, d)
+  local floor = math.floor
+  y = m <= 2 and y - 1 or y
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local doy = floor((153 * (m > 2 and m - 3 or m + 9) + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function days_in_month(y, m)
+  if m == 2 then return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28 end
+  return (m == 4 or m == 6 or m == 9 or m == 11) and 30 or 31
+end
+
+-- M.parse_time(s, is_until) -> { ago = seconds } | { at = "YYYY-MM-DD HH:MM:SS" }
+-- | nil, "REPORT: bad time ...", "REPORT". A duration (30m, 24h, 7d, 2w) is
+-- that long before now; a UTC date or date-time (2026-11-01, 2026-11-01T12:00,
+-- 2026-11-01 12:00:00, an optional Z) is that instant, except that a bare
+-- date given as an upper bound (is_until) means the end of that day.
+function M.parse_time(s, is_until)
+  local function bad()
+    return fail("bad time '" .. tostring(s) .. "' (use e.g. 30m, 24h, 7d, 2w, 2026-11-01 or 2026-11-01T12:00:00)")
+  end
+  if type(s) ~= "string" then return bad() end
+  if s:match("^%d+[mhdw]$") then
+    local secs = M.parse_duration(s)
+    if not secs then return bad() end
+    return { ago = secs }
+  end
+  local y, mo, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
+  if not y then return bad() end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  local h, mi, sec = 0, 0, 0
+  if rest ~= "" then
+    local hh, mm, ss = rest:match("^[T ](%d%d):(%d%d):?(%d*)Z?$")
+    if not hh or (ss ~= "" and #ss ~= 2) then return bad() end
+    h, mi, sec = tonumber(hh), tonumber(mm), tonumber(ss ~= "" and ss or "0")
+  end
+  if y < 1970 or mo < 1 or mo > 12 or d < 1 or d > days_in_month(y, mo) or h > 23 or mi > 59 or sec > 59 then
+    return bad()
+  end
+  local days = days_from_civil(y, mo, d)
+  if is_until and rest == "" then days = days + 1 end
+  local t = days * 86400 + h * 3600 + mi * 60 + sec
+  return { at = os.date("!%Y-%m-%d %H:%M:%S", t) }
+end
+
 local function id_value(name, v)
   if type(v) == "number" and v % 1 == 0 then return string.format("%d", v) end
   if type(v) == "string" and v ~= "" then return v end
   return nil, "REPORT: " .. name .. " must be a non-empty string or an integer"
 end
 
--- The WHERE clause for the shared filters (since, org, template) and its
--- bound parameters, or nil, err, code.
-local function filters(opts, allowed, SQL)
+-- The WHERE clause for the shared filters (since, until, org, template,
+-- status) and its bound parameters, or nil, err, code. Every condition
+-- starts with its column, so `prefix` ("b.") qualifies them for a join.
+local function filters(opts, SQL, prefix)
   local conds, params = {}, {}
   if opts.org ~= nil then
     local v, err = id_value("org", opts.org)
@@ -134,23 +196,40 @@ local function filters(opts, allowed, SQL)
     params[#params + 1] = v
   end
   if opts.template ~= nil then
-    if not allowed.template then return fail("this report has no template filter") end
     local v, err = id_value("template", opts.template)
     if not v then return nil, err, "REPORT" end
     conds[#conds + 1] = "template_id = ?"
     params[#params + 1] = v
   end
-  if opts.since ~= nil then
-    local secs, err, code = M.parse_duration(opts.since)
-    if not secs then return nil, err, code end
-    conds[#conds + 1] = SQL.since
-    params[#params + 1] = SQL.since_arg(secs)
+  if opts.status ~= nil and opts.status ~= "all" then
+    if not STATUSES[opts.status] then
+      return fail("unknown status '" .. tostring(opts.status) .. "' (use completed, failed or all)")
+    end
+    conds[#conds + 1] = "status = ?"
+    params[#params + 1] = opts.status
+  end
+  for _, bound in ipairs({ "since", "until" }) do
+    if opts[bound] ~= nil then
+      local t, err, code = M.parse_time(opts[bound], bound == "until")
+      if not t then return nil, err, code end
+      if t.ago then
+        conds[#conds + 1] = bound == "since" and SQL.since or SQL.until_ago
+        params[#params + 1] = SQL.since_arg(t.ago)
+      else
+        conds[#conds + 1] = bound == "since" and SQL.at_or_after or SQL.before
+        params[#params + 1] = SQL.at_arg(t.at)
+      end
+    end
+  end
+  if prefix then
+    for i, c in ipairs(conds) do conds[i] = prefix .. c end
   end
   local where = #conds > 0 and (" WHERE " .. table.concat(conds, " AND ")) or ""
   return where, params
 end
 
 local function group_of(report, by, SQL)
+  if by == nil then by = DEFAULT_BY[report] end
   local g = GROUPS[report][by]
   if not g then
     return fail("unknown --by column '" .. tostring(by) .. "' for " .. report .. " (use " .. GROUP_NAMES[report] .. ")")
@@ -167,7 +246,7 @@ function builders.cost(opts, SQL)
   local g, err, code = group_of("cost", opts.by, SQL)
   if not g then return nil, err, code end
   local where, params
-  where, params, code = filters(opts, { template = true }, SQL)
+  where, params, code = filters(opts, SQL)
   if not where then return nil, params, code end
   local name = g[1]
   local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, estimated_cost AS cost, total_tokens AS tokens FROM "
@@ -189,8 +268,9 @@ function builders.repairs(opts, SQL)
   if type(top) ~= "number" or top % 1 ~= 0 or top < 1 or top > 1e9 then
     return fail("top must be a positive integer, got '" .. tostring(opts.top) .. "'")
   end
-  local where, params, code = filters(opts, {}, SQL)
+  local where, params, code = filters(opts, SQL)
   if not where then return nil, params, code end
+  local bwhere = filters(opts, SQL, "b.") -- the same filter, on the joined table
   local n_filter = #params
   params[#params + 1] = math.floor(top)
   for i = 1, n_filter do params[#params + 1] = params[i] end -- the filter again, for `types`
@@ -206,7 +286,7 @@ function builders.repairs(opts, SQL)
     .. " ORDER BY repairs DESC, template_id LIMIT ?),"
     .. " types AS (SELECT b.template_id, j.value AS slug, count(*) AS n FROM " .. TABLE .. " b"
     .. " JOIN top t ON t.template_id = b.template_id, " .. SQL.repair_types
-    .. (where ~= "" and (where .. " AND") or " WHERE") .. " b.repair_count > 0"
+    .. (bwhere ~= "" and (bwhere .. " AND") or " WHERE") .. " b.repair_count > 0"
     .. " GROUP BY b.template_id, j.value),"
     .. " ranked AS (SELECT template_id, slug, n, row_number() OVER (PARTITION BY template_id ORDER BY n DESC, "
     .. SQL.bytewise("slug") .. ")"
@@ -220,14 +300,10 @@ function builders.repairs(opts, SQL)
     for _, r in ipairs(rows) do
       if not last or last.template_id ~= r.template_id then
         last = { template_id = r.template_id, repairs = r.repairs, posts = r.posts, repaired_posts = r.repaired_posts,
-                 repair_rate = r.repair_rate, avg_initial_score = r.avg_initial_score, _types = {} }
+                 repair_rate = r.repair_rate, avg_initial_score = r.avg_initial_score, top_repair_types = {} }
         out[#out + 1] = last
       end
-      if r.slug ~= nil then last._types[#last._types + 1] = tostring(r.slug) .. "×" .. string.format("%d", r.n) end
-    end
-    for _, r in ipairs(out) do
-      r.top_repair_types = table.concat(r._types, ", ")
-      r._types = nil
+      if r.slug ~= nil then last.top_repair_types[tostring(r.slug)] = r.n end
     end
     return out
   end
@@ -239,7 +315,7 @@ function builders.latency(opts, SQL)
   local g, err, code = group_of("latency", opts.by, SQL)
   if not g then return nil, err, code end
   local where, params
-  where, params, code = filters(opts, {}, SQL)
+  where, params, code = filters(opts, SQL)
   if not where then return nil, params, code end
   local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" } }
   local ranks, picks, columns = {}, {}, { g[1], "posts" }
@@ -261,14 +337,40 @@ function builders.latency(opts, SQL)
   return sql, params, columns
 end
 
+-- " LIMIT ?" and its parameter for opts.limit (default: `default`, nil = none)
+local function limit_of(opts, default, params)
+  local n = opts.limit
+  if n == nil then n = default end
+  if n == nil then return "" end
+  if type(n) == "string" then n = tonumber(n) or n end
+  if type(n) ~= "number" or n % 1 ~= 0 or n < 1 or n > 1e9 then
+    return nil, "REPORT: limit must be a positive integer, got '" .. tostring(opts.limit) .. "'"
+  end
+  params[#params + 1] = math.floor(n)
+  return " LIMIT ?"
+end
+
 -- Every row, oldest first (created_at is the leading column of the time index).
 function builders.export(opts, SQL)
   if opts.format ~= "jsonl" and opts.format ~= "csv" then
     return fail("unknown export format '" .. tostring(opts.format) .. "' (use jsonl or csv)")
   end
-  local where, params, code = filters(opts, {}, SQL)
+  local where, params, code = filters(opts, SQL)
   if not where then return nil, params, code end
-  return "SELECT * FROM " .. TABLE .. where .. " ORDER BY created_at, id", params
+  local limit, err = limit_of(opts, nil, params)
+  if not limit then return nil, err, "REPORT" end
+  return "SELECT * FROM " .. TABLE .. where .. " ORDER BY created_at, id" .. limit, params
+end
+
+-- The newest snapshots first, one line each, to find ids.
+function builders.list(opts, SQL)
+  local where, params, code = filters(opts, SQL)
+  if not where then return nil, params, code end
+  local limit, err = limit_of(opts, 20, params)
+  if not limit then return nil, err, "REPORT" end
+  return "SELECT id, created_at, template_id, status, estimated_cost, repair_count FROM " .. TABLE .. where
+    .. " ORDER BY created_at DESC, id DESC" .. limit, params,
+    { "id", "created_at", "template_id", "status", "estimated_cost", "repair_count" }
 end
 
 local function run(name, store, opts)
@@ -280,22 +382,33 @@ local function run(name, store, opts)
   return { columns = columns, rows = fold and fold(rows) or rows }
 end
 
--- M.cost(store, { by, since, org, template }) -> result | nil, err, code.
+-- Every report and list take the filters since, until (30m, 24h, 7d, 2w
+-- before now, or a UTC date / date-time: see parse_time), org, template and
+-- status ("completed", "failed" or "all").
+
+-- M.cost(store, { by = "template", since, until, org, template, status }) -> result | nil, err, code.
 -- Per group: posts, priced (rows with a cost), total/avg/p50/p95 of the cost
 -- over priced rows only (a NULL cost is unknown, not 0), total/avg tokens.
 function M.cost(store, opts) return run("cost", store, opts) end
 
--- M.repairs(store, { top = 3, since, org }) -> result | nil, err, code.
+-- M.repairs(store, { top = 3, <filters> }) -> result | nil, err, code.
 -- Templates by summed repair_count (ties by template_id), with the share of
--- repaired posts, the mean initial score and the 3 most common repair types.
+-- repaired posts, the mean initial score and the 3 most common repair types
+-- (top_repair_types: { slug = count }).
 function M.repairs(store, opts) return run("repairs", store, opts) end
 
--- M.latency(store, { by, since, org }) -> result | nil, err, code.
--- Per group: p50/p95/p99 of total, provider and overhead (total - provider) ms.
+-- M.latency(store, { by = "model", <filters> }) -> result | nil, err, code.
+-- Per group (model, template, platform or org): p50/p95/p99 of total,
+-- provider and overhead (total - provider) ms.
 function M.latency(store, opts) return run("latency", store, opts) end
 
+-- M.list(store, { limit = 20, <filters> }) -> result | nil, err, code: the
+-- newest snapshots (id, created_at, template_id, status, estimated_cost,
+-- repair_count), newest first.
+function M.list(store, opts) return run("list", store, opts) end
+
 -- M.validate(report, opts) -> true | nil, "REPORT: ...", "REPORT": checks the
--- options of a report ("cost", "repairs", "latency", "export") without a store.
+-- options of a report ("cost", "repairs", "latency", "list", "export") without a store.
 function M.validate(report, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'validate' (table expected, got " .. type(opts) .. ")", 2)
@@ -336,10 +449,12 @@ end
 
 -- M.show(store, id) -> row (every column; NULLs absent), columns | nil,
 -- "NOT_FOUND: no snapshot with id 'X'", "NOT_FOUND".
+-- Ids are ULIDs, upper case; a lower-case one (typed by hand) is the same id.
 function M.show(store, id)
   check_args("show", store)
   if type(id) ~= "string" then error("bad argument #2 to 'show' (string expected, got " .. type(id) .. ")", 2) end
-  local rows, err, code = store:query("SELECT * FROM " .. TABLE .. " WHERE id = ?", { id })
+  local rows, err, code = store:query("SELECT * FROM " .. TABLE .. " WHERE id = ?",
+    { id:match("^%w+$") and id:upper() or id })
   if not rows then return nil, err, code end
   if not rows[1] then return nil, "NOT_FOUND: no snapshot with id '" .. id .. "'", "NOT_FOUND" end
   return rows[1], M.columns(store)
@@ -370,34 +485,72 @@ function M.json_object(row, columns, embed)
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
+local mtype = rawget(math, "type") -- nil on LuaJIT, where every number is a double
+
+-- A report value as JSON text: a computed float (a sum, an average, a rate)
+-- with at most 15 significant digits — a double's precision, so that sums
+-- print 0.0037059, not 0.0037059000000000003; an integer exactly; a map
+-- (top_repair_types) as an object with sorted keys; anything else as
+-- json_value. Exports and show keep stored values exact (json_value).
+function M.report_value(v)
+  if type(v) == "number" then
+    local integral
+    if mtype then integral = mtype(v) == "integer" else integral = v % 1 == 0 and math.abs(v) < 2 ^ 53 end
+    if not integral and v == v and v ~= math.huge and v ~= -math.huge then
+      local s = string.format("%.15g", v)
+      if not s:find("[.eE]") then s = s .. ".0" end
+      return s
+    end
+  elseif type(v) == "table" then
+    if next(v) == nil then return "{}" end
+    local keys, parts = {}, {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    for i, k in ipairs(keys) do parts[i] = M.json_value(k) .. ":" .. M.report_value(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  return M.json_value(v)
+end
+
 -- A report result as {"columns":[...],"rows":[{...}]}; absent values -> null.
 function M.to_json(result)
   local cols, rows = {}, {}
   for i, c in ipairs(result.columns) do cols[i] = M.json_value(c) end
-  for i, r in ipairs(result.rows) do rows[i] = M.json_object(r, result.columns) end
+  for i, r in ipairs(result.rows) do
+    local parts = {}
+    for j, c in ipairs(result.columns) do parts[j] = M.json_value(c) .. ":" .. M.report_value(r[c]) end
+    rows[i] = "{" .. table.concat(parts, ",") .. "}"
+  end
   return '{"columns":[' .. table.concat(cols, ",") .. '],"rows":[' .. table.concat(rows, ",") .. "]}"
 end
 
 -- One RFC 4180 field: quoted when it holds , " CR or LF (quotes doubled);
--- nil -> empty; numbers in their exact shortest form.
-function M.csv_field(v)
+-- nil -> empty; numbers in their exact shortest form, or as report_value
+-- when `rounded` (report output); a table as its JSON object.
+function M.csv_field(v, rounded)
   if v == nil then return "" end
-  local s = type(v) == "number" and M.json_value(v) or tostring(v)
+  local s
+  if type(v) == "table" or (rounded and type(v) == "number") then s = M.report_value(v)
+  elseif type(v) == "number" then s = M.json_value(v)
+  else s = tostring(v) end
   if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
   return s
 end
 
--- One CSV record (CRLF-terminated): row's values in `columns` order.
-function M.csv_record(row, columns)
+-- One CSV record (CRLF-terminated): row's values in `columns` order
+-- (`rounded`: numbers as report_value).
+function M.csv_record(row, columns, rounded)
   local parts = {}
-  for i, c in ipairs(columns) do parts[i] = M.csv_field(row[c]) end
+  for i, c in ipairs(columns) do parts[i] = M.csv_field(row[c], rounded) end
   return table.concat(parts, ",") .. "\r\n"
 end
 
--- M.export(store, { format = "jsonl"|"csv", since, org, out }) -> rows
--- written | nil, err, code. Streams rows with store:each (constant memory),
--- oldest first; out is a file handle, or anything whose :write(s) returns a
--- true value on success and nil, err on failure (which raises).
+-- M.export(store, { format = "jsonl"|"csv", limit, <filters>, out, progress })
+-- -> rows written | nil, err, code. Streams rows with store:each (constant
+-- memory), oldest first; out is a file handle, or anything whose :write(s)
+-- returns a true value on success and nil, err on failure (which raises).
+-- progress(done, total), when given, is called every 1000 rows and at the
+-- end (total: the rows matching when the export started).
 function M.export(store, opts)
   opts = check_args("export", store, opts)
   local sql, params, code = builders.export(opts, dialect_of(store))
@@ -413,6 +566,13 @@ function M.export(store, opts)
     local ok, werr = out:write(s)
     if not ok then error("export: write failed: " .. tostring(werr), 0) end
   end
+  local total
+  if opts.progress then
+    local counted
+    counted, err, code = store:query("SELECT count(*) AS n FROM (" .. sql .. ") AS x", params)
+    if not counted then return nil, err, code end
+    total = counted[1].n
+  end
   local record
   if opts.format == "csv" then
     local header = {}
@@ -422,9 +582,20 @@ function M.export(store, opts)
   else
     record = function(row) put(M.json_object(row, columns, true) .. "\n") end
   end
+  local done = 0
+  local each_row = record
+  if opts.progress then
+    local progress = opts.progress
+    each_row = function(row)
+      record(row)
+      done = done + 1
+      if done % 1000 == 0 then progress(done, total) end
+    end
+  end
   local n
-  n, err, code = store:each(sql, params, record)
+  n, err, code = store:each(sql, params, each_row)
   if not n then return nil, err, code end
+  if opts.progress then opts.progress(n, total) end
   return n
 end
 
