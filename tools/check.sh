@@ -8,7 +8,7 @@
 #      goes to build/check/san.<pid>; any report fails the check. Left out:
 #      #nginx specs (nginx's workers do not answer with libasan preloaded),
 #      #postgresql specs (psql, which they run, deadlocks at exit with libasan
-#      preloaded), rockspec_spec and install_spec (they run make, gcc, install
+#      preloaded), rockspec_spec, install_spec and man_spec (they run make, gcc, install
 #      and luarocks, whose own leaks LSan reports) and bench_spec (its timing targets mean nothing
 #      under the sanitizers);
 #   2. the fuzz corpora and regression inputs replayed through the libFuzzer
@@ -45,7 +45,7 @@ for engine in lua5.4:asan54 luajit:asanjit; do
   LSAN_OPTIONS="suppressions=$PWD/tools/lsan.supp:print_suppressions=0" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$SAN_LOG" \
   GENAUDIT_BUILD="build/$task" \
-    "$interp" "$BUSTED" -o plainTerminal --run="$task" --exclude-tags=nginx,postgresql --exclude-pattern=rockspec_spec --exclude-pattern=install_spec --exclude-pattern=bench_spec \
+    "$interp" "$BUSTED" -o plainTerminal --run="$task" --exclude-tags=nginx,postgresql --exclude-pattern=rockspec_spec --exclude-pattern=install_spec --exclude-pattern=man_spec --exclude-pattern=bench_spec \
     >"$OUT/busted-$task.log" 2>&1
   tail -n +1 "$OUT/busted-$task.log" | grep -vE '^[-+*.]+$' | grep -E 'successes|^(Failure|Error) ' | tail -n 20
   count "$OUT/busted-$task.log" || { echo "busted ($task) failed; see $OUT/busted-$task.log"; rc=1; }
