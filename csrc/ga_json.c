@@ -1,6 +1,8 @@
 /* ga_json.c — exact JSON for the metric columns. Debian's lua-cjson rounds
  * numbers to 14 digits and turns 5.4 integers into floats; here integers stay
- * integers and doubles get the shortest text that reads back identically. */
+ * integers and doubles get the shortest text that reads back identically;
+ * strings always come out as valid UTF-8 (invalid bytes become U+FFFD), and
+ * core.utf8_valid / core.base64 let exports carry other text losslessly. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
