@@ -1,6 +1,8 @@
 /* ga_json.c — exact JSON for the metric columns. Debian's lua-cjson rounds
  * numbers to 14 digits and turns 5.4 integers into floats; here integers stay
- * integers and doubles get the shortest text that reads back identically. */
+ * integers and doubles get the shortest text that reads back identically;
+ * strings always come out as valid UTF-8 (invalid bytes become U+FFFD), and
+ * core.utf8_valid / core.base64 let exports carry other text losslessly. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,24 +52,117 @@ void ga_buf_addc(ga_buf *b, char c) {
 void ga_buf_addstr(ga_buf *b, const char *s) { ga_buf_add(b, s, strlen(s)); }
 
 /* Whether any of the 8 bytes in w is < 0x20, '"' or '\\' (the bytes JSON
- * escapes). The "has a zero byte" trick; exact as a yes/no answer. */
+ * escapes) or >= 0x80 (UTF-8, checked byte by byte). The "has a zero byte"
+ * trick; exact as a yes/no answer. Plain ASCII text goes 8 bytes per test. */
 static int word_needs_escape(uint64_t w) {
   const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
   uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
-  return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high ? 1 : 0;
+  return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs) | w) & high ? 1 : 0;
 }
 
+/* The well-formed UTF-8 sequences (Unicode 15, table 3-7): no overlong forms,
+ * no surrogates (U+D800..DFFF), nothing above U+10FFFF. Returns the length of
+ * the sequence at p (1..4, p[0] >= 0x80), or 0 when it is ill-formed, with
+ * *bad the length of its maximal subpart: the longest prefix of a well-formed
+ * sequence (at least 1 byte), which becomes one U+FFFD. */
+static size_t utf8_seq(const unsigned char *p, size_t n, size_t *bad) {
+  unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+  size_t need, k;
+  if (c >= 0xC2 && c <= 0xDF) need = 2;
+  else if (c >= 0xE0 && c <= 0xEF) need = 3;
+  else if (c >= 0xF0 && c <= 0xF4) need = 4;
+  else {
+    *bad = 1; /* 80..C1 (a continuation byte, or an overlong lead), F5..FF */
+    return 0;
+  }
+  if (c == 0xE0) lo = 0xA0;      /* below: overlong */
+  else if (c == 0xED) hi = 0x9F; /* above: surrogates */
+  else if (c == 0xF0) lo = 0x90; /* below: overlong */
+  else if (c == 0xF4) hi = 0x8F; /* above: beyond U+10FFFF */
+  if (n < 2 || p[1] < lo || p[1] > hi) {
+    *bad = 1;
+    return 0;
+  }
+  for (k = 2; k < need && k < n && (p[k] & 0xC0) == 0x80; k++) {}
+  if (k == need) return need;
+  *bad = k; /* truncated: the lead and the continuation bytes that fit */
+  return 0;
+}
+
+int ga_utf8_valid(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0, end, k, bad;
+  uint64_t w;
+  while (i < n) {
+    if (i + 8 <= n) {
+      memcpy(&w, p + i, 8);
+      if (!(w & 0x8080808080808080ULL)) {
+        i += 8;
+        continue;
+      }
+      end = i + 8;
+    } else {
+      end = n;
+    }
+    while (i < end) {
+      if (p[i] < 0x80) {
+        i++;
+      } else {
+        if ((k = utf8_seq(p + i, n - i, &bad)) == 0) return 0;
+        i += k;
+      }
+    }
+  }
+  return 1;
+}
+
+/* The index of the first byte at or after i that JSON escapes or that starts
+ * an ill-formed UTF-8 sequence; n when there is none. ASCII goes 8 bytes per
+ * step; a word that fails the test is walked byte by byte, once. */
+static size_t plain_run(const unsigned char *p, size_t i, size_t n) {
+  size_t end, k, bad;
+  uint64_t w;
+  while (i < n) {
+    if (i + 8 <= n) {
+      memcpy(&w, p + i, 8);
+      if (!word_needs_escape(w)) {
+        i += 8;
+        continue;
+      }
+      end = i + 8;
+    } else {
+      end = n;
+    }
+    while (i < end) {
+      unsigned char c = p[i];
+      if (c >= 0x80) {
+        if ((k = utf8_seq(p + i, n - i, &bad)) == 0) return i;
+        i += k; /* may end past `end`: the next word starts there */
+      } else if (c >= 0x20 && c != '"' && c != '\\') {
+        i++;
+      } else {
+        return i;
+      }
+    }
+  }
+  return n;
+}
+
+/* Always valid UTF-8 JSON: each maximal ill-formed subpart of s becomes U+FFFD
+ * (Unicode's "substitution of maximal subparts"), so a JSON document never
+ * holds bytes a strict parser refuses. Well-formed text is kept exactly. */
 void ga_json_string(ga_buf *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
-  size_t i = 0, run = 0;
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0, run = 0, bad;
   uint64_t w;
-  while (i + 8 <= n) { /* the common case first: nothing to escape, one copy */
+  while (i + 8 <= n) { /* plain ASCII, the common case, in the tightest loop */
     memcpy(&w, s + i, 8);
     if (word_needs_escape(w)) break;
     i += 8;
   }
-  while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
-  if (i == n) {
+  i = plain_run(p, i, n);
+  if (i == n) { /* the common case: nothing to escape or replace, one copy */
     if (buf_grow(b, n + 2) != 0) return;
     b->buf[b->len] = '"';
     memcpy(b->buf + b->len + 1, s, n);
@@ -75,40 +170,35 @@ void ga_json_string(ga_buf *b, const char *s, size_t n) {
     b->len += n + 2;
     return;
   }
-  i = 0;
   ga_buf_addc(b, '"');
-  while (i < n) {
-    unsigned char c;
+  while (i < n) { /* s[run..i) is plain; s[i] needs an escape or starts an ill-formed sequence */
+    unsigned char c = p[i];
     const char *esc = NULL;
     char u[6];
-    if (i + 8 <= n) { /* plain text goes 8 bytes per step */
-      memcpy(&w, s + i, 8);
-      if (!word_needs_escape(w)) {
-        i += 8;
-        continue;
-      }
-    }
-    c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') {
-      i++;
-      continue;
-    }
     ga_buf_add(b, s + run, i - run);
-    run = ++i;
-    switch (c) {
-      case '"': esc = "\\\""; break;
-      case '\\': esc = "\\\\"; break;
-      case '\n': esc = "\\n"; break;
-      case '\r': esc = "\\r"; break;
-      case '\t': esc = "\\t"; break;
-      case '\b': esc = "\\b"; break;
-      case '\f': esc = "\\f"; break;
-      default:
-        u[0] = '\\'; u[1] = 'u'; u[2] = '0'; u[3] = '0';
-        u[4] = hex[c >> 4]; u[5] = hex[c & 15];
-        ga_buf_add(b, u, 6);
+    if (c >= 0x80) {
+      (void)utf8_seq(p + i, n - i, &bad); /* 0: plain_run stopped here */
+      ga_buf_add(b, "\xEF\xBF\xBD", 3);  /* U+FFFD REPLACEMENT CHARACTER */
+      i += bad;
+    } else {
+      switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        default:
+          u[0] = '\\'; u[1] = 'u'; u[2] = '0'; u[3] = '0';
+          u[4] = hex[c >> 4]; u[5] = hex[c & 15];
+          ga_buf_add(b, u, 6);
+      }
+      if (esc) ga_buf_add(b, esc, 2);
+      i++;
     }
-    if (esc) ga_buf_add(b, esc, 2);
+    run = i;
+    i = plain_run(p, i, n);
   }
   ga_buf_add(b, s + run, n - run);
   ga_buf_addc(b, '"');
@@ -444,9 +534,48 @@ static int l_json_encode(lua_State *L) {
   return 1;
 }
 
+/* core.utf8_valid(s) -> boolean: whether s is well-formed UTF-8. Raises on a non-string. */
+static int l_utf8_valid(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_pushboolean(L, ga_utf8_valid(s, n));
+  return 1;
+}
+
+/* core.base64(s) -> s in standard base64 (RFC 4648, padded): how an export
+ * carries text that is not UTF-8, byte for byte. Raises on a non-string or OOM. */
+static int l_base64(lua_State *L) {
+  static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t n, i, o = 0;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  char *out;
+  if (n > ((size_t)-1 - 3) / 4 * 3) return luaL_error(L, "base64: string too long");
+  out = (char *)lua_newuserdata(L, (n + 2) / 3 * 4 + 1); /* scratch the GC owns: nothing leaks on a raise */
+  for (i = 0; i + 3 <= n; i += 3) {
+    unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
+    out[o++] = tab[v >> 18];
+    out[o++] = tab[v >> 12 & 63];
+    out[o++] = tab[v >> 6 & 63];
+    out[o++] = tab[v & 63];
+  }
+  if (i < n) {
+    unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0);
+    out[o++] = tab[v >> 18];
+    out[o++] = tab[v >> 12 & 63];
+    out[o++] = i + 1 < n ? tab[v >> 6 & 63] : '=';
+    out[o++] = '=';
+  }
+  lua_pushlstring(L, out, o);
+  return 1;
+}
+
 void ga_open_json(lua_State *L) {
   lua_pushcfunction(L, l_json_encode);
   lua_setfield(L, -2, "json_encode");
+  lua_pushcfunction(L, l_utf8_valid);
+  lua_setfield(L, -2, "utf8_valid");
+  lua_pushcfunction(L, l_base64);
+  lua_setfield(L, -2, "base64");
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
 }

@@ -309,33 +309,6 @@ static int pg_reconnect(PGconn *conn, const pgcfg *c, long budget_ms, char *err,
 
 /* ---- rows: what PostgreSQL text can hold ---- */
 
-/* Length of the valid UTF-8 sequence at p (PostgreSQL's rules: no overlong
- * forms, no surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_seq(const unsigned char *p, size_t n) {
-  unsigned char c = p[0];
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) return n >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-    return n >= 3 && p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 ? 3 : 0;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    return n >= 4 && p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 && (p[3] & 0xC0) == 0x80 ? 4 : 0;
-  }
-  return 0;
-}
-
-static int utf8_valid(const char *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    size_t k = utf8_seq((const unsigned char *)s + i, n - i);
-    if (k == 0) return 0;
-    i += k;
-  }
-  return 1;
-}
-
 /* True when JSON text holds the escape \u0000 (a backslash that is not itself escaped). */
 static int json_has_nul_escape(const char *s, size_t n) {
   size_t i;
@@ -415,7 +388,7 @@ static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
       snprintf(err, errlen, "%s: PostgreSQL text cannot contain NUL bytes", ga_col_names[i]);
       return -1;
     }
-    if (!utf8_valid(t->p, t->n)) {
+    if (!ga_utf8_valid(t->p, t->n)) { /* PostgreSQL's rules are Unicode's */
       snprintf(err, errlen, "%s: PostgreSQL text must be valid UTF-8", ga_col_names[i]);
       return -1;
     }

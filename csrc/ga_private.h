@@ -44,6 +44,11 @@ void ga_buf_free(ga_buf *b);
 void ga_buf_add(ga_buf *b, const char *s, size_t n);
 void ga_buf_addc(ga_buf *b, char c);
 void ga_buf_addstr(ga_buf *b, const char *s);
+/* Whether s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or
+ * code points above U+10FFFF; NUL bytes are fine). */
+int ga_utf8_valid(const char *s, size_t n);
+/* s as a JSON string: escapes as JSON needs; every maximal ill-formed UTF-8
+ * subpart replaced by U+FFFD, so the output is always valid UTF-8. */
 void ga_json_string(ga_buf *b, const char *s, size_t n);
 /* Shortest decimal that reads back as the same double (%.15g..%.17g).
  * Returns -1 for NaN/inf, which JSON cannot hold. */

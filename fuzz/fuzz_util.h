@@ -1,6 +1,7 @@
 /* fuzz/fuzz_util.h — shared by the libFuzzer harnesses: a strict RFC 8259
- * JSON checker that also decodes the first string it is asked to, and a
- * failure macro that aborts (libFuzzer saves the input as a crash). */
+ * JSON checker (UTF-8 included) that also decodes the first string it is
+ * asked to, and a failure macro that aborts (libFuzzer saves the input as a
+ * crash). */
 #ifndef FUZZ_UTIL_H
 #define FUZZ_UTIL_H
 #include <stddef.h>
@@ -36,13 +37,57 @@ static inline int j_hex(char ch) {
   return -1;
 }
 
+/* UTF-8 by its definition rather than by table 3-7 (a reference independent
+ * of the one in ga_json.c): an L-byte sequence carries a code point in
+ * [min_L, U+10FFFF] outside the surrogates U+D800..DFFF. A prefix of k bytes
+ * can still become one when the code points its completions cover, the
+ * interval [lo, hi], meet that set. Returns L when p[0..n) starts with a
+ * well-formed sequence, else 0 with *sub the length of the maximal subpart:
+ * the longest prefix that can still become one (at least 1 byte). */
+static inline size_t ref_utf8(const unsigned char *p, size_t n, size_t *sub) {
+  static const unsigned long min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+  size_t L, k, best = 0;
+  unsigned char c = p[0];
+  if (c < 0x80) return 1;
+  L = c >= 0xF0 && c <= 0xF7 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+  if (c > 0xF7) L = 0;
+  for (k = 1; L && k <= L && k <= n; k++) {
+    unsigned long cp = c & (0x7Fu >> L), lo, hi, a, b;
+    size_t i, r = L - k;
+    int cont = 1;
+    for (i = 1; i < k; i++) {
+      if ((p[i] & 0xC0) != 0x80) cont = 0;
+      cp = cp << 6 | (p[i] & 0x3Fu);
+    }
+    if (!cont) break;
+    lo = cp << (6 * r);
+    hi = lo | ((1ul << (6 * r)) - 1);
+    a = lo > min_cp[L] ? lo : min_cp[L];
+    b = hi < 0x10FFFFul ? hi : 0x10FFFFul;
+    if (a > b || (a >= 0xD800 && b <= 0xDFFF)) break;
+    best = k;
+  }
+  if (L && best == L) return L;
+  *sub = best ? best : 1;
+  return 0;
+}
+
 /* A string; decoded into c->out when `keep` (escapes \uXXXX below 0x100
- * become that byte: what ga_json_string writes for control bytes). */
+ * become that byte: what ga_json_string writes for control bytes). Bytes
+ * >= 0x80 must be well-formed UTF-8 (RFC 8259 section 8.1). */
 static inline int j_string(jcur *c, int keep) {
   if (c->p >= c->end || *c->p != '"') return 0;
   c->p++;
   while (c->p < c->end) {
-    unsigned char ch = (unsigned char)*c->p++;
+    unsigned char ch = (unsigned char)*c->p;
+    if (ch >= 0x80) {
+      size_t sub, k = ref_utf8((const unsigned char *)c->p, (size_t)(c->end - c->p), &sub);
+      if (k == 0) return 0;
+      if (keep) memcpy(c->out + c->out_len, c->p, k), c->out_len += k;
+      c->p += k;
+      continue;
+    }
+    c->p++;
     if (ch == '"') return 1;
     if (ch < 0x20) return 0;
     if (ch == '\\') {

@@ -192,8 +192,8 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
         "final_system_prompt: PostgreSQL text must be valid UTF-8" },
       { "a prompt holds a UTF-16 surrogate", { final_system_prompt = "\237\160\128" },
         "final_system_prompt: PostgreSQL text must be valid UTF-8" },
-      { "request_params hold invalid UTF-8", { request_params = { stop = "\255" } },
-        "request_params: PostgreSQL text must be valid UTF-8" },
+      { "request_params hold a NUL byte", { request_params = { stop = "\0" } },
+        "request_params: PostgreSQL text cannot contain NUL bytes" },
     }
     for _, case in ipairs(cases) do
       it("returns nil, 'INVALID: ...', 'INVALID' and writes nothing when " .. case[1], function()

@@ -473,14 +473,22 @@ function M.json_value(v)
 end
 
 -- A row as a JSON object with the keys in `columns` order; JSON columns are
--- spliced verbatim when `embed` is true.
+-- spliced verbatim when `embed` is true. Always valid UTF-8 JSON, and
+-- lossless: a value that is not valid UTF-8 (the TEXT columns keep any bytes)
+-- cannot be a JSON string, so it goes out under the key `<column>_base64`
+-- instead of `<column>`, as the base64 (RFC 4648) of its exact bytes. NUL
+-- bytes are valid JSON (\u0000) and stay in the plain key.
 function M.json_object(row, columns, embed)
   local parts = {}
   for i, c in ipairs(columns) do
     local v = row[c]
-    local text
-    if embed and JSON_COLUMNS[c] and type(v) == "string" then text = v else text = M.json_value(v) end
-    parts[i] = M.json_value(c) .. ":" .. text
+    if type(v) == "string" and not core.utf8_valid(v) then
+      parts[i] = M.json_value(c .. "_base64") .. ':"' .. core.base64(v) .. '"'
+    else
+      local text
+      if embed and JSON_COLUMNS[c] and type(v) == "string" then text = v else text = M.json_value(v) end
+      parts[i] = M.json_value(c) .. ":" .. text
+    end
   end
   return "{" .. table.concat(parts, ",") .. "}"
 end
