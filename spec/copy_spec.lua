@@ -239,7 +239,7 @@ describe("genaudit.copy", function()
     dst:close()
   end)
 
-  it("counts rows an async destination refuses (duplicate ids, refused before queueing), and copies the rest", function()
+  it("counts rows an async destination refuses (duplicate ids, before queueing), and copies the rest", function()
     local dst = fresh("refusing", { async = { queue = 1000, batch = 50 } })
     local rows = assert(src:query("SELECT * FROM generation_snapshots ORDER BY id LIMIT 30", {}))
     for i = 1, 30, 3 do assert(dst:persist_generation(assert(copy.generation(rows[i])))) end
