@@ -273,6 +273,18 @@ describe("genaudit.pipeline", function()
       local tm = cjson.decode(stored.token_metrics)
       assert.same({ 0, "no_calls" }, { tm.estimated_cost, tm.cost_source }) -- nothing was sent, nothing billed
     end)
+
+    it("refuses a prompt that is not UTF-8 with INVALID, sends nothing and stores the exact prompt", function()
+      local bad = "caf\233 \237\160\128 \192\175" -- Latin-1, an encoded surrogate, an overlong '/'
+      local r, err, code, id = pipeline():generate(ctx{ knowledge = { bad } })
+      assert.is_nil(r)
+      assert.same({ "INVALID", "INVALID: messages[2].content is not valid UTF-8; a JSON request cannot carry it"
+        .. " unchanged" }, { code, err })
+      assert.equal(0, #srv:requests())
+      local stored = row(id)
+      assert.same({ "failed", err }, { stored.status, stored.error })
+      assert.truthy(stored.final_user_prompt:find(bad, 1, true)) -- the bytes as composed, not U+FFFD
+    end)
   end)
 
   describe("cost and attribution", function()

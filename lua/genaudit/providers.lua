@@ -248,17 +248,38 @@ local function too_large(self, what)
     "TOO_LARGE"
 end
 
+-- The path ("messages[2].content") of the first string in v that is not
+-- well-formed UTF-8, or nil. JSON text cannot carry such bytes: the encoder
+-- would send U+FFFD in their place, and the provider would then receive
+-- something else than the stored prompt.
+local function invalid_utf8(v, path, depth)
+  if type(v) == "string" then return not core.utf8_valid(v) and path or nil end
+  if type(v) ~= "table" or depth > 64 then return nil end
+  for k, x in next, v do
+    local kp = path .. (type(k) == "number" and ("[" .. k .. "]") or ("." .. tostring(k)))
+    if type(k) == "string" and not core.utf8_valid(k) then return path .. " (a key)" end
+    local bad = invalid_utf8(x, kp, depth + 1)
+    if bad then return bad end
+  end
+  return nil
+end
+
 -- provider:request(messages, params) -> { url, headers, body } | nil, err, code
 -- messages: { {role="system"|"user"|"assistant", content=string}, ... }
 -- A request whose strings add up to more than max_request_bytes is refused
 -- before it is encoded, and so is one whose encoding (escapes added) does:
 -- nil, "TOO_LARGE: ...", "TOO_LARGE". Parameters JSON cannot hold (NaN, a
--- function) give nil, "INVALID: ...", "INVALID".
+-- function) or a string that is not UTF-8 give nil, "INVALID: ...", "INVALID":
+-- nothing is sent.
 function Provider:request(messages, params)
   params = params or {}
   local limit = self.max_request_bytes
   if string_bytes(messages, limit, 0) + string_bytes(params, limit, 0) > limit then
     return too_large(self, "text")
+  end
+  local bad = invalid_utf8(messages, "messages", 0) or invalid_utf8(params, "params", 0)
+  if bad then
+    return nil, "INVALID: " .. bad .. " is not valid UTF-8; a JSON request cannot carry it unchanged", "INVALID"
   end
   local body, err = self.build_body(self, messages, params)
   if not body then
