@@ -155,6 +155,16 @@ describe("the libcurl and cosocket transports #nginx", function()
     end
   end)
 
+  it("a connection closed without an answer: HTTP, the same message, retried", function()
+    local a, b, na, nb = both({ { reset = true }, { body = "ok" } }, { retries = 1, backoff_ms = 1 })
+    local msg = "HTTP: 127.0.0.1:" .. srv.port .. " closed the connection without a response"
+    for _, o in ipairs({ a, b }) do
+      assert.same({ 200, { "HTTP", 200 } }, { o.status, codes(o) })
+      assert.equal(msg, o.attempts[1].error)
+    end
+    assert.same({ 2, 2 }, { na, nb })
+  end)
+
   it("503 then 200: retried once by both, with the same tries recorded", function()
     local a, b, na, nb = both({ { status = 503 }, { body = "ok" } }, { retries = 2, backoff_ms = 20 })
     for _, o in ipairs({ a, b }) do

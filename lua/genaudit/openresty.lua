@@ -98,6 +98,14 @@ local function exchange(u, req, opts)
   local function no_response()
     return fail("timeout", ("no response from %s within timeout_ms=%d"):format(u.hostport, opts.timeout_ms))
   end
+  -- a receive failed: the peer closed (msg), or the socket failed (reset, …)
+  local function lost(rerr, msg)
+    if rerr == "timeout" then return no_response() end
+    if rerr ~= "closed" then
+      msg = ("connection to %s failed while receiving: %s"):format(u.hostport, os_error(rerr))
+    end
+    return fail("closed", msg)
+  end
   if not ok then
     if err == "timeout" then
       return fail("connect_timeout", ("timed out connecting to %s (connect_timeout_ms=%d, timeout_ms=%d)")
@@ -126,27 +134,23 @@ local function exchange(u, req, opts)
   lines[#lines + 1] = ""
   lines[#lines + 1] = req.body
   ok, err = sock:send(table.concat(lines, "\r\n"))
+  local unanswered = ("%s closed the connection without a response"):format(u.hostport)
   if not ok then
     if err == "timeout" then return no_response() end
+    if err == "closed" then return fail("closed", unanswered) end
     return fail("closed", ("connection to %s failed while sending: %s"):format(u.hostport, os_error(err)))
   end
   local line
   line, err = sock:receive("*l")
   timings.first_byte_us = now_us() - t0
-  if not line then
-    if err == "timeout" then return no_response() end
-    return fail("closed", ("%s closed the connection without a response"):format(u.hostport))
-  end
+  if not line then return lost(err, unanswered) end
   local status = tonumber(line:match("^HTTP/%d%.%d (%d%d%d)"))
   if not status then return fail("protocol", ("malformed response from %s"):format(u.hostport)) end
   local partial = ("%s closed the connection before the whole response arrived"):format(u.hostport)
   local headers = {}
   while true do
     local h, herr = sock:receive("*l")
-    if not h then
-      if herr == "timeout" then return no_response() end
-      return fail("closed", partial)
-    end
+    if not h then return lost(herr, partial) end
     if h == "" then break end
     local name, value = h:match("^([^:]+):%s*(.-)%s*$")
     if name then headers[name:lower()] = value end
@@ -159,9 +163,8 @@ local function exchange(u, req, opts)
       return fail("too_large", ("response from %s exceeds max_response_bytes=%d")
         :format(u.hostport, opts.max_response_bytes))
     end
-    if err == "timeout" then return no_response() end
     if err == "bad chunk size" then return fail("protocol", ("malformed response from %s"):format(u.hostport)) end
-    return fail("closed", partial)
+    return lost(err, partial)
   end
   if framed and (headers.connection or ""):lower() ~= "close" then sock:setkeepalive(60000, 64) else sock:close() end
   timings.total_us = now_us() - t0
