@@ -224,6 +224,40 @@ double ga_usd_from_pico_text(const char *digits);
 /* core.price_table(), core.meter(), core.usd_from_picousd() */
 void ga_open_meter(lua_State *L);
 
+/* ---- retry policy (ga_retry.c): one table for both HTTP transports, the
+ * libcurl client (ga_http.c) and the cosocket one (openresty.lua, through
+ * core.retry_policy / core.retry_delay / core.retry_after_ms) ---- */
+#define GA_RETRY_MAX_MS 86400000LL /* one day: the largest backoff or Retry-After kept */
+/* Transport failures: each has one error code (messages are "CODE: ...")
+ * and a retry flag, in ga_xfails. */
+enum {
+  GA_XF_REFUSED,         /* connection refused, reset or unreachable: CONNECT, retried */
+  GA_XF_RESOLVE,         /* host name not resolved: CONNECT, retried */
+  GA_XF_CONNECT_TIMEOUT, /* no connection within connect_timeout_ms: TIMEOUT, retried */
+  GA_XF_TIMEOUT,         /* no (whole) response within timeout_ms: TIMEOUT, retried */
+  GA_XF_TLS,             /* TLS handshake or certificate failure: TLS, never retried */
+  GA_XF_CLOSED,          /* connection closed/reset before the whole response: HTTP, retried */
+  GA_XF_PROTOCOL,        /* not a well-formed HTTP response: HTTP, never retried */
+  GA_XF_TOO_LARGE,       /* body or headers past their limit: TOO_LARGE, never retried */
+  GA_XF_INTERNAL,        /* out of memory, transport set-up: HTTP, never retried */
+  GA_XF_COUNT
+};
+typedef struct { const char *name, *code; int retry; } ga_xfail;
+extern const ga_xfail ga_xfails[GA_XF_COUNT];
+int ga_retry_status(int status); /* 1 for 429, 500, 502, 503, 504 */
+/* status > 0: by ga_retry_status; else by transport failure `kind`. */
+int ga_retry_should(int status, int kind);
+/* The sleep after failed try `attempt` (1 = the first): retry_after_ms (>= 0:
+ * the server's Retry-After) capped at cap_ms; else d = base_ms * 2^(attempt-1)
+ * capped at cap_ms, with equal jitter: d/2 + rnd % (d - d/2 + 1). */
+long long ga_retry_delay_ms(int attempt, long long base_ms, long long cap_ms, long long retry_after_ms,
+                            uint64_t rnd);
+/* One Retry-After value (v: n bytes, not NUL-terminated) as ms from now:
+ * delta-seconds or an HTTP-date (past: 0), at most GA_RETRY_MAX_MS; -1 when
+ * it is neither. */
+long long ga_retry_after_value(const char *v, size_t n);
+void ga_open_retry(lua_State *L); /* called by ga_open_http */
+
 /* ---- HTTP client (ga_http.c) ---- */
 /* Retry-After of raw response header lines (head: len bytes, not
  * NUL-terminated; the last one wins): ms from now, or -1 when absent or

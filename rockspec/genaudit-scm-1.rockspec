@@ -44,6 +44,7 @@ build = {
         "csrc/ga_jsondec.c",
         "csrc/ga_meter.c", "csrc/ga_pg.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c",
         "csrc/ga_writer.c",
+        "csrc/ga_retry.c",
       },
       defines = {},
       incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)" },
