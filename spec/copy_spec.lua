@@ -282,8 +282,14 @@ describe("genaudit copy / export progress", function()
   teardown(function() tmp.rm(dir) end)
 
   -- Runs the CLI with stdout and stderr on a pseudo-terminal (script(1)).
+  -- script(1) gives the CLI a terminal. Under make check, libasan is preloaded:
+  -- script itself then runs unsanitized (its own leaks would change its exit
+  -- code), and the CLI inside it gets the preload back.
   local function on_tty(args)
-    local p = assert(io.popen("env -u GENAUDIT_API_KEY script -qec " .. q("lua5.4 bin/genaudit " .. args)
+    local preload = os.getenv("LD_PRELOAD")
+    local inner = (preload and preload ~= "" and ("env LD_PRELOAD=" .. q(preload) .. " ") or "")
+      .. "lua5.4 bin/genaudit " .. args
+    local p = assert(io.popen("env -u GENAUDIT_API_KEY -u LD_PRELOAD script -qec " .. q(inner)
       .. " /dev/null; echo rc=$?", "r"))
     local out = p:read("a")
     p:close()
