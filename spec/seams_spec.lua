@@ -176,6 +176,28 @@ describe("genaudit.client transport", function()
     c:close()
   end)
 
+  it("replay decodes the stored parameters with genaudit.json: each number is re-sent as stored", function()
+    -- lua-cjson + math.tointeger used to turn a stored 1.0 into 1 on Lua 5.4
+    local store = assert(genaudit.open("sqlite::memory:"))
+    local id = assert(genaudit.persister(store):persist_generation{
+      org_id = 1, user_id = 2, platform = "x", template_id = "t", final_system_prompt = "s", final_user_prompt = "u",
+      token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+      performance = { total_latency_ms = 1, provider_latency_ms = 1 }, repair_info = {},
+      request_params = { temperature = 1.0, max_tokens = 200 },
+    })
+    local stored = store:query("SELECT request_params FROM generation_snapshots WHERE id = ?", { id })[1]
+    srv:reset()
+    srv:queue{ { content = "again" } }
+    assert(genaudit.replay(store, id, { provider = provider(), record = false }))
+    store:close()
+    local body = srv:requests()[1].body
+    for _, k in ipairs({ "temperature", "max_tokens" }) do
+      local want = stored.request_params:match('"' .. k .. '":([^,}]+)')
+      assert.equal(want, body:match('"' .. k .. '":([^,}]+)'), k)
+    end
+    if mtype then assert.truthy(stored.request_params:find('"temperature":1.0', 1, true)) end
+  end)
+
   it("is the one passed in when given", function()
     local seen
     local c = client_mod.new{ provider = provider(), transport = function(req)
