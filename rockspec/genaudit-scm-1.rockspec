@@ -66,6 +66,9 @@ build = {
     ["genaudit.report"] = "lua/genaudit/report.lua",
     ["genaudit.copy"] = "lua/genaudit/copy.lua",
     ["genaudit.openresty"] = "lua/genaudit/openresty.lua",
+    ["genaudit.json"] = "lua/genaudit/json.lua",
+    ["genaudit.schema"] = "lua/genaudit/schema.lua",
+    ["genaudit.format"] = "lua/genaudit/format.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },

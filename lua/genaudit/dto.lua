@@ -1,5 +1,7 @@
 -- genaudit.dto — the pipeline's data objects, as plain tables with checked
--- constructors: Prompt, GenerationContext and RepairResult.
+-- constructors: Prompt, GenerationContext, RepairResult and Run.
+local core = require("genaudit.core")
+
 local M = {}
 
 local function argerr(fn, field, expected, v)
@@ -64,6 +66,26 @@ function M.RepairResult(t)
     final_validation_score = t.final_validation_score,
     repair_log = t.repair_log or {},
     passed = t.passed and true or false,
+  }
+end
+
+-- Run{ sw } — the state of one generation (or one replay) while it runs:
+-- created by client:run() at the very start, filled by client:complete() and
+-- the pipeline, read by client:token_metrics() / performance_metrics() and
+-- pipeline:persist(). Every field:
+function M.Run(t)
+  t = t or {}
+  return {
+    sw = t.sw or core.stopwatch(),  -- the running stopwatch: total time, "provider" interval
+    meter = core.meter(),           -- every metered call (tokens, cost, provider wait), in order
+    attempts = 0,                   -- HTTP tries over all calls, failed ones included
+    http = {},                      -- one log entry per call: kind, attempts, wait_ms, tries, status, timings
+    call_models = {},               -- per meter call: { requested = model, served = model reported }
+    model_identifier = nil,         -- the model the provider last reported
+    content = nil,                  -- the latest text (draft, then each repair); kept when a call fails
+    ctx = nil,                      -- the GenerationContext (pipeline only)
+    prompt = nil,                   -- the composed Prompt, captured before any model call (pipeline only)
+    repair = nil,                   -- the RepairResult of validate_and_repair (pipeline only)
   }
 end
 

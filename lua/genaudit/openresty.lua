@@ -225,8 +225,8 @@ function M.transport(provider, opts)
   end
 end
 
--- True inside nginx where cosockets can exist (the transport then is chosen
--- automatically by genaudit.client).
+-- True inside nginx where cosockets can exist (init_worker then hands the
+-- pipeline openresty.transport; genaudit.client itself never looks for ngx).
 function M.available()
   return ngx ~= nil and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
 end
@@ -278,6 +278,8 @@ function M.init_worker(opts)
   worker.pipeline = genaudit.pipeline{
     store = store, provider = opts.provider, templates = opts.templates, rules = opts.rules,
     pricing = opts.pricing, retries = opts.retries, backoff_ms = opts.backoff_ms,
+    -- cosockets, never a blocking libcurl call on a worker
+    transport = type(opts.provider) == "table" and M.transport(opts.provider) or nil,
   }
   return true
 end

@@ -14,19 +14,17 @@
 -- Request bodies are built with genaudit's exact C encoder (core.json_encode),
 -- never with lua-cjson: Debian's cjson rounds numbers to 14 digits (a seed or
 -- a temperature would be sent other than stored) and crashes on huge strings.
-local cjson = require("cjson.safe")
 local core = require("genaudit.core")
+local json = require("genaudit.json")
 
 local M = {}
 
 -- The default cap on a request body (prompts, draft, feedback, parameters).
 M.MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
-local tointeger = rawget(math, "tointeger") -- 5.4: cjson decodes 42 as 42.0
-
 local function int(v)
   if type(v) ~= "number" or v ~= v or v < 0 or v % 1 ~= 0 or v >= 2 ^ 53 then return nil end
-  return tointeger and tointeger(v) or v
+  return json.integer(v) -- a body's 42.0 counts as 42
 end
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -107,7 +105,7 @@ local function scrubber(secret)
 end
 
 local function decode(body)
-  local doc, err = cjson.decode(body)
+  local doc, err = json.decode(body)
   if type(doc) ~= "table" then return nil, err or "not a JSON object" end
   return doc
 end

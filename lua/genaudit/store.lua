@@ -125,7 +125,11 @@ end
 
 function Store:schema_version() return self._conn:schema_version() end
 
--- store:persist_generation(row) -> id | nil, err, code (see genaudit.persister)
+-- store:persist_generation{ org_id, user_id, platform, template_id,
+--   template_version, final_system_prompt, final_user_prompt, token_usage,
+--   performance, repair_info, content, status, error, request_params,
+--   replay_of } -> snapshot id (26-char ULID) | nil, err, code.
+-- Nothing is written unless every field is valid (the C row builder checks).
 function Store:persist_generation(row)
   if type(row) ~= "table" then
     error("bad argument #1 to 'persist_generation' (table expected, got " .. type(row) .. ")", 2)
@@ -179,6 +183,16 @@ function Store:filename() return self._conn:filename() end
 
 -- store:close() -> true; drains the async queue first; closing twice is fine.
 function Store:close() return self._conn:close() end
+
+-- genaudit.persister(store) -> the seed's SnapshotPersister: a store is its
+-- own persister (persister:persist_generation is store:persist_generation);
+-- anything with a persist_generation method is accepted.
+function M.persister(store)
+  if type(store) ~= "table" or type(store.persist_generation) ~= "function" then
+    error("bad argument #1 to 'persister' (store expected, got " .. type(store) .. ")", 2)
+  end
+  return store
+end
 
 Store.__close = Store.close
 Store.__tostring = function(self) return "genaudit.store " .. tostring(self._conn) end
