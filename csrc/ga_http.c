@@ -222,14 +222,6 @@ static long long backoff_ms(uint64_t *rng, const http_request *rq, int i, long l
   return half + (long long)(xorshift64(rng) % (uint64_t)(d - half + 1));
 }
 
-static void sleep_ms(long long ms) {
-  struct timespec ts;
-  ts.tv_sec = (time_t)(ms / 1000);
-  ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 static int retry_status(int st) { return st == 429 || st == 500 || st == 502 || st == 503 || st == 504; }
 
 /* ---- libcurl callbacks (no Lua in here: they must never raise) ---- */
@@ -433,7 +425,7 @@ static int http_perform(http_client *c, http_request *rq) {
     rq->wait_us += a->wait_us;
     if (!again || i == rq->retries) return a->ecode == E_OK ? 0 : -1;
     a->slept_ms = backoff_ms(&c->rng, rq, i, a->retry_after_ms);
-    sleep_ms(a->slept_ms);
+    if (a->slept_ms > 0) ga_sleep_ns((uint64_t)a->slept_ms * 1000000u);
   }
 }
 
