@@ -169,10 +169,13 @@ void ga_writer_refuse(ga_writer *w, ga_writer_item **batch, int i, const char *m
 void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_error = "what: msg" */
 
 /* ---- the SQLite store's writer backend (ga_store_writer.c) ---- */
-/* The writer connection's settings: the store's own. */
+/* The writer connection's settings: the store's own, so that the file is
+ * used the same way from both connections (a rollback-journal store stays
+ * one: the writer never switches it to WAL). */
 typedef struct {
   const char *path;         /* the store's database file */
   const char *insert_sql;   /* the store's INSERT, 17 parameters in ga_col_names order */
+  const char *journal_mode; /* "wal", "delete", "truncate", "memory" */
   long busy_timeout_ms;
   int synchronous;          /* 0 off, 1 normal, 2 full, 3 extra */
   long long length_limit;   /* SQLITE_LIMIT_LENGTH; 0: SQLite's */

@@ -56,6 +56,7 @@ typedef struct {
   ga_ulid_state ulid;
   int readonly;
   int sync_level;     /* PRAGMA synchronous index, reused by the writer */
+  int journal;        /* journal_mode index (JOURNALS), reused by the writer */
   long long length_limit; /* opts.length_limit (SQLITE_LIMIT_LENGTH), 0: SQLite's; reused by the writer */
   long busy_ms;
   ga_writer *writer;  /* non-NULL in async mode */
@@ -174,12 +175,14 @@ static void refresh_stats(store *s) {
   exec(s, SQL_ANALYZE);
 }
 
+static const char *const JOURNALS[] = {"wal", "delete", "truncate", "memory", NULL};
+
 /* core.sqlite_open(path, opts) -> store | nil, err, code
  * opts: journal_mode ("wal"), synchronous ("normal"), busy_timeout (ms, 5000),
  * readonly (false). A new database file is created with mode 0600. */
 static int l_sqlite_open(lua_State *L) {
   static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
-  static const char *const journals[] = {"wal", "delete", "truncate", "memory", NULL};
+  const char *const *journals = JOURNALS;
   size_t pathlen;
   const char *path = luaL_checklstring(L, 1, &pathlen);
   int sync = 1, journal = 0, readonly = 0, flags, rc;
@@ -210,6 +213,7 @@ static int l_sqlite_open(lua_State *L) {
   lua_setmetatable(L, -2);
   s->readonly = readonly;
   s->sync_level = sync;
+  s->journal = journal;
   s->busy_ms = (long)busy;
   s->length_limit = length_limit;
 
@@ -486,7 +490,8 @@ static int l_store_persist(lua_State *L) {
 /* store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
  *   on_full = "block" | "error" } -> true | nil, err, code
  * From now on persist() queues rows for a writer thread with its own
- * connection; flush() waits for them; close() drains them. File stores only. */
+ * connection, in the store's journal mode (a "delete" store is not switched to
+ * WAL); flush() waits for them; close() drains them. File stores only. */
 static int l_store_start_async(lua_State *L) {
   store *s = check_store(L);
   ga_writer_opts o;
@@ -500,6 +505,7 @@ static int l_store_start_async(lua_State *L) {
   if (!path || !*path) return ga_fail(L, "ASYNC", "async mode needs a database file (not :memory:)");
   conf.path = path;
   conf.insert_sql = ga_sql_insert;
+  conf.journal_mode = JOURNALS[s->journal];
   conf.busy_timeout_ms = s->busy_ms;
   conf.synchronous = s->sync_level;
   conf.length_limit = s->length_limit;

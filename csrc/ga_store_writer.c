@@ -1,6 +1,6 @@
 /* ga_store_writer.c — the SQLite store's writer backend (ga_writer_backend):
  * the writer thread's own connection to the store's file, configured as the
- * store's (synchronous, busy timeout, length limit), and the
+ * store's (journal mode, synchronous, busy timeout, length limit), and the
  * batched INSERT transaction. The thread and queue are ga_writer.c's. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,7 +94,7 @@ ga_writer *ga_sqlite_writer_start(const ga_sqlite_writer_conf *conf, const ga_wr
                                   size_t errlen) {
   static const char *const syncs[] = {"OFF", "NORMAL", "FULL", "EXTRA"};
   sqlite_conn *c = (sqlite_conn *)calloc(1, sizeof *c);
-  char ssql[64];
+  char jsql[64], ssql[64];
   if (!c) {
     snprintf(err, errlen, "out of memory");
     return NULL;
@@ -107,8 +107,11 @@ ga_writer *ga_sqlite_writer_start(const ga_sqlite_writer_conf *conf, const ga_wr
   }
   sqlite3_busy_timeout(c->db, (int)conf->busy_timeout_ms);
   if (conf->length_limit > 0) sqlite3_limit(c->db, SQLITE_LIMIT_LENGTH, (int)conf->length_limit);
+  /* the store's journal mode, not WAL: the store set it on the file already
+   * (a no-op here for WAL; rollback-journal modes are per connection) */
+  snprintf(jsql, sizeof jsql, "PRAGMA journal_mode=%s", conf->journal_mode);
   snprintf(ssql, sizeof ssql, "PRAGMA synchronous=%s", syncs[conf->synchronous & 3]);
-  if (sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
+  if (sqlite3_exec(c->db, jsql, NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_exec(c->db, ssql, NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(c->db, conf->insert_sql, -1, SQLITE_PREPARE_PERSISTENT, &c->insert, NULL) != SQLITE_OK) {
     snprintf(err, errlen, "writer cannot prepare '%s': %s", conf->path, sqlite3_errmsg(c->db));
