@@ -178,14 +178,6 @@ static uint64_t xorshift64(uint64_t *s) {
   return *s = x;
 }
 
-static void sleep_ms(long long ms) {
-  struct timespec ts;
-  ts.tv_sec = (time_t)(ms / 1000);
-  ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 /* ---- libcurl callbacks (no Lua in here: they must never raise) ---- */
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
@@ -407,7 +399,7 @@ static int http_perform(http_client *c, http_request *rq) {
     if (!again || i == rq->retries) return a->ecode == E_OK ? 0 : -1;
     a->slept_ms = ga_retry_delay_ms(i + 1, rq->backoff_ms, rq->max_backoff_ms, a->retry_after_ms,
                                     xorshift64(&c->rng));
-    sleep_ms(a->slept_ms);
+    if (a->slept_ms > 0) ga_sleep_ns((uint64_t)a->slept_ms * 1000000u);
   }
 }
 

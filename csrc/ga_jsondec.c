@@ -369,7 +369,7 @@ static int dec_value(lua_State *L, jdec *d, int depth) {
       return 0;
     case 'n':
       if (!literal(d, "null", 4)) break;
-      lua_pushlightuserdata(L, NULL); /* genaudit.null */
+      ga_pushnull(L);
       return 0;
     default: return dec_number(L, d);
   }

@@ -682,7 +682,7 @@ static int push_totals(lua_State *L, meter *m, int stored, int models_idx) {
     if (SRC_KNOWN(c->src)) {
       set_usd(L, "cost", (u128)c->cost);
     } else {
-      lua_pushlightuserdata(L, NULL); /* genaudit.null: JSON null in the stored document */
+      ga_pushnull(L); /* JSON null in the stored document */
       lua_setfield(L, -2, "cost");
     }
     lua_pushstring(L, src_names[c->src]);

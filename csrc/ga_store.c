@@ -17,7 +17,7 @@
 #define QCACHE 16
 
 /* ---- the statements this file prepares ---- */
-const char ga_sql_insert[] =
+static const char ga_sql_insert[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
     " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
@@ -56,6 +56,7 @@ typedef struct {
   ga_ulid_state ulid;
   int readonly;
   int sync_level;     /* PRAGMA synchronous index, reused by the writer */
+  int journal;        /* journal_mode index (JOURNALS), reused by the writer */
   long long length_limit; /* opts.length_limit (SQLITE_LIMIT_LENGTH), 0: SQLite's; reused by the writer */
   long busy_ms;
   ga_writer *writer;  /* non-NULL in async mode */
@@ -76,7 +77,6 @@ typedef struct {
 static int busy_wait(void *arg, int count) {
   store *s = (store *)arg;
   uint64_t now = ga_monotonic_ns(), x;
-  struct timespec ts;
   if (count == 0) s->busy_t0 = now;
   if (now - s->busy_t0 >= (uint64_t)s->busy_ms * 1000000u) return 0;
   if (s->deadline && now >= s->deadline) return 0;
@@ -85,9 +85,7 @@ static int busy_wait(void *arg, int count) {
   x ^= x >> 7;
   x ^= x << 17;
   s->rng = x;
-  ts.tv_sec = 0;
-  ts.tv_nsec = 500000L + (long)(x % 1000000u);
-  nanosleep(&ts, NULL);
+  ga_sleep_ns(500000u + x % 1000000u);
   return 1;
 }
 
@@ -177,12 +175,14 @@ static void refresh_stats(store *s) {
   exec(s, SQL_ANALYZE);
 }
 
+static const char *const JOURNALS[] = {"wal", "delete", "truncate", "memory", NULL};
+
 /* core.sqlite_open(path, opts) -> store | nil, err, code
  * opts: journal_mode ("wal"), synchronous ("normal"), busy_timeout (ms, 5000),
  * readonly (false). A new database file is created with mode 0600. */
 static int l_sqlite_open(lua_State *L) {
   static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
-  static const char *const journals[] = {"wal", "delete", "truncate", "memory", NULL};
+  const char *const *journals = JOURNALS;
   size_t pathlen;
   const char *path = luaL_checklstring(L, 1, &pathlen);
   int sync = 1, journal = 0, readonly = 0, flags, rc;
@@ -213,6 +213,7 @@ static int l_sqlite_open(lua_State *L) {
   lua_setmetatable(L, -2);
   s->readonly = readonly;
   s->sync_level = sync;
+  s->journal = journal;
   s->busy_ms = (long)busy;
   s->length_limit = length_limit;
 
@@ -489,10 +490,12 @@ static int l_store_persist(lua_State *L) {
 /* store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
  *   on_full = "block" | "error" } -> true | nil, err, code
  * From now on persist() queues rows for a writer thread with its own
- * connection; flush() waits for them; close() drains them. File stores only. */
+ * connection, in the store's journal mode (a "delete" store is not switched to
+ * WAL); flush() waits for them; close() drains them. File stores only. */
 static int l_store_start_async(lua_State *L) {
   store *s = check_store(L);
   ga_writer_opts o;
+  ga_sqlite_writer_conf conf;
   const char *path;
   char err[256];
   ga_check_async_opts(L, 2, &o);
@@ -500,10 +503,13 @@ static int l_store_start_async(lua_State *L) {
   if (s->writer) return ga_fail(L, "ASYNC", "the store is already in async mode");
   path = sqlite3_db_filename(s->db, "main");
   if (!path || !*path) return ga_fail(L, "ASYNC", "async mode needs a database file (not :memory:)");
-  o.busy_timeout_ms = s->busy_ms;
-  o.synchronous = s->sync_level;
-  o.length_limit = s->length_limit;
-  s->writer = ga_writer_start(path, &o, err, sizeof err);
+  conf.path = path;
+  conf.insert_sql = ga_sql_insert;
+  conf.journal_mode = JOURNALS[s->journal];
+  conf.busy_timeout_ms = s->busy_ms;
+  conf.synchronous = s->sync_level;
+  conf.length_limit = s->length_limit;
+  s->writer = ga_sqlite_writer_start(&conf, &o, err, sizeof err);
   if (!s->writer) return ga_fail(L, "ASYNC", "%s", err);
   lua_pushboolean(L, 1);
   return 1;
@@ -646,18 +652,10 @@ static const char *bind_value(lua_State *L, sqlite3_stmt *st, int i, int vidx) {
   int rc;
   switch (lua_type(L, vidx)) {
     case LUA_TNUMBER:
-#if LUA_VERSION_NUM >= 503
-      if (lua_isinteger(L, vidx)) {
-        rc = sqlite3_bind_int64(st, i, (sqlite3_int64)lua_tointeger(L, vidx));
-        break;
-      }
-#else
-      if (ga_tointeger(L, vidx, &iv) && iv > -9007199254740992LL && iv < 9007199254740992LL) {
+      if (ga_exactint(L, vidx, &iv)) { /* LuaJIT: an integral value below 2^53 */
         rc = sqlite3_bind_int64(st, i, (sqlite3_int64)iv);
         break;
       }
-#endif
-      (void)iv;
       rc = sqlite3_bind_double(st, i, (double)lua_tonumber(L, vidx));
       break;
     case LUA_TSTRING: {

@@ -40,10 +40,11 @@ build = {
   modules = {
     ["genaudit.core"] = {
       sources = {
+        "csrc/ga_aux.c", "csrc/ga_init.c",
         "csrc/ga_clock.c", "csrc/ga_core.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_json.c",
         "csrc/ga_jsondec.c",
         "csrc/ga_meter.c", "csrc/ga_pg.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_ulid.c",
-        "csrc/ga_writer.c",
+        "csrc/ga_writer.c", "csrc/ga_store_writer.c",
         "csrc/ga_retry.c",
       },
       defines = {},

@@ -35,7 +35,9 @@ build() {
   objs=""
   for src in csrc/*.c; do
     obj="$OUT/obj/$(basename "$src" .c).o"
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ csrc/ga_private.h -nt "$obj" ]; then
+    stale=0 # any header newer than the object (ga_aux.h, ga_compat.h, ga_private.h)
+    for h in csrc/*.h; do [ "$h" -nt "$obj" ] && stale=1; done
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$stale" = 1 ]; then
       # shellcheck disable=SC2086
       $FUZZ_CC $CFLAGS $SAN -fsanitize=fuzzer-no-link $LUA54_INCDIR $DEP_CFLAGS -c "$src" -o "$obj" || return 1
     fi
