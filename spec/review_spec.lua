@@ -67,4 +67,18 @@ describe("review: class 6, costs and attribution", function()
     assert.same({ 100, 20, "unpriced_served_model", served }, { tm.prompt_tokens, tm.completion_tokens,
       tm.cost_source, tm.calls[1].served_model })
   end)
+
+  it("keeps a billed answer with a lone UTF-16 surrogate escape (valid JSON lua-cjson refuses) as U+FFFD", function()
+    -- it used to be "BAD_RESPONSE: provider body is not JSON": a failed row, 0 tokens, no content
+    local body = cjson.encode{ id = "x", object = "chat.completion", model = "gpt-4o-mini",
+      choices = { { index = 0, message = { role = "assistant", content = "aXb" }, finish_reason = "stop" } },
+      usage = usage(100, 20) }
+    srv:queue{ { body = (body:gsub("aXb", "a\\ud83d\\ude00 \\ud800b\\udc00 \\\\ud800")) } }
+    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
+    local r, err, _, row, tm = generate(prov)
+    assert.is_table(r, err)
+    assert.same({ "completed", "a\240\159\152\128 \239\191\189b\239\191\189 \\ud800" }, { row.status, row.content })
+    assert.same({ 100, 20, "local_estimate" }, { tm.prompt_tokens, tm.completion_tokens, tm.cost_source })
+    assert.equal((100 * 150000 + 20 * 600000) / 1e12, row.estimated_cost)
+  end)
 end)

@@ -103,8 +103,53 @@ local function scrubber(secret)
   end
 end
 
+-- A lone UTF-16 surrogate escape ("\ud800" without its low half, or a low
+-- half alone) is valid JSON text that lua-cjson refuses; a model cut in the
+-- middle of a character sends one, and the billed answer would be lost as
+-- "not JSON". Rewrites each such escape inside a string as "\ufffd" (the
+-- replacement character); pairs and everything else stay as they are.
+local function lone_surrogates_replaced(body)
+  local out, from, i, in_str = {}, 1, 1, false
+  while true do
+    local j = body:find(in_str and '["\\]' or '"', i)
+    if not j then break end
+    if not in_str then
+      in_str, i = true, j + 1
+    elseif body:byte(j) == 34 then -- '"'
+      in_str, i = false, j + 1
+    elseif body:byte(j + 1) ~= 117 then -- '\' not followed by 'u': a two-byte escape
+      i = j + 2
+    else
+      local hex = body:sub(j + 2, j + 5)
+      local v = hex:match("^%x%x%x%x$") and tonumber(hex, 16)
+      local lone = false
+      if v and v >= 0xD800 and v <= 0xDBFF then
+        local lo = body:sub(j + 6, j + 11):match("^\\u(%x%x%x%x)$")
+        lo = lo and tonumber(lo, 16)
+        if lo and lo >= 0xDC00 and lo <= 0xDFFF then i = j + 12 else lone = true end
+      elseif v and v >= 0xDC00 and v <= 0xDFFF then
+        lone = true
+      else
+        i = j + 2
+      end
+      if lone then
+        out[#out + 1] = body:sub(from, j - 1)
+        out[#out + 1] = "\\ufffd"
+        from, i = j + 6, j + 6
+      end
+    end
+  end
+  if #out == 0 then return nil end
+  out[#out + 1] = body:sub(from)
+  return table.concat(out)
+end
+
 local function decode(body)
   local doc, err = cjson.decode(body)
+  if doc == nil and body:find("\\u", 1, true) then
+    local fixed = lone_surrogates_replaced(body)
+    if fixed then doc, err = cjson.decode(fixed) end
+  end
   if type(doc) ~= "table" then return nil, err or "not a JSON object" end
   return doc
 end
