@@ -67,6 +67,7 @@ typedef struct {
   int readonly;
   long connect_timeout_s;
   long reconnect_ms; /* how long to keep trying to re-establish a lost connection */
+  long lock_ms;      /* how long migrate() waits for the migration lock (0: no limit) */
 } pgcfg;
 
 typedef struct {
@@ -936,11 +937,12 @@ static int fail_result(lua_State *L, pgstore *s, const PGresult *r, const char *
 }
 
 /* core.pg_open(url, opts) -> store | nil, err, code
- * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), schema,
- * readonly. The URL is libpq's (postgresql:// or postgres://). */
+ * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), lock_timeout
+ * (ms, 30000; 0: none), schema, readonly. The URL is libpq's (postgresql://
+ * or postgres://). */
 static int l_pg_open(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
-  long long ct = 10, rt = 5000;
+  long long ct = 10, rt = 5000, lt = 30000;
   const char *schema = NULL;
   int readonly = 0;
   pgstore *s;
@@ -955,6 +957,10 @@ static int l_pg_open(lua_State *L) {
     lua_getfield(L, 2, "reconnect_timeout");
     if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &rt) || rt < 0 || rt > 3600000))
       return luaL_argerror(L, 2, "reconnect_timeout must be an integer number of ms (0-3600000)");
+    lua_getfield(L, 2, "lock_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &lt) || lt < 0 || lt > 3600000))
+      return luaL_argerror(L, 2, "lock_timeout must be an integer number of ms (0-3600000)");
+    lua_pop(L, 1);
     lua_getfield(L, 2, "schema");
     if (!lua_isnil(L, -1)) {
       size_t n = 0;
@@ -974,6 +980,7 @@ static int l_pg_open(lua_State *L) {
   s->cfg.readonly = readonly;
   s->cfg.connect_timeout_s = (long)ct;
   s->cfg.reconnect_ms = (long)rt;
+  s->cfg.lock_ms = (long)lt;
   s->cfg.url = dupstr(url);
   s->cfg.display = redact_url(url);
   s->cfg.schema = schema ? dupstr(schema) : NULL;
@@ -1023,10 +1030,26 @@ static long long schema_version_of(pgstore *s) {
 }
 
 /* Begins a migration transaction holding the migration lock; with a schema,
- * creates it; creates schema_migrations. 0, or -1 with err (rolled back). */
+ * creates it; creates schema_migrations. 0, or -1 with err (rolled back), or
+ * -2 when another session held the migration lock for lock_ms (a stuck or
+ * stopped process in a migration must not make every open() wait forever). */
 static int begin_migration(pgstore *s, char *err, size_t errlen) {
+  char sql[64];
+  PGresult *r;
   if (exec_ok(s->conn, &s->cfg, "BEGIN", err, errlen) != 0) return -1;
-  if (exec_ok(s->conn, &s->cfg, SQL_MIGRATION_LOCK, err, errlen) != 0) goto fail;
+  snprintf(sql, sizeof sql, "SET LOCAL lock_timeout = %ld", s->cfg.lock_ms);
+  if (exec_ok(s->conn, &s->cfg, sql, err, errlen) != 0) goto fail;
+  r = PQexec(s->conn, SQL_MIGRATION_LOCK);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int timed_out = state_is(r, "55P03");
+    pg_error(s->conn, r, &s->cfg, err, errlen);
+    PQclear(r);
+    PQclear(PQexec(s->conn, "ROLLBACK"));
+    if (timed_out)
+      snprintf(err, errlen, "another session has held the migration lock for lock_timeout (%ld ms)", s->cfg.lock_ms);
+    return timed_out ? -2 : -1;
+  }
+  PQclear(r);
   if (s->cfg.schema) {
     char *id = PQescapeIdentifier(s->conn, s->cfg.schema, strlen(s->cfg.schema));
     char sql[256];
@@ -1062,8 +1085,8 @@ static int l_store_migrate(lua_State *L) {
   n = ga_rawlen(L, 2);
   if ((r = ensure(L, s)) != 0) return r;
   if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot migrate while each() reads from this store");
-  if (begin_migration(s, err, sizeof err) != 0 || exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
-    return ga_fail(L, "MIGRATION", "cannot create schema_migrations: %s", err);
+  if ((r = begin_migration(s, err, sizeof err)) != 0 || exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
+    return r == -2 ? ga_fail(L, "BUSY", "%s", err) : ga_fail(L, "MIGRATION", "cannot create schema_migrations: %s", err);
   /* the versions applied already, as a Lua set at stack index `done` */
   lua_newtable(L);
   res = PQexec(s->conn, SQL_MIGRATIONS_APPLIED);
@@ -1095,7 +1118,10 @@ static int l_store_migrate(lua_State *L) {
       snprintf(vtext, sizeof vtext, "%lld", v);
       vals[0] = vtext;
       vals[1] = name;
-      if (begin_migration(s, err, sizeof err) != 0) goto failed;
+      if ((r = begin_migration(s, err, sizeof err)) != 0) {
+        if (r == -2) return ga_fail(L, "BUSY", "%s", err);
+        goto failed;
+      }
       res = PQexecParams(s->conn, SQL_MIGRATION_APPLIED, 1, NULL, vals, NULL, NULL, 0);
       if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         pg_error(s->conn, res, &s->cfg, err, sizeof err);

@@ -75,7 +75,8 @@ end
 -- busy_timeout (ms), readonly, length_limit (SQLite: bytes per value and per
 -- row, lowers SQLITE_LIMIT_LENGTH), migrations_dir, async (true or the options of
 -- store:start_async); PostgreSQL: connect_timeout (s), reconnect_timeout (ms),
--- schema (created by migrate, first on the search_path).
+-- lock_timeout (ms: the wait for the migration lock), schema (created by
+-- migrate, first on the search_path).
 function M.open(url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'open' (table expected, got " .. type(opts) .. ")", 2)
@@ -86,7 +87,8 @@ function M.open(url, opts)
   local conn, err
   if backend == "postgresql" then
     conn, err, code = core.pg_open(path, { connect_timeout = opts.connect_timeout,
-      reconnect_timeout = opts.reconnect_timeout, schema = opts.schema, readonly = opts.readonly })
+      reconnect_timeout = opts.reconnect_timeout, lock_timeout = opts.lock_timeout, schema = opts.schema,
+      readonly = opts.readonly })
   else
     conn, err, code = core.sqlite_open(path, {
       synchronous = opts.synchronous, journal_mode = opts.journal_mode,
