@@ -83,6 +83,55 @@ describe("review: class 6, costs and attribution", function()
   end)
 end)
 
+describe("review: class 7, secrets", function()
+  local srv, dir, store
+  local KEY = "sk-review-7f6e5d4c3b2a1908-LONGSECRET-0a9b8c7d" -- real keys are 40 to 170 characters
+
+  setup(function() srv = provider_server.start{ api_key = KEY } end)
+  teardown(function() srv:stop() end)
+  before_each(function()
+    srv:reset()
+    dir = tmp.dir()
+    os.execute("mkdir -p " .. dir .. "/templates " .. dir .. "/rules")
+    tmp.write(dir .. "/templates/t.lua", [[return { version = "1", voice_signature = "V.", task = "Write." }]])
+    tmp.write(dir .. "/rules/r.lua", [[return function(d) if d:find("again") then return { message = d, penalty = 50 } end end]])
+    tmp.write(dir .. "/rules/policy.lua", [[return { budget = 1, feedback = function(d) return "Fix: " .. d end }]])
+    store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db"))
+  end)
+  after_each(function()
+    store:close()
+    tmp.rm(dir)
+  end)
+
+  it("keeps a key cut short by one character, or split across two answers, out of the rows and files", function()
+    -- only the whole key (and its encodings) used to be scrubbed: all but one of its characters were stored
+    local half = math.floor(#KEY / 2)
+    srv:queue{ { content = "again " .. KEY:sub(1, -2) .. " and " .. KEY:sub(2):upper(), usage = usage(10, 5) },
+               { content = "ok " .. KEY:sub(half + 1) .. ".", usage = usage(10, 5) } }
+    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
+    local p = genaudit.pipeline{ store = store, provider = prov, templates = dir .. "/templates",
+      rules = dir .. "/rules", backoff_ms = 10, retries = 0 }
+    local r, err = p:generate{ org_id = 1, user_id = 2, platform = "linkedin", template_id = "t" }
+    assert.is_table(r, err)
+    assert.equal("ok [REDACTED].", r.content)
+    local row = assert(store:query("SELECT * FROM generation_snapshots WHERE id = ?", { r.snapshot_id }))[1]
+    assert.truthy(row.repair_metrics:find("again [REDACTED] and [REDACTED]", 1, true))
+    store:close()
+    local files = assert(io.popen("cat " .. dir .. "/audit.db*"))
+    local bytes = files:read("a"):lower()
+    files:close()
+    for i = 1, #KEY - 15 do assert.falsy(bytes:find(KEY:sub(i, i + 15):lower(), 1, true), KEY:sub(i, i + 15)) end
+    store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db"))
+  end)
+
+  it("leaves runs shorter than 16 characters of the key, such as its public prefix, alone", function()
+    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
+    assert.equal("keys start with sk-review- and " .. KEY:sub(3, 17),
+      prov.scrub("keys start with sk-review- and " .. KEY:sub(3, 17)))
+    assert.equal("[REDACTED]", prov.scrub(KEY:sub(3, 18)))
+  end)
+end)
+
 local pg = require("spec.support.pg")
 
 pg.describe("review: class 8, waits (PostgreSQL) #postgresql", function()
