@@ -85,16 +85,17 @@ end)
 
 describe("review: class 7, secrets", function()
   local srv, dir, store
-  local KEY = "sk-review-7f6e5d4c3b2a1908-LONGSECRET-0a9b8c7d" -- real keys are 40 to 170 characters
+  local LONG_KEY = "sk-review-7f6e5d4c3b2a1908-LONGSECRET-0a9b8c7d" -- real keys are 40 to 170 characters
 
-  setup(function() srv = provider_server.start{ api_key = KEY } end)
+  setup(function() srv = provider_server.start{ api_key = LONG_KEY } end)
   teardown(function() srv:stop() end)
   before_each(function()
     srv:reset()
     dir = tmp.dir()
     os.execute("mkdir -p " .. dir .. "/templates " .. dir .. "/rules")
     tmp.write(dir .. "/templates/t.lua", [[return { version = "1", voice_signature = "V.", task = "Write." }]])
-    tmp.write(dir .. "/rules/r.lua", [[return function(d) if d:find("again") then return { message = d, penalty = 50 } end end]])
+    tmp.write(dir .. "/rules/r.lua",
+      [[return function(d) if d:find("again") then return { message = d, penalty = 50 } end end]])
     tmp.write(dir .. "/rules/policy.lua", [[return { budget = 1, feedback = function(d) return "Fix: " .. d end }]])
     store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db"))
   end)
@@ -103,12 +104,13 @@ describe("review: class 7, secrets", function()
     tmp.rm(dir)
   end)
 
-  it("keeps a key cut short by one character, or split across two answers, out of the rows and files", function()
+  it("keeps a key cut short by one character, or its second half alone, out of the rows and files", function()
     -- only the whole key (and its encodings) used to be scrubbed: all but one of its characters were stored
-    local half = math.floor(#KEY / 2)
-    srv:queue{ { content = "again " .. KEY:sub(1, -2) .. " and " .. KEY:sub(2):upper(), usage = usage(10, 5) },
-               { content = "ok " .. KEY:sub(half + 1) .. ".", usage = usage(10, 5) } }
-    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
+    local half = math.floor(#LONG_KEY / 2)
+    srv:queue{ { content = "again " .. LONG_KEY:sub(1, -2) .. " and " .. LONG_KEY:sub(2):upper(),
+                 usage = usage(10, 5) },
+               { content = "ok " .. LONG_KEY:sub(half + 1) .. ".", usage = usage(10, 5) } }
+    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = LONG_KEY, model = "gpt-4o-mini" }
     local p = genaudit.pipeline{ store = store, provider = prov, templates = dir .. "/templates",
       rules = dir .. "/rules", backoff_ms = 10, retries = 0 }
     local r, err = p:generate{ org_id = 1, user_id = 2, platform = "linkedin", template_id = "t" }
@@ -120,15 +122,18 @@ describe("review: class 7, secrets", function()
     local files = assert(io.popen("cat " .. dir .. "/audit.db*"))
     local bytes = files:read("a"):lower()
     files:close()
-    for i = 1, #KEY - 15 do assert.falsy(bytes:find(KEY:sub(i, i + 15):lower(), 1, true), KEY:sub(i, i + 15)) end
+    for i = 1, #LONG_KEY - 15 do
+      local run = LONG_KEY:sub(i, i + 15):lower()
+      assert.falsy(bytes:find(run, 1, true), run)
+    end
     store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db"))
   end)
 
   it("leaves runs shorter than 16 characters of the key, such as its public prefix, alone", function()
-    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
-    assert.equal("keys start with sk-review- and " .. KEY:sub(3, 17),
-      prov.scrub("keys start with sk-review- and " .. KEY:sub(3, 17)))
-    assert.equal("[REDACTED]", prov.scrub(KEY:sub(3, 18)))
+    local prov = genaudit.providers.openai{ base_url = srv.url, api_key = LONG_KEY, model = "gpt-4o-mini" }
+    assert.equal("keys start with sk-review- and " .. LONG_KEY:sub(3, 17),
+      prov.scrub("keys start with sk-review- and " .. LONG_KEY:sub(3, 17)))
+    assert.equal("[REDACTED]", prov.scrub(LONG_KEY:sub(3, 18)))
   end)
 end)
 
