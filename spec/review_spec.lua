@@ -15,6 +15,47 @@ local function usage(p, c, extra)
   return u
 end
 
+describe("review: class 5, nothing replaces what the snapshot records", function()
+  local srv, dir, store
+
+  setup(function() srv = provider_server.start{ api_key = KEY } end)
+  teardown(function() srv:stop() end)
+  before_each(function()
+    srv:reset()
+    dir = tmp.dir()
+    os.execute("mkdir -p " .. dir .. "/templates " .. dir .. "/rules")
+    tmp.write(dir .. "/templates/t.lua", [[return { version = "1", voice_signature = "V.", task = "Write." }]])
+    store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db"))
+  end)
+  after_each(function()
+    store:close()
+    tmp.rm(dir)
+  end)
+
+  -- request params were copied over the body: params.messages sent other prompts than the stored
+  -- final_system_prompt/final_user_prompt, params.model another model than the recorded requested one
+  for _, case in ipairs({
+    { "openai", "model", "gpt-4o" },
+    { "openai", "messages", { { role = "user", content = "Something else entirely." } } },
+    { "anthropic", "system", "Another system prompt." },
+    { "anthropic", "messages", { { role = "user", content = "Something else entirely." } } },
+  }) do
+    local wire, name, value = case[1], case[2], case[3]
+    it("refuses params." .. name .. " (" .. wire .. "): INVALID, nothing sent, nothing stored", function()
+      srv:queue{ { content = "Hello.", usage = usage(10, 5) } }
+      local prov = genaudit.providers[wire]{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
+      local p = genaudit.pipeline{ store = store, provider = prov, templates = dir .. "/templates",
+        rules = dir .. "/rules", backoff_ms = 10, retries = 0 }
+      local r, err, code = p:generate{ org_id = 1, user_id = 2, platform = "linkedin", template_id = "t",
+        params = { temperature = 0.5, [name] = value } }
+      assert.same({ nil, "INVALID: params." .. name .. " is set by genaudit (the snapshot records it); it cannot"
+        .. " be a parameter", "INVALID" }, { r, err, code })
+      assert.same({}, srv:requests())
+      assert.equal(0, assert(store:query("SELECT count(*) AS n FROM generation_snapshots"))[1].n)
+    end)
+  end
+end)
+
 describe("review: class 6, costs and attribution", function()
   local srv, dir, store
 
