@@ -68,6 +68,7 @@ typedef struct {
   long connect_timeout_s;
   long reconnect_ms; /* how long to keep trying to re-establish a lost connection */
   long lock_ms;      /* how long migrate() waits for the migration lock (0: no limit) */
+  long query_ms;     /* opts.query_timeout: statement_timeout of query()/each() (0: none) */
 } pgcfg;
 
 typedef struct {
@@ -168,6 +169,18 @@ static int exec_ok(PGconn *conn, const pgcfg *c, const char *sql, char *err, siz
   PQclear(r);
   return ok ? 0 : -1;
 }
+
+/* After BEGIN READ ONLY of query()/each(): their statements run at most
+ * query_timeout (the transaction's own statement_timeout). 0, or -1 with err. */
+static int set_query_timeout(PGconn *conn, const pgcfg *c, char *err, size_t errlen) {
+  char sql[64];
+  if (c->query_ms <= 0) return 0;
+  snprintf(sql, sizeof sql, "SET LOCAL statement_timeout = %ld", c->query_ms);
+  return exec_ok(conn, c, sql, err, errlen);
+}
+
+/* True when a query()/each() statement was cancelled by query_timeout. */
+static int query_timed_out(const pgcfg *c, const PGresult *r) { return c->query_ms > 0 && state_is(r, "57014"); }
 
 /* ---- the URL ---- */
 
@@ -938,11 +951,11 @@ static int fail_result(lua_State *L, pgstore *s, const PGresult *r, const char *
 
 /* core.pg_open(url, opts) -> store | nil, err, code
  * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), lock_timeout
- * (ms, 30000; 0: none), schema, readonly. The URL is libpq's (postgresql://
+ * (ms, 30000; 0: none), query_timeout (ms, 0: none), schema, readonly. The URL is libpq's (postgresql://
  * or postgres://). */
 static int l_pg_open(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
-  long long ct = 10, rt = 5000, lt = 30000;
+  long long ct = 10, rt = 5000, lt = 30000, qt = 0;
   const char *schema = NULL;
   int readonly = 0;
   pgstore *s;
@@ -960,7 +973,10 @@ static int l_pg_open(lua_State *L) {
     lua_getfield(L, 2, "lock_timeout");
     if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &lt) || lt < 0 || lt > 3600000))
       return luaL_argerror(L, 2, "lock_timeout must be an integer number of ms (0-3600000)");
-    lua_pop(L, 1);
+    lua_getfield(L, 2, "query_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &qt) || qt < 0 || qt > 3600000))
+      return luaL_argerror(L, 2, "query_timeout must be an integer number of ms (0-3600000)");
+    lua_pop(L, 2);
     lua_getfield(L, 2, "schema");
     if (!lua_isnil(L, -1)) {
       size_t n = 0;
@@ -981,6 +997,7 @@ static int l_pg_open(lua_State *L) {
   s->cfg.connect_timeout_s = (long)ct;
   s->cfg.reconnect_ms = (long)rt;
   s->cfg.lock_ms = (long)lt;
+  s->cfg.query_ms = (long)qt;
   s->cfg.url = dupstr(url);
   s->cfg.display = redact_url(url);
   s->cfg.schema = schema ? dupstr(schema) : NULL;
@@ -1547,7 +1564,8 @@ static int l_store_query(lua_State *L) {
       return fail_result(L, s, res, "cannot prepare query");
     }
     snprintf(name, sizeof name, "ga_q%u", e->id);
-    if (!inner && exec_ok(s->conn, &s->cfg, "BEGIN READ ONLY", err, sizeof err) != 0) {
+    if (!inner && (exec_ok(s->conn, &s->cfg, "BEGIN READ ONLY", err, sizeof err) != 0 ||
+                   set_query_timeout(s->conn, &s->cfg, err, sizeof err) != 0)) {
       if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) continue;
       return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin query: %s", err);
     }
@@ -1570,6 +1588,8 @@ static int l_store_query(lua_State *L) {
         continue;
       }
       if (state_is(res, "25006")) return ga_fail(L, "READONLY", "query() runs one read-only statement");
+      if (query_timed_out(&s->cfg, res))
+        return ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->cfg.query_ms);
       return fail_result(L, s, res, "query failed");
     }
     break;
@@ -1625,6 +1645,10 @@ static int l_store_each(lua_State *L) {
   if (exec_ok(s->conn, &s->cfg, sql, err, sizeof err) != 0)
     return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin each(): %s", err);
   s->each_depth = depth;
+  if (depth == 1 && set_query_timeout(s->conn, &s->cfg, err, sizeof err) != 0) {
+    end_each(s, depth);
+    return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin each(): %s", err);
+  }
   e = cached_stmt(s, lua_tostring(L, sqlidx), p, &res); /* checks the statement and settles its types */
   if (!e) {
     r = res ? (box_set(b, res), fail_result(L, s, res, "cannot prepare query")) : ga_fail(L, "NOMEM", "out of memory");
@@ -1638,8 +1662,10 @@ static int l_store_each(lua_State *L) {
   if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
     /* a statement that prepares but cannot be a cursor's query writes */
     int writes = state_is(res, "25006") || state_is(res, "42601") || state_is(res, "0A000");
-    r = writes ? ga_fail(L, "READONLY", "query() runs one read-only statement")
-               : fail_result(L, s, res, "query failed");
+    r = writes                          ? ga_fail(L, "READONLY", "query() runs one read-only statement")
+        : query_timed_out(&s->cfg, res) ? ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)",
+                                                  s->cfg.query_ms)
+                                        : fail_result(L, s, res, "query failed");
     end_each(s, depth);
     return r;
   }
@@ -1649,7 +1675,9 @@ static int l_store_each(lua_State *L) {
     res = PQexec(s->conn, sql);
     box_set(b, res);
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-      r = fail_result(L, s, res, "query failed");
+      r = query_timed_out(&s->cfg, res)
+              ? ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->cfg.query_ms)
+              : fail_result(L, s, res, "query failed");
       end_each(s, depth);
       return r;
     }

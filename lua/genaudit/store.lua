@@ -73,7 +73,8 @@ end
 -- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
 -- unless opts.migrate == false. opts: synchronous, journal_mode,
 -- busy_timeout (ms), readonly, length_limit (SQLite: bytes per value and per
--- row, lowers SQLITE_LIMIT_LENGTH), migrations_dir, async (true or the options of
+-- row, lowers SQLITE_LIMIT_LENGTH), query_timeout (ms: the longest a query()
+-- call or an each() step runs; both stores), migrations_dir, async (true or the options of
 -- store:start_async); PostgreSQL: connect_timeout (s), reconnect_timeout (ms),
 -- lock_timeout (ms: the wait for the migration lock), schema (created by
 -- migrate, first on the search_path).
@@ -88,11 +89,12 @@ function M.open(url, opts)
   if backend == "postgresql" then
     conn, err, code = core.pg_open(path, { connect_timeout = opts.connect_timeout,
       reconnect_timeout = opts.reconnect_timeout, lock_timeout = opts.lock_timeout, schema = opts.schema,
-      readonly = opts.readonly })
+      readonly = opts.readonly, query_timeout = opts.query_timeout })
   else
     conn, err, code = core.sqlite_open(path, {
       synchronous = opts.synchronous, journal_mode = opts.journal_mode,
       busy_timeout = opts.busy_timeout, readonly = opts.readonly, length_limit = opts.length_limit,
+      query_timeout = opts.query_timeout,
     })
   end
   if not conn then return nil, err, code end
