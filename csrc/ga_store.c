@@ -447,7 +447,9 @@ static int check_row_size(store *s, const ga_row *row, char *err, size_t errlen)
     total += (long long)row->col[i].n;
   }
   if (total + ROW_OVERHEAD > limit) {
-    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total, limit);
+    /* the record's overhead counted in: "1298 bytes exceed ... 2000" read as a wrong refusal */
+    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total + ROW_OVERHEAD,
+             limit);
     return -1;
   }
   return 0;
