@@ -59,6 +59,52 @@ describe("review: class 1, query() cannot hang (SQLite)", function()
   function(store, id) return #assert(store:query("SELECT id FROM generation_snapshots WHERE id = ?", { id })) end)
 end)
 
+describe("review: classes 3 and 4, one string.gsub call cannot run long or build gigabytes", function()
+  local dir
+  before_each(function()
+    dir = tmp.dir()
+    os.execute("mkdir -p " .. dir .. "/rules")
+  end)
+  after_each(function() tmp.rm(dir) end)
+
+  local function validate(check_src)
+    tmp.write(dir .. "/rules/r.lua", "return function(d) " .. check_src .. " end")
+    local v = require("genaudit.validator").new{ rules = dir .. "/rules", script_timeout_ms = 500 }
+    return v:validate("draft", { platform = "x" })
+  end
+
+  -- C's gsub checks no size: one call with 10 000 "%0" per match built a gigabyte (53 s under Lua 5.4,
+  -- past a 500 ms limit, and out of memory under LuaJIT) before the size check after it
+  it("refuses a string replacement whose result could exceed the cap, before building it", function()
+    local issues = validate([[return { message = "len " .. #string.gsub(string.rep("x", 100000), ".",
+      string.rep("%0", 10000)), penalty = 1 }]])
+    assert.equal(1, #issues)
+    assert.equal("rule_error", issues[1].slug)
+    assert.matches("string.gsub: a result of up to 23000100000 bytes is over the limit of 16777216 bytes$",
+      issues[1].message)
+  end)
+
+  it("stops a function or table replacement as soon as its values pass the cap", function()
+    for _, repl in ipairs({ "function(c) return string.rep(c, 10000) end",
+                            "setmetatable({}, { __index = function(_, c) return string.rep(c, 10000) end })" }) do
+      local issues = validate("return { message = 'len ' .. #string.gsub(string.rep('x', 100000), '.', "
+        .. repl .. "), penalty = 1 }")
+      assert.same({ { slug = "rule_error", penalty = 0,
+        message = "r: string.gsub: result of 16780000 bytes is over the limit of 16777216 bytes" } }, issues)
+    end
+  end)
+
+  it("keeps gsub's results for captures, position captures, %%, tables and false values", function()
+    local issues = validate([[return { message = table.concat({
+      (string.gsub("hello world", "(o)", "[%1%0]")), (string.gsub("hello", "()l", "%1")),
+      (("abc"):gsub("%w", "%%%0")), (string.gsub("hello world", "(l)(l)", { l = "L" })),
+      (string.gsub("hello", "l", function() return false end)), (string.gsub("a b", "%w", "%0%0", 1)) }, "|"),
+      penalty = 1 }]])
+    assert.same({ { slug = "r", penalty = 1, message = "hell[oo] w[oo]rld|he34o|%a%b%c|heLo world|hello|aa b" } },
+      issues)
+  end)
+end)
+
 describe("review: class 5, nothing replaces what the snapshot records", function()
   local srv, dir, store
 
