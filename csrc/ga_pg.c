@@ -67,6 +67,8 @@ typedef struct {
   int readonly;
   long connect_timeout_s;
   long reconnect_ms; /* how long to keep trying to re-establish a lost connection */
+  long lock_ms;      /* how long migrate() waits for the migration lock (0: no limit) */
+  long query_ms;     /* opts.query_timeout: statement_timeout of query()/each() (0: none) */
 } pgcfg;
 
 typedef struct {
@@ -167,6 +169,18 @@ static int exec_ok(PGconn *conn, const pgcfg *c, const char *sql, char *err, siz
   PQclear(r);
   return ok ? 0 : -1;
 }
+
+/* After BEGIN READ ONLY of query()/each(): their statements run at most
+ * query_timeout (the transaction's own statement_timeout). 0, or -1 with err. */
+static int set_query_timeout(PGconn *conn, const pgcfg *c, char *err, size_t errlen) {
+  char sql[64];
+  if (c->query_ms <= 0) return 0;
+  snprintf(sql, sizeof sql, "SET LOCAL statement_timeout = %ld", c->query_ms);
+  return exec_ok(conn, c, sql, err, errlen);
+}
+
+/* True when a query()/each() statement was cancelled by query_timeout. */
+static int query_timed_out(const pgcfg *c, const PGresult *r) { return c->query_ms > 0 && state_is(r, "57014"); }
 
 /* ---- the URL ---- */
 
@@ -909,11 +923,12 @@ static int fail_result(lua_State *L, pgstore *s, const PGresult *r, const char *
 }
 
 /* core.pg_open(url, opts) -> store | nil, err, code
- * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), schema,
- * readonly. The URL is libpq's (postgresql:// or postgres://). */
+ * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), lock_timeout
+ * (ms, 30000; 0: none), query_timeout (ms, 0: none), schema, readonly. The URL is libpq's (postgresql://
+ * or postgres://). */
 static int l_pg_open(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
-  long long ct = 10, rt = 5000;
+  long long ct = 10, rt = 5000, lt = 30000, qt = 0;
   const char *schema = NULL;
   int readonly = 0;
   pgstore *s;
@@ -928,6 +943,13 @@ static int l_pg_open(lua_State *L) {
     lua_getfield(L, 2, "reconnect_timeout");
     if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &rt) || rt < 0 || rt > 3600000))
       return luaL_argerror(L, 2, "reconnect_timeout must be an integer number of ms (0-3600000)");
+    lua_getfield(L, 2, "lock_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &lt) || lt < 0 || lt > 3600000))
+      return luaL_argerror(L, 2, "lock_timeout must be an integer number of ms (0-3600000)");
+    lua_getfield(L, 2, "query_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &qt) || qt < 0 || qt > 3600000))
+      return luaL_argerror(L, 2, "query_timeout must be an integer number of ms (0-3600000)");
+    lua_pop(L, 2);
     lua_getfield(L, 2, "schema");
     if (!lua_isnil(L, -1)) {
       size_t n = 0;
@@ -947,6 +969,8 @@ static int l_pg_open(lua_State *L) {
   s->cfg.readonly = readonly;
   s->cfg.connect_timeout_s = (long)ct;
   s->cfg.reconnect_ms = (long)rt;
+  s->cfg.lock_ms = (long)lt;
+  s->cfg.query_ms = (long)qt;
   s->cfg.url = dupstr(url);
   s->cfg.display = redact_url(url);
   s->cfg.schema = schema ? dupstr(schema) : NULL;
@@ -996,10 +1020,26 @@ static long long schema_version_of(pgstore *s) {
 }
 
 /* Begins a migration transaction holding the migration lock; with a schema,
- * creates it; creates schema_migrations. 0, or -1 with err (rolled back). */
+ * creates it; creates schema_migrations. 0, or -1 with err (rolled back), or
+ * -2 when another session held the migration lock for lock_ms (a stuck or
+ * stopped process in a migration must not make every open() wait forever). */
 static int begin_migration(pgstore *s, char *err, size_t errlen) {
+  char sql[64];
+  PGresult *r;
   if (exec_ok(s->conn, &s->cfg, "BEGIN", err, errlen) != 0) return -1;
-  if (exec_ok(s->conn, &s->cfg, SQL_MIGRATION_LOCK, err, errlen) != 0) goto fail;
+  snprintf(sql, sizeof sql, "SET LOCAL lock_timeout = %ld", s->cfg.lock_ms);
+  if (exec_ok(s->conn, &s->cfg, sql, err, errlen) != 0) goto fail;
+  r = PQexec(s->conn, SQL_MIGRATION_LOCK);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int timed_out = state_is(r, "55P03");
+    pg_error(s->conn, r, &s->cfg, err, errlen);
+    PQclear(r);
+    PQclear(PQexec(s->conn, "ROLLBACK"));
+    if (timed_out)
+      snprintf(err, errlen, "another session has held the migration lock for lock_timeout (%ld ms)", s->cfg.lock_ms);
+    return timed_out ? -2 : -1;
+  }
+  PQclear(r);
   if (s->cfg.schema) {
     char *id = PQescapeIdentifier(s->conn, s->cfg.schema, strlen(s->cfg.schema));
     char sql[256];
@@ -1035,8 +1075,8 @@ static int l_store_migrate(lua_State *L) {
   n = ga_rawlen(L, 2);
   if ((r = ensure(L, s)) != 0) return r;
   if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot migrate while each() reads from this store");
-  if (begin_migration(s, err, sizeof err) != 0 || exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
-    return ga_fail(L, "MIGRATION", "cannot create schema_migrations: %s", err);
+  if ((r = begin_migration(s, err, sizeof err)) != 0 || exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
+    return r == -2 ? ga_fail(L, "BUSY", "%s", err) : ga_fail(L, "MIGRATION", "cannot create schema_migrations: %s", err);
   /* the versions applied already, as a Lua set at stack index `done` */
   lua_newtable(L);
   res = PQexec(s->conn, SQL_MIGRATIONS_APPLIED);
@@ -1068,7 +1108,10 @@ static int l_store_migrate(lua_State *L) {
       snprintf(vtext, sizeof vtext, "%lld", v);
       vals[0] = vtext;
       vals[1] = name;
-      if (begin_migration(s, err, sizeof err) != 0) goto failed;
+      if ((r = begin_migration(s, err, sizeof err)) != 0) {
+        if (r == -2) return ga_fail(L, "BUSY", "%s", err);
+        goto failed;
+      }
       res = PQexecParams(s->conn, SQL_MIGRATION_APPLIED, 1, NULL, vals, NULL, NULL, 0);
       if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         pg_error(s->conn, res, &s->cfg, err, sizeof err);
@@ -1494,7 +1537,8 @@ static int l_store_query(lua_State *L) {
       return fail_result(L, s, res, "cannot prepare query");
     }
     snprintf(name, sizeof name, "ga_q%u", e->id);
-    if (!inner && exec_ok(s->conn, &s->cfg, "BEGIN READ ONLY", err, sizeof err) != 0) {
+    if (!inner && (exec_ok(s->conn, &s->cfg, "BEGIN READ ONLY", err, sizeof err) != 0 ||
+                   set_query_timeout(s->conn, &s->cfg, err, sizeof err) != 0)) {
       if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) continue;
       return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin query: %s", err);
     }
@@ -1517,6 +1561,8 @@ static int l_store_query(lua_State *L) {
         continue;
       }
       if (state_is(res, "25006")) return ga_fail(L, "READONLY", "query() runs one read-only statement");
+      if (query_timed_out(&s->cfg, res))
+        return ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->cfg.query_ms);
       return fail_result(L, s, res, "query failed");
     }
     break;
@@ -1572,6 +1618,10 @@ static int l_store_each(lua_State *L) {
   if (exec_ok(s->conn, &s->cfg, sql, err, sizeof err) != 0)
     return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin each(): %s", err);
   s->each_depth = depth;
+  if (depth == 1 && set_query_timeout(s->conn, &s->cfg, err, sizeof err) != 0) {
+    end_each(s, depth);
+    return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin each(): %s", err);
+  }
   e = cached_stmt(s, lua_tostring(L, sqlidx), p, &res); /* checks the statement and settles its types */
   if (!e) {
     r = res ? (box_set(b, res), fail_result(L, s, res, "cannot prepare query")) : ga_fail(L, "NOMEM", "out of memory");
@@ -1585,8 +1635,10 @@ static int l_store_each(lua_State *L) {
   if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
     /* a statement that prepares but cannot be a cursor's query writes */
     int writes = state_is(res, "25006") || state_is(res, "42601") || state_is(res, "0A000");
-    r = writes ? ga_fail(L, "READONLY", "query() runs one read-only statement")
-               : fail_result(L, s, res, "query failed");
+    r = writes                          ? ga_fail(L, "READONLY", "query() runs one read-only statement")
+        : query_timed_out(&s->cfg, res) ? ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)",
+                                                  s->cfg.query_ms)
+                                        : fail_result(L, s, res, "query failed");
     end_each(s, depth);
     return r;
   }
@@ -1596,7 +1648,9 @@ static int l_store_each(lua_State *L) {
     res = PQexec(s->conn, sql);
     box_set(b, res);
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-      r = fail_result(L, s, res, "query failed");
+      r = query_timed_out(&s->cfg, res)
+              ? ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->cfg.query_ms)
+              : fail_result(L, s, res, "query failed");
       end_each(s, depth);
       return r;
     }

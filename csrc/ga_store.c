@@ -65,6 +65,9 @@ typedef struct {
   uint64_t deadline;  /* open(): no wait for a lock past this (ns, monotonic); 0 = none */
   uint64_t rng;       /* xorshift64 for the busy handler's jitter, never 0 */
   int guard;          /* preparing a query()/each() statement: the authorizer refuses */
+  long query_ms;      /* opts.query_timeout: a query()/each() step runs at most this long; 0 = no limit */
+  uint64_t query_deadline; /* the running query's (ns, monotonic); 0 = none */
+  int query_timed_out;     /* the progress handler interrupted it */
   int refused;        /* the authorizer refused something while guard was set */
 } store;
 
@@ -87,6 +90,36 @@ static int busy_wait(void *arg, int count) {
   s->rng = x;
   ga_sleep_ns(500000u + x % 1000000u);
   return 1;
+}
+
+/* The progress handler (installed with opts.query_timeout): interrupts a
+ * query()/each() statement past its deadline, so a query that never ends
+ * (an endless recursive CTE) returns TIMEOUT instead of holding the
+ * connection forever. The store's own statements have no deadline. */
+static int query_progress(void *arg) {
+  store *s = (store *)arg;
+  if (s->query_deadline && ga_monotonic_ns() > s->query_deadline) {
+    s->query_timed_out = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static void query_deadline_start(store *s) {
+  s->query_timed_out = 0;
+  s->query_deadline = s->query_ms ? ga_monotonic_ns() + (uint64_t)s->query_ms * 1000000u : 0;
+}
+
+static int fail_db(lua_State *L, store *s, const char *what);
+
+/* The error of a failed query()/each() step: TIMEOUT when the progress handler stopped it. */
+static int fail_query(lua_State *L, store *s) {
+  s->query_deadline = 0;
+  if (s->query_timed_out) {
+    s->query_timed_out = 0;
+    return ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->query_ms);
+  }
+  return fail_db(L, s, "query failed");
 }
 
 static store *check_store(lua_State *L) {
@@ -186,7 +219,7 @@ static int l_sqlite_open(lua_State *L) {
   size_t pathlen;
   const char *path = luaL_checklstring(L, 1, &pathlen);
   int sync = 1, journal = 0, readonly = 0, flags, rc;
-  long long busy = 5000, length_limit = 0;
+  long long busy = 5000, length_limit = 0, query_ms = 0;
   store *s;
   char sql[96];
   if (strlen(path) != pathlen) return luaL_argerror(L, 1, "database path must not contain NUL bytes");
@@ -204,7 +237,10 @@ static int l_sqlite_open(lua_State *L) {
     lua_getfield(L, 2, "length_limit");
     if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &length_limit) || length_limit < 1 || length_limit > 2147483647))
       return luaL_argerror(L, 2, "length_limit must be a positive integer number of bytes");
-    lua_pop(L, 5);
+    lua_getfield(L, 2, "query_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &query_ms) || query_ms < 0 || query_ms > 3600000))
+      return luaL_argerror(L, 2, "query_timeout must be an integer number of ms (0-3600000)");
+    lua_pop(L, 6);
   }
   /* closed userdata first, then the resource: nothing leaks if Lua raises */
   s = (store *)ga_newuserdata(L, sizeof *s);
@@ -216,6 +252,7 @@ static int l_sqlite_open(lua_State *L) {
   s->journal = journal;
   s->busy_ms = (long)busy;
   s->length_limit = length_limit;
+  s->query_ms = (long)query_ms;
 
   if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
     /* create the file ourselves so it is private (0600) from the start */
@@ -239,6 +276,7 @@ static int l_sqlite_open(lua_State *L) {
   s->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)s) | 1u;
   sqlite3_busy_handler(s->db, busy_wait, s);
   sqlite3_set_authorizer(s->db, authorize, s);
+  if (query_ms > 0) sqlite3_progress_handler(s->db, 1000, query_progress, s);
   if (length_limit > 0) sqlite3_limit(s->db, SQLITE_LIMIT_LENGTH, (int)length_limit);
   /* every wait for a lock below ends by busy_timeout after open began: one
    * budget for the whole open, not one per statement (or per retry) */
@@ -410,7 +448,9 @@ static int check_row_size(store *s, const ga_row *row, char *err, size_t errlen)
     total += (long long)row->col[i].n;
   }
   if (total + ROW_OVERHEAD > limit) {
-    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total, limit);
+    /* the record's overhead counted in: "1298 bytes exceed ... 2000" read as a wrong refusal */
+    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total + ROW_OVERHEAD,
+             limit);
     return -1;
   }
   return 0;
@@ -787,15 +827,17 @@ static int l_store_query(lua_State *L) {
   if (!st) return 3;
   ncols = sqlite3_column_count(st);
   lua_newtable(L);
+  query_deadline_start(s); /* one deadline for all of the call's steps */
   while ((rc = step_guarded(s, st)) == SQLITE_ROW) {
     push_row(L, st, ncols);
     lua_rawseti(L, -2, ++nrows);
   }
   if (rc != SQLITE_DONE) {
-    int r = fail_db(L, s, "query failed");
+    int r = fail_query(L, s);
     release(s, st);
     return r;
   }
+  s->query_deadline = 0;
   release(s, st);
   return 1;
 }
@@ -815,8 +857,10 @@ static int l_store_each(lua_State *L) {
   st = prepare_bound(L, s, 1); /* its own statement: fn may query the same store */
   if (!st) return 3;
   ncols = sqlite3_column_count(st);
-  while ((rc = step_guarded(s, st)) == SQLITE_ROW) {
+  /* each step has its own deadline (fn's time between steps is not counted) */
+  while ((query_deadline_start(s), rc = step_guarded(s, st)) == SQLITE_ROW) {
     int stop;
+    s->query_deadline = 0; /* fn may query() the store: that call sets its own */
     lua_pushvalue(L, 4);
     push_row(L, st, ncols);
     if (lua_pcall(L, 1, 1, 0) != 0) {
@@ -836,10 +880,11 @@ static int l_store_each(lua_State *L) {
     }
   }
   if (rc != SQLITE_DONE) {
-    int r = fail_db(L, s, "query failed");
+    int r = fail_query(L, s);
     sqlite3_finalize(st);
     return r;
   }
+  s->query_deadline = 0;
   sqlite3_finalize(st);
   ga_pushint64(L, n);
   return 1;

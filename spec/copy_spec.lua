@@ -89,10 +89,11 @@ describe("core.json_decode()", function()
     end
   end)
 
-  it("reads escapes, surrogate pairs and raw UTF-8", function()
+  it("reads escapes, surrogate pairs and raw UTF-8; a lone surrogate becomes U+FFFD (it has no UTF-8 form)", function()
     local v = assert(core.json_decode('["a\\"b\\\\c\\/d\\b\\f\\n\\r\\t", "\\u00e9\\u20ac\\ud83d\\ude00", "caf\195\169",'
       .. ' "\\ud800x"]'))
-    assert.same({ 'a"b\\c/d\b\f\n\r\t', "\195\169\226\130\172\240\159\152\128", "caf\195\169", "\237\160\128x" }, v)
+    assert.same({ 'a"b\\c/d\b\f\n\r\t', "\195\169\226\130\172\240\159\152\128", "caf\195\169", "\239\191\189x" }, v)
+    assert.same({ "\239\191\189", "a\239\191\189" }, assert(core.json_decode('["\\udc00", "a\\ud83d"]')))
   end)
 
   it("gives back the bytes of a document genaudit wrote, through the row builder", function()

@@ -125,13 +125,22 @@ function Client:complete(run, kind, messages, params)
   run.model_identifier = parsed.model_identifier or run.model_identifier
   local key, reason = pricing_for(self.pricing, parsed.model_identifier, provider.model)
   local u = parsed.usage
-  local ok, merr = run.meter:add_call{
+  local call = {
     kind = kind, model = key or parsed.model_identifier or provider.model,
     prices = key and self.pricing:price_table() or nil, unpriced_reason = reason,
     prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens, total_tokens = u.total_tokens,
     cached_prompt_tokens = u.cached_prompt_tokens, cache_write_tokens = u.cache_write_tokens,
     reasoning_tokens = u.reasoning_tokens, provider_cost = parsed.provider_cost, provider_wait_us = wait_us,
   }
+  local ok, merr = run.meter:add_call(call)
+  if not ok and (call.provider_cost ~= nil or not key) then
+    -- a provider cost the meter cannot hold (1e300 USD) or a reported model
+    -- too long for it must not cost the call its usage: the call is kept
+    -- without them (an unusable billed cost is ignored, as a negative one is)
+    call.provider_cost = nil
+    if not key then call.model = nil end
+    ok, merr = run.meter:add_call(call)
+  end
   if not ok then
     if run.content == nil then run.content = parsed.content else entry.content = parsed.content end
     failed_call("no_usage", parsed.model_identifier)

@@ -29,6 +29,10 @@ end
 
 local ID_TYPES = { string = true, number = true }
 
+-- Request parameters a context may not carry: the body builders set them
+-- from the prompt and the provider (providers.lua).
+M.RESERVED_PARAMS = { "model", "messages", "system" }
+
 -- GenerationContext{ org_id, user_id, platform, template_id, business = {name,
 -- tone, ...}, knowledge = {...}, facts = {...}, tone_override, params = {
 -- temperature, max_tokens, seed, ... } } -> context, or nil, "INVALID: ..."
@@ -48,6 +52,14 @@ function M.GenerationContext(t)
   end
   if t.tone_override ~= nil and type(t.tone_override) ~= "string" then
     return nil, "INVALID: tone_override must be a string", "INVALID"
+  end
+  -- the request body's own fields: a parameter of that name would replace
+  -- what the snapshot records (the prompts, the requested model)
+  for _, k in ipairs(M.RESERVED_PARAMS) do
+    if t.params ~= nil and rawget(t.params, k) ~= nil then
+      return nil, "INVALID: params." .. k .. " is set by genaudit (the snapshot records it); it cannot be a parameter",
+        "INVALID"
+    end
   end
   return {
     org_id = t.org_id, user_id = t.user_id, platform = t.platform, template_id = t.template_id,

@@ -73,9 +73,16 @@ end
 -- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
 -- unless opts.migrate == false. opts: synchronous, journal_mode,
 -- busy_timeout (ms), readonly, length_limit (SQLite: bytes per value and per
--- row, lowers SQLITE_LIMIT_LENGTH), migrations_dir, async (true or the options of
+-- row, lowers SQLITE_LIMIT_LENGTH), query_timeout (ms: the longest a query()
+-- call or an each() step runs; both stores; M.QUERY_TIMEOUT_MS by default, 0 =
+-- no limit), migrations_dir, async (true or the options of
 -- store:start_async); PostgreSQL: connect_timeout (s), reconnect_timeout (ms),
--- schema (created by migrate, first on the search_path).
+-- lock_timeout (ms: the wait for the migration lock), schema (created by
+-- migrate, first on the search_path).
+-- A query cannot hang the host by default: a minute is far beyond any report
+-- on 1M rows (tens of ms) and still a bound.
+M.QUERY_TIMEOUT_MS = 60000
+
 function M.open(url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'open' (table expected, got " .. type(opts) .. ")", 2)
@@ -83,14 +90,18 @@ function M.open(url, opts)
   opts = opts or {}
   local backend, path, code = parse_url(url)
   if not backend then return nil, path, code end
+  local query_timeout = opts.query_timeout
+  if query_timeout == nil then query_timeout = M.QUERY_TIMEOUT_MS end
   local conn, err
   if backend == "postgresql" then
     conn, err, code = core.pg_open(path, { connect_timeout = opts.connect_timeout,
-      reconnect_timeout = opts.reconnect_timeout, schema = opts.schema, readonly = opts.readonly })
+      reconnect_timeout = opts.reconnect_timeout, lock_timeout = opts.lock_timeout, schema = opts.schema,
+      readonly = opts.readonly, query_timeout = query_timeout })
   else
     conn, err, code = core.sqlite_open(path, {
       synchronous = opts.synchronous, journal_mode = opts.journal_mode,
       busy_timeout = opts.busy_timeout, readonly = opts.readonly, length_limit = opts.length_limit,
+      query_timeout = query_timeout,
     })
   end
   if not conn then return nil, err, code end
