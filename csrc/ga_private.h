@@ -147,7 +147,7 @@ int ga_writer_flush(ga_writer *w, long timeout_ms);
 void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st);
 /* Drains the queue, joins the thread, frees everything. */
 void ga_writer_stop(ga_writer *w);
-/* A writer backend: SQLite's in ga_writer.c, PostgreSQL's in ga_pg.c. The
+/* A writer backend: SQLite's in ga_writer.c, PostgreSQL's in ga_pg_writer.c. The
  * connection belongs to the writer thread. write_batch writes batch[0..n)
  * (NULL entries skipped) in one transaction: 0 when committed, -1 to retry
  * after a backoff (nothing committed), -2 when waiting will not help (the
@@ -167,20 +167,11 @@ void ga_writer_item_cols(const ga_writer_item *it, ga_text cols[GA_NCOLS]); /* p
 void ga_writer_refuse(ga_writer *w, ga_writer_item **batch, int i, const char *msg);
 void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_error = "what: msg" */
 
-/* Shared store methods (ga_core.c) over a backend's optional writer:
- * flush([timeout_ms]) -> true | nil, err, code; stats() -> table (on top). */
-int ga_store_flush(lua_State *L, ga_writer *w);
-/* The options of start_async{ queue, batch, max_bytes, on_full } at idx into
- * *o (the backend fills the rest); raises on a bad option. */
-void ga_check_async_opts(lua_State *L, int idx, ga_writer_opts *o);
-/* Checks the migration list { {version=, name=, sql=}, ... } at idx before
- * any of it runs; raises on a malformed entry. */
-void ga_check_migrations(lua_State *L, int idx);
-int ga_store_stats(lua_State *L, ga_writer *w, uint64_t persisted);
+/* The store driver contract and what the backends share: ga_store.h. */
 
 /* ---- further concerns register themselves below ---- */
 
-/* ---- PostgreSQL store over libpq (ga_pg.c): core.pg_open ---- */
+/* ---- PostgreSQL store over libpq (ga_pg*.c, ga_pg.h): core.pg_open ---- */
 void ga_open_pg(lua_State *L);
 
 /* ---- token accounting and cost (ga_meter.c) ---- */
