@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.." || exit 2
 mode=${1:-run}
 FUZZ_CC=${FUZZ_CC:-clang}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
-TARGETS=${FUZZ_TARGETS:-"decimal json jsondec row ulid retry_after"}
+TARGETS=${FUZZ_TARGETS:-"decimal json jsondec row ulid retry_after pgsql"}
 PC=${PKG_CONFIG:-pkg-config}
 LUA54_INCDIR=${LUA54_INCDIR:-$($PC --cflags lua5.4)}
 DEPS="sqlite3 libcurl"
@@ -35,7 +35,10 @@ build() {
   objs=""
   for src in csrc/*.c; do
     obj="$OUT/obj/$(basename "$src" .c).o"
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ csrc/ga_private.h -nt "$obj" ]; then
+    stale=0
+    [ -f "$obj" ] && [ ! "$src" -nt "$obj" ] || stale=1
+    for h in csrc/*.h; do [ "$h" -nt "$obj" ] && stale=1; done
+    if [ "$stale" = 1 ]; then
       # shellcheck disable=SC2086
       $FUZZ_CC $CFLAGS $SAN -fsanitize=fuzzer-no-link $LUA54_INCDIR $DEP_CFLAGS -c "$src" -o "$obj" || return 1
     fi
