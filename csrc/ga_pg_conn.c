@@ -262,18 +262,12 @@ static void store_close_impl(pgstore *s) {
   cfg_free(&s->cfg);
 }
 
-static int l_store_close(lua_State *L) {
-  pgstore *s = (pgstore *)luaL_checkudata(L, 1, PG_MT);
-  store_close_impl(s);
-  lua_pushboolean(L, 1);
-  return 1;
-}
+static void close_base(ga_store_base *b) { store_close_impl((pgstore *)b); }
 
-static int l_store_tostring(lua_State *L) {
-  pgstore *s = (pgstore *)luaL_checkudata(L, 1, PG_MT);
+static void describe(lua_State *L, ga_store_base *b) {
+  pgstore *s = (pgstore *)b;
   if (!s->conn) lua_pushliteral(L, "genaudit.pg_store (closed)");
   else lua_pushfstring(L, "genaudit.pg_store (%s)", s->cfg.display);
-  return 1;
 }
 
 /* store:url() -> the URL without its password */
@@ -386,11 +380,9 @@ void ga_open_pg(lua_State *L) {
                                      {"query", pg_query},
                                      {"each", pg_each},
                                      {"url", l_store_url},
-                                     {"close", l_store_close},
                                      {NULL, NULL}};
-  static const ga_store_driver driver = {PG_MT,           methods,      l_store_close, l_store_tostring,
-                                         check_base,      pg_check_row, pg_id_stored,  pg_insert,
-                                         pg_start_writer, pg_stats};
+  static const ga_store_driver driver = {PG_MT,        methods,      check_base, close_base, describe,
+                                         pg_check_row, pg_id_stored, pg_insert,  pg_start_writer, pg_stats};
   ga_store_newclass(L, &driver);
   luaL_newmetatable(L, BOX_MT);
   lua_pushcfunction(L, pg_box_gc);

@@ -95,18 +95,12 @@ static int store_close_impl(store *s) {
   return 0;
 }
 
-static int l_store_close(lua_State *L) {
-  store *s = (store *)luaL_checkudata(L, 1, STORE_MT);
-  store_close_impl(s);
-  lua_pushboolean(L, 1);
-  return 1;
-}
+static void close_base(ga_store_base *b) { store_close_impl((store *)b); }
 
-static int l_store_tostring(lua_State *L) {
-  store *s = (store *)luaL_checkudata(L, 1, STORE_MT);
+static void describe(lua_State *L, ga_store_base *b) {
+  store *s = (store *)b;
   if (!s->db) lua_pushliteral(L, "genaudit.sqlite_store (closed)");
   else lua_pushfstring(L, "genaudit.sqlite_store (%s)", sqlite3_db_filename(s->db, "main"));
-  return 1;
 }
 
 static ga_store_base *check_base(lua_State *L) { return &ga_sqlite_check(L)->base; }
@@ -447,11 +441,9 @@ void ga_open_store(lua_State *L) {
                                      {"query", ga_sqlite_query},
                                      {"each", ga_sqlite_each},
                                      {"filename", l_store_filename},
-                                     {"close", l_store_close},
                                      {NULL, NULL}};
-  static const ga_store_driver driver = {STORE_MT,      methods,        l_store_close, l_store_tostring,
-                                         check_base,    check_row_size, id_stored,     insert_row,
-                                         start_writer,  NULL};
+  static const ga_store_driver driver = {STORE_MT,     methods,   check_base, close_base,    describe,
+                                         check_row_size, id_stored, insert_row, start_writer, NULL};
   ga_store_newclass(L, &driver);
   lua_pushcfunction(L, l_sqlite_open);
   lua_setfield(L, -2, "sqlite_open");

@@ -21,8 +21,11 @@
  *                                          $name), NULL columns absent
  *   store:each(sql, params, fn) -> seen    the same, streamed; fn -> false stops
  *   store:filename() (SQLite) / store:url() (PostgreSQL, no password)
- *   store:close(), __gc, __close, __tostring
  * and, through the driver table, the backend half of the shared methods:
+ *   close        drains and stops the writer (nothing acknowledged is
+ *                dropped), releases everything; safe to call twice
+ *   describe     pushes the __tostring text ("genaudit.<x>_store (where)",
+ *                or "(closed)")
  *   check        the open store at index 1 (raises on a closed one)
  *   check_row    what this database would refuse of a stamped row (its size
  *                limits, text it cannot hold): refused before anything is
@@ -45,7 +48,8 @@
  *   store:start_async(opts)    ga_check_async_opts, READONLY / already ASYNC,
  *                              then start_writer
  *   store:flush([timeout_ms]), store:stats()   over the optional writer
- *   the method table: the backend's methods plus the four above. */
+ *   store:close(), __gc, __close, __tostring   over close and describe
+ *   the method table: the backend's methods plus the ones above. */
 #ifndef GA_STORE_H
 #define GA_STORE_H
 
@@ -62,8 +66,9 @@ typedef struct {
 typedef struct {
   const char *tname;       /* the metatable's name */
   const luaL_Reg *methods; /* the backend's own methods (see above) */
-  lua_CFunction gc, tostring;
   ga_store_base *(*check)(lua_State *L);
+  void (*close)(ga_store_base *b);
+  void (*describe)(lua_State *L, ga_store_base *b);
   int (*check_row)(ga_store_base *b, const ga_row *row, char *err, size_t errlen); /* 0, or -1 + err */
   int (*id_stored)(lua_State *L, ga_store_base *b, const char *id26);
   int (*insert)(lua_State *L, ga_store_base *b, const ga_row *row);
@@ -73,7 +78,8 @@ typedef struct {
 } ga_store_driver;
 
 /* Registers the store class of d: ga_newclass with d->methods, plus persist,
- * start_async, flush and stats (each holds d as its upvalue). d must be
+ * start_async, flush, stats, close and the metamethods (each holds d as its
+ * upvalue). d must be
  * static: the methods keep pointing at it. */
 void ga_store_newclass(lua_State *L, const ga_store_driver *d);
 

@@ -188,16 +188,37 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
+/* store:close() -> true; also __gc and __close. */
+static int l_close(lua_State *L) {
+  const ga_store_driver *d = driver(L);
+  d->close((ga_store_base *)luaL_checkudata(L, 1, d->tname));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_tostring(lua_State *L) {
+  const ga_store_driver *d = driver(L);
+  d->describe(L, (ga_store_base *)luaL_checkudata(L, 1, d->tname));
+  return 1;
+}
+
 void ga_store_newclass(lua_State *L, const ga_store_driver *d) {
-  static const luaL_Reg shared[] = {{"persist", l_persist},
-                                    {"start_async", l_start_async},
-                                    {"flush", l_flush},
-                                    {"stats", l_stats},
-                                    {NULL, NULL}};
-  ga_newclass(L, d->tname, d->methods, d->gc, d->tostring);
+  static const luaL_Reg shared[] = {{"persist", l_persist}, {"start_async", l_start_async}, {"flush", l_flush},
+                                    {"stats", l_stats},     {"close", l_close},             {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", l_close},
+#if GA_HAS_CLOSE
+                                  {"__close", l_close},
+#endif
+                                  {"__tostring", l_tostring},
+                                  {NULL, NULL}};
+  /* ga_newclass's own metamethods are replaced below by the closures over d */
+  ga_newclass(L, d->tname, d->methods, l_close, l_tostring);
   luaL_getmetatable(L, d->tname);
   lua_getfield(L, -1, "__index");
   lua_pushlightuserdata(L, (void *)(uintptr_t)d);
   luaL_setfuncs(L, shared, 1);
-  lua_pop(L, 2);
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)d);
+  luaL_setfuncs(L, meta, 1);
+  lua_pop(L, 1);
 }
