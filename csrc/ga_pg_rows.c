@@ -76,38 +76,25 @@ static const char *bind_value(lua_State *L, params *p, int i, int vidx) {
   long long iv;
   p->formats[i] = 0;
   p->lengths[i] = 0;
-  switch (lua_type(L, vidx)) {
-    case LUA_TNUMBER:
-#if LUA_VERSION_NUM >= 503
-      if (lua_isinteger(L, vidx)) {
-        snprintf(p->num[i], 32, "%lld", (long long)lua_tointeger(L, vidx));
-        p->types[i] = OID_INT8;
-        p->sig[i] = 'i';
-        p->values[i] = p->num[i];
-        return NULL;
-      }
-#else
-      if (ga_tointeger(L, vidx, &iv) && iv > -9007199254740992LL && iv < 9007199254740992LL) {
-        snprintf(p->num[i], 32, "%lld", iv);
-        p->types[i] = OID_INT8;
-        p->sig[i] = 'i';
-        p->values[i] = p->num[i];
-        return NULL;
-      }
-#endif
-      (void)iv;
-      {
-        double d = (double)lua_tonumber(L, vidx);
-        if (d != d) snprintf(p->num[i], 32, "NaN");
-        else if (d > 1.7976931348623157e308) snprintf(p->num[i], 32, "Infinity");
-        else if (d < -1.7976931348623157e308) snprintf(p->num[i], 32, "-Infinity");
-        else snprintf(p->num[i], 32, "%.17g", d);
-      }
+  switch (ga_store_param(L, vidx, &iv)) {
+    case GA_PARAM_INT:
+      snprintf(p->num[i], 32, "%lld", iv);
+      p->types[i] = OID_INT8;
+      p->sig[i] = 'i';
+      p->values[i] = p->num[i];
+      return NULL;
+    case GA_PARAM_FLOAT: {
+      double d = (double)lua_tonumber(L, vidx);
+      if (d != d) snprintf(p->num[i], 32, "NaN");
+      else if (d > 1.7976931348623157e308) snprintf(p->num[i], 32, "Infinity");
+      else if (d < -1.7976931348623157e308) snprintf(p->num[i], 32, "-Infinity");
+      else snprintf(p->num[i], 32, "%.17g", d);
       p->types[i] = OID_FLOAT8;
       p->sig[i] = 'f';
       p->values[i] = p->num[i];
       return NULL;
-    case LUA_TSTRING: {
+    }
+    case GA_PARAM_TEXT: {
       size_t n;
       const char *s = lua_tolstring(L, vidx, &n);
       if (memchr(s, '\0', n)) return "PostgreSQL text cannot contain NUL bytes";
@@ -116,19 +103,16 @@ static const char *bind_value(lua_State *L, params *p, int i, int vidx) {
       p->values[i] = s;
       return NULL;
     }
-    case LUA_TBOOLEAN:
+    case GA_PARAM_BOOL:
       p->types[i] = OID_BOOL;
       p->sig[i] = 'b';
       p->values[i] = lua_toboolean(L, vidx) ? "t" : "f";
       return NULL;
-    case LUA_TLIGHTUSERDATA:
-      if (ga_isnull(L, vidx)) {
-        p->types[i] = 0;
-        p->sig[i] = 'n';
-        p->values[i] = NULL;
-        return NULL;
-      }
-      /* fall through */
+    case GA_PARAM_NULL:
+      p->types[i] = 0;
+      p->sig[i] = 'n';
+      p->values[i] = NULL;
+      return NULL;
     default: return luaL_typename(L, vidx);
   }
 }

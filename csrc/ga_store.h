@@ -49,7 +49,8 @@
  *                              then start_writer
  *   store:flush([timeout_ms]), store:stats()   over the optional writer
  *   store:close(), __gc, __close, __tostring   over close and describe
- *   the method table: the backend's methods plus the ones above. */
+ *   the method table: the backend's methods plus the ones above;
+ *   ga_store_param: what a query parameter binds as (each backend binds it). */
 #ifndef GA_STORE_H
 #define GA_STORE_H
 
@@ -98,5 +99,12 @@ void ga_check_migrations(lua_State *L, int idx);
  * its version, name and sql (the caller pops 4) and returns them. */
 void ga_migration_get(lua_State *L, int idx, size_t i, long long *version, const char **name, size_t *namelen,
                       const char **sql);
+
+/* What the query()/each() parameter at idx binds as: GA_PARAM_INT (*iv set:
+ * a Lua 5.4 integer; on LuaJIT a number with an integral value inside
+ * +-2^53), _FLOAT (any other number), _TEXT, _BOOL, _NULL (core.null), or
+ * _BAD (a type no backend binds). */
+enum { GA_PARAM_BAD, GA_PARAM_INT, GA_PARAM_FLOAT, GA_PARAM_TEXT, GA_PARAM_BOOL, GA_PARAM_NULL };
+int ga_store_param(lua_State *L, int idx, long long *iv);
 
 #endif

@@ -1,7 +1,8 @@
 /* ga_store_common.c — what every snapshot store backend shares (the
  * contract is in ga_store.h): the option and migration-list checks, the
- * methods persist (preamble and sync-vs-async branch), start_async, flush
- * and stats over a backend's driver table, and the class registration. */
+ * methods persist (preamble and sync-vs-async branch), start_async, flush,
+ * stats and close over a backend's driver table, the class registration,
+ * and what a query parameter binds as. */
 #include <stdio.h>
 #include <string.h>
 #include "ga_store.h"
@@ -102,6 +103,25 @@ void ga_migration_get(lua_State *L, int idx, size_t i, long long *version, const
   *name = lua_tolstring(L, -1, namelen);
   lua_getfield(L, -3, "sql");
   *sql = lua_tostring(L, -1);
+}
+
+int ga_store_param(lua_State *L, int idx, long long *iv) {
+  switch (lua_type(L, idx)) {
+    case LUA_TNUMBER:
+#if LUA_VERSION_NUM >= 503
+      if (lua_isinteger(L, idx)) {
+        *iv = (long long)lua_tointeger(L, idx);
+        return GA_PARAM_INT;
+      }
+#else
+      if (ga_tointeger(L, idx, iv) && *iv > -9007199254740992LL && *iv < 9007199254740992LL) return GA_PARAM_INT;
+#endif
+      return GA_PARAM_FLOAT;
+    case LUA_TSTRING: return GA_PARAM_TEXT;
+    case LUA_TBOOLEAN: return GA_PARAM_BOOL;
+    case LUA_TLIGHTUSERDATA: return ga_isnull(L, idx) ? GA_PARAM_NULL : GA_PARAM_BAD;
+    default: return GA_PARAM_BAD;
+  }
 }
 
 static const ga_store_driver *driver(lua_State *L) {

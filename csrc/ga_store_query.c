@@ -128,35 +128,17 @@ static int is_cached(store *s, sqlite3_stmt *st) {
 static const char *bind_value(lua_State *L, sqlite3_stmt *st, int i, int vidx) {
   long long iv;
   int rc;
-  switch (lua_type(L, vidx)) {
-    case LUA_TNUMBER:
-#if LUA_VERSION_NUM >= 503
-      if (lua_isinteger(L, vidx)) {
-        rc = sqlite3_bind_int64(st, i, (sqlite3_int64)lua_tointeger(L, vidx));
-        break;
-      }
-#else
-      if (ga_tointeger(L, vidx, &iv) && iv > -9007199254740992LL && iv < 9007199254740992LL) {
-        rc = sqlite3_bind_int64(st, i, (sqlite3_int64)iv);
-        break;
-      }
-#endif
-      (void)iv;
-      rc = sqlite3_bind_double(st, i, (double)lua_tonumber(L, vidx));
-      break;
-    case LUA_TSTRING: {
+  switch (ga_store_param(L, vidx, &iv)) {
+    case GA_PARAM_INT: rc = sqlite3_bind_int64(st, i, (sqlite3_int64)iv); break;
+    case GA_PARAM_FLOAT: rc = sqlite3_bind_double(st, i, (double)lua_tonumber(L, vidx)); break;
+    case GA_PARAM_TEXT: {
       size_t n;
       const char *p = lua_tolstring(L, vidx, &n);
       rc = sqlite3_bind_text64(st, i, p, n, SQLITE_TRANSIENT, SQLITE_UTF8);
       break;
     }
-    case LUA_TBOOLEAN: rc = sqlite3_bind_int(st, i, lua_toboolean(L, vidx)); break;
-    case LUA_TLIGHTUSERDATA:
-      if (ga_isnull(L, vidx)) {
-        rc = sqlite3_bind_null(st, i);
-        break;
-      }
-      /* fall through */
+    case GA_PARAM_BOOL: rc = sqlite3_bind_int(st, i, lua_toboolean(L, vidx)); break;
+    case GA_PARAM_NULL: rc = sqlite3_bind_null(st, i); break;
     default: return luaL_typename(L, vidx);
   }
   if (rc == SQLITE_OK) return NULL;
