@@ -1,5 +1,6 @@
-/* ga_compat.h — the one place that knows Lua 5.1/LuaJIT from Lua 5.4.
- * Everything else in csrc/ writes against the 5.4 names used here. */
+/* ga_compat.h — the one place that knows Lua 5.1/LuaJIT from Lua 5.4
+ * (the only file that tests LUA_VERSION_NUM). Everything else in csrc/ writes
+ * against the names defined here; helpers built on them are in ga_aux.h. */
 #ifndef GA_COMPAT_H
 #define GA_COMPAT_H
 
@@ -25,15 +26,16 @@
 #define ga_absindex(L, i) ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
 #endif
 
+#if LUA_VERSION_NUM >= 503
+#define GA_HAS_INTEGER 1
+#define ga_isinteger(L, i) lua_isinteger((L), (i))
+#else
+/* no integer subtype: every number is a double */
+#define GA_HAS_INTEGER 0
+#define ga_isinteger(L, i) 0
+#endif
+
 /* Pushes the "failure" value: nil on every version (luaL_pushfail is 5.4 only). */
 #define ga_pushfail(L) lua_pushnil(L)
-
-/* True when the value at idx is a number holding an integer; stores it in *out.
- * On 5.4 a float with an integral value counts too (42.0 from cjson). */
-int ga_tointeger(lua_State *L, int idx, long long *out);
-
-/* Pushes a 64-bit integer: a Lua integer on 5.4, a double on LuaJIT (exact up
- * to 2^53, which every token count and duration in µs stays under). */
-void ga_pushint64(lua_State *L, long long v);
 
 #endif

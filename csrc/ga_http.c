@@ -1,6 +1,7 @@
 /* ga_http.c — the blocking libcurl HTTP client behind core.http_client: one
- * easy handle per client (keep-alive across requests), the retry loop with
- * exponential backoff, jitter and Retry-After in plain C, per-attempt timings,
+ * easy handle per client (keep-alive across requests), the retry loop (the
+ * policy itself — what is retried, backoff, Retry-After, error codes — is
+ * ga_retry.c's, shared with the cosocket transport), per-attempt timings,
  * and failure messages that name host:port only — never the URL's query
  * string, userinfo, a header value or the body, where API keys live.
  * This transport blocks by design; the OpenResty transport is separate. */
@@ -18,14 +19,13 @@
 
 #define HTTP_MT "genaudit.http_client"
 #define HTTP_MAX_RETRIES 20
-#define HTTP_MAX_MS 86400000LL /* one day: the largest timeout or backoff accepted */
+#define HTTP_MAX_MS GA_RETRY_MAX_MS /* one day: the largest timeout or backoff accepted */
 #define HTTP_HOSTPORT_MAX 264 /* 255-byte host, ":", 5-digit port, NUL */
 #define HTTP_MSG_MAX 768
 #define HTTP_MAX_HEADER_BYTES (1024 * 1024) /* response header lines of one status, in total */
 
-/* failure classes; the names are the third result of a failed request */
-enum { E_OK, E_TIMEOUT, E_CONNECT, E_HTTP, E_TOO_LARGE };
-static const char *const ecode_names[] = {"OK", "TIMEOUT", "CONNECT", "HTTP", "TOO_LARGE"};
+/* a successful attempt's kind; failed ones have a GA_XF_* (ga_retry.c) */
+#define E_OK (-1)
 
 enum { M_POST, M_GET, M_PUT, M_PATCH, M_DELETE, M_HEAD };
 static const char *const method_names[] = {"POST", "GET", "PUT", "PATCH", "DELETE", "HEAD", NULL};
@@ -43,12 +43,12 @@ typedef struct {
 
 typedef struct {
   int status;               /* HTTP status; 0 when the transfer failed */
-  int ecode;                /* E_OK or the failure class */
+  int ecode;                /* E_OK or the GA_XF_* failure kind */
   long long retry_after_ms; /* -1: no usable Retry-After */
   long long slept_ms;       /* -1: no sleep followed this attempt */
   long long t_us[6];        /* dns, connect, tls, pretransfer, first byte, total */
   long long wait_us;        /* around curl_easy_perform, by ga_monotonic_ns */
-  char msg[HTTP_MSG_MAX];   /* failure description without the "HTTP: " prefix */
+  char msg[HTTP_MSG_MAX];   /* failure description without the "CODE: " prefix */
 } http_attempt;
 
 typedef struct {
@@ -154,37 +154,6 @@ static int next_header(const ga_buf *h, size_t *pos, const char **name, size_t *
   return 0;
 }
 
-/* Retry-After as ms from now: delta-seconds or an HTTP-date (past dates give
- * 0). Returns -1 when the value is neither. */
-static long long parse_retry_after(const char *v, size_t n) {
-  char tmp[64];
-  time_t t;
-  long long ms, now;
-  size_t i;
-  if (n == 0) return -1;
-  for (i = 0; i < n && v[i] >= '0' && v[i] <= '9'; i++) {
-  } /* v is not NUL-terminated: never strspn past n */
-  if (i == n) {
-    long long s = 0;
-    for (i = 0; i < n; i++) {
-      s = s * 10 + (v[i] - '0');
-      if (s > HTTP_MAX_MS / 1000) return HTTP_MAX_MS; /* capped later anyway */
-    }
-    return s * 1000;
-  }
-  if (n >= sizeof tmp) return -1;
-  memcpy(tmp, v, n);
-  tmp[n] = '\0';
-  t = curl_getdate(tmp, NULL);
-  if (t == (time_t)-1) return -1;
-  now = (long long)ga_realtime_ms();
-  /* curl_getdate takes any year: cap before scaling, t * 1000 could overflow */
-  if ((long long)t <= now / 1000) return 0;
-  if ((long long)t - now / 1000 > HTTP_MAX_MS / 1000) return HTTP_MAX_MS;
-  ms = (long long)t * 1000 - now;
-  return ms < 0 ? 0 : ms;
-}
-
 long long ga_http_retry_after(const char *head, size_t len) {
   ga_buf h;
   size_t pos = 0, nlen, vlen;
@@ -194,7 +163,7 @@ long long ga_http_retry_after(const char *head, size_t len) {
   h.len = h.cap = len;
   h.oom = 0;
   while (next_header(&h, &pos, &name, &nlen, &val, &vlen))
-    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0) r = parse_retry_after(val, vlen);
+    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0) r = ga_retry_after_value(val, vlen);
   return r;
 }
 
@@ -208,29 +177,6 @@ static uint64_t xorshift64(uint64_t *s) {
   x ^= x << 17;
   return *s = x;
 }
-
-/* Sleep before try i+1 (i from 0): Retry-After when the server sent one,
- * else backoff_ms * 2^i with equal jitter (half fixed, half random, so many
- * clients spread out); both capped at max_backoff_ms. */
-static long long backoff_ms(uint64_t *rng, const http_request *rq, int i, long long retry_after) {
-  long long d = rq->backoff_ms, half;
-  int k;
-  if (retry_after >= 0) return retry_after < rq->max_backoff_ms ? retry_after : rq->max_backoff_ms;
-  for (k = 0; k < i && d < rq->max_backoff_ms; k++) d *= 2;
-  if (d > rq->max_backoff_ms) d = rq->max_backoff_ms;
-  half = d / 2;
-  return half + (long long)(xorshift64(rng) % (uint64_t)(d - half + 1));
-}
-
-static void sleep_ms(long long ms) {
-  struct timespec ts;
-  ts.tv_sec = (time_t)(ms / 1000);
-  ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static int retry_status(int st) { return st == 429 || st == 500 || st == 502 || st == 503 || st == 504; }
 
 /* ---- libcurl callbacks (no Lua in here: they must never raise) ---- */
 
@@ -282,72 +228,90 @@ static const char *os_error(CURL *h, CURLcode rc) {
   return e ? strerror((int)e) : curl_easy_strerror(rc);
 }
 
-/* Describes a failed transfer in a->msg and a->ecode from the curl code and
- * the handle's state. Returns 1 when another try may succeed. Messages are
- * composed here from host:port and libcurl's fixed strings only: the error
- * buffer is used for TLS failures alone, which never quote the URL. */
-static int classify(http_client *c, const http_request *rq, http_attempt *a, CURLcode rc) {
+/* Describes a failed transfer in a->msg and a->ecode (a GA_XF_* kind, which
+ * says the code and whether to retry) from the curl code and the handle's
+ * state. Messages are composed here from host:port and libcurl's fixed
+ * strings only: the error buffer is used for TLS failures alone, which never
+ * quote the URL. The cosocket transport (openresty.lua) words the same
+ * failures the same way. */
+static void classify(http_client *c, const http_request *rq, http_attempt *a, CURLcode rc) {
   const char *hp = rq->hostport;
   char *m = a->msg;
   size_t ml = sizeof a->msg;
-  a->ecode = E_HTTP;
   switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
-      a->ecode = E_TIMEOUT;
-      if (a->t_us[3] > 0) /* pretransfer reached: the request went out */
+      if (a->t_us[3] > 0) { /* pretransfer reached: the request went out */
+        a->ecode = GA_XF_TIMEOUT;
         snprintf(m, ml, "no response from %s within timeout_ms=%ld", hp, rq->timeout_ms);
-      else
+      } else {
+        a->ecode = GA_XF_CONNECT_TIMEOUT;
         snprintf(m, ml, "timed out connecting to %s (connect_timeout_ms=%ld, timeout_ms=%ld)", hp,
                  rq->connect_timeout_ms, rq->timeout_ms);
-      return 1;
+      }
+      return;
     case CURLE_COULDNT_CONNECT:
-      a->ecode = E_CONNECT;
+      a->ecode = GA_XF_REFUSED;
       snprintf(m, ml, "could not connect to %s: %s", hp, os_error(c->curl, rc));
-      return 1;
+      return;
     case CURLE_COULDNT_RESOLVE_HOST:
-      a->ecode = E_CONNECT;
+      a->ecode = GA_XF_RESOLVE;
       snprintf(m, ml, "could not resolve the host of %s", hp);
-      return 1;
+      return;
     case CURLE_COULDNT_RESOLVE_PROXY:
-      a->ecode = E_CONNECT;
+      a->ecode = GA_XF_RESOLVE;
       snprintf(m, ml, "could not resolve the proxy for %s", hp);
-      return 1;
+      return;
     case CURLE_FILESIZE_EXCEEDED:
-      a->ecode = E_TOO_LARGE;
+      a->ecode = GA_XF_TOO_LARGE;
       snprintf(m, ml, "response from %s exceeds max_response_bytes=%lld", hp, c->max_response_bytes);
-      return 0;
+      return;
     case CURLE_WRITE_ERROR:
       if (c->too_large == 1) {
-        a->ecode = E_TOO_LARGE;
+        a->ecode = GA_XF_TOO_LARGE;
         snprintf(m, ml, "response from %s exceeds max_response_bytes=%lld", hp, c->max_response_bytes);
       } else if (c->too_large == 2) {
-        a->ecode = E_TOO_LARGE;
+        a->ecode = GA_XF_TOO_LARGE;
         snprintf(m, ml, "response headers from %s exceed %d bytes", hp, HTTP_MAX_HEADER_BYTES);
       } else {
+        a->ecode = GA_XF_INTERNAL;
         snprintf(m, ml, "out of memory receiving the response from %s", hp);
       }
-      return 0;
+      return;
     case CURLE_GOT_NOTHING:
+      a->ecode = GA_XF_CLOSED;
       snprintf(m, ml, "%s closed the connection without a response", hp);
-      return 1;
+      return;
     case CURLE_PARTIAL_FILE:
+      a->ecode = GA_XF_CLOSED;
       snprintf(m, ml, "%s closed the connection before the whole response arrived", hp);
-      return 1;
+      return;
     case CURLE_RECV_ERROR:
+      a->ecode = GA_XF_CLOSED;
       snprintf(m, ml, "connection to %s failed while receiving: %s", hp, os_error(c->curl, rc));
-      return 1;
+      return;
     case CURLE_SEND_ERROR:
+      a->ecode = GA_XF_CLOSED;
       snprintf(m, ml, "connection to %s failed while sending: %s", hp, os_error(c->curl, rc));
-      return 1;
+      return;
+    case CURLE_WEIRD_SERVER_REPLY:
+      a->ecode = GA_XF_PROTOCOL;
+      snprintf(m, ml, "malformed response from %s", hp);
+      return;
+    case CURLE_OUT_OF_MEMORY:
+      a->ecode = GA_XF_INTERNAL;
+      snprintf(m, ml, "out of memory in the request to %s", hp);
+      return;
     default:
       if (is_tls_error(rc)) {
         size_t n = strlen(c->errbuf);
         while (n && isspace((unsigned char)c->errbuf[n - 1])) c->errbuf[--n] = '\0';
-        snprintf(m, ml, "TLS failure with %s: %s", hp, n ? c->errbuf : curl_easy_strerror(rc));
+        a->ecode = GA_XF_TLS;
+        snprintf(m, ml, "handshake with %s failed: %s", hp, n ? c->errbuf : curl_easy_strerror(rc));
       } else {
+        a->ecode = GA_XF_PROTOCOL;
         snprintf(m, ml, "request to %s failed: %s", hp, curl_easy_strerror(rc));
       }
-      return 0;
+      return;
   }
 }
 
@@ -376,11 +340,12 @@ static int attempt_once(http_client *c, const http_request *rq, http_attempt *a)
     curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &st);
     a->status = (int)st;
     a->ecode = E_OK;
-    if (!retry_status(a->status)) return 0;
+    if (!ga_retry_should(a->status, E_OK)) return 0;
     a->retry_after_ms = find_retry_after(&c->head);
     return 1;
   }
-  return classify(c, rq, a, rc);
+  classify(c, rq, a, rc);
+  return ga_retry_should(0, a->ecode);
 }
 
 /* Sets the per-request options; headers must already be in c->req_headers. */
@@ -417,7 +382,7 @@ static int http_perform(http_client *c, http_request *rq) {
   if (rc != CURLE_OK) {
     http_attempt *a = &rq->at[0];
     memset(a, 0, sizeof *a);
-    a->ecode = E_HTTP;
+    a->ecode = GA_XF_INTERNAL;
     snprintf(a->msg, sizeof a->msg, "could not set up the request to %s: %s", rq->hostport,
              curl_easy_strerror(rc));
     return -1; /* no attempt made: rq->n stays 0 */
@@ -432,8 +397,9 @@ static int http_perform(http_client *c, http_request *rq) {
     rq->n = i + 1;
     rq->wait_us += a->wait_us;
     if (!again || i == rq->retries) return a->ecode == E_OK ? 0 : -1;
-    a->slept_ms = backoff_ms(&c->rng, rq, i, a->retry_after_ms);
-    sleep_ms(a->slept_ms);
+    a->slept_ms = ga_retry_delay_ms(i + 1, rq->backoff_ms, rq->max_backoff_ms, a->retry_after_ms,
+                                    xorshift64(&c->rng));
+    if (a->slept_ms > 0) ga_sleep_ns((uint64_t)a->slept_ms * 1000000u);
   }
 }
 
@@ -648,9 +614,9 @@ static void push_attempts(lua_State *L, const http_request *rq) {
       lua_pushinteger(L, a->status);
       lua_setfield(L, -2, "status");
     } else {
-      lua_pushfstring(L, "HTTP: %s", a->msg);
+      lua_pushfstring(L, "%s: %s", ga_xfails[a->ecode].code, a->msg);
       lua_setfield(L, -2, "error");
-      lua_pushstring(L, ecode_names[a->ecode]);
+      lua_pushstring(L, ga_xfails[a->ecode].code);
       lua_setfield(L, -2, "code");
     }
     if (a->retry_after_ms >= 0) {
@@ -685,7 +651,8 @@ static void push_headers(lua_State *L, const ga_buf *h) {
 /* client:request{url=, method=, headers=, body=, retries=, backoff_ms=,
  *   max_backoff_ms=, timeout_ms=, connect_timeout_ms=}
  * -> {status, headers, body, attempts, timings, provider_wait_us, retries}
- *  | nil, "HTTP: message", "TIMEOUT"|"CONNECT"|"HTTP"|"TOO_LARGE", {attempts, provider_wait_us}
+ *  | nil, "CODE: message", CODE, {attempts, provider_wait_us}; CODE is CONNECT, TIMEOUT, TLS,
+ *    HTTP or TOO_LARGE (ga_xfails in ga_retry.c says which failure has which, and retries)
  * Any final HTTP status is a success. Raises on bad arguments, before any
  * allocation. Buffers live in the client, so an OOM raise while pushing
  * the results leaks nothing: the next request or close frees them. */
@@ -774,8 +741,8 @@ static int l_http_request(lua_State *L) {
     ga_buf_free(&c->body);
     ga_buf_free(&c->head);
     lua_pushnil(L);
-    lua_pushfstring(L, "HTTP: %s", last->msg);
-    lua_pushstring(L, ecode_names[last->ecode]);
+    lua_pushfstring(L, "%s: %s", ga_xfails[last->ecode].code, last->msg);
+    lua_pushstring(L, ga_xfails[last->ecode].code);
     lua_createtable(L, 0, 2);
     push_attempts(L, &rq);
     lua_setfield(L, -2, "attempts");
@@ -808,4 +775,5 @@ void ga_open_http(lua_State *L) {
   ga_newclass(L, HTTP_MT, methods, l_http_close, l_http_tostring);
   lua_pushcfunction(L, l_http_client);
   lua_setfield(L, -2, "http_client");
+  ga_open_retry(L); /* the policy this client follows, for the cosocket transport */
 }

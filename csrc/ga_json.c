@@ -12,45 +12,6 @@
 
 #define JSON_MAX_DEPTH 32
 
-void ga_buf_init(ga_buf *b) { memset(b, 0, sizeof *b); }
-
-void ga_buf_free(ga_buf *b) {
-  free(b->buf);
-  ga_buf_init(b);
-}
-
-static int buf_grow(ga_buf *b, size_t need) {
-  size_t cap;
-  char *p;
-  if (b->oom) return -1;
-  if (b->len + need <= b->cap) return 0;
-  cap = b->cap ? b->cap : 1024; /* a metric document fits, without regrowing */
-  while (cap < b->len + need) cap *= 2;
-  p = (char *)realloc(b->buf, cap);
-  if (!p) {
-    b->oom = 1;
-    return -1;
-  }
-  b->buf = p;
-  b->cap = cap;
-  return 0;
-}
-
-void ga_buf_add(ga_buf *b, const char *s, size_t n) {
-  if (buf_grow(b, n) != 0) return;
-  memcpy(b->buf + b->len, s, n);
-  b->len += n;
-}
-
-void ga_buf_addc(ga_buf *b, char c) {
-  if (b->len < b->cap) { /* the common case, without a call per byte */
-    b->buf[b->len++] = c;
-    return;
-  }
-  ga_buf_add(b, &c, 1);
-}
-void ga_buf_addstr(ga_buf *b, const char *s) { ga_buf_add(b, s, strlen(s)); }
-
 /* Whether any of the 8 bytes in w is < 0x20, '"' or '\\' (the bytes JSON
  * escapes) or >= 0x80 (UTF-8, checked byte by byte). The "has a zero byte"
  * trick; exact as a yes/no answer. Plain ASCII text goes 8 bytes per test. */
@@ -163,7 +124,7 @@ void ga_json_string(ga_buf *b, const char *s, size_t n) {
   }
   i = plain_run(p, i, n);
   if (i == n) { /* the common case: nothing to escape or replace, one copy */
-    if (buf_grow(b, n + 2) != 0) return;
+    if (ga_buf_reserve(b, n + 2) != 0) return;
     b->buf[b->len] = '"';
     memcpy(b->buf + b->len + 1, s, n);
     b->buf[b->len + 1 + n] = '"';
@@ -293,10 +254,6 @@ void ga_json_int(ga_buf *b, long long v) {
   } while (u);
   if (v < 0) *--p = '-';
   ga_buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
-}
-
-int ga_isnull(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL;
 }
 
 /* A table's keys, gathered in one lua_next pass. Each string key and its
@@ -467,19 +424,10 @@ int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_
       else ga_buf_add(b, "false", 5);
       return 0;
     case LUA_TNUMBER:
-#if LUA_VERSION_NUM >= 503
-      if (lua_isinteger(L, idx)) {
-        ga_json_int(b, (long long)lua_tointeger(L, idx));
-        return 0;
-      }
-#else
-      /* LuaJIT has only doubles: an integral value below 2^53 is an integer */
-      if (ga_tointeger(L, idx, &iv) && iv > -9007199254740992LL && iv < 9007199254740992LL) {
+      if (ga_exactint(L, idx, &iv)) { /* LuaJIT: an integral value below 2^53 */
         ga_json_int(b, iv);
         return 0;
       }
-#endif
-      (void)iv;
       if (ga_json_double(b, (double)lua_tonumber(L, idx)) != 0) {
         snprintf(err, errlen, "number is NaN or infinite");
         return -1;
@@ -498,7 +446,7 @@ int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_
       }
       return encode_table(L, idx, b, depth, err, errlen);
     case LUA_TLIGHTUSERDATA:
-      if (lua_touserdata(L, idx) == NULL) {
+      if (ga_isnull(L, idx)) {
         ga_buf_add(b, "null", 4);
         return 0;
       }
@@ -576,6 +524,6 @@ void ga_open_json(lua_State *L) {
   lua_setfield(L, -2, "utf8_valid");
   lua_pushcfunction(L, l_base64);
   lua_setfield(L, -2, "base64");
-  lua_pushlightuserdata(L, NULL);
+  ga_pushnull(L);
   lua_setfield(L, -2, "null");
 }

@@ -59,7 +59,7 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
   } else if (cp < 0x800) {
     luaL_addchar(b, (char)(0xC0 | (cp >> 6)));
     luaL_addchar(b, (char)(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) { /* a lone surrogate too, as its 3-byte form */
+  } else if (cp < 0x10000) {
     luaL_addchar(b, (char)(0xE0 | (cp >> 12)));
     luaL_addchar(b, (char)(0x80 | ((cp >> 6) & 0x3F)));
     luaL_addchar(b, (char)(0x80 | (cp & 0x3F)));
@@ -114,6 +114,8 @@ static int dec_string(lua_State *L, jdec *d) {
             hex4(d->s + d->i + 2, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
           cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           d->i += 6;
+        } else if (cp >= 0xD800 && cp <= 0xDFFF) {
+          cp = 0xFFFD; /* a lone surrogate has no UTF-8 form: U+FFFD, as WHATWG decoders do */
         }
         add_utf8(&b, cp);
         continue;
@@ -369,7 +371,7 @@ static int dec_value(lua_State *L, jdec *d, int depth) {
       return 0;
     case 'n':
       if (!literal(d, "null", 4)) break;
-      lua_pushlightuserdata(L, NULL); /* genaudit.null */
+      ga_pushnull(L);
       return 0;
     default: return dec_number(L, d);
   }

@@ -613,13 +613,16 @@ static void set_tokens(lua_State *L, const ga_usage *u, int64_t total) {
   set_int(L, "reasoning_tokens", u->reasoning);
 }
 
-/* m:totals() -> the sums and the per-call list. A cost is never a partial sum:
+/* The sums and the per-call list. A cost is never a partial sum:
  * estimated_cost (and initial_cost, repair_cost, provider_cost) is nil as
  * soon as one call it covers has no known cost, and cost_source then names
  * why (the first such call's reason); each call carries its own cost (null
- * when unknown) and cost_source. USD numbers come from the exact sums. */
-static int meter_totals(lua_State *L) {
-  meter *m = check_meter(L);
+ * when unknown) and cost_source. USD numbers come from the exact sums.
+ * stored: the token_metrics document as a snapshot stores it (without the
+ * meter's own estimated_cost_picousd, call_count and provider_wait_us sums),
+ * with each call's requested_model / served_model taken from the strings
+ * `requested` / `served` of element i of the array at models_idx (0: none). */
+static int push_totals(lua_State *L, meter *m, int stored, int models_idx) {
   u128 cost = 0, initial = 0, repair = 0, provider = 0;
   int all_known = 1, initial_known = 1, repair_known = 1, all_provider = 1, n_local = 0, n_prov = 0;
   int first_unknown = -1;
@@ -650,6 +653,8 @@ static int meter_totals(lua_State *L) {
   set_tokens(L, &m->sum, m->sum_total);
   if (all_known) {
     set_usd(L, "estimated_cost", cost);
+  }
+  if (all_known && !stored) {
     u128_dec(cost, dec);
     lua_pushstring(L, dec);
     lua_setfield(L, -2, "estimated_cost_picousd");
@@ -677,19 +682,48 @@ static int meter_totals(lua_State *L) {
     if (SRC_KNOWN(c->src)) {
       set_usd(L, "cost", (u128)c->cost);
     } else {
-      lua_pushlightuserdata(L, NULL); /* genaudit.null: JSON null in the stored document */
+      ga_pushnull(L); /* JSON null in the stored document */
       lua_setfield(L, -2, "cost");
     }
     lua_pushstring(L, src_names[c->src]);
     lua_setfield(L, -2, "cost_source");
     if (c->has_provider) set_usd(L, "provider_cost", (u128)c->provider_pico);
     set_int(L, "provider_wait_us", c->wait_us);
+    if (models_idx != 0) {
+      lua_rawgeti(L, models_idx, (int)i + 1);
+      if (lua_type(L, -1) == LUA_TTABLE) {
+        static const char *const from[] = {"requested", "served"}, *const to[] = {"requested_model", "served_model"};
+        int k;
+        for (k = 0; k < 2; k++) {
+          lua_getfield(L, -1, from[k]);
+          if (lua_type(L, -1) == LUA_TSTRING) lua_setfield(L, -3, to[k]);
+          else lua_pop(L, 1);
+        }
+      }
+      lua_pop(L, 1);
+    }
     lua_rawseti(L, -2, (int)i + 1);
   }
   lua_setfield(L, -2, "calls");
-  set_int(L, "call_count", (int64_t)m->n);
-  set_int(L, "provider_wait_us", m->sum_wait);
+  if (!stored) {
+    set_int(L, "call_count", (int64_t)m->n);
+    set_int(L, "provider_wait_us", m->sum_wait);
+  }
   return 1;
+}
+
+/* m:totals() -> the sums and the per-call list (see push_totals), with the
+ * exact estimated_cost_picousd, call_count and the summed provider_wait_us. */
+static int meter_totals(lua_State *L) { return push_totals(L, check_meter(L), 0, 0); }
+
+/* m:token_metrics([call_models]) -> the token_metrics document of a
+ * snapshot: totals() without the meter's own sums; call_models[i] =
+ * { requested = model, served = model } names call i's requested and served
+ * model (requested_model, served_model). */
+static int meter_token_metrics(lua_State *L) {
+  meter *m = check_meter(L);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  return push_totals(L, m, 1, lua_istable(L, 2) ? 2 : 0);
 }
 
 /* m:reset() -> true; forgets every call */
@@ -743,7 +777,7 @@ void ga_open_meter(lua_State *L) {
       {"set", pt_set}, {"get", pt_get}, {"count", pt_count}, {"close", pt_gc}, {NULL, NULL}};
   static const luaL_Reg meter_methods[] = {
       {"add_call", meter_add_call}, {"add_failed_call", meter_add_failed_call}, {"totals", meter_totals},
-      {"reset", meter_reset},       {"close", meter_gc},                        {NULL, NULL}};
+      {"token_metrics", meter_token_metrics}, {"reset", meter_reset}, {"close", meter_gc}, {NULL, NULL}};
   ga_newclass(L, PT_MT, pt_methods, pt_gc, pt_tostring);
   ga_newclass(L, METER_MT, meter_methods, meter_gc, meter_tostring);
   lua_pushcfunction(L, l_price_table);

@@ -43,6 +43,8 @@ typedef struct {
   int readonly;
   long connect_timeout_s;
   long reconnect_ms; /* how long to keep trying to re-establish a lost connection */
+  long lock_ms;      /* how long migrate() waits for the migration lock (0: no limit) */
+  long query_ms;     /* opts.query_timeout: statement_timeout of query()/each() (0: none) */
 } pgcfg;
 
 typedef struct {

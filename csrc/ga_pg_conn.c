@@ -15,13 +15,6 @@ static const char SQL_SETUP[] =
     "SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO, YMD'; SET IntervalStyle TO 'postgres';"
     " SET extra_float_digits TO 1; SET bytea_output TO 'hex'";
 
-static void sleep_ms(long ms) {
-  struct timespec ts;
-  ts.tv_sec = ms / 1000;
-  ts.tv_nsec = (ms % 1000) * 1000000L;
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-}
-
 static char *dupstr(const char *s) {
   size_t n = strlen(s) + 1;
   char *p = (char *)malloc(n);
@@ -226,7 +219,7 @@ int pg_reconnect(PGconn *conn, const pgcfg *c, long budget_ms, char *err, size_t
     }
     elapsed = (long)((ga_monotonic_ns() - start) / 1000000u);
     if (elapsed + backoff > budget_ms) return -1;
-    sleep_ms(backoff);
+    ga_sleep_ns((uint64_t)backoff * 1000000u);
     if (backoff < 1000) backoff *= 2;
   }
 }
@@ -297,11 +290,12 @@ int pg_fail_result(lua_State *L, pgstore *s, const PGresult *r, const char *what
 }
 
 /* core.pg_open(url, opts) -> store | nil, err, code
- * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), schema,
- * readonly. The URL is libpq's (postgresql:// or postgres://). */
+ * opts: connect_timeout (s, 10), reconnect_timeout (ms, 5000), lock_timeout
+ * (ms, 30000; 0: none), query_timeout (ms, 0: none), schema, readonly. The URL is libpq's (postgresql://
+ * or postgres://). */
 static int l_pg_open(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
-  long long ct = 10, rt = 5000;
+  long long ct = 10, rt = 5000, lt = 30000, qt = 0;
   const char *schema = NULL;
   int readonly = 0;
   pgstore *s;
@@ -316,6 +310,13 @@ static int l_pg_open(lua_State *L) {
     lua_getfield(L, 2, "reconnect_timeout");
     if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &rt) || rt < 0 || rt > 3600000))
       return luaL_argerror(L, 2, "reconnect_timeout must be an integer number of ms (0-3600000)");
+    lua_getfield(L, 2, "lock_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &lt) || lt < 0 || lt > 3600000))
+      return luaL_argerror(L, 2, "lock_timeout must be an integer number of ms (0-3600000)");
+    lua_getfield(L, 2, "query_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &qt) || qt < 0 || qt > 3600000))
+      return luaL_argerror(L, 2, "query_timeout must be an integer number of ms (0-3600000)");
+    lua_pop(L, 2);
     lua_getfield(L, 2, "schema");
     if (!lua_isnil(L, -1)) {
       size_t n = 0;
@@ -336,6 +337,8 @@ static int l_pg_open(lua_State *L) {
   s->base.readonly = readonly;
   s->cfg.connect_timeout_s = (long)ct;
   s->cfg.reconnect_ms = (long)rt;
+  s->cfg.lock_ms = (long)lt;
+  s->cfg.query_ms = (long)qt;
   s->cfg.url = dupstr(url);
   s->cfg.display = redact_url(url);
   s->cfg.schema = schema ? dupstr(schema) : NULL;

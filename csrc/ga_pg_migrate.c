@@ -35,10 +35,26 @@ static long long schema_version_of(pgstore *s) {
 }
 
 /* Begins a migration transaction holding the migration lock; with a schema,
- * creates it; creates schema_migrations. 0, or -1 with err (rolled back). */
+ * creates it; creates schema_migrations. 0, or -1 with err (rolled back), or
+ * -2 when another session held the migration lock for lock_ms (a stuck or
+ * stopped process in a migration must not make every open() wait forever). */
 static int begin_migration(pgstore *s, char *err, size_t errlen) {
+  char sql[64];
+  PGresult *r;
   if (pg_exec_ok(s->conn, &s->cfg, "BEGIN", err, errlen) != 0) return -1;
-  if (pg_exec_ok(s->conn, &s->cfg, SQL_MIGRATION_LOCK, err, errlen) != 0) goto fail;
+  snprintf(sql, sizeof sql, "SET LOCAL lock_timeout = %ld", s->cfg.lock_ms);
+  if (pg_exec_ok(s->conn, &s->cfg, sql, err, errlen) != 0) goto fail;
+  r = PQexec(s->conn, SQL_MIGRATION_LOCK);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int timed_out = pg_state_is(r, "55P03");
+    pg_error(s->conn, r, &s->cfg, err, errlen);
+    PQclear(r);
+    PQclear(PQexec(s->conn, "ROLLBACK"));
+    if (timed_out)
+      snprintf(err, errlen, "another session has held the migration lock for lock_timeout (%ld ms)", s->cfg.lock_ms);
+    return timed_out ? -2 : -1;
+  }
+  PQclear(r);
   if (s->cfg.schema) {
     char *id = PQescapeIdentifier(s->conn, s->cfg.schema, strlen(s->cfg.schema));
     char sql[256];
@@ -74,8 +90,8 @@ int pg_migrate(lua_State *L) {
   n = ga_rawlen(L, 2);
   if ((r = pg_ensure(L, s)) != 0) return r;
   if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot migrate while each() reads from this store");
-  if (begin_migration(s, err, sizeof err) != 0 || pg_exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
-    return ga_fail(L, "MIGRATION", "cannot create schema_migrations: %s", err);
+  if ((r = begin_migration(s, err, sizeof err)) != 0 || pg_exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0)
+    return r == -2 ? ga_fail(L, "BUSY", "%s", err) : ga_fail(L, "MIGRATION", "cannot create schema_migrations: %s", err);
   /* the versions applied already, as a Lua set at stack index `done` */
   lua_newtable(L);
   res = PQexec(s->conn, SQL_MIGRATIONS_APPLIED);
@@ -102,7 +118,10 @@ int pg_migrate(lua_State *L) {
       snprintf(vtext, sizeof vtext, "%lld", v);
       vals[0] = vtext;
       vals[1] = name;
-      if (begin_migration(s, err, sizeof err) != 0) goto failed;
+      if ((r = begin_migration(s, err, sizeof err)) != 0) {
+        if (r == -2) return ga_fail(L, "BUSY", "%s", err);
+        goto failed;
+      }
       res = PQexecParams(s->conn, SQL_MIGRATION_APPLIED, 1, NULL, vals, NULL, NULL, 0);
       if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         pg_error(s->conn, res, &s->cfg, err, sizeof err);

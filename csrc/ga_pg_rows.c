@@ -340,6 +340,18 @@ static qentry *cached_stmt(pgstore *s, const char *sql, params *p, PGresult **re
   return NULL;
 }
 
+/* After BEGIN READ ONLY of query()/each(): their statements run at most
+ * query_timeout (the transaction's own statement_timeout). 0, or -1 with err. */
+static int set_query_timeout(PGconn *conn, const pgcfg *c, char *err, size_t errlen) {
+  char sql[64];
+  if (c->query_ms <= 0) return 0;
+  snprintf(sql, sizeof sql, "SET LOCAL statement_timeout = %ld", c->query_ms);
+  return pg_exec_ok(conn, c, sql, err, errlen);
+}
+
+/* True when a query()/each() statement was cancelled by query_timeout. */
+static int query_timed_out(const pgcfg *c, const PGresult *r) { return c->query_ms > 0 && pg_state_is(r, "57014"); }
+
 /* store:query(sql, params) -> { {col=value,...}, ... } | nil, err, code
  * One read-only statement, run in a READ ONLY transaction (a savepoint
  * inside each()); params: an array for ?/?N/$N, or a table keyed by name for
@@ -377,7 +389,8 @@ int pg_query(lua_State *L) {
       return pg_fail_result(L, s, res, "cannot prepare query");
     }
     snprintf(name, sizeof name, "ga_q%u", e->id);
-    if (!inner && pg_exec_ok(s->conn, &s->cfg, "BEGIN READ ONLY", err, sizeof err) != 0) {
+    if (!inner && (pg_exec_ok(s->conn, &s->cfg, "BEGIN READ ONLY", err, sizeof err) != 0 ||
+                   set_query_timeout(s->conn, &s->cfg, err, sizeof err) != 0)) {
       if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) continue;
       return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin query: %s", err);
     }
@@ -400,6 +413,8 @@ int pg_query(lua_State *L) {
         continue;
       }
       if (pg_state_is(res, "25006")) return ga_fail(L, "READONLY", "query() runs one read-only statement");
+      if (query_timed_out(&s->cfg, res))
+        return ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->cfg.query_ms);
       return pg_fail_result(L, s, res, "query failed");
     }
     break;
@@ -455,6 +470,10 @@ int pg_each(lua_State *L) {
   if (pg_exec_ok(s->conn, &s->cfg, sql, err, sizeof err) != 0)
     return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin each(): %s", err);
   s->each_depth = depth;
+  if (depth == 1 && set_query_timeout(s->conn, &s->cfg, err, sizeof err) != 0) {
+    end_each(s, depth);
+    return ga_fail(L, PQstatus(s->conn) != CONNECTION_OK ? "CONNECT" : "SQL", "cannot begin each(): %s", err);
+  }
   e = cached_stmt(s, lua_tostring(L, sqlidx), p, &res); /* checks the statement and settles its types */
   if (!e) {
     r = res ? (pg_box_set(b, res), pg_fail_result(L, s, res, "cannot prepare query")) : ga_fail(L, "NOMEM", "out of memory");
@@ -468,8 +487,10 @@ int pg_each(lua_State *L) {
   if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
     /* a statement that prepares but cannot be a cursor's query writes */
     int writes = pg_state_is(res, "25006") || pg_state_is(res, "42601") || pg_state_is(res, "0A000");
-    r = writes ? ga_fail(L, "READONLY", "query() runs one read-only statement")
-               : pg_fail_result(L, s, res, "query failed");
+    r = writes                          ? ga_fail(L, "READONLY", "query() runs one read-only statement")
+        : query_timed_out(&s->cfg, res) ? ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)",
+                                                  s->cfg.query_ms)
+                                        : pg_fail_result(L, s, res, "query failed");
     end_each(s, depth);
     return r;
   }
@@ -479,7 +500,9 @@ int pg_each(lua_State *L) {
     res = PQexec(s->conn, sql);
     pg_box_set(b, res);
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-      r = pg_fail_result(L, s, res, "query failed");
+      r = query_timed_out(&s->cfg, res)
+              ? ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->cfg.query_ms)
+              : pg_fail_result(L, s, res, "query failed");
       end_each(s, depth);
       return r;
     }

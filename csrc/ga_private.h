@@ -1,26 +1,43 @@
 /* ga_private.h — declarations shared by the C files of genaudit.core.
- * Plain-C cores (no lua_State) are declared next to their Lua openers. */
+ * Plain-C cores (no lua_State) are declared next to their Lua openers.
+ *
+ * Layers (each uses only the ones above it; no cycle):
+ *
+ *   ga_compat.h   Lua 5.4 vs LuaJIT: the only Lua version tests
+ *       ^
+ *   ga_aux.h/.c   generic helpers (lauxlib's role): ga_fail, ga_newclass,
+ *       ^         integers (ga_tointeger, ga_exactint, ga_pushint64), null,
+ *       |         ga_buf, ga_sleep_ns; calls no other csrc/ file
+ *   ga_private.h  the concerns' declarations (this file), includes ga_aux.h
+ *       ^
+ *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
+ *       ^         ga_meter, ga_retry, ga_http, ga_writer (thread + queue, no
+ *       |         SQL), ga_store_common (the store driver contract,
+ *       |         ga_store.h), ga_store + ga_store_query + ga_store_writer
+ *       |         (SQLite, ga_sqlite.h), ga_pg_* (PostgreSQL, ga_pg.h)
+ *   ga_init.c     luaopen_genaudit_core: calls every ga_open_*; nothing
+ *                 calls into it (linit's role)
+ *
+ * Calls between files (from the objects' symbols; most also call ga_aux):
+ *   ga_clock, ga_fs, ga_meter, ga_jsondec, ga_pg_sql -> (ga_aux only)
+ *   ga_ulid, ga_writer, ga_retry -> ga_clock
+ *   ga_http -> ga_clock, ga_retry
+ *   ga_json -> ga_jsondec (raw JSON kept as text)
+ *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
+ *   ga_store_common -> ga_row, ga_writer
+ *   ga_store_writer -> ga_writer
+ *   ga_store <-> ga_store_query (one backend's two files); ga_store ->
+ *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
+ *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
+ *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, store, pg, meter, fs, http)
+ */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include "ga_compat.h"
-
-#define GA_EXPORT __attribute__((visibility("default")))
-
-/* Returns nil, "CODE: message", "CODE" (luv's triple); always 3 results. */
-/* Pushes t[k] for the table at idx without metamethods: no user code runs,
- * so nothing can raise (bar OOM) or hand back a string nobody else holds. */
-void ga_rawgetfield(lua_State *L, int idx, const char *k);
-
-int ga_fail(lua_State *L, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Registers methods + metatable fields for a userdata type under `tname`:
- * __index = methods, __gc/__close = gc, __tostring = tostr, __name = tname. */
-void ga_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
-                 lua_CFunction gc, lua_CFunction tostr);
+#include "ga_aux.h"
 
 /* ---- clock (ga_clock.c) ---- */
 uint64_t ga_monotonic_ns(void);
@@ -38,12 +55,6 @@ int ga_ulid_time(const char *s, size_t n, int64_t *ms);
 void ga_open_ulid(lua_State *L);
 
 /* ---- exact JSON (ga_json.c) ---- */
-typedef struct { char *buf; size_t len, cap; int oom; } ga_buf;
-void ga_buf_init(ga_buf *b);
-void ga_buf_free(ga_buf *b);
-void ga_buf_add(ga_buf *b, const char *s, size_t n);
-void ga_buf_addc(ga_buf *b, char c);
-void ga_buf_addstr(ga_buf *b, const char *s);
 /* Whether s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or
  * code points above U+10FFFF; NUL bytes are fine). */
 int ga_utf8_valid(const char *s, size_t n);
@@ -63,7 +74,6 @@ int ga_json_encode(lua_State *L, int idx, ga_buf *b, int depth, char *err, size_
  * already written. Returns 0 or -1 with err set. */
 int ga_json_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip,
                     int need_comma, char *err, size_t errlen);
-int ga_isnull(lua_State *L, int idx);
 void ga_open_json(lua_State *L);
 void ga_open_jsondec(lua_State *L); /* core.json_decode (ga_jsondec.c) */
 /* JSON text kept as it was read (core.json_decode with a raw_depth); the
@@ -113,25 +123,20 @@ void ga_open_fs(lua_State *L);
 void ga_open_store(lua_State *L);
 
 /* ---- async writer (ga_writer.c): a thread that drains a bounded queue of
- * rows into SQLite in batched transactions, on its own connection ---- */
-extern const char ga_sql_insert[]; /* the one INSERT (ga_store.c) */
+ * rows into a database in batched transactions, on its own connection,
+ * through a backend (below); it knows no SQL ---- */
 typedef struct ga_writer ga_writer;
 typedef struct {
   size_t capacity;  /* rows the queue holds */
   size_t max_bytes; /* bytes the queued rows may hold */
   int batch;        /* rows per transaction */
   int block;        /* when full: 1 = wait, 0 = fail */
-  long busy_timeout_ms;
-  int synchronous;  /* 0 off, 1 normal, 2 full, 3 extra */
-  long long length_limit; /* SQLITE_LIMIT_LENGTH of the writer's connection; 0: SQLite's */
 } ga_writer_opts;
 typedef struct {
   uint64_t queued, written, failed, batches, retries;
   size_t pending, max_depth, pending_bytes;
   char last_error[256];
 } ga_writer_stats;
-/* Starts the thread with its own connection to `path`. NULL + err on failure. */
-ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err, size_t errlen);
 /* Copies the row into the queue. 0 ok; -1 full (block=0) or too large;
  * -2 stopped; -3 out of memory; -4 explicit_id and a row with that id is
  * queued or being written already. err says which. */
@@ -147,7 +152,7 @@ int ga_writer_flush(ga_writer *w, long timeout_ms);
 void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st);
 /* Drains the queue, joins the thread, frees everything. */
 void ga_writer_stop(ga_writer *w);
-/* A writer backend: SQLite's in ga_writer.c, PostgreSQL's in ga_pg_writer.c. The
+/* A writer backend: SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg_writer.c. The
  * connection belongs to the writer thread. write_batch writes batch[0..n)
  * (NULL entries skipped) in one transaction: 0 when committed, -1 to retry
  * after a backoff (nothing committed), -2 when waiting will not help (the
@@ -166,6 +171,22 @@ void ga_writer_item_cols(const ga_writer_item *it, ga_text cols[GA_NCOLS]); /* p
 /* Counts batch[i] failed with msg as the last error; frees it, sets it NULL. */
 void ga_writer_refuse(ga_writer *w, ga_writer_item **batch, int i, const char *msg);
 void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_error = "what: msg" */
+
+/* ---- the SQLite store's writer backend (ga_store_writer.c) ---- */
+/* The writer connection's settings: the store's own, so that the file is
+ * used the same way from both connections (a rollback-journal store stays
+ * one: the writer never switches it to WAL). */
+typedef struct {
+  const char *path;         /* the store's database file */
+  const char *insert_sql;   /* the store's INSERT, 17 parameters in ga_col_names order */
+  const char *journal_mode; /* "wal", "delete", "truncate", "memory" */
+  long busy_timeout_ms;
+  int synchronous;          /* 0 off, 1 normal, 2 full, 3 extra */
+  long long length_limit;   /* SQLITE_LIMIT_LENGTH; 0: SQLite's */
+} ga_sqlite_writer_conf;
+/* Starts a writer thread over its own connection to conf->path. NULL + err on failure. */
+ga_writer *ga_sqlite_writer_start(const ga_sqlite_writer_conf *conf, const ga_writer_opts *o, char *err,
+                                  size_t errlen);
 
 /* The store driver contract and what the backends share: ga_store.h. */
 
@@ -214,6 +235,40 @@ int ga_call_cost(const ga_prices *p, const ga_usage *u, int64_t *out);
 double ga_usd_from_pico_text(const char *digits);
 /* core.price_table(), core.meter(), core.usd_from_picousd() */
 void ga_open_meter(lua_State *L);
+
+/* ---- retry policy (ga_retry.c): one table for both HTTP transports, the
+ * libcurl client (ga_http.c) and the cosocket one (openresty.lua, through
+ * core.retry_policy / core.retry_delay / core.retry_after_ms) ---- */
+#define GA_RETRY_MAX_MS 86400000LL /* one day: the largest backoff or Retry-After kept */
+/* Transport failures: each has one error code (messages are "CODE: ...")
+ * and a retry flag, in ga_xfails. */
+enum {
+  GA_XF_REFUSED,         /* connection refused, reset or unreachable: CONNECT, retried */
+  GA_XF_RESOLVE,         /* host name not resolved: CONNECT, retried */
+  GA_XF_CONNECT_TIMEOUT, /* no connection within connect_timeout_ms: TIMEOUT, retried */
+  GA_XF_TIMEOUT,         /* no (whole) response within timeout_ms: TIMEOUT, retried */
+  GA_XF_TLS,             /* TLS handshake or certificate failure: TLS, never retried */
+  GA_XF_CLOSED,          /* connection closed/reset before the whole response: HTTP, retried */
+  GA_XF_PROTOCOL,        /* not a well-formed HTTP response: HTTP, never retried */
+  GA_XF_TOO_LARGE,       /* body or headers past their limit: TOO_LARGE, never retried */
+  GA_XF_INTERNAL,        /* out of memory, transport set-up: HTTP, never retried */
+  GA_XF_COUNT
+};
+typedef struct { const char *name, *code; int retry; } ga_xfail;
+extern const ga_xfail ga_xfails[GA_XF_COUNT];
+int ga_retry_status(int status); /* 1 for 429, 500, 502, 503, 504 */
+/* status > 0: by ga_retry_status; else by transport failure `kind`. */
+int ga_retry_should(int status, int kind);
+/* The sleep after failed try `attempt` (1 = the first): retry_after_ms (>= 0:
+ * the server's Retry-After) capped at cap_ms; else d = base_ms * 2^(attempt-1)
+ * capped at cap_ms, with equal jitter: d/2 + rnd % (d - d/2 + 1). */
+long long ga_retry_delay_ms(int attempt, long long base_ms, long long cap_ms, long long retry_after_ms,
+                            uint64_t rnd);
+/* One Retry-After value (v: n bytes, not NUL-terminated) as ms from now:
+ * delta-seconds or an HTTP-date (past: 0), at most GA_RETRY_MAX_MS; -1 when
+ * it is neither. */
+long long ga_retry_after_value(const char *v, size_t n);
+void ga_open_retry(lua_State *L); /* called by ga_open_http */
 
 /* ---- HTTP client (ga_http.c) ---- */
 /* Retry-After of raw response header lines (head: len bytes, not

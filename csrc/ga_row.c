@@ -104,14 +104,10 @@ static int number_member(lua_State *L, int tidx, const char *obj, const char *ke
     FAIL("%s.%s must be a number", obj, key);
   }
   {
-    long long iv;
+    long long iv = 0;
     double d = (double)lua_tonumber(L, -1);
-    int is_int = 0;
-#if LUA_VERSION_NUM >= 503
-    is_int = lua_isinteger(L, -1) && ga_tointeger(L, -1, &iv);
-#else
-    (void)iv;
-#endif
+    /* a Lua integer stays one; LuaJIT's doubles are written as doubles */
+    int is_int = ga_isinteger(L, -1) && ga_tointeger(L, -1, &iv);
     lua_pop(L, 1);
     if (isnan(d) || isinf(d) || d < 0) FAIL("%s.%s must be a finite number >= 0", obj, key);
     if (out) *out = d;
@@ -150,7 +146,7 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size
   rc = count_member(L, tidx, "token_usage", "prompt_tokens", -1, 1, b, &p, err, errlen);
   if (rc == 0) rc = count_member(L, tidx, "token_usage", "completion_tokens", -1, 0, b, &c, err, errlen);
   if (rc == 0) {
-    if (p > (1LL << 53) || c > (1LL << 53)) {
+    if (p > GA_INT53 || c > GA_INT53) {
       snprintf(err, errlen, "token_usage: token counts above 2^53 are not plausible");
       rc = -1;
     }

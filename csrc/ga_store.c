@@ -15,7 +15,7 @@
 #include "ga_sqlite.h"
 
 /* ---- the statements this file prepares ---- */
-const char ga_sql_insert[] =
+static const char ga_sql_insert[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
     " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
@@ -48,7 +48,6 @@ static const char SQL_ANALYZE[] = "PRAGMA analysis_limit=400; ANALYZE generation
 static int busy_wait(void *arg, int count) {
   store *s = (store *)arg;
   uint64_t now = ga_monotonic_ns(), x;
-  struct timespec ts;
   if (count == 0) s->busy_t0 = now;
   if (now - s->busy_t0 >= (uint64_t)s->busy_ms * 1000000u) return 0;
   if (s->deadline && now >= s->deadline) return 0;
@@ -57,9 +56,7 @@ static int busy_wait(void *arg, int count) {
   x ^= x >> 7;
   x ^= x << 17;
   s->rng = x;
-  ts.tv_sec = 0;
-  ts.tv_nsec = 500000L + (long)(x % 1000000u);
-  nanosleep(&ts, NULL);
+  ga_sleep_ns(500000u + x % 1000000u);
   return 1;
 }
 
@@ -144,16 +141,18 @@ static void refresh_stats(store *s) {
   exec(s, SQL_ANALYZE);
 }
 
+static const char *const JOURNALS[] = {"wal", "delete", "truncate", "memory", NULL};
+
 /* core.sqlite_open(path, opts) -> store | nil, err, code
  * opts: journal_mode ("wal"), synchronous ("normal"), busy_timeout (ms, 5000),
  * readonly (false). A new database file is created with mode 0600. */
 static int l_sqlite_open(lua_State *L) {
   static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
-  static const char *const journals[] = {"wal", "delete", "truncate", "memory", NULL};
+  const char *const *journals = JOURNALS;
   size_t pathlen;
   const char *path = luaL_checklstring(L, 1, &pathlen);
   int sync = 1, journal = 0, readonly = 0, flags, rc;
-  long long busy = 5000, length_limit = 0;
+  long long busy = 5000, length_limit = 0, query_ms = 0;
   store *s;
   char sql[96];
   if (strlen(path) != pathlen) return luaL_argerror(L, 1, "database path must not contain NUL bytes");
@@ -171,7 +170,10 @@ static int l_sqlite_open(lua_State *L) {
     lua_getfield(L, 2, "length_limit");
     if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &length_limit) || length_limit < 1 || length_limit > 2147483647))
       return luaL_argerror(L, 2, "length_limit must be a positive integer number of bytes");
-    lua_pop(L, 5);
+    lua_getfield(L, 2, "query_timeout");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &query_ms) || query_ms < 0 || query_ms > 3600000))
+      return luaL_argerror(L, 2, "query_timeout must be an integer number of ms (0-3600000)");
+    lua_pop(L, 6);
   }
   /* closed userdata first, then the resource: nothing leaks if Lua raises */
   s = (store *)ga_newuserdata(L, sizeof *s);
@@ -180,8 +182,10 @@ static int l_sqlite_open(lua_State *L) {
   lua_setmetatable(L, -2);
   s->base.readonly = readonly;
   s->sync_level = sync;
+  s->journal = journal;
   s->busy_ms = (long)busy;
   s->length_limit = length_limit;
+  s->query_ms = (long)query_ms;
 
   if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
     /* create the file ourselves so it is private (0600) from the start */
@@ -205,6 +209,7 @@ static int l_sqlite_open(lua_State *L) {
   s->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)s) | 1u;
   sqlite3_busy_handler(s->db, busy_wait, s);
   sqlite3_set_authorizer(s->db, ga_sqlite_authorize, s);
+  if (s->query_ms > 0) sqlite3_progress_handler(s->db, 1000, ga_sqlite_query_progress, s);
   if (length_limit > 0) sqlite3_limit(s->db, SQLITE_LIMIT_LENGTH, (int)length_limit);
   /* every wait for a lock below ends by busy_timeout after open began: one
    * budget for the whole open, not one per statement (or per retry) */
@@ -371,7 +376,9 @@ static int check_row_size(ga_store_base *b, const ga_row *row, char *err, size_t
     total += (long long)row->col[i].n;
   }
   if (total + ROW_OVERHEAD > limit) {
-    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total, limit);
+    /* the record's overhead counted in: "1298 bytes exceed ... 2000" read as a wrong refusal */
+    snprintf(err, errlen, "the row's %lld bytes exceed the database's limit of %lld bytes per row", total + ROW_OVERHEAD,
+             limit);
     return -1;
   }
   return 0;
@@ -412,19 +419,24 @@ static int insert_row(lua_State *L, ga_store_base *b, const ga_row *row) {
   return 0;
 }
 
-/* start_async() for SQLite: the writer's own connection to the file. File
+/* start_async() for SQLite: the writer's own connection to the file, in the
+ * store's journal mode (a "delete" store is not switched to WAL). File
  * stores only. */
 static ga_writer *start_writer(ga_store_base *b, ga_writer_opts *o, const char **code, char *err, size_t errlen) {
   store *s = (store *)b;
   const char *path = sqlite3_db_filename(s->db, "main");
+  ga_sqlite_writer_conf conf;
   if (!path || !*path) {
     snprintf(err, errlen, "async mode needs a database file (not :memory:)");
     return NULL;
   }
-  o->busy_timeout_ms = s->busy_ms;
-  o->synchronous = s->sync_level;
-  o->length_limit = s->length_limit;
-  return ga_writer_start(path, o, err, errlen);
+  conf.path = path;
+  conf.insert_sql = ga_sql_insert;
+  conf.journal_mode = JOURNALS[s->journal];
+  conf.busy_timeout_ms = s->busy_ms;
+  conf.synchronous = s->sync_level;
+  conf.length_limit = s->length_limit;
+  return ga_sqlite_writer_start(&conf, o, err, errlen);
 }
 
 /* store:filename() -> path of the main database ("" for :memory:) */

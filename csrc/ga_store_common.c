@@ -108,15 +108,7 @@ void ga_migration_get(lua_State *L, int idx, size_t i, long long *version, const
 int ga_store_param(lua_State *L, int idx, long long *iv) {
   switch (lua_type(L, idx)) {
     case LUA_TNUMBER:
-#if LUA_VERSION_NUM >= 503
-      if (lua_isinteger(L, idx)) {
-        *iv = (long long)lua_tointeger(L, idx);
-        return GA_PARAM_INT;
-      }
-#else
-      if (ga_tointeger(L, idx, iv) && *iv > -9007199254740992LL && *iv < 9007199254740992LL) return GA_PARAM_INT;
-#endif
-      return GA_PARAM_FLOAT;
+      return ga_exactint(L, idx, iv) ? GA_PARAM_INT : GA_PARAM_FLOAT;
     case LUA_TSTRING: return GA_PARAM_TEXT;
     case LUA_TBOOLEAN: return GA_PARAM_BOOL;
     case LUA_TLIGHTUSERDATA: return ga_isnull(L, idx) ? GA_PARAM_NULL : GA_PARAM_BAD;

@@ -156,6 +156,34 @@ static int step_guarded(store *s, sqlite3_stmt *st) {
   return rc;
 }
 
+/* The progress handler (installed with opts.query_timeout): interrupts a
+ * query()/each() statement past its deadline, so a query that never ends
+ * (an endless recursive CTE) returns TIMEOUT instead of holding the
+ * connection forever. The store's own statements have no deadline. */
+int ga_sqlite_query_progress(void *arg) {
+  store *s = (store *)arg;
+  if (s->query_deadline && ga_monotonic_ns() > s->query_deadline) {
+    s->query_timed_out = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static void query_deadline_start(store *s) {
+  s->query_timed_out = 0;
+  s->query_deadline = s->query_ms ? ga_monotonic_ns() + (uint64_t)s->query_ms * 1000000u : 0;
+}
+
+/* The error of a failed query()/each() step: TIMEOUT when the progress handler stopped it. */
+static int fail_query(lua_State *L, store *s) {
+  s->query_deadline = 0;
+  if (s->query_timed_out) {
+    s->query_timed_out = 0;
+    return ga_fail(L, "TIMEOUT", "query ran longer than query_timeout (%ld ms)", s->query_ms);
+  }
+  return ga_sqlite_fail(L, s, "query failed");
+}
+
 /* Releases a statement obtained from prepare_bound. */
 static void release(store *s, sqlite3_stmt *st) {
   sqlite3_reset(st);
@@ -255,15 +283,17 @@ int ga_sqlite_query(lua_State *L) {
   if (!st) return 3;
   ncols = sqlite3_column_count(st);
   lua_newtable(L);
+  query_deadline_start(s); /* one deadline for all of the call's steps */
   while ((rc = step_guarded(s, st)) == SQLITE_ROW) {
     push_row(L, st, ncols);
     lua_rawseti(L, -2, ++nrows);
   }
   if (rc != SQLITE_DONE) {
-    int r = ga_sqlite_fail(L, s, "query failed");
+    int r = fail_query(L, s);
     release(s, st);
     return r;
   }
+  s->query_deadline = 0;
   release(s, st);
   return 1;
 }
@@ -283,8 +313,10 @@ int ga_sqlite_each(lua_State *L) {
   st = prepare_bound(L, s, 1); /* its own statement: fn may query the same store */
   if (!st) return 3;
   ncols = sqlite3_column_count(st);
-  while ((rc = step_guarded(s, st)) == SQLITE_ROW) {
+  /* each step has its own deadline (fn's time between steps is not counted) */
+  while ((query_deadline_start(s), rc = step_guarded(s, st)) == SQLITE_ROW) {
     int stop;
+    s->query_deadline = 0; /* fn may query() the store: that call sets its own */
     lua_pushvalue(L, 4);
     push_row(L, st, ncols);
     if (lua_pcall(L, 1, 1, 0) != 0) {
@@ -304,10 +336,11 @@ int ga_sqlite_each(lua_State *L) {
     }
   }
   if (rc != SQLITE_DONE) {
-    int r = ga_sqlite_fail(L, s, "query failed");
+    int r = fail_query(L, s);
     sqlite3_finalize(st);
     return r;
   }
+  s->query_deadline = 0;
   sqlite3_finalize(st);
   ga_pushint64(L, n);
   return 1;

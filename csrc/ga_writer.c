@@ -1,7 +1,8 @@
 /* ga_writer.c — the async writer: persist() copies a validated row into a
  * bounded in-memory queue and returns at once; one thread per writer drains
  * the queue in batched transactions over its own connection, through a
- * backend (SQLite's is below; ga_pg.c has PostgreSQL's).
+ * backend (SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg_writer.c). This file
+ * knows no database: no SQL, no driver header.
  * Acknowledged rows are never dropped silently: a batch that cannot commit is
  * retried with backoff; a row the database refuses is counted as failed and
  * its error kept (flush/stats report it). Pure C: no lua_State in this file. */
@@ -12,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sqlite3.h>
 #include "ga_private.h"
 
 typedef struct ga_writer_item item;
@@ -57,17 +57,6 @@ struct ga_writer {
   const ga_writer_backend *be;
   void *conn; /* the backend's connection, used by the thread only */
 };
-
-/* SQLite's backend connection */
-typedef struct {
-  sqlite3 *db;
-  sqlite3_stmt *insert;
-} sqlite_conn;
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-}
 
 static void deadline_in(struct timespec *ts, long ms) {
   clock_gettime(CLOCK_REALTIME, ts);
@@ -120,83 +109,6 @@ void ga_writer_item_cols(const item *it, ga_text cols[GA_NCOLS]) {
     p += it->len[i];
   }
 }
-
-/* SQLITE_OK, or the first bind's error (a value too big): the row is then
- * refused, never stored with a NULL in its place. */
-static int bind_item(sqlite3_stmt *st, const item *it) {
-  const char *p = it->data;
-  int i, rc = SQLITE_OK;
-  for (i = 0; i < GA_NCOLS && rc == SQLITE_OK; i++) {
-    if (it->set[i]) rc = sqlite3_bind_text64(st, i + 1, p, it->len[i], SQLITE_STATIC, SQLITE_UTF8);
-    else rc = sqlite3_bind_null(st, i + 1);
-    p += it->len[i];
-  }
-  return rc;
-}
-
-/* Writes one batch in one transaction: 0 when committed, -1 when it must be
- * retried (busy, I/O, disk full: nothing of it was committed). A row SQLite
- * refuses for itself (a constraint) is counted failed, freed and set to NULL
- * in `batch`, so a retry skips it. */
-/* -1: worth retrying (busy, locked, I/O, disk full); -2: will not get
- * better by waiting (read-only file, corruption, not a database). */
-static int sqlite_failure_kind(sqlite3 *db) {
-  switch (sqlite3_errcode(db) & 0xff) {
-    case SQLITE_READONLY: case SQLITE_CORRUPT: case SQLITE_NOTADB: case SQLITE_CANTOPEN:
-    case SQLITE_PERM: case SQLITE_AUTH:
-      return -2;
-    default:
-      return -1;
-  }
-}
-
-static int sqlite_write_batch(void *conn, ga_writer *w, item **batch, int n) {
-  sqlite_conn *c = (sqlite_conn *)conn;
-  int i, rc;
-  if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    set_error(w, "cannot begin batch", sqlite3_errmsg(c->db));
-    return sqlite_failure_kind(c->db);
-  }
-  for (i = 0; i < n; i++) {
-    if (!batch[i]) continue;
-    rc = bind_item(c->insert, batch[i]);
-    if (rc != SQLITE_OK) {
-      sqlite3_clear_bindings(c->insert);
-      ga_writer_refuse(w, batch, i, sqlite3_errstr(rc));
-      continue;
-    }
-    rc = sqlite3_step(c->insert);
-    sqlite3_reset(c->insert);
-    sqlite3_clear_bindings(c->insert);
-    if (rc == SQLITE_DONE) continue;
-    rc &= 0xff;
-    if (rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG || rc == SQLITE_ERROR) {
-      ga_writer_refuse(w, batch, i, sqlite3_errmsg(c->db));
-      continue;
-    }
-    set_error(w, "batch interrupted", sqlite3_errmsg(c->db));
-    rc = sqlite_failure_kind(c->db);
-    sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    return rc;
-  }
-  if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    set_error(w, "cannot commit batch", sqlite3_errmsg(c->db));
-    rc = sqlite_failure_kind(c->db);
-    sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    return rc;
-  }
-  return 0;
-}
-
-static void sqlite_close(void *conn) {
-  sqlite_conn *c = (sqlite_conn *)conn;
-  if (!c) return;
-  sqlite3_finalize(c->insert);
-  sqlite3_close_v2(c->db);
-  free(c);
-}
-
-static const ga_writer_backend sqlite_backend = {sqlite_write_batch, sqlite_close};
 
 static int is_stopping(ga_writer *w) {
   int s;
@@ -268,7 +180,7 @@ static void *writer_main(void *arg) {
       pthread_mutex_unlock(&w->mu);
       if (is_stopping(w) && ++attempts >= STOP_RETRIES) break;
       if (ok == -2 && ++permanent >= PERMANENT_RETRIES) break;
-      sleep_ms(backoff);
+      ga_sleep_ns((uint64_t)backoff * 1000000u);
       if (backoff < 1000) backoff *= 2;
     }
     pthread_mutex_lock(&w->mu);
@@ -296,7 +208,7 @@ static void *writer_main(void *arg) {
      * other writers polling for it (a sync persist's busy handler polls every
      * 0.5-1.5 ms) get it within their busy_timeout instead of the writer
      * taking it back at once */
-    if (more && ok == 0 && ga_monotonic_ns() - t0 >= YIELD_AFTER_NS) sleep_ms(YIELD_MS);
+    if (more && ok == 0 && ga_monotonic_ns() - t0 >= YIELD_AFTER_NS) ga_sleep_ns(YIELD_MS * 1000000u);
   }
   free(batch);
   return NULL;
@@ -345,34 +257,6 @@ ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, cons
     return NULL;
   }
   return w;
-}
-
-ga_writer *ga_writer_start(const char *path, const ga_writer_opts *o, char *err, size_t errlen) {
-  static const char *const syncs[] = {"OFF", "NORMAL", "FULL", "EXTRA"};
-  sqlite_conn *c = (sqlite_conn *)calloc(1, sizeof *c);
-  char sql[64];
-  if (!c) {
-    snprintf(err, errlen, "out of memory");
-    return NULL;
-  }
-  if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI, NULL) !=
-      SQLITE_OK) {
-    snprintf(err, errlen, "writer cannot open '%s': %s", path, c->db ? sqlite3_errmsg(c->db) : "out of memory");
-    goto fail;
-  }
-  sqlite3_busy_timeout(c->db, (int)o->busy_timeout_ms);
-  if (o->length_limit > 0) sqlite3_limit(c->db, SQLITE_LIMIT_LENGTH, (int)o->length_limit);
-  snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", syncs[o->synchronous & 3]);
-  if (sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
-      sqlite3_exec(c->db, sql, NULL, NULL, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(c->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &c->insert, NULL) != SQLITE_OK) {
-    snprintf(err, errlen, "writer cannot prepare '%s': %s", path, sqlite3_errmsg(c->db));
-    goto fail;
-  }
-  return ga_writer_start_backend(&sqlite_backend, c, o, err, errlen);
-fail:
-  sqlite_close(c);
-  return NULL;
 }
 
 const char *ga_writer_push_code(int r) {

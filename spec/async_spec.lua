@@ -162,3 +162,74 @@ describe("genaudit.store async mode", function()
     assert.has_error(function() store:start_async{ on_full = "drop" } end)
   end)
 end)
+
+-- The writer thread opens its own connection: it takes the store's journal
+-- mode, never WAL behind the user's back (a rollback-journal file stays one).
+describe("genaudit.store async mode keeps the store's journal_mode", function()
+  local dir, db, stores
+
+  local function cli(sql)
+    local p = assert(io.popen(("sqlite3 '%s' '%s'"):format(db, sql)))
+    local out = p:read("a")
+    p:close()
+    return (out:gsub("%s+$", ""))
+  end
+
+  local function exists(path)
+    local f = io.open(path)
+    if f then f:close() end
+    return f ~= nil
+  end
+
+  before_each(function()
+    dir = tmp.dir()
+    db = dir .. "/j.db"
+    stores = {}
+  end)
+  after_each(function()
+    for _, s in ipairs(stores) do s:close() end
+    tmp.rm(dir)
+  end)
+
+  it("a journal_mode = 'delete' store stays in rollback-journal mode after start_async", function()
+    local store = assert(genaudit.open("sqlite:" .. db, { journal_mode = "delete", async = { batch = 10 } }))
+    stores[1] = store
+    for i = 1, 100 do assert(store:persist_generation(row(i))) end
+    assert.is_true(store:flush())
+    assert.is_false(exists(db .. "-wal"))
+    assert.equal(100, count(store))
+    assert.is_true(store:close())
+    assert.equal("delete", cli("PRAGMA journal_mode"))
+    assert.equal("100", cli("SELECT count(*) FROM generation_snapshots"))
+  end)
+
+  it("in rollback-journal mode the writer, the store's reads and another store's writes all get through", function()
+    local a = assert(genaudit.open("sqlite:" .. db, { journal_mode = "delete", async = { batch = 5 } }))
+    local b = assert(genaudit.open("sqlite:" .. db, { journal_mode = "delete" }))
+    stores[1], stores[2] = a, b
+    local seen = 0
+    for i = 1, 200 do
+      assert(a:persist_generation(row(i)))
+      if i % 4 == 0 then assert(b:persist_generation(row(i, { platform = "sync" }))) end
+      if i % 10 == 0 then
+        local n = count(a) -- reads while the writer commits: waits for the lock, never fails
+        assert.is_true(n >= seen)
+        seen = n
+      end
+    end
+    assert.is_true(a:flush())
+    assert.equal(250, count(a))
+    assert.equal(50, b:query("SELECT count(*) AS n FROM generation_snapshots WHERE platform = 'sync'")[1].n)
+    assert.same({ "async", 200, 0 }, { a:stats().mode, a:stats().written, a:stats().failed })
+    assert.is_false(exists(db .. "-wal"))
+  end)
+
+  it("a journal_mode = 'wal' store (the default) is still in WAL mode", function()
+    local store = assert(genaudit.open("sqlite:" .. db, { async = true }))
+    stores[1] = store
+    assert(store:persist_generation(row(1)))
+    assert.is_true(store:flush())
+    assert.is_true(store:close())
+    assert.equal("wal", cli("PRAGMA journal_mode"))
+  end)
+end)

@@ -191,7 +191,7 @@ describe("hostile inputs", function()
       local r = get(store, sid)
       assert.equal("failed", r.status)
       assert.equal(err, r.error)
-      assert.matches("^[%u_]+: ", err) -- "CODE: ..." (transport failures read "HTTP: ...")
+      assert.matches("^[%u_]+: ", err) -- "CODE: ...", the code of the failure itself
       assert.equal("You are Acme.", r.final_system_prompt) -- a whole row: prompts and metrics
       assert.is_string(r.token_metrics)
       assert.is_string(r.repair_metrics)

@@ -179,7 +179,7 @@ describe("genaudit.core http_client", function()
       local port = server.closed_port()
       local res, err, code, info = client:request{ url = "http://127.0.0.1:" .. port .. "/v1/x", retries = 2,
                                                    backoff_ms = 1 }
-      local msg = "HTTP: could not connect to 127.0.0.1:" .. port .. ": Connection refused"
+      local msg = "CONNECT: could not connect to 127.0.0.1:" .. port .. ": Connection refused"
       assert.is_nil(res)
       assert.equal(msg, err)
       assert.equal("CONNECT", code)
@@ -200,7 +200,7 @@ describe("genaudit.core http_client", function()
       local res, err, code, info = client:request{ url = srv.url .. "/slow", retries = 0, timeout_ms = 300 }
       local elapsed = now_ms() - t0
       assert.is_nil(res)
-      assert.equal("HTTP: no response from 127.0.0.1:" .. srv.port .. " within timeout_ms=300", err)
+      assert.equal("TIMEOUT: no response from 127.0.0.1:" .. srv.port .. " within timeout_ms=300", err)
       assert.equal("TIMEOUT", code)
       assert.equal(1, #info.attempts)
       assert.equal("TIMEOUT", info.attempts[1].code)
@@ -216,7 +216,7 @@ describe("genaudit.core http_client", function()
       local res, err, code, info = small:request{ url = srv.url .. "/big", retries = 2, backoff_ms = 1 }
       small:close()
       assert.is_nil(res)
-      assert.equal("HTTP: response from 127.0.0.1:" .. srv.port .. " exceeds max_response_bytes=1000", err)
+      assert.equal("TOO_LARGE: response from 127.0.0.1:" .. srv.port .. " exceeds max_response_bytes=1000", err)
       assert.equal("TOO_LARGE", code)
       assert.equal(1, #info.attempts)
     end)
@@ -227,7 +227,7 @@ describe("genaudit.core http_client", function()
       local res, err, code = small:request{ url = srv.url .. "/stream", retries = 0 }
       small:close()
       assert.is_nil(res)
-      assert.equal("HTTP: response from 127.0.0.1:" .. srv.port .. " exceeds max_response_bytes=1000", err)
+      assert.equal("TOO_LARGE: response from 127.0.0.1:" .. srv.port .. " exceeds max_response_bytes=1000", err)
       assert.equal("TOO_LARGE", code)
     end)
 
@@ -257,14 +257,15 @@ describe("genaudit.core http_client", function()
                    res.attempts[1].error)
     end)
 
-    it("fails TLS against a plain-HTTP port (verification is on) without retrying", function()
+    it("fails TLS against a plain-HTTP port (verification is on): code TLS, not retried", function()
       local res, err, code, info = client:request{ url = "https://127.0.0.1:" .. srv.port .. "/", retries = 2,
                                                    backoff_ms = 1 }
       assert.is_nil(res)
-      assert.equal("HTTP: TLS failure with 127.0.0.1:" .. srv.port .. ": ",
-                   err:sub(1, #("HTTP: TLS failure with 127.0.0.1:" .. srv.port .. ": ")))
-      assert.equal("HTTP", code)
+      local prefix = "TLS: handshake with 127.0.0.1:" .. srv.port .. " failed: "
+      assert.equal(prefix, err:sub(1, #prefix))
+      assert.equal("TLS", code)
       assert.equal(1, #info.attempts)
+      assert.same({ "TLS", err }, { info.attempts[1].code, info.attempts[1].error })
     end)
 
     it("never puts the query string, a header value or the body in error messages", function()

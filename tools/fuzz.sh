@@ -35,10 +35,9 @@ build() {
   objs=""
   for src in csrc/*.c; do
     obj="$OUT/obj/$(basename "$src" .c).o"
-    stale=0
-    [ -f "$obj" ] && [ ! "$src" -nt "$obj" ] || stale=1
+    stale=0 # any header newer than the object (ga_aux.h, ga_compat.h, ga_private.h)
     for h in csrc/*.h; do [ "$h" -nt "$obj" ] && stale=1; done
-    if [ "$stale" = 1 ]; then
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$stale" = 1 ]; then
       # shellcheck disable=SC2086
       $FUZZ_CC $CFLAGS $SAN -fsanitize=fuzzer-no-link $LUA54_INCDIR $DEP_CFLAGS -c "$src" -o "$obj" || return 1
     fi

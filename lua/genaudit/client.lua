@@ -2,6 +2,7 @@
 -- Every call is metered (tokens, cost, provider wait) into a per-generation
 -- run, and every HTTP try is recorded, failed ones included.
 local core = require("genaudit.core")
+local dto = require("genaudit.dto")
 
 local M = {}
 
@@ -26,7 +27,9 @@ local function curl_transport(provider)
 end
 
 -- client.new{ provider, pricing, transport = fn (optional), retries = 2,
---   backoff_ms = 200, max_backoff_ms = 30000 } -> client
+--   backoff_ms = 200, max_backoff_ms = 30000 } -> client. Without a
+-- transport, genaudit.core's libcurl client; a host with its own I/O passes
+-- one in (inside nginx, openresty.init_worker passes openresty.transport).
 function M.new(opts)
   if type(opts.provider) ~= "table" or type(opts.provider.request) ~= "function" then
     error("bad argument #1 to 'client' (provider expected)", 3)
@@ -37,18 +40,15 @@ function M.new(opts)
   }, Client)
   if opts.transport then
     self.transport = opts.transport
-  elseif rawget(_G, "ngx") and require("genaudit.openresty").available() then
-    -- inside nginx: cosockets, never a blocking libcurl call on a worker
-    self.transport = require("genaudit.openresty").transport(opts.provider)
   else
     self.transport, self.http = curl_transport(opts.provider)
   end
   return self
 end
 
--- client:run() -> a fresh per-generation accumulator (meter, stopwatch, log)
+-- client:run([sw]) -> a fresh per-generation accumulator (genaudit.dto.Run)
 function Client.run(_, sw)
-  return { sw = sw or core.stopwatch(), meter = core.meter(), attempts = 0, http = {} }
+  return dto.Run{ sw = sw }
 end
 
 -- Resolves the price table key for a model string, or nil.
@@ -98,7 +98,6 @@ function Client:complete(run, kind, messages, params)
   local entry = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us), tries = log,
                   status = res and res.status or nil, timings = res and res.timings or nil }
   run.http[#run.http + 1] = entry
-  run.call_models = run.call_models or {}
   local function failed_call(reason, served)
     local call = { kind = kind, model = served or provider.model, reason = reason, provider_wait_us = wait_us }
     local ok = run.meter:add_failed_call(call)
@@ -126,13 +125,22 @@ function Client:complete(run, kind, messages, params)
   run.model_identifier = parsed.model_identifier or run.model_identifier
   local key, reason = pricing_for(self.pricing, parsed.model_identifier, provider.model)
   local u = parsed.usage
-  local ok, merr = run.meter:add_call{
+  local call = {
     kind = kind, model = key or parsed.model_identifier or provider.model,
     prices = key and self.pricing:price_table() or nil, unpriced_reason = reason,
     prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens, total_tokens = u.total_tokens,
     cached_prompt_tokens = u.cached_prompt_tokens, cache_write_tokens = u.cache_write_tokens,
     reasoning_tokens = u.reasoning_tokens, provider_cost = parsed.provider_cost, provider_wait_us = wait_us,
   }
+  local ok, merr = run.meter:add_call(call)
+  if not ok and (call.provider_cost ~= nil or not key) then
+    -- a provider cost the meter cannot hold (1e300 USD) or a reported model
+    -- too long for it must not cost the call its usage: the call is kept
+    -- without them (an unusable billed cost is ignored, as a negative one is)
+    call.provider_cost = nil
+    if not key then call.model = nil end
+    ok, merr = run.meter:add_call(call)
+  end
   if not ok then
     if run.content == nil then run.content = parsed.content else entry.content = parsed.content end
     failed_call("no_usage", parsed.model_identifier)
@@ -142,21 +150,11 @@ function Client:complete(run, kind, messages, params)
   return parsed.content
 end
 
--- client:token_metrics(run) -> the token_metrics document of a run. Each call
--- names the model it was priced as (`model`), the requested and the served one.
+-- client:token_metrics(run) -> the token_metrics document of a run, as the
+-- meter builds it. Each call names the model it was priced as (`model`), the
+-- requested and the served one.
 function Client.token_metrics(_, run)
-  local t = run.meter:totals()
-  for i, c in ipairs(t.calls) do
-    local m = run.call_models and run.call_models[i]
-    if m then c.requested_model, c.served_model = m.requested, m.served end
-  end
-  return {
-    prompt_tokens = t.prompt_tokens, completion_tokens = t.completion_tokens, total_tokens = t.total_tokens,
-    estimated_cost = t.estimated_cost, cached_prompt_tokens = t.cached_prompt_tokens,
-    cache_write_tokens = t.cache_write_tokens, reasoning_tokens = t.reasoning_tokens,
-    cost_source = t.cost_source, initial_cost = t.initial_cost, repair_cost = t.repair_cost,
-    provider_cost = t.provider_cost, calls = t.calls,
-  }
+  return run.meter:token_metrics(run.call_models)
 end
 
 -- client:performance_metrics(run, total_ms) -> the performance_metrics document

@@ -2,14 +2,15 @@
 -- into PostgreSQL, or any pair), behind `genaudit copy`. Rows stream from the
 -- source in id order with store:each (memory bounded by one batch) and are
 -- written with persist_generation, keeping their id and created_at; the
--- metric documents are decoded (core.json_decode: integers stay integers,
+-- metric documents are decoded (genaudit.json: integers stay integers,
 -- null stays null) and rebuilt by the C row builder, which gives back the
 -- same bytes for documents genaudit wrote. Per batch of rows, one query asks
 -- the destination which ids it already holds; those are skipped, so a copy
 -- can be run again after an interruption. A destination in async mode
 -- (genaudit.open(url, { async = ... })) gets the rows through its writer
 -- thread, in batched transactions, and is flushed at the end.
-local core = require("genaudit.core")
+local json = require("genaudit.json")
+local schema = require("genaudit.schema")
 
 local M = {}
 
@@ -20,17 +21,16 @@ local BATCH = 500
 -- raw_depth, objects and arrays nested deeper stay JSON text that
 -- persist_generation writes back as it is.
 function M.decode_json(text, raw_depth)
-  local v, err = core.json_decode(text, raw_depth)
+  local v, err = json.decode(text, raw_depth)
   if v == nil then return nil, (tostring(err):gsub("^INVALID: ", "")) end
   return v
 end
 
 -- ---- rows ----
 
-local TEXT_COLUMNS = { "id", "created_at", "org_id", "user_id", "platform", "template_id", "template_version",
-                       "status", "content", "error", "final_system_prompt", "final_user_prompt", "replay_of" }
-local DOCUMENTS = { token_usage = "token_metrics", performance = "performance_metrics",
-                    repair_info = "repair_metrics", request_params = "request_params" }
+local TEXT_COLUMNS = schema.TEXT_COLUMNS
+local DOCUMENTS = {} -- persist_generation field -> column
+for col, field in pairs(schema.DOCUMENTS) do DOCUMENTS[field] = col end
 -- How deep each document is rebuilt as Lua values: the members the row
 -- builder checks (token counts, cost, latencies, repair_count, repair_types,
 -- repair_log as an array) are; what lies deeper (the per-call arrays, each
@@ -39,15 +39,7 @@ local RAW_DEPTH = { token_metrics = 1, performance_metrics = 1, repair_metrics =
 
 -- the stored columns only: the generated ones (json_extract per row on
 -- SQLite) would cost more than the rest of the read
-local SELECT_SOURCE
-do
-  local cols = {}
-  for i, c in ipairs(TEXT_COLUMNS) do cols[i] = c end
-  for _, c in ipairs({ "token_metrics", "performance_metrics", "repair_metrics", "request_params" }) do
-    cols[#cols + 1] = c
-  end
-  SELECT_SOURCE = "SELECT " .. table.concat(cols, ", ") .. " FROM generation_snapshots ORDER BY id"
-end
+local SELECT_SOURCE = "SELECT " .. table.concat(schema.COLUMNS, ", ") .. " FROM generation_snapshots ORDER BY id"
 
 -- Sets the decoded documents of a stored row on `g`; nil, err for one that
 -- is not JSON. (persist_generation ignores the fields it does not know, so
@@ -56,7 +48,7 @@ local function decode_documents(row, g)
   for field, col in pairs(DOCUMENTS) do
     local text = row[col]
     if text ~= nil then
-      local v, err = core.json_decode(text, RAW_DEPTH[col])
+      local v, err = json.decode(text, RAW_DEPTH[col])
       if v == nil then return nil, col .. ": " .. tostring(err):gsub("^INVALID: ", "") end
       g[field] = v
     end

@@ -1,5 +1,7 @@
 -- genaudit.dto — the pipeline's data objects, as plain tables with checked
--- constructors: Prompt, GenerationContext and RepairResult.
+-- constructors: Prompt, GenerationContext, RepairResult and Run.
+local core = require("genaudit.core")
+
 local M = {}
 
 local function argerr(fn, field, expected, v)
@@ -27,6 +29,10 @@ end
 
 local ID_TYPES = { string = true, number = true }
 
+-- Request parameters a context may not carry: the body builders set them
+-- from the prompt and the provider (providers.lua).
+M.RESERVED_PARAMS = { "model", "messages", "system" }
+
 -- GenerationContext{ org_id, user_id, platform, template_id, business = {name,
 -- tone, ...}, knowledge = {...}, facts = {...}, tone_override, params = {
 -- temperature, max_tokens, seed, ... } } -> context, or nil, "INVALID: ..."
@@ -47,6 +53,14 @@ function M.GenerationContext(t)
   if t.tone_override ~= nil and type(t.tone_override) ~= "string" then
     return nil, "INVALID: tone_override must be a string", "INVALID"
   end
+  -- the request body's own fields: a parameter of that name would replace
+  -- what the snapshot records (the prompts, the requested model)
+  for _, k in ipairs(M.RESERVED_PARAMS) do
+    if t.params ~= nil and rawget(t.params, k) ~= nil then
+      return nil, "INVALID: params." .. k .. " is set by genaudit (the snapshot records it); it cannot be a parameter",
+        "INVALID"
+    end
+  end
   return {
     org_id = t.org_id, user_id = t.user_id, platform = t.platform, template_id = t.template_id,
     business = t.business or {}, knowledge = t.knowledge or {}, facts = t.facts or {},
@@ -64,6 +78,26 @@ function M.RepairResult(t)
     final_validation_score = t.final_validation_score,
     repair_log = t.repair_log or {},
     passed = t.passed and true or false,
+  }
+end
+
+-- Run{ sw } — the state of one generation (or one replay) while it runs:
+-- created by client:run() at the very start, filled by client:complete() and
+-- the pipeline, read by client:token_metrics() / performance_metrics() and
+-- pipeline:persist(). Every field:
+function M.Run(t)
+  t = t or {}
+  return {
+    sw = t.sw or core.stopwatch(),  -- the running stopwatch: total time, "provider" interval
+    meter = core.meter(),           -- every metered call (tokens, cost, provider wait), in order
+    attempts = 0,                   -- HTTP tries over all calls, failed ones included
+    http = {},                      -- one log entry per call: kind, attempts, wait_ms, tries, status, timings
+    call_models = {},               -- per meter call: { requested = model, served = model reported }
+    model_identifier = nil,         -- the model the provider last reported
+    content = nil,                  -- the latest text (draft, then each repair); kept when a call fails
+    ctx = nil,                      -- the GenerationContext (pipeline only)
+    prompt = nil,                   -- the composed Prompt, captured before any model call (pipeline only)
+    repair = nil,                   -- the RepairResult of validate_and_repair (pipeline only)
   }
 end
 

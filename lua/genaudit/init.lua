@@ -2,7 +2,6 @@
 -- from this table; genaudit.core (the C module) is an implementation detail.
 local core = require("genaudit.core")
 local store = require("genaudit.store")
-local persister = require("genaudit.persister")
 
 local M = {
   _VERSION = "0.1.0",
@@ -11,8 +10,8 @@ local M = {
 
 -- genaudit.open(url, opts) -> store | nil, err, code (runs migrations)
 M.open = store.open
--- genaudit.persister(store) -> the SnapshotPersister
-M.persister = persister.new
+-- genaudit.persister(store) -> the SnapshotPersister (the store itself)
+M.persister = store.persister
 -- genaudit.stopwatch() -> a running monotonic stopwatch
 M.stopwatch = core.stopwatch
 

@@ -2,7 +2,9 @@
 -- LuaJIT). Two pieces:
 --   * a non-blocking transport over cosockets, with the same request/response
 --     shape, retries and timings as the libcurl transport, so the provider
---     adapters, meter and stopwatch work unchanged;
+--     adapters, meter and stopwatch work unchanged; what is retried, the
+--     backoff, Retry-After and each failure's code come from the one policy
+--     in C (csrc/ga_retry.c: core.retry_policy, retry_delay, retry_after_ms);
 --   * per-worker lifecycle: init_worker() opens one store per worker in async
 --     mode (a C writer thread commits snapshots off the request path) and
 --     builds the pipeline; exit_worker() drains the queue on quit and reload.
@@ -15,8 +17,6 @@ local ngx = rawget(_G, "ngx")
 -- Phases where cosockets (and so provider calls) are available.
 local COSOCKET_PHASES = { rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
   ssl_session_fetch = true, preread = true }
-
-local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
 
 local function parse_url(url)
   local scheme, host, port, path = url:match("^(https?)://([^/:@%[%]]+):?(%d*)(.*)$")
@@ -73,7 +73,12 @@ local function read_body(sock, headers, limit)
   return data, false
 end
 
--- One HTTP exchange. Returns status, headers, body, timings | nil, err, code, timings
+-- "Connection refused" as libcurl words it (strerror): cosockets lower-case it.
+local function os_error(err) return (tostring(err):gsub("^%l", string.upper)) end
+
+-- One HTTP exchange. Returns status, headers, body, timings | nil, err, code, timings, retry.
+-- A failure is one of core.retry_policy()'s kinds; it gives the code (and so
+-- the message prefix) and whether to retry. Messages are worded as ga_http.c's.
 local function exchange(u, req, opts)
   local t0 = now_us()
   local timings = { dns_us = 0, tls_us = 0 }
@@ -83,21 +88,39 @@ local function exchange(u, req, opts)
   local verify = opts.verify_tls ~= false
   local ok, err = sock:connect(u.host, u.port, { pool = u.hostport .. (verify and ":v" or ":nv") })
   timings.connect_us = now_us() - t0
-  local function fail(msg, code)
+  local function fail(kind, msg)
     sock:close()
     timings.total_us = now_us() - t0
     timings.wait_us = timings.total_us
-    return nil, "HTTP: " .. msg, code, timings
+    local retry, code = core.retry_policy(kind)
+    return nil, code .. ": " .. msg, code, timings, retry
+  end
+  local function no_response()
+    return fail("timeout", ("no response from %s within timeout_ms=%d"):format(u.hostport, opts.timeout_ms))
+  end
+  -- a receive failed: the peer closed (msg), or the socket failed (reset, …)
+  local function lost(rerr, msg)
+    if rerr == "timeout" then return no_response() end
+    if rerr ~= "closed" then
+      msg = ("connection to %s failed while receiving: %s"):format(u.hostport, os_error(rerr))
+    end
+    return fail("closed", msg)
   end
   if not ok then
-    if err == "timeout" then return fail(("timed out connecting to %s"):format(u.hostport), "TIMEOUT") end
-    return fail(("could not connect to %s: %s"):format(u.hostport, err), "CONNECT")
+    if err == "timeout" then
+      return fail("connect_timeout", ("timed out connecting to %s (connect_timeout_ms=%d, timeout_ms=%d)")
+        :format(u.hostport, opts.connect_timeout_ms, opts.timeout_ms))
+    end
+    if tostring(err):find("resolve", 1, true) then
+      return fail("resolve", ("could not resolve the host of %s"):format(u.hostport))
+    end
+    return fail("refused", ("could not connect to %s: %s"):format(u.hostport, os_error(err)))
   end
   if u.scheme == "https" and sock:getreusedtimes() == 0 then
     local t1 = now_us()
     ok, err = sock:sslhandshake(nil, u.host, verify)
     timings.tls_us = now_us() - t1
-    if not ok then return fail(("TLS failure with %s: %s"):format(u.hostport, err), "TLS") end
+    if not ok then return fail("tls", ("handshake with %s failed: %s"):format(u.hostport, err)) end
   end
   local lines = { "POST " .. u.path .. " HTTP/1.1", "Host: " .. u.host_header, "User-Agent: genaudit/0.1.0",
                   "Content-Length: " .. #req.body, "Connection: keep-alive" }
@@ -111,26 +134,23 @@ local function exchange(u, req, opts)
   lines[#lines + 1] = ""
   lines[#lines + 1] = req.body
   ok, err = sock:send(table.concat(lines, "\r\n"))
-  if not ok then return fail(("could not send to %s: %s"):format(u.hostport, err), "HTTP") end
+  local unanswered = ("%s closed the connection without a response"):format(u.hostport)
+  if not ok then
+    if err == "timeout" then return no_response() end
+    if err == "closed" then return fail("closed", unanswered) end
+    return fail("closed", ("connection to %s failed while sending: %s"):format(u.hostport, os_error(err)))
+  end
   local line
   line, err = sock:receive("*l")
   timings.first_byte_us = now_us() - t0
-  if not line then
-    if err == "timeout" then
-      return fail(("no response from %s within timeout_ms=%d"):format(u.hostport, opts.timeout_ms), "TIMEOUT")
-    end
-    return fail(("%s closed the connection without a response"):format(u.hostport), "HTTP")
-  end
+  if not line then return lost(err, unanswered) end
   local status = tonumber(line:match("^HTTP/%d%.%d (%d%d%d)"))
-  if not status then return fail(("bad status line from %s"):format(u.hostport), "HTTP") end
+  if not status then return fail("protocol", ("malformed response from %s"):format(u.hostport)) end
+  local partial = ("%s closed the connection before the whole response arrived"):format(u.hostport)
   local headers = {}
   while true do
     local h, herr = sock:receive("*l")
-    if not h then
-      local timed_out = herr == "timeout"
-      return fail(("%s %s in the headers"):format(u.hostport, timed_out and "timed out" or "closed the connection"),
-        timed_out and "TIMEOUT" or "HTTP")
-    end
+    if not h then return lost(herr, partial) end
     if h == "" then break end
     local name, value = h:match("^([^:]+):%s*(.-)%s*$")
     if name then headers[name:lower()] = value end
@@ -140,28 +160,17 @@ local function exchange(u, req, opts)
   if not body then err = framed end
   if not body then
     if err == "too large" then
-      return fail(("response from %s exceeds max_response_bytes=%d"):format(u.hostport, opts.max_response_bytes),
-        "TOO_LARGE")
+      return fail("too_large", ("response from %s exceeds max_response_bytes=%d")
+        :format(u.hostport, opts.max_response_bytes))
     end
-    if err == "timeout" then
-      return fail(("no response from %s within timeout_ms=%d"):format(u.hostport, opts.timeout_ms), "TIMEOUT")
-    end
-    return fail(("%s closed the connection in the body"):format(u.hostport), "HTTP")
+    if err == "bad chunk size" then return fail("protocol", ("malformed response from %s"):format(u.hostport)) end
+    return lost(err, partial)
   end
   if framed and (headers.connection or ""):lower() ~= "close" then sock:setkeepalive(60000, 64) else sock:close() end
   timings.total_us = now_us() - t0
   timings.wait_us = timings.total_us
   timings.pretransfer_us = timings.connect_us + timings.tls_us
   return status, headers, body, timings
-end
-
-local function retry_after_ms(value)
-  if not value then return nil end
-  local secs = tonumber(value)
-  if secs and secs >= 0 then return math.floor(secs * 1000) end
-  local t = ngx.parse_http_time(value)
-  if t then return math.max(0, (t - ngx.time()) * 1000) end
-  return nil
 end
 
 -- openresty.transport(provider, opts) -> transport(req) with the libcurl
@@ -189,18 +198,18 @@ function M.transport(provider, opts)
     local backoff = req.backoff_ms or 200
     local max_backoff = req.max_backoff_ms or 30000
     for i = 1, retries + 1 do
-      local status, headers, body, timings = exchange(u, req, o)
+      local status, headers, body, timings, failed_retry = exchange(u, req, o)
       wait_us = wait_us + timings.wait_us
       local a = { timings = timings }
       attempts[i] = a
       local retry
       if status then
         a.status = status
-        retry = RETRY_STATUS[status]
-        a.retry_after_ms = retry and retry_after_ms(headers["retry-after"]) or nil
+        retry = core.retry_policy(status)
+        a.retry_after_ms = retry and core.retry_after_ms(headers["retry-after"]) or nil
       else
-        a.error, a.code = headers, body -- exchange's nil, err, code
-        retry = body == "CONNECT" or body == "TIMEOUT" or body == "HTTP"
+        a.error, a.code = headers, body -- exchange's nil, err, code, timings, retry
+        retry = failed_retry
       end
       if not retry or i == retries + 1 then
         if status then
@@ -209,16 +218,15 @@ function M.transport(provider, opts)
         end
         return nil, a.error, a.code, { attempts = attempts, provider_wait_us = wait_us }
       end
-      local sleep = a.retry_after_ms or math.floor(backoff * 2 ^ (i - 1) * (0.5 + math.random() * 0.5))
-      if sleep > max_backoff then sleep = max_backoff end
+      local sleep = core.retry_delay(i, backoff, max_backoff, a.retry_after_ms)
       a.slept_ms = sleep
       ngx.sleep(sleep / 1000) -- yields: other requests on this worker go on
     end
   end
 end
 
--- True inside nginx where cosockets can exist (the transport then is chosen
--- automatically by genaudit.client).
+-- True inside nginx where cosockets can exist (init_worker then hands the
+-- pipeline openresty.transport; genaudit.client itself never looks for ngx).
 function M.available()
   return ngx ~= nil and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
 end
@@ -270,6 +278,8 @@ function M.init_worker(opts)
   worker.pipeline = genaudit.pipeline{
     store = store, provider = opts.provider, templates = opts.templates, rules = opts.rules,
     pricing = opts.pricing, retries = opts.retries, backoff_ms = opts.backoff_ms,
+    -- cosockets, never a blocking libcurl call on a worker
+    transport = type(opts.provider) == "table" and M.transport(opts.provider) or nil,
   }
   return true
 end

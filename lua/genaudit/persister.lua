@@ -1,27 +1,7 @@
--- genaudit.persister — the seed's SnapshotPersister: maps one generation's
--- final prompts and metric objects to a generation_snapshots row.
-local M = {}
+-- genaudit.persister — the seed's name for the SnapshotPersister, kept as an
+-- alias: a store is its own persister, and the logic lives in genaudit.store.
+-- require("genaudit.persister").new(store) and genaudit.persister(store)
+-- both return the store (see store.persister).
+local store = require("genaudit.store")
 
-local Persister = {}
-Persister.__index = Persister
-
--- persister:persist_generation{ org_id, user_id, platform, template_id,
---   template_version, final_system_prompt, final_user_prompt, token_usage,
---   performance, repair_info, content, status, error, request_params,
---   replay_of } -> snapshot id (26-char ULID) | nil, err, code.
--- Nothing is written unless every field is valid.
-function Persister:persist_generation(row)
-  if type(row) ~= "table" then
-    error("bad argument #1 to 'persist_generation' (table expected, got " .. type(row) .. ")", 2)
-  end
-  return self.store:persist_generation(row)
-end
-
-function M.new(store)
-  if type(store) ~= "table" or type(store.persist_generation) ~= "function" then
-    error("bad argument #1 to 'persister' (store expected, got " .. type(store) .. ")", 2)
-  end
-  return setmetatable({ store = store }, Persister)
-end
-
-return M
+return { new = store.persister }

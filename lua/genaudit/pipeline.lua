@@ -8,7 +8,7 @@
 local dto = require("genaudit.dto")
 local composer_mod = require("genaudit.composer")
 local validator_mod = require("genaudit.validator")
-local persister_mod = require("genaudit.persister")
+local store_mod = require("genaudit.store")
 local client_mod = require("genaudit.client")
 
 local M = {}
@@ -29,7 +29,7 @@ function M.new(opts)
   if type(opts.rules) ~= "string" then error("bad argument #1 to 'pipeline' (rules directory expected)", 2) end
   local self = setmetatable({
     store = opts.store,
-    persister = persister_mod.new(opts.store),
+    persister = store_mod.persister(opts.store),
     provider = opts.provider,
     pricing = opts.pricing,
     composer = composer_mod.new{ templates = opts.templates, sandbox = opts.sandbox,
@@ -41,7 +41,8 @@ function M.new(opts)
   return self
 end
 
--- Builds and persists the snapshot. Returns id, nil, nil, row | nil, err, code.
+-- Builds and persists the snapshot of a run (genaudit.dto.Run). Returns id,
+-- nil, nil, row | nil, err, code.
 function Pipeline:persist(run, status, err)
   local total_ms = run.sw:stop()
   local rr = run.repair or dto.RepairResult{}
@@ -72,7 +73,7 @@ end
 --   result = { content, snapshot_id, prompt, token_metrics,
 --              performance_metrics, repair_metrics }
 function Pipeline:generate(input)
-  local run = self.client:run() -- the timer starts at the very beginning
+  local run = self.client:run() -- a dto.Run; the timer starts at the very beginning
   local ctx, err, code = dto.GenerationContext(input)
   if not ctx then return nil, err, code end
   run.ctx = ctx

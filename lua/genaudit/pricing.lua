@@ -3,7 +3,7 @@
 -- which holds every price as exact integer picodollars, and resolves the model
 -- names providers report ("openai/gpt-4o-mini-2024-07-18") to the map's keys.
 local core = require("genaudit.core")
-local cjson = require("cjson.safe")
+local json = require("genaudit.json")
 
 local M = {}
 
@@ -35,7 +35,7 @@ end
 local function has_price(entry)
   for _, field in ipairs(M.PRICE_FIELDS) do
     local v = entry[field]
-    if v ~= nil and v ~= cjson.null then return true end
+    if v ~= nil and v ~= json.null then return true end
   end
   return false
 end
@@ -78,8 +78,8 @@ function M.load(src)
   end
   local text, err = core.read_file(src)
   if not text then return fail((err:gsub("^IO: ", ""))) end
-  local map, jerr = cjson.decode(text)
-  if map == nil then return fail("invalid JSON in " .. src .. ": " .. tostring(jerr)) end
+  local map, jerr = json.decode(text)
+  if map == nil then return fail("invalid JSON in " .. src .. ": " .. tostring(jerr):gsub("^INVALID: ", "")) end
   if type(map) ~= "table" then return fail(src .. " does not hold a JSON object of models") end
   return build(map, src)
 end

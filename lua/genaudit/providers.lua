@@ -14,19 +14,17 @@
 -- Request bodies are built with genaudit's exact C encoder (core.json_encode),
 -- never with lua-cjson: Debian's cjson rounds numbers to 14 digits (a seed or
 -- a temperature would be sent other than stored) and crashes on huge strings.
-local cjson = require("cjson.safe")
 local core = require("genaudit.core")
+local json = require("genaudit.json")
 
 local M = {}
 
 -- The default cap on a request body (prompts, draft, feedback, parameters).
 M.MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
-local tointeger = rawget(math, "tointeger") -- 5.4: cjson decodes 42 as 42.0
-
 local function int(v)
   if type(v) ~= "number" or v ~= v or v < 0 or v % 1 ~= 0 or v >= 2 ^ 53 then return nil end
-  return tointeger and tointeger(v) or v
+  return json.integer(v) -- a body's 42.0 counts as 42
 end
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -73,11 +71,36 @@ local function secret_forms(secret)
   return forms
 end
 
--- Removes the secret, in any form secret_forms lists, from a text that leaves
--- the provider object. Case-insensitive: an upper-cased echo goes too.
+-- A run of at least PART_RUN consecutive characters of the key is a leak too
+-- (a key cut short by one character, or split in two across an answer): it
+-- is found through the key's PART_STEP-long windows at every PART_STEP-th
+-- offset (any run of 2 * PART_STEP - 1 characters holds one), then widened
+-- as far as the text goes on matching the key. Shorter runs (the public
+-- "sk-ant-api03-" prefix) stay.
+local PART_RUN, PART_STEP = 16, 8
+
+local function key_runs(low, key, ranges)
+  if #key <= PART_RUN then return end
+  for k = 1, #key - PART_STEP + 1, PART_STEP do
+    local w, from = key:sub(k, k + PART_STEP - 1), 1
+    while true do
+      local a, b = low:find(w, from, true)
+      if not a then break end
+      local ka, kb = k, k + PART_STEP - 1
+      while a > 1 and ka > 1 and low:byte(a - 1) == key:byte(ka - 1) do a, ka = a - 1, ka - 1 end
+      while kb < #key and low:byte(b + 1) == key:byte(kb + 1) do b, kb = b + 1, kb + 1 end
+      if b - a + 1 >= PART_RUN then ranges[#ranges + 1] = { a, b } end
+      from = b + 1
+    end
+  end
+end
+
+-- Removes the secret, in any form secret_forms lists, and any run of
+-- PART_RUN or more of its characters, from a text that leaves the provider
+-- object. Case-insensitive: an upper-cased echo goes too.
 local function scrubber(secret)
   if not secret or secret == "" then return function(s) return s end end
-  local forms = secret_forms(secret)
+  local forms, key = secret_forms(secret), secret:lower()
   return function(s)
     if type(s) ~= "string" or s == "" then return s end
     local low = s:lower()
@@ -91,6 +114,7 @@ local function scrubber(secret)
         from = b + 1
       end
     end
+    key_runs(low, key, ranges)
     if #ranges == 0 then return s end
     table.sort(ranges, function(x, y) return x[1] < y[1] end)
     local out, pos = {}, 1
@@ -107,7 +131,7 @@ local function scrubber(secret)
 end
 
 local function decode(body)
-  local doc, err = cjson.decode(body)
+  local doc, err = json.decode(body) -- a lone \ud800 escape becomes U+FFFD (ga_jsondec.c)
   if type(doc) ~= "table" then return nil, err or "not a JSON object" end
   return doc
 end

@@ -3,23 +3,11 @@
 -- parameters, to a provider and compares the new output with the stored one.
 -- The original row is never modified; the replay may be recorded as its own
 -- snapshot, linked to the original through replay_of.
-local cjson = require("cjson.safe")
+local json = require("genaudit.json")
 local client_mod = require("genaudit.client")
-local persister_mod = require("genaudit.persister")
+local store_mod = require("genaudit.store")
 
 local M = {}
-
-local tointeger = rawget(math, "tointeger")
-
--- cjson decodes 200 as 200.0 on Lua 5.4; request parameters go back as sent.
-local function integral(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integral(x) end
-  elseif type(v) == "number" and tointeger and tointeger(v) then
-    return tointeger(v)
-  end
-  return v
-end
 
 local function word_counts(text)
   local counts, n = {}, 0
@@ -61,7 +49,8 @@ function M.run(store, id, opts)
   if not rows then return nil, err, code end
   local original = rows[1]
   if not original then return nil, "NOT_FOUND: no snapshot with id '" .. id .. "'", "NOT_FOUND" end
-  local params = original.request_params and integral(cjson.decode(original.request_params)) or {}
+  -- request parameters go back as sent: integers stay integers
+  local params = original.request_params and json.decode(original.request_params) or {}
 
   local client = client_mod.new(opts)
   local run = client:run()
@@ -80,7 +69,7 @@ function M.run(store, id, opts)
     performance_metrics = client:performance_metrics(run, total_ms),
   }
   if opts.record ~= false then
-    local sid, perr, pcode = persister_mod.new(store):persist_generation{
+    local sid, perr, pcode = store_mod.persister(store):persist_generation{
       org_id = original.org_id, user_id = original.user_id, platform = original.platform,
       template_id = original.template_id, template_version = original.template_version,
       final_system_prompt = original.final_system_prompt or "", final_user_prompt = original.final_user_prompt or "",

@@ -4,12 +4,13 @@
 -- percentiles, one snapshot, and a streaming JSONL/CSV export.
 --
 -- Reports return { columns = { names in display order }, rows = { {col=v} } }
+-- (rendered as a table, CSV or JSON by genaudit.format)
 -- (SQL NULL columns are absent from a row), or nil, "REPORT: message",
 -- "REPORT" for bad options; a store failure is passed through as the store's
 -- nil, err, code. Misuse (a store or options of the wrong type) raises.
 -- User values only ever reach SQL as bound parameters; the only pieces
 -- spliced into statements come from the fixed tables below.
-local core = require("genaudit.core")
+local format = require("genaudit.format")
 
 local M = {}
 
@@ -102,9 +103,6 @@ local GROUP_NAMES = { cost = "template, model, platform, org, day", latency = "m
 -- the --by of a report that names none
 local DEFAULT_BY = { cost = "template", latency = "model" }
 local STATUSES = { completed = true, failed = true, all = true }
-
--- The JSON documents export embeds verbatim rather than as strings.
-local JSON_COLUMNS = { token_metrics = true, performance_metrics = true, repair_metrics = true, request_params = true }
 
 local UNITS = { m = 60, h = 3600, d = 86400, w = 604800 }
 
@@ -460,98 +458,10 @@ function M.show(store, id)
   return rows[1], M.columns(store)
 end
 
--- ---- output encodings (shared with bin/genaudit) ----
+-- ---- output encodings: genaudit.format (kept here under their old names) ----
 
--- A scalar as a JSON value (nil -> null); numbers and strings via the exact
--- C encoder, so costs keep every digit and any byte string is escaped.
-function M.json_value(v)
-  if v == nil then return "null" end
-  if type(v) == "boolean" then return v and "true" or "false" end
-  local s, err = core.json_encode(v)
-  if not s then error(err, 2) end
-  return s
-end
-
--- A row as a JSON object with the keys in `columns` order; JSON columns are
--- spliced verbatim when `embed` is true. Always valid UTF-8 JSON, and
--- lossless: a value that is not valid UTF-8 (the TEXT columns keep any bytes)
--- cannot be a JSON string, so it goes out under the key `<column>_base64`
--- instead of `<column>`, as the base64 (RFC 4648) of its exact bytes. NUL
--- bytes are valid JSON (\u0000) and stay in the plain key.
-function M.json_object(row, columns, embed)
-  local parts = {}
-  for i, c in ipairs(columns) do
-    local v = row[c]
-    if type(v) == "string" and not core.utf8_valid(v) then
-      parts[i] = M.json_value(c .. "_base64") .. ':"' .. core.base64(v) .. '"'
-    else
-      local text
-      if embed and JSON_COLUMNS[c] and type(v) == "string" then text = v else text = M.json_value(v) end
-      parts[i] = M.json_value(c) .. ":" .. text
-    end
-  end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
-local mtype = rawget(math, "type") -- nil on LuaJIT, where every number is a double
-
--- A report value as JSON text: a computed float (a sum, an average, a rate)
--- with at most 15 significant digits — a double's precision, so that sums
--- print 0.0037059, not 0.0037059000000000003; an integer exactly; a map
--- (top_repair_types) as an object with sorted keys; anything else as
--- json_value. Exports and show keep stored values exact (json_value).
-function M.report_value(v)
-  if type(v) == "number" then
-    local integral
-    if mtype then integral = mtype(v) == "integer" else integral = v % 1 == 0 and math.abs(v) < 2 ^ 53 end
-    if not integral and v == v and v ~= math.huge and v ~= -math.huge then
-      local s = string.format("%.15g", v)
-      if not s:find("[.eE]") then s = s .. ".0" end
-      return s
-    end
-  elseif type(v) == "table" then
-    if next(v) == nil then return "{}" end
-    local keys, parts = {}, {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-    table.sort(keys)
-    for i, k in ipairs(keys) do parts[i] = M.json_value(k) .. ":" .. M.report_value(v[k]) end
-    return "{" .. table.concat(parts, ",") .. "}"
-  end
-  return M.json_value(v)
-end
-
--- A report result as {"columns":[...],"rows":[{...}]}; absent values -> null.
-function M.to_json(result)
-  local cols, rows = {}, {}
-  for i, c in ipairs(result.columns) do cols[i] = M.json_value(c) end
-  for i, r in ipairs(result.rows) do
-    local parts = {}
-    for j, c in ipairs(result.columns) do parts[j] = M.json_value(c) .. ":" .. M.report_value(r[c]) end
-    rows[i] = "{" .. table.concat(parts, ",") .. "}"
-  end
-  return '{"columns":[' .. table.concat(cols, ",") .. '],"rows":[' .. table.concat(rows, ",") .. "]}"
-end
-
--- One RFC 4180 field: quoted when it holds , " CR or LF (quotes doubled);
--- nil -> empty; numbers in their exact shortest form, or as report_value
--- when `rounded` (report output); a table as its JSON object.
-function M.csv_field(v, rounded)
-  if v == nil then return "" end
-  local s
-  if type(v) == "table" or (rounded and type(v) == "number") then s = M.report_value(v)
-  elseif type(v) == "number" then s = M.json_value(v)
-  else s = tostring(v) end
-  if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
-  return s
-end
-
--- One CSV record (CRLF-terminated): row's values in `columns` order
--- (`rounded`: numbers as report_value).
-function M.csv_record(row, columns, rounded)
-  local parts = {}
-  for i, c in ipairs(columns) do parts[i] = M.csv_field(row[c], rounded) end
-  return table.concat(parts, ",") .. "\r\n"
-end
+M.json_value, M.json_object, M.report_value = format.json_value, format.json_object, format.report_value
+M.to_json, M.csv_field, M.csv_record = format.json, format.csv_field, format.csv_record
 
 -- M.export(store, { format = "jsonl"|"csv", limit, <filters>, out, progress })
 -- -> rows written | nil, err, code. Streams rows with store:each (constant
@@ -585,10 +495,10 @@ function M.export(store, opts)
   if opts.format == "csv" then
     local header = {}
     for _, c in ipairs(columns) do header[c] = c end
-    put(M.csv_record(header, columns))
-    record = function(row) put(M.csv_record(row, columns)) end
+    put(format.csv_record(header, columns))
+    record = function(row) put(format.csv_record(row, columns)) end
   else
-    record = function(row) put(M.json_object(row, columns, true) .. "\n") end
+    record = function(row) put(format.json_object(row, columns, true) .. "\n") end
   end
   local done = 0
   local each_row = record

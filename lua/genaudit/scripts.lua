@@ -180,17 +180,55 @@ local function gsub_done(ok, res, count)
   if not ok then error(res, 0) end
   return gsub_result(res, count)
 end
+-- The result of a gsub is bounded before it is built: C's gsub checks no
+-- size, and one call with a replacement of many "%0" (each a copy of the
+-- match) built a gigabyte over many seconds, far past the time limit, before
+-- the size check after it. Matches do not overlap, so with count matches a
+-- string replacement of length r holding k captures ("%0".."%9") yields at
+-- most #s + count * r + k * (#s + 20 * count) bytes (20: a position capture's
+-- digits); a function's or a table's values are summed as they come.
+local function gsub_bound(s, pattern, repl, n)
+  if type(s) ~= "string" and type(s) ~= "number" then return end
+  if type(repl) ~= "string" and type(repl) ~= "number" then return end
+  local ls, r = #tostring(s), tostring(repl)
+  local k = select(2, raw_gsub(r, "%%%d", ""))
+  if #r == 0 or (k == 0 and #r <= 1) then return end -- never longer than s (plus count * 1 <= #s + 1)
+  local count = select(2, raw_gsub(s, pattern, "", n))
+  check_deadline()
+  local bound = ls + count * #r + k * (ls + 20 * count)
+  if bound > M.MAX_STRING_BYTES then
+    error(("string.gsub: a result of up to %.0f bytes is over the limit of %d bytes"):format(bound,
+      M.MAX_STRING_BYTES), 3)
+  end
+end
+
+local function sized(repl)
+  local total = 0
+  local function add(v)
+    if type(v) == "string" or type(v) == "number" then
+      total = total + #tostring(v)
+      if total > M.MAX_STRING_BYTES then error(too_big("string.gsub", total, M.MAX_STRING_BYTES), 0) end
+    end
+    return v
+  end
+  if type(repl) == "function" then return function(...) return add(repl(...)) end end
+  return function(c) return add(repl[c]) end
+end
+
 -- A callback (a function, or a table's __index) that calls gsub again nests
 -- C calls: LuaJIT has no C stack check there and crashes some 900 deep.
 guarded.string.gsub = function(s, pattern, repl, n)
   check_deadline()
   local ty = type(repl)
-  if ty ~= "function" and ty ~= "table" then return gsub_result(raw_gsub(s, pattern, repl, n)) end
+  if ty ~= "function" and ty ~= "table" then
+    gsub_bound(s, pattern, repl, n)
+    return gsub_result(raw_gsub(s, pattern, repl, n))
+  end
   if gsub_depth >= M.MAX_CALLBACK_DEPTH then
     error(("string.gsub: callbacks nested more than %d deep"):format(M.MAX_CALLBACK_DEPTH), 2)
   end
   gsub_depth = gsub_depth + 1
-  return gsub_done(pcall(raw_gsub, s, pattern, repl, n))
+  return gsub_done(pcall(raw_gsub, s, pattern, sized(repl), n))
 end
 -- gmatch's iterator is a C function of its own: each step is checked too.
 local raw_gmatch = string.gmatch

@@ -73,9 +73,16 @@ end
 -- genaudit.open(url, opts) -> store | nil, err, code. Runs pending migrations
 -- unless opts.migrate == false. opts: synchronous, journal_mode,
 -- busy_timeout (ms), readonly, length_limit (SQLite: bytes per value and per
--- row, lowers SQLITE_LIMIT_LENGTH), migrations_dir, async (true or the options of
+-- row, lowers SQLITE_LIMIT_LENGTH), query_timeout (ms: the longest a query()
+-- call or an each() step runs; both stores; M.QUERY_TIMEOUT_MS by default, 0 =
+-- no limit), migrations_dir, async (true or the options of
 -- store:start_async); PostgreSQL: connect_timeout (s), reconnect_timeout (ms),
--- schema (created by migrate, first on the search_path).
+-- lock_timeout (ms: the wait for the migration lock), schema (created by
+-- migrate, first on the search_path).
+-- A query cannot hang the host by default: a minute is far beyond any report
+-- on 1M rows (tens of ms) and still a bound.
+M.QUERY_TIMEOUT_MS = 60000
+
 function M.open(url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'open' (table expected, got " .. type(opts) .. ")", 2)
@@ -83,14 +90,18 @@ function M.open(url, opts)
   opts = opts or {}
   local backend, path, code = parse_url(url)
   if not backend then return nil, path, code end
+  local query_timeout = opts.query_timeout
+  if query_timeout == nil then query_timeout = M.QUERY_TIMEOUT_MS end
   local conn, err
   if backend == "postgresql" then
     conn, err, code = core.pg_open(path, { connect_timeout = opts.connect_timeout,
-      reconnect_timeout = opts.reconnect_timeout, schema = opts.schema, readonly = opts.readonly })
+      reconnect_timeout = opts.reconnect_timeout, lock_timeout = opts.lock_timeout, schema = opts.schema,
+      readonly = opts.readonly, query_timeout = query_timeout })
   else
     conn, err, code = core.sqlite_open(path, {
       synchronous = opts.synchronous, journal_mode = opts.journal_mode,
       busy_timeout = opts.busy_timeout, readonly = opts.readonly, length_limit = opts.length_limit,
+      query_timeout = query_timeout,
     })
   end
   if not conn then return nil, err, code end
@@ -125,7 +136,11 @@ end
 
 function Store:schema_version() return self._conn:schema_version() end
 
--- store:persist_generation(row) -> id | nil, err, code (see genaudit.persister)
+-- store:persist_generation{ org_id, user_id, platform, template_id,
+--   template_version, final_system_prompt, final_user_prompt, token_usage,
+--   performance, repair_info, content, status, error, request_params,
+--   replay_of } -> snapshot id (26-char ULID) | nil, err, code.
+-- Nothing is written unless every field is valid (the C row builder checks).
 function Store:persist_generation(row)
   if type(row) ~= "table" then
     error("bad argument #1 to 'persist_generation' (table expected, got " .. type(row) .. ")", 2)
@@ -179,6 +194,16 @@ function Store:filename() return self._conn:filename() end
 
 -- store:close() -> true; drains the async queue first; closing twice is fine.
 function Store:close() return self._conn:close() end
+
+-- genaudit.persister(store) -> the seed's SnapshotPersister: a store is its
+-- own persister (persister:persist_generation is store:persist_generation);
+-- anything with a persist_generation method is accepted.
+function M.persister(store)
+  if type(store) ~= "table" or type(store.persist_generation) ~= "function" then
+    error("bad argument #1 to 'persister' (store expected, got " .. type(store) .. ")", 2)
+  end
+  return store
+end
 
 Store.__close = Store.close
 Store.__tostring = function(self) return "genaudit.store " .. tostring(self._conn) end

@@ -40,10 +40,25 @@ function M.render(opts)
   return prefix
 end
 
+-- M.render_config{ port, config } -> prefix: a test-only config (text with
+-- @PREFIX@, @ROOT@ and @PORT@ filled in) instead of the shipped example; it
+-- must answer GET /health.
+function M.render_config(opts)
+  local prefix = tmp.dir()
+  assert(sh("mkdir -p " .. q(prefix .. "/tmp")))
+  local pwd = io.popen("pwd")
+  local root = pwd:read("l")
+  pwd:close()
+  local text = opts.config:gsub("@(%u+)@", { PREFIX = prefix, ROOT = root, PORT = tostring(opts.port) })
+  tmp.write(prefix .. "/nginx.conf", text)
+  return prefix
+end
+
 -- M.start{ port, workers, db, templates, rules, env = {NAME = value},
---   prepare = function(prefix) } -> server; prepare runs after rendering.
+--   prepare = function(prefix), config = text } -> server; prepare runs after
+-- rendering; config replaces the example (see render_config).
 function M.start(opts)
-  local prefix = M.render(opts)
+  local prefix = opts.config and M.render_config(opts) or M.render(opts)
   if opts.prepare then opts.prepare(prefix) end
   local env = {}
   for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "='" .. v .. "'" end
