@@ -117,6 +117,25 @@ static int number_member(lua_State *L, int tidx, const char *obj, const char *ke
   return 0;
 }
 
+/* Upper bounds of plausibility (README, persist_generation fields). */
+#define GA_MAX_COST_USD 1e6          /* one generation */
+#define GA_MAX_LATENCY_MS 604800000.0 /* a week */
+#define GA_MAX_REPAIRS 1000
+
+/* The optional token detail `key` of the table at tidx, if present, must be a
+ * non-negative integer no larger than `limit` (the count it is part of). */
+static int detail_count(lua_State *L, int tidx, const char *key, long long limit, const char *of, char *err,
+                        size_t errlen) {
+  long long v;
+  int t = getf(L, tidx, key), ok = 1;
+  if (t != LUA_TNIL) ok = ga_tointeger(L, -1, &v);
+  lua_pop(L, 1);
+  if (t == LUA_TNIL) return 0;
+  if (!ok || v < 0) FAIL("token_usage.%s must be a non-negative integer", key);
+  if (v > limit) FAIL("token_usage.%s: %lld is more than %s (%lld)", key, v, of, limit);
+  return 0;
+}
+
 /* Writes the remaining members of the table at tidx (extra keys, sorted). */
 static int rest_members(lua_State *L, int tidx, const char *obj, const char *const *skip, ga_buf *b,
                         char *err, size_t errlen) {
@@ -141,6 +160,7 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size
   static const char *const skip[] = {"prompt_tokens", "completion_tokens", "total_tokens", "estimated_cost", NULL};
   int tidx, rc;
   long long p = 0, c = 0, total = 0;
+  double cost = NAN;
   if (table_field(L, idx, "token_usage", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
   rc = count_member(L, tidx, "token_usage", "prompt_tokens", -1, 1, b, &p, err, errlen);
@@ -157,7 +177,14 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size
              total, p + c);
     rc = -1;
   }
-  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, NULL, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, &cost, err, errlen);
+  if (rc == 0 && cost > GA_MAX_COST_USD) { /* NaN (absent) compares false */
+    snprintf(err, errlen, "token_usage.estimated_cost: %.17g USD for one generation is not plausible", cost);
+    rc = -1;
+  }
+  if (rc == 0) rc = detail_count(L, tidx, "cached_prompt_tokens", p, "prompt_tokens", err, errlen);
+  if (rc == 0) rc = detail_count(L, tidx, "cache_write_tokens", p, "prompt_tokens", err, errlen);
+  if (rc == 0) rc = detail_count(L, tidx, "reasoning_tokens", c, "completion_tokens", err, errlen);
   if (rc == 0) rc = rest_members(L, tidx, "token_usage", skip, b, err, errlen);
   lua_pop(L, 1);
   if (rc == 0) ga_buf_addc(b, '}');
@@ -172,6 +199,10 @@ static int build_performance_metrics(lua_State *L, int idx, ga_buf *b, char *err
   ga_buf_addc(b, '{');
   rc = number_member(L, tidx, "performance", "total_latency_ms", 1, 1, b, &total, err, errlen);
   if (rc == 0) rc = number_member(L, tidx, "performance", "provider_latency_ms", 1, 0, b, &provider, err, errlen);
+  if (rc == 0 && total > GA_MAX_LATENCY_MS) {
+    snprintf(err, errlen, "performance.total_latency_ms: %.17g ms (over a week) is not plausible", total);
+    rc = -1;
+  }
   if (rc == 0 && provider > total) { /* the provider's wait is part of the generation's wall-clock time */
     snprintf(err, errlen, "performance.provider_latency_ms: %.17g is more than total_latency_ms (%.17g)", provider,
              total);
@@ -202,11 +233,17 @@ static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, siz
   static const char *const skip[] = {"repair_count", "repair_types", "initial_validation_score", "repair_log", NULL};
   int tidx, rc, t;
   double score = NAN;
+  long long repairs = 0;
   size_t rawn;
   char e[160];
   if (table_field(L, idx, "repair_info", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
-  rc = count_member(L, tidx, "repair_info", "repair_count", 0, 1, b, NULL, err, errlen);
+  rc = count_member(L, tidx, "repair_info", "repair_count", 0, 1, b, &repairs, err, errlen);
+  if (rc == 0 && repairs > GA_MAX_REPAIRS) {
+    snprintf(err, errlen, "repair_info.repair_count: %lld repairs of one draft are not plausible (at most %d)", repairs,
+             GA_MAX_REPAIRS);
+    rc = -1;
+  }
   if (rc == 0) { /* repair_types: an array of slugs */
     t = getf(L, tidx, "repair_types");
     ga_buf_add(b, ",\"repair_types\":", 16);
@@ -315,7 +352,8 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
     } else if (!((st->n == 9 && memcmp(st->p, "completed", 9) == 0) || (st->n == 6 && memcmp(st->p, "failed", 6) == 0))) {
       FAIL("status must be 'completed' or 'failed'");
     }
-    if (st->n == 6 && !row->col[GA_COL_ERROR].set) FAIL("error is required when status is 'failed'");
+    if (st->n == 6 && (!row->col[GA_COL_ERROR].set || row->col[GA_COL_ERROR].n == 0))
+      FAIL("error is required when status is 'failed'");
     if (st->n == 9 && row->col[GA_COL_ERROR].set) FAIL("error: must be absent when status is 'completed'");
   }
   if (row->col[GA_COL_CREATED_AT].set) { /* checked here too, so async mode never acknowledges a row SQLite refuses */

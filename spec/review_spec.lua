@@ -345,12 +345,6 @@ describe("review: open findings", function()
     .. " 'string length overflow', RSS 3 GB); 'for i = 1, 34' wants 16 GiB (an OOM kill of the host). A line"
     .. " hook ('l' mask) stops it at the limit but made a word-counting rule 11x slower; the '..' operator has"
     .. " no size cap to hook")
-  pending("class 6/9 (PostgreSQL): a billed answer whose content (or served model) holds a NUL byte"
-    .. " (\\u0000 in the provider's JSON) or invalid UTF-8 leaves no snapshot at all: pipeline:generate()"
-    .. " returns nil, 'INVALID: content: PostgreSQL text cannot contain NUL bytes' (or '... must be valid"
-    .. " UTF-8'), 'INVALID' and no id, although the call was billed; SQLite stores the same answer byte for"
-    .. " byte. A NUL or invalid UTF-8 in the caller's facts is sent to the provider first and then lost the"
-    .. " same way")
 end)
 
 describe("review: class 2, limits", function()
@@ -366,4 +360,42 @@ describe("review: class 2, limits", function()
     local n = tonumber(err:match("^INVALID: the row's (%d+) bytes exceed the database's limit of 2000 bytes per row$"))
     assert.is_true(n > 2000, err) -- it said "the row's 1298 bytes exceed ... 2000"
   end)
+end)
+
+pg.describe("review: class 6/9, a billed answer PostgreSQL text cannot hold is still stored #postgresql", function()
+  local srv, dir
+  setup(function() srv = provider_server.start{ api_key = KEY } end)
+  teardown(function()
+    srv:stop()
+    pg.drop_schemas()
+  end)
+  before_each(function()
+    srv:reset()
+    dir = tmp.dir()
+    os.execute("mkdir -p " .. dir .. "/templates " .. dir .. "/rules")
+    tmp.write(dir .. "/templates/t.lua", [[return { version = "1", voice_signature = "V.", task = "Write." }]])
+  end)
+  after_each(function() tmp.rm(dir) end)
+
+  -- it used to leave no snapshot at all (generate() returned INVALID and no id) although the
+  -- call was billed; SQLite stores the same answer byte for byte
+  for name, content in pairs({ nul = "a\0b", latin1 = "caf\233" }) do
+    it("stores the generation as failed, with U+FFFD for the bytes and its billed tokens (" .. name .. ")", function()
+      local store = assert(pg.open(pg.schema()))
+      srv:queue{ { content = content, usage = usage(10, 5) } }
+      local prov = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" }
+      local p = genaudit.pipeline{ store = store, provider = prov, templates = dir .. "/templates",
+        rules = dir .. "/rules", pricing = genaudit.pricing.load(PRICES), retries = 0 }
+      local r, err, code, id = p:generate{ org_id = 1, user_id = 2, platform = "linkedin", template_id = "t" }
+      assert.is_nil(r)
+      assert.equal("INVALID", code)
+      assert.matches("^INVALID: content: PostgreSQL text .* %(stored with U%+FFFD in place of those bytes%)$", err)
+      local row = assert(store:query("SELECT status, error, content, total_tokens, token_metrics"
+        .. " FROM generation_snapshots WHERE id = ?", { assert(id) }))[1]
+      store:close()
+      local tm = cjson.decode(row.token_metrics)
+      assert.same({ "failed", err, (content:gsub("[%z\233]", "\239\191\189")), 15, 10, 5 },
+        { row.status, row.error, row.content, row.total_tokens, tm.prompt_tokens, tm.completion_tokens })
+    end)
+  end
 end)

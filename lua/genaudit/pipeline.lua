@@ -10,6 +10,8 @@ local composer_mod = require("genaudit.composer")
 local validator_mod = require("genaudit.validator")
 local store_mod = require("genaudit.store")
 local client_mod = require("genaudit.client")
+local core = require("genaudit.core")
+local json = require("genaudit.json")
 
 local M = {}
 
@@ -66,7 +68,31 @@ function Pipeline:persist(run, status, err)
     error = err,
   }
   local id, err2, code = self.persister:persist_generation(row)
+  if not id and code == "INVALID" and tostring(err2):find("PostgreSQL text", 1, true) then
+    -- The generation happened (and may have been billed): a row PostgreSQL
+    -- text cannot hold (a NUL byte, bytes that are not UTF-8, from the
+    -- provider or the caller's context) is stored all the same, as failed,
+    -- with U+FFFD in place of those bytes, and the caller is told.
+    local lossy = "INVALID: " .. err2:gsub("^INVALID: ", "") .. " (stored with U+FFFD in place of those bytes)"
+    row = M.text_safe(row)
+    row.status, row.error = "failed", M.text_safe(err and (err .. "; " .. lossy) or lossy)
+    id, err2, code = self.persister:persist_generation(row)
+    if id then return id, nil, nil, row, lossy end
+  end
   return id, err2, code, row
+end
+
+-- pipeline.text_safe(v) -> v with every string (deep, keys too) made what any
+-- store's text holds: bytes that are not UTF-8 and NUL bytes become U+FFFD.
+function M.text_safe(v)
+  if type(v) == "string" then
+    if core.utf8_valid(v) and not v:find("%z") then return v end
+    return (json.decode(core.json_encode(v)):gsub("%z", "\239\191\189"))
+  end
+  if type(v) ~= "table" or v == json.null then return v end
+  local out = {}
+  for k, x in next, v do out[M.text_safe(k)] = M.text_safe(x) end
+  return out
 end
 
 -- pipeline:generate(ctx) -> result | nil, err, code, snapshot_id
@@ -115,8 +141,10 @@ function Pipeline:generate(input)
   end
 
   local id, row
-  id, err, code, row = self:persist(run, "completed")
+  local lossy
+  id, err, code, row, lossy = self:persist(run, "completed")
   if not id then return nil, err, code end
+  if lossy then return nil, lossy, "INVALID", id end
   return {
     content = final, snapshot_id = id, prompt = prompt,
     token_metrics = row.token_usage, performance_metrics = row.performance, repair_metrics = row.repair_info,

@@ -1245,6 +1245,20 @@ return function(suite_name, B)
           "performance.provider_latency_ms must be a finite number >= 0" },
         { "total_latency_ms is NaN", function(r) r.performance.total_latency_ms = 0 / 0 end,
           "performance.total_latency_ms must be a finite number >= 0" },
+        { "status is 'failed' with an empty error", function(r) r.status = "failed" r.error = "" end,
+          "error is required when status is 'failed'" },
+        { "cached_prompt_tokens is negative", function(r) r.token_usage.cached_prompt_tokens = -5 end,
+          "token_usage.cached_prompt_tokens must be a non-negative integer" },
+        { "cache_write_tokens is more than prompt_tokens", function(r) r.token_usage.cache_write_tokens = 121 end,
+          "token_usage.cache_write_tokens: 121 is more than prompt_tokens (120)" },
+        { "reasoning_tokens is more than completion_tokens", function(r) r.token_usage.reasoning_tokens = 81 end,
+          "token_usage.reasoning_tokens: 81 is more than completion_tokens (80)" },
+        { "estimated_cost is 1e308 USD", function(r) r.token_usage.estimated_cost = 1e308 end,
+          "token_usage.estimated_cost: 1e+308 USD for one generation is not plausible" },
+        { "total_latency_ms is 1e308", function(r) r.performance.total_latency_ms = 1e308 end,
+          "performance.total_latency_ms: 1e+308 ms (over a week) is not plausible" },
+        { "repair_count is 1e9", function(r) r.repair_info.repair_count = 1000000000 end,
+          "repair_info.repair_count: 1000000000 repairs of one draft are not plausible (at most 1000)" },
       }
 
       for _, case in ipairs(cases) do
@@ -1258,7 +1272,7 @@ return function(suite_name, B)
       end
 
       it("accepts the edges: scores 0 and 100, total = prompt + completion, 2000-01-01, a minute ahead,"
-        .. " equal latencies", function()
+        .. " equal latencies, cached = prompt, a week, 1000 repairs, 1e6 USD", function()
         local rows = {
           valid_row({ token_usage = { prompt_tokens = 120, completion_tokens = 80, total_tokens = 200 },
                       repair_info = { initial_validation_score = 0, final_validation_score = 100 } }),
@@ -1266,6 +1280,10 @@ return function(suite_name, B)
                       created_at = "2000-01-01 00:00:00.000" }),
           valid_row({ created_at = utc(60), performance = { total_latency_ms = 7.25, provider_latency_ms = 7.25 } }),
           valid_row({ status = "failed", error = "PROVIDER_ERROR: boom" }),
+          valid_row({ token_usage = { prompt_tokens = 120, completion_tokens = 80, cached_prompt_tokens = 120,
+                                      reasoning_tokens = 80, estimated_cost = 1e6 },
+                      repair_info = { repair_count = 1000 },
+                      performance = { total_latency_ms = 604800000, provider_latency_ms = 1 } }),
         }
         for _, r in ipairs(rows) do assert(store:persist_generation(r)) end
         assert.equal(#rows, count_rows(store))
