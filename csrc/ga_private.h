@@ -139,8 +139,19 @@ typedef struct {
 } ga_writer_stats;
 /* Copies the row into the queue. 0 ok; -1 full (block=0) or too large;
  * -2 stopped; -3 out of memory; -4 explicit_id and a row with that id is
- * queued or being written already. err says which. */
+ * queued or being written already. err says which. explicit_id: 0 a new
+ * ULID; 1 the row brought its id (entered in the id set here);
+ * GA_ID_RESERVED: its id is in the set already (ga_writer_reserve_id) and
+ * stays there until the row is written or given up; on failure the caller
+ * releases it. */
+#define GA_ID_RESERVED 2
 int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen);
+/* Enters id (26 bytes) in the id set before the row is pushed, so that the
+ * store's "stored already?" check runs after no row with that id can leave
+ * the set uncommitted-and-unseen: 0, -3 out of memory, -4 queued or being
+ * written already (err says which). */
+int ga_writer_reserve_id(ga_writer *w, const char *id, char *err, size_t errlen);
+void ga_writer_release_id(ga_writer *w, const char *id); /* undoes ga_writer_reserve_id */
 /* The error code for a ga_writer_push result: FULL, STOPPED, NOMEM, CONSTRAINT. */
 const char *ga_writer_push_code(int r);
 /* Rows failed since the last call (flush() reports each failure once), with

@@ -145,13 +145,24 @@ static int l_persist(lua_State *L) {
   }
   if (b->writer) {
     int top = lua_gettop(L);
-    /* a row that brings its id: refused now if it is stored already */
-    if (explicit_id && d->id_stored(L, b, row.id) == 1) {
-      ga_row_free(&row);
-      return ga_fail(L, "CONSTRAINT", "a snapshot with id %.26s is stored already", row.id);
+    /* a row that brings its id: refused now if it is queued or stored
+     * already. The id enters the writer's id set first and the database is
+     * asked second: a row with that id leaves the set only once committed (or
+     * given up), so one committed in between is seen by the database check. */
+    if (explicit_id) {
+      if ((r = ga_writer_reserve_id(b->writer, row.id, err, sizeof err)) != 0) {
+        ga_row_free(&row);
+        return ga_fail(L, ga_writer_push_code(r), "%s", err);
+      }
+      if (d->id_stored(L, b, row.id) == 1) {
+        ga_writer_release_id(b->writer, row.id);
+        ga_row_free(&row);
+        return ga_fail(L, "CONSTRAINT", "a snapshot with id %.26s is stored already", row.id);
+      }
     }
     lua_settop(L, top);
-    r = ga_writer_push(b->writer, &row, explicit_id, err, sizeof err);
+    r = ga_writer_push(b->writer, &row, explicit_id ? GA_ID_RESERVED : 0, err, sizeof err);
+    if (r != 0 && explicit_id) ga_writer_release_id(b->writer, row.id);
     ga_row_free(&row);
     if (r != 0) return ga_fail(L, ga_writer_push_code(r), "%s", err);
     lua_pushlstring(L, row.id, 26);
