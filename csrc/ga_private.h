@@ -11,21 +11,25 @@
  *   ga_private.h  the concerns' declarations (this file), includes ga_aux.h
  *       ^
  *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
- *       ^         ga_meter, ga_http, ga_writer (thread + queue, no SQL),
- *       |         ga_core (store methods shared by backends), ga_store +
- *       |         ga_store_writer (SQLite), ga_pg (PostgreSQL)
+ *       ^         ga_meter, ga_retry, ga_http, ga_writer (thread + queue, no
+ *       |         SQL), ga_store_common (the store driver contract,
+ *       |         ga_store.h), ga_store + ga_store_query + ga_store_writer
+ *       |         (SQLite, ga_sqlite.h), ga_pg_* (PostgreSQL, ga_pg.h)
  *   ga_init.c     luaopen_genaudit_core: calls every ga_open_*; nothing
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_meter, ga_jsondec -> (ga_aux only)
- *   ga_ulid, ga_http, ga_writer -> ga_clock
+ *   ga_clock, ga_fs, ga_meter, ga_jsondec, ga_pg_sql -> (ga_aux only)
+ *   ga_ulid, ga_writer, ga_retry -> ga_clock
+ *   ga_http -> ga_clock, ga_retry
  *   ga_json -> ga_jsondec (raw JSON kept as text)
  *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
- *   ga_core -> ga_writer
+ *   ga_store_common -> ga_row, ga_writer
  *   ga_store_writer -> ga_writer
- *   ga_store -> ga_store_writer, ga_writer, ga_core, ga_row, ga_clock
- *   ga_pg -> ga_writer, ga_core, ga_row, ga_json, ga_clock
+ *   ga_store <-> ga_store_query (one backend's two files); ga_store ->
+ *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
+ *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
+ *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
  *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, store, pg, meter, fs, http)
  */
 #ifndef GA_PRIVATE_H
@@ -135,8 +139,19 @@ typedef struct {
 } ga_writer_stats;
 /* Copies the row into the queue. 0 ok; -1 full (block=0) or too large;
  * -2 stopped; -3 out of memory; -4 explicit_id and a row with that id is
- * queued or being written already. err says which. */
+ * queued or being written already. err says which. explicit_id: 0 a new
+ * ULID; 1 the row brought its id (entered in the id set here);
+ * GA_ID_RESERVED: its id is in the set already (ga_writer_reserve_id) and
+ * stays there until the row is written or given up; on failure the caller
+ * releases it. */
+#define GA_ID_RESERVED 2
 int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen);
+/* Enters id (26 bytes) in the id set before the row is pushed, so that the
+ * store's "stored already?" check runs after no row with that id can leave
+ * the set uncommitted-and-unseen: 0, -3 out of memory, -4 queued or being
+ * written already (err says which). */
+int ga_writer_reserve_id(ga_writer *w, const char *id, char *err, size_t errlen);
+void ga_writer_release_id(ga_writer *w, const char *id); /* undoes ga_writer_reserve_id */
 /* The error code for a ga_writer_push result: FULL, STOPPED, NOMEM, CONSTRAINT. */
 const char *ga_writer_push_code(int r);
 /* Rows failed since the last call (flush() reports each failure once), with
@@ -148,7 +163,7 @@ int ga_writer_flush(ga_writer *w, long timeout_ms);
 void ga_writer_get_stats(ga_writer *w, ga_writer_stats *st);
 /* Drains the queue, joins the thread, frees everything. */
 void ga_writer_stop(ga_writer *w);
-/* A writer backend: SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg.c. The
+/* A writer backend: SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg_writer.c. The
  * connection belongs to the writer thread. write_batch writes batch[0..n)
  * (NULL entries skipped) in one transaction: 0 when committed, -1 to retry
  * after a backoff (nothing committed), -2 when waiting will not help (the
@@ -184,20 +199,11 @@ typedef struct {
 ga_writer *ga_sqlite_writer_start(const ga_sqlite_writer_conf *conf, const ga_writer_opts *o, char *err,
                                   size_t errlen);
 
-/* Shared store methods (ga_core.c) over a backend's optional writer:
- * flush([timeout_ms]) -> true | nil, err, code; stats() -> table (on top). */
-int ga_store_flush(lua_State *L, ga_writer *w);
-/* The options of start_async{ queue, batch, max_bytes, on_full } at idx into
- * *o (the backend fills the rest); raises on a bad option. */
-void ga_check_async_opts(lua_State *L, int idx, ga_writer_opts *o);
-/* Checks the migration list { {version=, name=, sql=}, ... } at idx before
- * any of it runs; raises on a malformed entry. */
-void ga_check_migrations(lua_State *L, int idx);
-int ga_store_stats(lua_State *L, ga_writer *w, uint64_t persisted);
+/* The store driver contract and what the backends share: ga_store.h. */
 
 /* ---- further concerns register themselves below ---- */
 
-/* ---- PostgreSQL store over libpq (ga_pg.c): core.pg_open ---- */
+/* ---- PostgreSQL store over libpq (ga_pg*.c, ga_pg.h): core.pg_open ---- */
 void ga_open_pg(lua_State *L);
 
 /* ---- token accounting and cost (ga_meter.c) ---- */

@@ -1,7 +1,7 @@
 /* ga_writer.c — the async writer: persist() copies a validated row into a
  * bounded in-memory queue and returns at once; one thread per writer drains
  * the queue in batched transactions over its own connection, through a
- * backend (SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg.c). This file
+ * backend (SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg_writer.c). This file
  * knows no database: no SQL, no driver header.
  * Acknowledged rows are never dropped silently: a batch that cannot commit is
  * retried with backoff; a row the database refuses is counted as failed and
@@ -259,6 +259,47 @@ ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, cons
   return w;
 }
 
+/* Is id in the id set? The caller holds w->mu. */
+static int id_known(ga_writer *w, const char *id) {
+  idnode *n;
+  for (n = w->ids[id_hash(id)]; n; n = n->next)
+    if (memcmp(n->id, id, 26) == 0) return 1;
+  return 0;
+}
+
+int ga_writer_reserve_id(ga_writer *w, const char *id, char *err, size_t errlen) {
+  idnode *node = (idnode *)malloc(sizeof *node);
+  if (!node) {
+    snprintf(err, errlen, "out of memory");
+    return -3;
+  }
+  memcpy(node->id, id, 26);
+  pthread_mutex_lock(&w->mu);
+  if (id_known(w, id)) {
+    pthread_mutex_unlock(&w->mu);
+    free(node);
+    snprintf(err, errlen, "a snapshot with id %.26s is queued already", id);
+    return -4;
+  }
+  node->next = w->ids[id_hash(id)];
+  w->ids[id_hash(id)] = node;
+  pthread_mutex_unlock(&w->mu);
+  return 0;
+}
+
+void ga_writer_release_id(ga_writer *w, const char *id) {
+  idnode **pp;
+  pthread_mutex_lock(&w->mu);
+  for (pp = &w->ids[id_hash(id)]; *pp; pp = &(*pp)->next)
+    if (memcmp((*pp)->id, id, 26) == 0) {
+      idnode *n = *pp;
+      *pp = n->next;
+      free(n);
+      break;
+    }
+  pthread_mutex_unlock(&w->mu);
+}
+
 const char *ga_writer_push_code(int r) {
   return r == -1 ? "FULL" : r == -2 ? "STOPPED" : r == -4 ? "CONSTRAINT" : "NOMEM";
 }
@@ -278,13 +319,13 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     snprintf(err, errlen, "out of memory");
     return -3;
   }
-  if (explicit_id && !(node = (idnode *)malloc(sizeof *node))) {
+  if (explicit_id == 1 && !(node = (idnode *)malloc(sizeof *node))) {
     free(it);
     snprintf(err, errlen, "out of memory");
     return -3;
   }
   it->next = NULL;
-  it->explicit_id = explicit_id;
+  it->explicit_id = explicit_id != 0;
   it->total = total;
   p = it->data;
   for (i = 0; i < GA_NCOLS; i++) {
@@ -320,16 +361,12 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     snprintf(err, errlen, "writer is stopping");
     return -2;
   }
-  if (node) {
-    idnode *n;
-    for (n = w->ids[id_hash(node->id)]; n; n = n->next)
-      if (memcmp(n->id, node->id, 26) == 0) {
-        pthread_mutex_unlock(&w->mu);
-        free(node);
-        free(it);
-        snprintf(err, errlen, "a snapshot with id %.26s is queued already", row->id);
-        return -4;
-      }
+  if (node && id_known(w, node->id)) {
+    pthread_mutex_unlock(&w->mu);
+    free(node);
+    free(it);
+    snprintf(err, errlen, "a snapshot with id %.26s is queued already", row->id);
+    return -4;
   }
   if (node) {
     idnode **b = &w->ids[id_hash(node->id)];

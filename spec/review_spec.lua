@@ -283,7 +283,7 @@ end)
 local pg = require("spec.support.pg")
 
 pg.describe("review: class 8, waits (PostgreSQL) #postgresql", function()
-  local MIGRATION_LOCK = "7450482329108636020" -- ga_pg.c: the one migration lock
+  local MIGRATION_LOCK = "7450482329108636020" -- ga_pg_migrate.c: the one migration lock
   teardown(pg.drop_schemas)
 
   it("open() returns BUSY after lock_timeout while another session holds the migration lock", function()

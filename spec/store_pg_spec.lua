@@ -1,5 +1,5 @@
 -- spec/store_pg_spec.lua
--- Owns: the PostgreSQL store (csrc/ga_pg.c, migrations/postgresql/) against a
+-- Owns: the PostgreSQL store (csrc/ga_pg*.c, migrations/postgresql/) against a
 -- real server (GENAUDIT_PG_URL; `make test` starts one with
 -- tools/pg-test-server.sh). The backend-neutral specs come from
 -- spec/support/store_suite.lua, as for SQLite; here what only PostgreSQL has:
@@ -397,7 +397,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
   end)
 
   describe("query() and each() leave nothing behind", function()
-    local MIGRATION_LOCK = "7450482329108636020" -- ga_pg.c: the one migration lock
+    local MIGRATION_LOCK = "7450482329108636020" -- ga_pg_migrate.c: the one migration lock
 
     local function advisory_locks(store)
       local pid = assert(store:query("SELECT pg_backend_pid() AS p"))[1].p

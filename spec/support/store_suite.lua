@@ -917,6 +917,25 @@ return function(suite_name, B)
         assert.same({ 1, "user-1" }, { count_rows(store), fetch(store, id).user_id })
       end)
 
+      it("refuses every second row with an explicit id while the first is being committed", function()
+        -- the id enters the writer's id set before the database is asked: a
+        -- first row committed between the two checks is still seen by one
+        local t = B.target()
+        store = assert(B.open(t, { async = true }))
+        local refused = 0
+        for i = 1, 200 do
+          local id = string.format("01J00000000000000000%06d", i)
+          assert.equal(id, store:persist_generation(valid_row({ id = id })))
+          local ok, _, code = store:persist_generation(valid_row({ id = id, user_id = "other" }))
+          assert.is_nil(ok)
+          assert.equal("CONSTRAINT", code)
+          refused = refused + 1
+        end
+        assert.is_true(store:flush())
+        assert.same({ 200, 0, 200 }, { refused, store:stats().failed, count_rows(store) })
+        assert.same({}, store:query("SELECT id FROM generation_snapshots WHERE user_id = 'other'"))
+      end)
+
       it("accepts an explicit id again after the row that had it was refused", function()
         local t = B.target()
         store = assert(B.open(t, { async = true }))

@@ -1,0 +1,434 @@
+/* ga_pg_writer.c — writing snapshots to PostgreSQL: what its text can
+ * hold of a row (checked before anything is written or queued), persist()'s
+ * prepared INSERT in sync mode (retried once with the same id over a lost
+ * connection), and the async writer's backend (ga_writer.c's thread): a COPY
+ * per batch, row by row in savepoints when the COPY was refused or a lost
+ * connection left its commit unknown. A snapshot is reported persisted only
+ * once its transaction committed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ga_pg.h"
+
+#define SNAPSHOT_COLUMNS                                                                          \
+  "id, created_at, org_id, user_id, platform, template_id, template_version, status, content, " \
+  "error, final_system_prompt, final_user_prompt, token_metrics, performance_metrics, "          \
+  "repair_metrics, request_params, replay_of"
+static const char SQL_INSERT[] =
+    "INSERT INTO generation_snapshots (" SNAPSHOT_COLUMNS ") VALUES"
+    " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+static const char SQL_COPY[] = "COPY generation_snapshots (" SNAPSHOT_COLUMNS ") FROM STDIN";
+static const char SQL_ID_STORED[] = "SELECT 1 FROM generation_snapshots WHERE id = $1";
+#define PKEY_NAME "generation_snapshots_pkey"
+
+/* ---- rows: what PostgreSQL text can hold ---- */
+
+/* True when JSON text holds the escape \u0000 (a backslash that is not itself escaped). */
+static int json_has_nul_escape(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i + 1 < n; i++) {
+    if (s[i] != '\\') continue;
+    if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return 1;
+    i++; /* skip the escaped character */
+  }
+  return 0;
+}
+
+/* Bytes of a btree index entry's column that always fit: PostgreSQL refuses
+ * an entry over ~2700 bytes (1/3 of a page), which compression may or may
+ * not bring under. org_id and template_id are indexed
+ * (migrations/postgresql/0004). */
+#define PG_INDEXED_MAX 2000
+/* A field (and one message) is at most 1 GB in PostgreSQL. */
+#define PG_FIELD_MAX (1073741823 - 1024)
+
+/* The integer after "key": in a metric document as ga_row writes it
+ * (the spec's keys first, no spaces); 0 and *found = 0 when absent. */
+static long long json_int_member(const ga_text *t, const char *key, int *found) {
+  char pat[48];
+  const char *p, *end = t->p + t->n;
+  size_t k = (size_t)snprintf(pat, sizeof pat, "\"%s\":", key);
+  long long v = 0;
+  *found = 0;
+  for (p = t->p; t->set && p + k <= end; p++)
+    if (memcmp(p, pat, k) == 0) {
+      p += k;
+      if (p >= end || *p < '0' || *p > '9') return 0;
+      *found = 1;
+      for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        if (v > 922337203685477580LL) return -1; /* more than int64: surely out of range */
+        v = v * 10 + (*p - '0');
+      }
+      return v;
+    }
+  return 0;
+}
+
+/* The row's text as PostgreSQL can store it: no NUL bytes (TEXT cannot hold
+ * them; json's ->> cannot extract \u0000), valid UTF-8; and what the
+ * table's columns and indexes would refuse at insert (async mode must not
+ * acknowledge such a row): a field over 1 GB, an indexed column over
+ * PG_INDEXED_MAX bytes, a repair_count over the integer column's range.
+ * 0, or -1 with err. */
+static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
+  int i, found;
+  size_t total = 0;
+  long long rc;
+  for (i = 0; i < GA_NCOLS; i++) {
+    const ga_text *t = &row->col[i];
+    if (!t->set) continue;
+    total += t->n;
+    if (t->n > PG_FIELD_MAX || total > PG_FIELD_MAX) {
+      snprintf(err, errlen, "%s: the row is over PostgreSQL's limit of 1 GB per field and message", ga_col_names[i]);
+      return -1;
+    }
+    if ((i == GA_COL_ORG_ID || i == GA_COL_TEMPLATE_ID) && t->n > PG_INDEXED_MAX) {
+      snprintf(err, errlen, "%s: %zu bytes are over the %d an indexed column holds", ga_col_names[i], t->n,
+               PG_INDEXED_MAX);
+      return -1;
+    }
+  }
+  rc = json_int_member(&row->col[GA_COL_REPAIR_METRICS], "repair_count", &found);
+  if (found && (rc < 0 || rc > 2147483647)) {
+    snprintf(err, errlen, "repair_info.repair_count: over the range of PostgreSQL's integer column (2147483647)");
+    return -1;
+  }
+  for (i = 0; i < GA_NCOLS; i++) {
+    const ga_text *t = &row->col[i];
+    int json = i == GA_COL_TOKEN_METRICS || i == GA_COL_PERFORMANCE_METRICS || i == GA_COL_REPAIR_METRICS ||
+               i == GA_COL_REQUEST_PARAMS;
+    if (!t->set) continue;
+    if (memchr(t->p, '\0', t->n) || (json && json_has_nul_escape(t->p, t->n))) {
+      snprintf(err, errlen, "%s: PostgreSQL text cannot contain NUL bytes", ga_col_names[i]);
+      return -1;
+    }
+    if (!ga_utf8_valid(t->p, t->n)) { /* PostgreSQL's rules are Unicode's */
+      snprintf(err, errlen, "%s: PostgreSQL text must be valid UTF-8", ga_col_names[i]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The INSERT's parameters: created_at as text (it is parsed as timestamptz),
+ * every other column in binary format, which for text and json is the bytes
+ * themselves (no NUL terminator needed, exact length). */
+static void insert_params(const ga_text *cols, const char *values[GA_NCOLS], int lengths[GA_NCOLS],
+                          int formats[GA_NCOLS], char created[32]) {
+  int i;
+  for (i = 0; i < GA_NCOLS; i++) {
+    values[i] = cols[i].set ? cols[i].p : NULL;
+    lengths[i] = cols[i].set ? (int)cols[i].n : 0;
+    formats[i] = 1;
+  }
+  if (cols[GA_COL_CREATED_AT].set) {
+    size_t n = cols[GA_COL_CREATED_AT].n < 31 ? cols[GA_COL_CREATED_AT].n : 31;
+    memcpy(created, cols[GA_COL_CREATED_AT].p, n);
+    created[n] = '\0';
+    values[GA_COL_CREATED_AT] = created;
+  }
+  formats[GA_COL_CREATED_AT] = 0;
+}
+
+/* ---- persist ---- */
+
+/* store:persist(row) -> id | nil, err, code. Checks the whole row first;
+ * then one INSERT, committed before the id is returned. A connection lost
+ * meanwhile is re-established and the INSERT retried once with the same id:
+ * a duplicate of that id then means the first attempt committed. */
+int pg_check_row(ga_store_base *b, const ga_row *row, char *err, size_t errlen) {
+  (void)b;
+  return pg_row_check(row, err, errlen);
+}
+
+/* Whether a row with this id is stored already (async mode, a row that
+ * brings its id): 1, 0, or -1 when it cannot be asked now (inside each(), or
+ * the connection is down: the writer finds out). */
+int pg_id_stored(lua_State *L, ga_store_base *b, const char *id26) {
+  pgstore *s = (pgstore *)b;
+  const char *v[1];
+  char id[27];
+  PGresult *r;
+  int dup;
+  if (s->each_depth != 0 || pg_ensure(L, s) != 0) return -1;
+  memcpy(id, id26, 26);
+  id[26] = '\0';
+  v[0] = id;
+  r = PQexecParams(s->conn, SQL_ID_STORED, 1, NULL, v, NULL, NULL, 0);
+  dup = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+  PQclear(r);
+  return dup;
+}
+
+/* persist() in sync mode (the preamble is ga_store_common.c's): one INSERT,
+ * committed before it returns 0; else the error triple pushed and 3. */
+int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
+  pgstore *s = (pgstore *)b;
+  char created[32];
+  const char *values[GA_NCOLS];
+  int lengths[GA_NCOLS], formats[GA_NCOLS], attempt, lost = 0;
+  if (s->each_depth > 0)
+    return ga_fail(L, "BUSY", "cannot persist while each() reads from this store (use another store object)");
+  insert_params(row->col, values, lengths, formats, created);
+  for (attempt = 0;; attempt++) {
+    PGresult *r;
+    int rc = pg_ensure(L, s);
+    if (rc != 0) return rc;
+    if (!s->insert_ready) {
+      r = PQprepare(s->conn, INSERT_NAME, SQL_INSERT, GA_NCOLS, NULL);
+      if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) {
+          PQclear(r);
+          lost = 1;
+          continue;
+        }
+        rc = pg_fail_result(L, s, r, "cannot prepare insert (is the store migrated?)");
+        PQclear(r);
+        return rc;
+      }
+      PQclear(r);
+      s->insert_ready = 1;
+    }
+    r = PQexecPrepared(s->conn, INSERT_NAME, GA_NCOLS, values, lengths, formats, 0);
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+      PQclear(r);
+      break;
+    }
+    if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) { /* the commit is unknown: retry with the same id */
+      PQclear(r);
+      lost = 1;
+      continue;
+    }
+    if (lost && pg_state_is(r, "23505")) {
+      const char *cn = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
+      if (cn && strcmp(cn, PKEY_NAME) == 0) { /* the lost attempt had committed */
+        PQclear(r);
+        break;
+      }
+    }
+    rc = pg_fail_result(L, s, r, "cannot persist snapshot");
+    PQclear(r);
+    return rc;
+  }
+  return 0;
+}
+
+/* ---- async mode: the writer thread's PostgreSQL backend ---- */
+
+typedef struct {
+  PGconn *conn;
+  const pgcfg *cfg; /* the store's: it outlives the writer */
+  int insert_ready;
+  int uncertain; /* a batch's commit may have happened unseen: its ids may be in already */
+  char *copybuf; /* reused across batches */
+  size_t copycap;
+} pgwriter;
+
+static void pgw_close(void *conn) {
+  pgwriter *c = (pgwriter *)conn;
+  if (!c) return;
+  if (c->conn) PQfinish(c->conn);
+  free(c->copybuf);
+  free(c);
+}
+
+/* Appends one column in COPY's text format: \N for NULL; backslash, tab,
+ * newline and CR escaped (the row was checked: no NUL bytes). */
+static void copy_field(ga_buf *b, const ga_text *t) {
+  size_t i, run = 0;
+  if (!t->set) {
+    ga_buf_add(b, "\\N", 2);
+    return;
+  }
+  for (i = 0; i < t->n; i++) {
+    char c = t->p[i], e;
+    if (c == '\\') e = '\\';
+    else if (c == '\t') e = 't';
+    else if (c == '\n') e = 'n';
+    else if (c == '\r') e = 'r';
+    else continue;
+    ga_buf_add(b, t->p + run, i - run);
+    ga_buf_addc(b, '\\');
+    ga_buf_addc(b, e);
+    run = i + 1;
+  }
+  ga_buf_add(b, t->p + run, t->n - run);
+}
+
+/* The batch as one COPY (its own transaction). 0 committed; -1 retry
+ * later; -2 the server refused the data (a row's fault, perhaps). */
+static int pgw_copy(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
+  PGresult *r = PQexec(c->conn, SQL_COPY);
+  ga_buf b;
+  char err[512];
+  int i, rc = 0;
+  if (!r || PQresultStatus(r) != PGRES_COPY_IN) {
+    pg_error(c->conn, r, c->cfg, err, sizeof err);
+    ga_writer_error(w, "cannot start COPY", err);
+    rc = pg_retryable(c->conn, r) ? -1 : -2;
+    PQclear(r);
+    return rc;
+  }
+  PQclear(r);
+  ga_buf_init(&b);
+  b.buf = c->copybuf; /* reuse the last batch's buffer */
+  b.cap = c->copycap;
+  for (i = 0; i < n && rc == 0; i++) {
+    ga_text cols[GA_NCOLS];
+    int k;
+    if (!batch[i]) continue;
+    ga_writer_item_cols(batch[i], cols);
+    b.len = 0;
+    for (k = 0; k < GA_NCOLS; k++) {
+      if (k) ga_buf_addc(&b, '\t');
+      copy_field(&b, &cols[k]);
+    }
+    ga_buf_addc(&b, '\n');
+    if (b.oom || PQputCopyData(c->conn, b.buf, (int)b.len) != 1) rc = -1;
+  }
+  c->copybuf = b.buf;
+  c->copycap = b.cap;
+  if (b.oom) { /* ga_buf dropped nothing, but stopped growing: start afresh next time */
+    free(c->copybuf);
+    c->copybuf = NULL;
+    c->copycap = 0;
+  }
+  if (PQputCopyEnd(c->conn, rc == 0 ? NULL : "genaudit: batch abandoned") != 1) rc = -1;
+  r = PQgetResult(c->conn);
+  if (rc == 0 && (!r || PQresultStatus(r) != PGRES_COMMAND_OK)) {
+    pg_error(c->conn, r, c->cfg, err, sizeof err);
+    ga_writer_error(w, "batch refused", err);
+    rc = pg_retryable(c->conn, r) ? -1 : -2;
+  }
+  PQclear(r);
+  while ((r = PQgetResult(c->conn)) != NULL) PQclear(r);
+  if (rc == -1 && PQstatus(c->conn) != CONNECTION_OK) c->uncertain = 1;
+  return rc;
+}
+
+/* The batch row by row in one transaction, each row in a savepoint: a row
+ * the server refuses is counted failed, the others are written. While
+ * uncertain, a duplicate of a row's own id means it is in already. */
+static int pgw_rows(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
+  char err[512], err2[256];
+  int i;
+  if (!c->insert_ready) {
+    PGresult *r = PQprepare(c->conn, INSERT_NAME, SQL_INSERT, GA_NCOLS, NULL);
+    int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) {
+      pg_error(c->conn, r, c->cfg, err, sizeof err);
+      ga_writer_error(w, "cannot prepare insert", err);
+    }
+    PQclear(r);
+    if (!ok) return -1;
+    c->insert_ready = 1;
+  }
+  if (pg_exec_ok(c->conn, c->cfg, "BEGIN", err, sizeof err) != 0) {
+    ga_writer_error(w, "cannot begin batch", err);
+    return -1;
+  }
+  for (i = 0; i < n; i++) {
+    ga_text cols[GA_NCOLS];
+    const char *values[GA_NCOLS];
+    int lengths[GA_NCOLS], formats[GA_NCOLS];
+    char created[32];
+    PGresult *r;
+    if (!batch[i]) continue;
+    if (pg_exec_ok(c->conn, c->cfg, "SAVEPOINT ga_row", err, sizeof err) != 0) goto interrupted;
+    ga_writer_item_cols(batch[i], cols);
+    insert_params(cols, values, lengths, formats, created);
+    r = PQexecPrepared(c->conn, INSERT_NAME, GA_NCOLS, values, lengths, formats, 0);
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+      PQclear(r);
+      if (pg_exec_ok(c->conn, c->cfg, "RELEASE SAVEPOINT ga_row", err, sizeof err) != 0) goto interrupted;
+      continue;
+    }
+    pg_error(c->conn, r, c->cfg, err, sizeof err);
+    if (pg_retryable(c->conn, r)) {
+      PQclear(r);
+      goto interrupted;
+    }
+    if (pg_exec_ok(c->conn, c->cfg, "ROLLBACK TO SAVEPOINT ga_row", err2, sizeof err2) != 0) {
+      PQclear(r);
+      goto interrupted;
+    }
+    if (c->uncertain && pg_state_is(r, "23505")) {
+      const char *cn = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
+      if (cn && strcmp(cn, PKEY_NAME) == 0) { /* committed by the attempt whose answer was lost */
+        PQclear(r);
+        continue;
+      }
+    }
+    PQclear(r);
+    ga_writer_refuse(w, batch, i, err);
+  }
+  if (pg_exec_ok(c->conn, c->cfg, "COMMIT", err, sizeof err) != 0) {
+    ga_writer_error(w, "cannot commit batch", err);
+    if (PQstatus(c->conn) != CONNECTION_OK) c->uncertain = 1;
+    return -1;
+  }
+  return 0;
+interrupted:
+  ga_writer_error(w, "batch interrupted", err);
+  if (PQstatus(c->conn) == CONNECTION_OK) PQclear(PQexec(c->conn, "ROLLBACK"));
+  return -1;
+}
+
+/* One batch: COPY, or row by row when the COPY was refused or a lost
+ * connection left it unknown whether the last attempt committed. 0 when
+ * committed, -1 to retry (the writer backs off). */
+static int pgw_write_batch(void *conn, ga_writer *w, ga_writer_item **batch, int n) {
+  pgwriter *c = (pgwriter *)conn;
+  char err[512];
+  int rc;
+  if (PQstatus(c->conn) != CONNECTION_OK) {
+    if (pg_reconnect(c->conn, c->cfg, 0, err, sizeof err) != 0) {
+      ga_writer_error(w, "cannot reconnect", err);
+      return -1;
+    }
+    c->insert_ready = 0;
+  }
+  if (!c->uncertain) {
+    rc = pgw_copy(c, w, batch, n);
+    if (rc != -2) return rc;
+  }
+  rc = pgw_rows(c, w, batch, n);
+  if (rc == 0) c->uncertain = 0;
+  return rc;
+}
+
+static const ga_writer_backend pg_backend = {pgw_write_batch, pgw_close};
+
+/* start_async() for PostgreSQL: the writer's own connection, its INSERT
+ * prepared (for the row-by-row path), then the thread, which COPYs the rows
+ * in batches of one transaction each. */
+ga_writer *pg_start_writer(ga_store_base *b, ga_writer_opts *o, const char **code, char *err, size_t errlen) {
+  pgstore *s = (pgstore *)b;
+  char msg[512];
+  pgwriter *c;
+  PGresult *r;
+  c = (pgwriter *)calloc(1, sizeof *c);
+  if (!c) {
+    *code = "NOMEM";
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  c->cfg = &s->cfg;
+  c->conn = pg_connect(&s->cfg, msg, sizeof msg);
+  if (!c->conn) {
+    pgw_close(c);
+    snprintf(err, errlen, "writer cannot connect to %s: %s", s->cfg.display, msg);
+    return NULL;
+  }
+  r = PQprepare(c->conn, INSERT_NAME, SQL_INSERT, GA_NCOLS, NULL);
+  if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+    pg_error(c->conn, r, &s->cfg, msg, sizeof msg);
+    PQclear(r);
+    pgw_close(c);
+    snprintf(err, errlen, "writer cannot prepare insert (is the store migrated?): %s", msg);
+    return NULL;
+  }
+  PQclear(r);
+  c->insert_ready = 1;
+  return ga_writer_start_backend(&pg_backend, c, o, err, errlen);
+}
