@@ -99,7 +99,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/genaudit $(DESTDIR)$(MANDIR)/genaudit.1
 
 clean:
-	rm -rf build
+	rm -rf build csrc/*.o
 
 # Builds and installs the rock into a throwaway tree (checks the rockspec).
 # Dependencies the interpreter already loads (Debian's lua-cjson, lua-argparse,
