@@ -11,7 +11,7 @@
  *   ga_private.h  the concerns' declarations (this file), includes ga_aux.h
  *       ^
  *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
- *       ^         ga_price, ga_meter, ga_retry, ga_http,
+ *       ^         ga_price, ga_meter, ga_retry, ga_http, ga_http_parse,
  *       |         ga_writer (thread + queue, no SQL), ga_store_common (the
  *       |         store driver contract, ga_store.h), ga_store +
  *       |         ga_store_query + ga_store_writer (SQLite, ga_sqlite.h),
@@ -23,7 +23,8 @@
  *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql -> (ga_aux only)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
- *   ga_http -> ga_clock, ga_retry
+ *   ga_http -> ga_http_parse, ga_clock, ga_retry
+ *   ga_http_parse -> ga_retry
  *   ga_json -> ga_jsondec (raw JSON kept as text)
  *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
  *   ga_store_common -> ga_row, ga_writer
@@ -284,7 +285,18 @@ long long ga_retry_delay_ms(int attempt, long long base_ms, long long cap_ms, lo
 long long ga_retry_after_value(const char *v, size_t n);
 void ga_open_retry(lua_State *L); /* called by ga_open_http */
 
-/* ---- HTTP client (ga_http.c) ---- */
+/* ---- HTTP client: libcurl userdata and retry loop in ga_http.c, plain-C
+ * URL and header parsing in ga_http_parse.c ---- */
+/* Writes "host:port" of an http(s) URL into out (userinfo, path and query
+ * left out). Returns 0, or -1 when the URL is not http:// or https:// with a
+ * host. */
+int ga_http_hostport(const char *url, char *out, size_t outlen);
+/* 1 when s (n bytes) is an RFC 9110 token: what a header name may contain. */
+int ga_http_valid_token(const char *s, size_t n);
+/* Steps through the "name: value" lines in h from *pos, value trimmed.
+ * Returns 1 with a header, 0 at the end. Continuation lines are skipped. */
+int ga_http_next_header(const ga_buf *h, size_t *pos, const char **name, size_t *nlen, const char **val,
+                        size_t *vlen);
 /* Retry-After of raw response header lines (head: len bytes, not
  * NUL-terminated; the last one wins): ms from now, or -1 when absent or
  * neither delta-seconds nor an HTTP-date. */
