@@ -4,6 +4,7 @@
  * ga_retry.c's, shared with the cosocket transport), per-attempt timings,
  * and failure messages that name host:port only — never the URL's query
  * string, userinfo, a header value or the body, where API keys live.
+ * The plain-C URL and header parsing is ga_http_parse.c's.
  * This transport blocks by design; the OpenResty transport is separate. */
 #include <ctype.h>
 #include <errno.h>
@@ -76,96 +77,7 @@ static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc = CURLE_FAILED_INIT;
 static void global_init(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-/* ---- plain C: URL host:port, headers, backoff ---- */
-
-/* Writes "host:port" of an http(s) URL into out (userinfo, path and query left
- * out). Returns 0, or -1 when the URL is not http:// or https:// with a host. */
-static int url_hostport(const char *url, char *out, size_t outlen) {
-  const char *p, *end, *at, *host, *hend, *port = NULL;
-  size_t hlen;
-  int https;
-  if (strncasecmp(url, "http://", 7) == 0) {
-    https = 0;
-    p = url + 7;
-  } else if (strncasecmp(url, "https://", 8) == 0) {
-    https = 1;
-    p = url + 8;
-  } else {
-    return -1;
-  }
-  end = p + strcspn(p, "/?#");
-  at = NULL;
-  for (host = p; host < end; host++)
-    if (*host == '@') at = host;
-  host = at ? at + 1 : p;
-  if (*host == '[') { /* IPv6 literal */
-    hend = memchr(host, ']', (size_t)(end - host));
-    if (!hend) return -1;
-    hend++;
-    if (hend < end && *hend == ':') port = hend + 1;
-    else if (hend != end) return -1;
-  } else {
-    hend = memchr(host, ':', (size_t)(end - host));
-    if (hend) port = hend + 1;
-    else hend = end;
-  }
-  hlen = (size_t)(hend - host);
-  if (hlen == 0 || hlen > 255) return -1;
-  if (port && (port == end || end - port > 5 || strspn(port, "0123456789") < (size_t)(end - port))) return -1;
-  if (port)
-    snprintf(out, outlen, "%.*s:%.*s", (int)hlen, host, (int)(end - port), port);
-  else
-    snprintf(out, outlen, "%.*s:%d", (int)hlen, host, https ? 443 : 80);
-  return 0;
-}
-
-/* RFC 9110 token characters: what a header name may contain. */
-static int valid_token(const char *s, size_t n) {
-  size_t i;
-  if (n == 0) return 0;
-  for (i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (!(isalnum(ch) || strchr("!#$%&'*+-.^_`|~", ch)) || ch == 0) return 0;
-  }
-  return 1;
-}
-
-/* Steps through the "name: value" lines in h from *pos, value trimmed.
- * Returns 1 with a header, 0 at the end. Continuation lines are skipped. */
-static int next_header(const ga_buf *h, size_t *pos, const char **name, size_t *nlen, const char **val,
-                       size_t *vlen) {
-  while (*pos < h->len) {
-    const char *line = h->buf + *pos, *nl = memchr(line, '\n', h->len - *pos), *colon, *e;
-    size_t len = nl ? (size_t)(nl - line) : h->len - *pos;
-    *pos += len + (nl ? 1 : 0);
-    if (len && line[len - 1] == '\r') len--;
-    colon = memchr(line, ':', len);
-    if (!colon || colon == line || line[0] == ' ' || line[0] == '\t') continue;
-    e = line + len;
-    *name = line;
-    *nlen = (size_t)(colon - line);
-    colon++;
-    while (colon < e && (*colon == ' ' || *colon == '\t')) colon++;
-    while (e > colon && (e[-1] == ' ' || e[-1] == '\t')) e--;
-    *val = colon;
-    *vlen = (size_t)(e - colon);
-    return 1;
-  }
-  return 0;
-}
-
-long long ga_http_retry_after(const char *head, size_t len) {
-  ga_buf h;
-  size_t pos = 0, nlen, vlen;
-  const char *name, *val;
-  long long r = -1;
-  h.buf = (char *)head;
-  h.len = h.cap = len;
-  h.oom = 0;
-  while (next_header(&h, &pos, &name, &nlen, &val, &vlen))
-    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0) r = ga_retry_after_value(val, vlen);
-  return r;
-}
+/* ---- plain C: Retry-After, backoff jitter (URL and header parsing: ga_http_parse.c) ---- */
 
 /* The last Retry-After of the response headers in h, -1 when absent/unusable. */
 static long long find_retry_after(const ga_buf *h) { return ga_http_retry_after(h->buf, h->len); }
@@ -538,7 +450,7 @@ static void check_headers(lua_State *L, int t) {
     const char *name, *val;
     if (lua_type(L, -2) != LUA_TSTRING) luaL_argerror(L, 2, "headers must map names (strings) to string values");
     name = lua_tolstring(L, -2, &nl);
-    if (!valid_token(name, nl)) luaL_argerror(L, 2, lua_pushfstring(L, "invalid header name '%s'", name));
+    if (!ga_http_valid_token(name, nl)) luaL_argerror(L, 2, lua_pushfstring(L, "invalid header name '%s'", name));
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_argerror(L, 2, lua_pushfstring(L, "header '%s' must have a string value, got %s", name,
                                           luaL_typename(L, -1)));
@@ -638,7 +550,7 @@ static void push_headers(lua_State *L, const ga_buf *h) {
   size_t pos = 0, nlen, vlen, i;
   const char *name, *val;
   lua_newtable(L);
-  while (next_header(h, &pos, &name, &nlen, &val, &vlen)) {
+  while (ga_http_next_header(h, &pos, &name, &nlen, &val, &vlen)) {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (i = 0; i < nlen; i++) luaL_addchar(&b, (char)tolower((unsigned char)name[i]));
@@ -671,7 +583,7 @@ static int l_http_request(lua_State *L) {
   if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "url must be a string");
   rq.url = lua_tolstring(L, -1, &len);
   if (strlen(rq.url) != len) return luaL_argerror(L, 2, "url must not contain NUL bytes");
-  if (url_hostport(rq.url, rq.hostport, sizeof rq.hostport) != 0)
+  if (ga_http_hostport(rq.url, rq.hostport, sizeof rq.hostport) != 0)
     return luaL_argerror(L, 2, "url must be an http:// or https:// URL with a host");
 
   lua_getfield(L, 2, "method");

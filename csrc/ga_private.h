@@ -11,17 +11,20 @@
  *   ga_private.h  the concerns' declarations (this file), includes ga_aux.h
  *       ^
  *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
- *       ^         ga_meter, ga_retry, ga_http, ga_writer (thread + queue, no
- *       |         SQL), ga_store_common (the store driver contract,
- *       |         ga_store.h), ga_store + ga_store_query + ga_store_writer
- *       |         (SQLite, ga_sqlite.h), ga_pg_* (PostgreSQL, ga_pg.h)
+ *       ^         ga_price, ga_meter, ga_retry, ga_http, ga_http_parse,
+ *       |         ga_writer (thread + queue, no SQL), ga_store_common (the
+ *       |         store driver contract, ga_store.h), ga_store +
+ *       |         ga_store_query + ga_store_writer (SQLite, ga_sqlite.h),
+ *       |         ga_pg_* (PostgreSQL, ga_pg.h)
  *   ga_init.c     luaopen_genaudit_core: calls every ga_open_*; nothing
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_meter, ga_jsondec, ga_pg_sql -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql -> (ga_aux only)
+ *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
- *   ga_http -> ga_clock, ga_retry
+ *   ga_http -> ga_http_parse, ga_clock, ga_retry
+ *   ga_http_parse -> ga_retry
  *   ga_json -> ga_jsondec (raw JSON kept as text)
  *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
  *   ga_store_common -> ga_row, ga_writer
@@ -206,7 +209,8 @@ ga_writer *ga_sqlite_writer_start(const ga_sqlite_writer_conf *conf, const ga_wr
 /* ---- PostgreSQL store over libpq (ga_pg*.c, ga_pg.h): core.pg_open ---- */
 void ga_open_pg(lua_State *L);
 
-/* ---- token accounting and cost (ga_meter.c) ---- */
+/* ---- token accounting and cost: plain-C arithmetic in ga_price.c, the
+ * price_table and meter userdata in ga_meter.c ---- */
 /* Prices are int64 picodollars (1e-12 USD) per token; `has` bit i says pico[i]
  * is set. Indexes follow LiteLLM's field names in ga_price_names. */
 enum {
@@ -244,7 +248,7 @@ enum {
 int ga_call_cost(const ga_prices *p, const ga_usage *u, int64_t *out);
 /* USD nearest to `digits` (an integer in decimal) picodollars; one rounding. */
 double ga_usd_from_pico_text(const char *digits);
-/* core.price_table(), core.meter(), core.usd_from_picousd() */
+/* core.price_table(), core.meter(), core.usd_from_picousd() (ga_meter.c) */
 void ga_open_meter(lua_State *L);
 
 /* ---- retry policy (ga_retry.c): one table for both HTTP transports, the
@@ -281,7 +285,18 @@ long long ga_retry_delay_ms(int attempt, long long base_ms, long long cap_ms, lo
 long long ga_retry_after_value(const char *v, size_t n);
 void ga_open_retry(lua_State *L); /* called by ga_open_http */
 
-/* ---- HTTP client (ga_http.c) ---- */
+/* ---- HTTP client: libcurl userdata and retry loop in ga_http.c, plain-C
+ * URL and header parsing in ga_http_parse.c ---- */
+/* Writes "host:port" of an http(s) URL into out (userinfo, path and query
+ * left out). Returns 0, or -1 when the URL is not http:// or https:// with a
+ * host. */
+int ga_http_hostport(const char *url, char *out, size_t outlen);
+/* 1 when s (n bytes) is an RFC 9110 token: what a header name may contain. */
+int ga_http_valid_token(const char *s, size_t n);
+/* Steps through the "name: value" lines in h from *pos, value trimmed.
+ * Returns 1 with a header, 0 at the end. Continuation lines are skipped. */
+int ga_http_next_header(const ga_buf *h, size_t *pos, const char **name, size_t *nlen, const char **val,
+                        size_t *vlen);
 /* Retry-After of raw response header lines (head: len bytes, not
  * NUL-terminated; the last one wins): ms from now, or -1 when absent or
  * neither delta-seconds nor an HTTP-date. */

@@ -1,4 +1,4 @@
-/* fuzz/fuzz_decimal.c — ga_decimal_to_pico (ga_meter.c), the parser of price
+/* fuzz/fuzz_decimal.c — ga_decimal_to_pico (ga_price.c), the parser of price
  * texts from LiteLLM's JSON and of provider-billed costs, on arbitrary bytes.
  * Checks: it never reads past n; it accepts exactly the grammar
  * [+]digits[.digits][(e|E)[+-]digits] with at least one mantissa digit; an

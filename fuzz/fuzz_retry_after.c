@@ -1,4 +1,4 @@
-/* fuzz/fuzz_retry_after.c — the response-header scan (ga_http.c) and the Retry-After parser
+/* fuzz/fuzz_retry_after.c — the response-header scan (ga_http_parse.c) and the Retry-After parser
  * (ga_retry.c), through ga_http_retry_after, over arbitrary header bytes, which come
  * straight from the provider. The input buffer is exactly `size` bytes, so
  * any read past it (the bytes are not NUL-terminated) is an ASan report. */

@@ -41,9 +41,10 @@ build = {
     ["genaudit.core"] = {
       sources = {
         "csrc/ga_aux.c", "csrc/ga_init.c",
-        "csrc/ga_clock.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_json.c",
+        "csrc/ga_clock.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_http_parse.c", "csrc/ga_json.c",
         "csrc/ga_jsondec.c",
-        "csrc/ga_meter.c", "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
+        "csrc/ga_meter.c", "csrc/ga_price.c",
+        "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
         "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
         "csrc/ga_ulid.c", "csrc/ga_writer.c", "csrc/ga_store_writer.c",
         "csrc/ga_retry.c",
