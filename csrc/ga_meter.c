@@ -642,4 +642,11 @@ void ga_open_meter(lua_State *L) {
   lua_setfield(L, -2, "meter");
   lua_pushcfunction(L, l_usd_from_picousd);
   lua_setfield(L, -2, "usd_from_picousd");
+  /* core.price_fields: the LiteLLM field names the meter prices, once (pricing.lua reads them) */
+  lua_createtable(L, GA_NPRICES, 0);
+  for (int i = 0; i < GA_NPRICES; i++) {
+    lua_pushstring(L, ga_price_names[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "price_fields");
 }

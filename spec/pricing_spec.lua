@@ -65,6 +65,15 @@ local function fixture()
 end
 
 describe("genaudit.pricing", function()
+  it("PRICE_FIELDS are the C meter's LiteLLM fields, listed once (core.price_fields)", function()
+    assert.same({ "input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
+      "cache_creation_input_token_cost", "output_cost_per_reasoning_token", "input_cost_per_token_above_200k_tokens",
+      "output_cost_per_token_above_200k_tokens", "cache_read_input_token_cost_above_200k_tokens",
+      "cache_creation_input_token_cost_above_200k_tokens" }, pricing.PRICE_FIELDS)
+    assert.same(core.price_fields, pricing.PRICE_FIELDS)
+    assert.are_not.equal(core.price_fields, pricing.PRICE_FIELDS) -- a copy: the core's list stays as it is
+  end)
+
   describe("load()", function()
     it("finds the 218 entries of the fixture in its text", function()
       local n = 0

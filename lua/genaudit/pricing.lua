@@ -7,18 +7,10 @@ local json = require("genaudit.json")
 
 local M = {}
 
--- The price fields genaudit uses, with LiteLLM's names. Others are ignored.
-M.PRICE_FIELDS = {
-  "input_cost_per_token",
-  "output_cost_per_token",
-  "cache_read_input_token_cost",
-  "cache_creation_input_token_cost",
-  "output_cost_per_reasoning_token",
-  "input_cost_per_token_above_200k_tokens",
-  "output_cost_per_token_above_200k_tokens",
-  "cache_read_input_token_cost_above_200k_tokens",
-  "cache_creation_input_token_cost_above_200k_tokens",
-}
+-- The price fields genaudit uses, with LiteLLM's names (the C meter's list,
+-- csrc/ga_price.c, written once). Others are ignored.
+M.PRICE_FIELDS = {}
+for i, name in ipairs(core.price_fields) do M.PRICE_FIELDS[i] = name end
 
 -- The price map shipped with the module, in genaudit/data/ beside this file
 -- (checkout, make install and the rock alike; see lua/genaudit/data/README.md).
