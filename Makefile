@@ -22,8 +22,8 @@ LUACHECK       ?= luacheck
 
 LUA54_INCDIR   ?= $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null)
 LUAJIT_INCDIR  ?= $(shell $(PKG_CONFIG) --cflags luajit 2>/dev/null)
-DEP_CFLAGS     ?= $(shell $(PKG_CONFIG) --cflags sqlite3 libcurl libpq 2>/dev/null)
-DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl libpq 2>/dev/null) -lm -pthread
+DEP_CFLAGS     ?= $(shell $(PKG_CONFIG) --cflags sqlite3 libcurl libpq libcrypto 2>/dev/null)
+DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl libpq libcrypto 2>/dev/null) -lm -pthread
 
 SRCS    := $(wildcard csrc/*.c)
 HDRS    := $(wildcard csrc/*.h)

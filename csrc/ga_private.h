@@ -20,7 +20,7 @@
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest -> (ga_aux only)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
@@ -33,7 +33,7 @@
  *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
- *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, store, pg, meter, fs, http)
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http)
  */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
@@ -118,6 +118,11 @@ void ga_row_free(ga_row *row);
  * created_at ("YYYY-MM-DD HH:MM:SS.mmm", UTC) from one wall-clock reading
  * unless created_at was given. Returns 0 or -1. */
 int ga_row_stamp(ga_row *row, ga_ulid_state *ulid);
+
+/* ---- SHA-256 (ga_digest.c, OpenSSL libcrypto) ---- */
+/* Writes the 64 lower-case hex digits of SHA-256(p, n) and a NUL; 0, or -1. */
+int ga_sha256_hex(const void *p, size_t n, char out[65]);
+void ga_open_digest(lua_State *L);
 
 /* ---- filesystem facts (ga_fs.c) ---- */
 void ga_open_fs(lua_State *L);

@@ -34,6 +34,7 @@ external_dependencies = {
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
   CURL = { header = "curl/curl.h", library = "curl" },
   PQ = { header = "libpq-fe.h", library = "pq" },
+  CRYPTO = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {
   type = "builtin",
@@ -41,7 +42,7 @@ build = {
     ["genaudit.core"] = {
       sources = {
         "csrc/ga_aux.c", "csrc/ga_init.c",
-        "csrc/ga_clock.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_http_parse.c", "csrc/ga_json.c",
+        "csrc/ga_clock.c", "csrc/ga_digest.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_http_parse.c", "csrc/ga_json.c",
         "csrc/ga_jsondec.c",
         "csrc/ga_meter.c", "csrc/ga_price.c",
         "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
@@ -50,9 +51,9 @@ build = {
         "csrc/ga_retry.c",
       },
       defines = {},
-      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)" },
-      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)", "$(PQ_LIBDIR)" },
-      libraries = { "sqlite3", "curl", "pq", "m", "pthread" },
+      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)", "$(CRYPTO_INCDIR)" },
+      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)", "$(PQ_LIBDIR)", "$(CRYPTO_LIBDIR)" },
+      libraries = { "sqlite3", "curl", "pq", "crypto", "m", "pthread" },
     },
     ["genaudit"] = "lua/genaudit/init.lua",
     ["genaudit.store"] = "lua/genaudit/store.lua",

@@ -393,6 +393,22 @@ describe("genaudit.core", function()
     end)
   end)
 
+  describe("sha256()", function()
+    it("gives the FIPS 180-2 digests, lower-case hex, of any bytes (NUL included)", function()
+      assert.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", core.sha256(""))
+      assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", core.sha256("abc"))
+      assert.equal("248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+        core.sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))
+      -- the length crosses the boundary: a NUL byte does not end the input
+      assert.are_not.equal(core.sha256("abc"), core.sha256("abc\0"))
+      assert.equal("cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+        core.sha256(string.rep("a", 1000000)))
+    end)
+    it("raises for a non-string argument", function()
+      assert.has_error(function() core.sha256({}) end)
+    end)
+  end)
+
   describe("listdir()", function()
     local dir
     before_each(function() dir = sh("mktemp -d"):gsub("%s+$", "") end)
