@@ -101,7 +101,7 @@ describe("review: classes 3 and 4, one string.gsub call cannot run long or build
                             "setmetatable({}, { __index = function(_, c) return string.rep(c, 10000) end })" }) do
       local issues = validate("return { message = 'len ' .. #string.gsub(string.rep('x', 100000), '.', "
         .. repl .. "), penalty = 1 }")
-      assert.same({ { slug = "rule_error", penalty = 0,
+      assert.same({ { slug = "rule_error", penalty = 10,
         message = "r: string.gsub: result of 16780000 bytes is over the limit of 16777216 bytes" } }, issues)
     end
   end)

@@ -95,7 +95,8 @@ describe("the script sandbox", function()
       rule("raises", [[return function() error(setmetatable({}, trap)) end]])
       rule("top", [[error(setmetatable({}, trap))]])
       local v, issues = validate()
-      assert.same({ { slug = "rule_error", message = "raises: (error object of type table)", penalty = 0 } }, issues)
+      assert.same({ { slug = "rule_error", message = "raises: (error object of type table)", penalty = 10 },
+                    { slug = "rule_error", message = "top: (error object of type table)", penalty = 10 } }, issues)
       assert.equal("SCRIPT: (error object of type table)", v:script_errors()[dir .. "/rules/top.lua"])
     end)
 
@@ -255,10 +256,10 @@ describe("the script sandbox", function()
       rule("many", [[return function() local t = {} for i = 1, 101 do t[i] = { message = "i" .. i } end return t end]])
       local _, issues, score = validate()
       assert.same({
-        { slug = "rule_error", message = "long: message is 65537 bytes, over the limit of 65536 bytes", penalty = 0 },
-        { slug = "rule_error", message = "many: a rule may return at most 100 issues", penalty = 0 },
+        { slug = "rule_error", message = "long: message is 65537 bytes, over the limit of 65536 bytes", penalty = 10 },
+        { slug = "rule_error", message = "many: a rule may return at most 100 issues", penalty = 10 },
       }, issues)
-      assert.equal(100, score)
+      assert.equal(80, score)
     end)
 
     it("cuts a script's error text at 64 KiB", function()
@@ -434,16 +435,22 @@ describe("scripts and the stored snapshot (the real pipeline)", function()
   describe("a rule penalty", function()
     for _, case in ipairs({ { "math.huge", "math.huge" }, { "1e308", "1e308" }, { "NaN", "0/0" },
                             { "a negative one", "-5" }, { "101", "101" } }) do
-      it("of " .. case[1] .. " is a rule_error, and the billed generation is stored", function()
+      it("of " .. case[1] .. " is a rule_error that fails the draft, and the billed generation is stored", function()
         tmp.write(dir .. "/rules/huge.lua", "return function() return { message = 'bad', penalty = "
           .. case[2] .. " } end")
         srv:queue{ { content = "draft", usage = { prompt_tokens = 11, completion_tokens = 5, total_tokens = 16 } } }
         local p = pipeline()
-        local res = assert(p:generate(input()))
-        local r = stored(res.snapshot_id)
+        local res, err, code, id = p:generate(input())
+        assert.is_nil(res)
+        assert.equal("REPAIR_EXHAUSTED", code)
+        assert.matches("rule_error (huge: penalty must be a number from 0 to 100)", err, 1, true)
+        local r = stored(id)
         local tm, rm = cjson.decode(r.token_metrics), cjson.decode(r.repair_metrics)
-        assert.same({ "completed", 11, 5, 16 }, { r.status, tm.prompt_tokens, tm.completion_tokens, r.total_tokens })
-        assert.same({ 100, 100, 0 }, { rm.initial_validation_score, rm.final_validation_score, rm.repair_count })
+        assert.same({ "failed", 11, 5, 16 }, { r.status, tm.prompt_tokens, tm.completion_tokens, r.total_tokens })
+        assert.same({ 90, 90, 0, "policy_declined" },
+          { rm.initial_validation_score, rm.final_validation_score, rm.repair_count, rm.stop_reason })
+        assert.same({ "huge", "bad_result", 1 },
+          { rm.script_errors[1].slug, rm.script_errors[1].kind, rm.script_errors[1].draft })
         assert.equal("SCRIPT: penalty must be a number from 0 to 100", p:script_errors()[dir .. "/rules/huge.lua"])
       end)
     end

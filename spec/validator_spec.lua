@@ -57,7 +57,7 @@ describe("genaudit.validator", function()
     it("turns a rule that raises into a rule_error issue and reports it", function()
       tmp.write(dir .. "/broken.lua", [[return function() error("nope", 0) end]])
       local issues = v:validate("x #ok", ctx)
-      assert.same({ { slug = "rule_error", message = "broken: nope", penalty = 0 } }, issues)
+      assert.same({ { slug = "rule_error", message = "broken: nope", penalty = 10 } }, issues)
       assert.equal("SCRIPT: nope", v:script_errors()[dir .. "/broken.lua"])
     end)
   end)
@@ -159,9 +159,9 @@ describe("genaudit.validator", function()
       tmp.write(dir .. "/forever.lua", [[return function(d) local n = 0 while true do n = n + #d end end]])
       local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
       local issues, score = lv:validate("x #t", ctx)
-      assert.same({ { slug = "rule_error", message = "forever: script exceeded its time limit (50 ms)", penalty = 0 } },
-        issues)
-      assert.equal(100, score)
+      assert.same({ { slug = "rule_error", message = "forever: script exceeded its time limit (50 ms)",
+                      penalty = 10 } }, issues)
+      assert.equal(90, score)
     end)
 
     it("stops a rule that catches its own time-out with pcall and loops on", function()
@@ -169,14 +169,15 @@ describe("genaudit.validator", function()
         while true do pcall(function() while true do end end) end end]])
       local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
       local issues = lv:validate("x #t", ctx)
-      assert.same({ { slug = "rule_error", message = "sly: script exceeded its time limit (50 ms)", penalty = 0 } },
+      assert.same({ { slug = "rule_error", message = "sly: script exceeded its time limit (50 ms)", penalty = 10 } },
         issues)
     end)
 
     it("stops a rule file whose top level loops forever and keeps the other rules", function()
       tmp.write(dir .. "/hang.lua", [[while true do end]])
       local lv = validator.new{ rules = dir, script_timeout_ms = 50 }
-      assert.equal(70, select(2, lv:validate(words(11) .. " #t", ctx)))
+      -- 70 from the other rules, 10 off for the rule that never loaded (a load_error counts)
+      assert.equal(60, select(2, lv:validate(words(11) .. " #t", ctx)))
       assert.equal("SCRIPT: script exceeded its time limit (50 ms)", lv:script_errors()[dir .. "/hang.lua"])
     end)
 

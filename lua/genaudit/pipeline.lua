@@ -60,7 +60,9 @@ function Pipeline:persist(run, status, err)
       repair_count = rr.repair_count, repair_types = rr.repair_types,
       initial_validation_score = rr.initial_validation_score,
       final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
-      stop_reason = rr.stop_reason,
+      stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
+      drafts = rr.drafts, on_rule_error = rr.on_rule_error,
+      script_errors = rr.script_errors, rules = rr.rules,
     },
     request_params = run.ctx.params,
     content = run.content,
@@ -133,9 +135,12 @@ function Pipeline:generate(input)
   run.repair, run.content = rr, final
 
   if not rr.passed then
-    if rr.stop_reason == "repair_failed" then return fail(rr.error, rr.error_code) end
+    if rr.stop_reason == "repair_failed" or rr.stop_reason == "rule_error" then return fail(rr.error, rr.error_code) end
     local slugs = {}
-    for _, i in ipairs(rr.final_issues or {}) do slugs[#slugs + 1] = i.slug end
+    for _, i in ipairs(rr.final_issues or {}) do
+      -- a broken rule is named: "rule_error (slug: error)"
+      slugs[#slugs + 1] = i.slug == "rule_error" and ("rule_error (" .. i.message .. ")") or i.slug
+    end
     return fail(("REPAIR_EXHAUSTED: draft still fails validation after %d repair(s) (%s; score %s)"):format(
       rr.repair_count, table.concat(slugs, ", "), tostring(rr.final_validation_score)), "REPAIR_EXHAUSTED")
   end
@@ -152,11 +157,12 @@ function Pipeline:generate(input)
 end
 
 -- pipeline:script_errors() -> { path = err } for templates/rules whose newest
--- version failed to load (the previous version stays active).
+-- version failed to load (the previous version stays active). A file since
+-- deleted is not listed.
 function Pipeline:script_errors()
   local out = self.validator:script_errors()
   for path, e in pairs(self.composer.loader.cache) do
-    if e.error then out[path] = e.error end
+    if e.error and core.file_version(path) then out[path] = e.error end
   end
   return out
 end

@@ -7,11 +7,17 @@
 --   <rules>/policy.lua the repair policy (optional; defaults below):
 --                      { budget = 2, min_score = 100,
 --                        should_repair = fn(issues, score, draft, ctx) -> bool,
---                        feedback = fn(draft, issues, ctx) -> text | nil, reason }
+--                        feedback = fn(draft, issues, ctx) -> text | nil, reason,
+--                        on_rule_error = "count" | "fail" | "ignore" }
 --
 -- The score of a draft is 100 minus the sum of its issues' penalties (>= 0).
+-- A rule that raises, returns garbage, runs out of time or fails to load is a
+-- rule error: recorded in repair_metrics.script_errors, and by default
+-- ("count") an issue {slug = "rule_error", penalty = 10} of the draft.
 local dto = require("genaudit.dto")
 local scripts = require("genaudit.scripts")
+local core = require("genaudit.core")
+local json = require("genaudit.json")
 
 local M = {}
 
@@ -19,6 +25,8 @@ local Validator = {}
 Validator.__index = Validator
 
 local DEFAULT_PENALTY = 10
+local RULE_ERROR_PENALTY = 10
+M.ON_RULE_ERROR = { count = true, fail = true, ignore = true }
 local POLICY_FILE = "policy.lua"
 
 -- A string a script supplies (a slug), checked raw against the size cap.
@@ -59,6 +67,11 @@ local function validate_policy(p)
   if b ~= nil and b > M.MAX_REPAIR_BUDGET then
     return nil, ("budget must be at most %d (got %s)"):format(M.MAX_REPAIR_BUDGET, tostring(b))
   end
+  local ore = rawget(p, "on_rule_error")
+  if ore ~= nil and not (type(ore) == "string" and M.ON_RULE_ERROR[ore]) then
+    return nil, 'on_rule_error must be "count", "fail" or "ignore"'
+  end
+  out.on_rule_error = ore
   local m = out.min_score
   if m ~= nil and (type(m) ~= "number" or m ~= m or m == math.huge or m == -math.huge) then
     return nil, "min_score must be a finite number"
@@ -72,13 +85,19 @@ local function validate_policy(p)
 end
 
 -- The default policy: repair while any issue remains, at most twice, telling
--- the model every issue found.
+-- the model every issue found, except rule errors (a broken rule is the
+-- host's problem, not the model's): when only those remain it declines.
 M.default_policy = {
   budget = 2,
   min_score = 100,
+  on_rule_error = "count",
   feedback = function(_, issues)
     local lines = { "Your draft has these problems; rewrite it to fix all of them:" }
-    for _, i in ipairs(issues) do lines[#lines + 1] = "- " .. i.message end
+    local broken = {}
+    for _, i in ipairs(issues) do
+      if i.slug == "rule_error" then broken[#broken + 1] = i.message else lines[#lines + 1] = "- " .. i.message end
+    end
+    if #lines == 1 and #broken > 0 then return nil, "only rule errors remain: " .. table.concat(broken, "; ") end
     return table.concat(lines, "\n")
   end,
 }
@@ -131,16 +150,28 @@ local function issues_from(res, default_slug)
   return out
 end
 
--- validator:rules() -> list of {slug, check, path}; records load errors.
+-- validator:rules() -> list of {slug, check, path} | {slug, path, load_error};
+-- records load errors. A file that is gone (deleted) takes no part and its
+-- error is forgotten, even when the directory listing is not yet refreshed.
 function Validator:rules()
   local out = {}
+  local listed = {}
   for _, path in ipairs(self.rule_loader:dir(self.dir, { [POLICY_FILE] = true })) do
-    local r, err = self.rule_loader:load(path)
-    self.errors[path] = err
-    if r then
-      if type(r) == "function" then r = { check = r } end
-      out[#out + 1] = { slug = r.slug or slug_of(path), check = r.check, path = path }
+    if core.file_version(path) then
+      listed[path] = true
+      local r, err = self.rule_loader:load(path)
+      self.errors[path] = err
+      if r then
+        if type(r) == "function" then r = { check = r } end
+        out[#out + 1] = { slug = r.slug or slug_of(path), check = r.check, path = path }
+      elseif err then
+        out[#out + 1] = { slug = slug_of(path), path = path, load_error = err }
+      end
     end
+  end
+  local policy_path = self.dir .. "/" .. POLICY_FILE
+  for path in pairs(self.errors) do
+    if path ~= policy_path and not listed[path] then self.errors[path] = nil end
   end
   return out
 end
@@ -155,32 +186,95 @@ function Validator:policy()
     min_score = p.min_score or M.default_policy.min_score,
     should_repair = p.should_repair,
     feedback = p.feedback or M.default_policy.feedback,
+    on_rule_error = p.on_rule_error or M.default_policy.on_rule_error,
+    load_error = self.errors[path],
     call = function(fn, ...) return self.policy_loader:call(fn, ...) end,
   }
 end
 
--- validator:validate(draft, ctx) -> issues, score. A rule that raises or
--- returns garbage becomes an issue of its own ("rule_error"), so a broken
--- rule is visible in the audit trail instead of silently passing drafts.
--- Each rule gets its own copy of ctx: what it changes there goes nowhere.
-function Validator:validate(draft, ctx)
+local function error_kind(err)
+  if tostring(err):find("script exceeded its time limit", 1, true) then return "timeout" end
+  return "error"
+end
+
+-- The record of one generation's script errors and rule runs
+-- (repair_metrics.script_errors and .rules).
+local function new_audit(on_rule_error)
+  return { on_rule_error = on_rule_error or "count", script_errors = {}, rules = {}, by_path = {},
+           load_seen = {} }
+end
+
+local function rule_stats(audit, rule)
+  local st = audit.by_path[rule.path]
+  if not st then
+    st = { slug = rule.slug, path = rule.path, runs = 0, fired = 0, errors = 0, timeouts = 0 }
+    audit.by_path[rule.path] = st
+    audit.rules[#audit.rules + 1] = st
+  end
+  return st
+end
+
+local function record(audit, script, slug, kind, err, draft)
+  audit.script_errors[#audit.script_errors + 1] = {
+    script = script, slug = slug, kind = kind, error = err, draft = draft == nil and json.null or draft,
+  }
+end
+
+-- validator:validate(draft, ctx[, audit, draft_index]) -> issues, score,
+-- rule_error. A rule that raises, returns garbage, times out or failed to
+-- load is recorded (audit.script_errors) and, under on_rule_error "count"
+-- (the default) and "fail", becomes an issue of its own ("rule_error",
+-- penalty 10), so a broken rule never silently passes drafts; "ignore" adds
+-- no issue. Under "fail" validation stops at the first rule error, returned
+-- third as "slug: err". Each rule gets its own copy of ctx.
+function Validator:validate(draft, ctx, audit, draft_index)
+  audit = audit or new_audit(self:policy().on_rule_error)
   local issues, penalty = {}, 0
+  local first_error
   for _, rule in ipairs(self:rules()) do
-    local ok, res = self.rule_loader:call(rule.check, draft, scripts.copy(ctx))
-    local list, err
-    if ok then list, err = issues_from(res, rule.slug) else err = res end
+    local st = rule_stats(audit, rule)
+    local list, err, kind
+    if rule.load_error then
+      err, kind = rule.load_error:gsub("^SCRIPT: ", ""), "load_error"
+      st.errors = st.errors + 1
+      if not audit.load_seen[rule.path] then
+        audit.load_seen[rule.path] = true
+        record(audit, rule.path, rule.slug, kind, err, nil)
+      end
+    else
+      st.runs = st.runs + 1
+      local ok, res = self.rule_loader:call(rule.check, draft, scripts.copy(ctx))
+      if ok then
+        list, err = issues_from(res, rule.slug)
+        kind = "bad_result"
+      else
+        err = res
+        kind = error_kind(err)
+      end
+      if list then
+        if #list > 0 then st.fired = st.fired + 1 end
+      else
+        self.errors[rule.path] = "SCRIPT: " .. err
+        if kind == "timeout" then st.timeouts = st.timeouts + 1 else st.errors = st.errors + 1 end
+        record(audit, rule.path, rule.slug, kind, err, draft_index)
+      end
+    end
     if not list then
-      self.errors[rule.path] = "SCRIPT: " .. err
-      list = { { slug = "rule_error", message = rule.slug .. ": " .. err, penalty = 0 } }
+      list = {}
+      if audit.on_rule_error ~= "ignore" then
+        list[1] = { slug = "rule_error", message = rule.slug .. ": " .. err, penalty = RULE_ERROR_PENALTY }
+      end
+      first_error = first_error or (rule.slug .. ": " .. err)
     end
     for _, i in ipairs(list) do
       issues[#issues + 1] = i
       penalty = penalty + i.penalty
     end
+    if first_error and audit.on_rule_error == "fail" then break end
   end
   local score = 100 - penalty
   if score < 0 then score = 0 end
-  return issues, score
+  return issues, score, first_error
 end
 
 local function slugs(issues)
@@ -191,10 +285,11 @@ end
 
 -- The policy sees copies of the issues and the context: the issues stay the
 -- host's, as logged in the repair log.
-local function needs_repair(policy, issues, score, draft, ctx)
+local function needs_repair(policy, issues, score, draft, ctx, audit)
   if policy.should_repair then
     local ok, res = policy.call(policy.should_repair, scripts.copy(issues), score, draft, scripts.copy(ctx))
     if ok then return res and true or false end
+    record(audit, policy.path, "policy", error_kind(res), "should_repair: " .. res, nil)
   end
   for _, i in ipairs(issues) do
     if i.penalty > 0 then return score < policy.min_score end
@@ -209,7 +304,13 @@ end
 --   ("passed", "budget_exhausted", "policy_declined", "repair_failed").
 function Validator:validate_and_repair(draft, ctx, repair)
   local policy = self:policy()
-  local issues, score = self:validate(draft, ctx)
+  policy.path = self.dir .. "/" .. POLICY_FILE
+  local audit = new_audit(policy.on_rule_error)
+  if policy.load_error then
+    record(audit, policy.path, "policy", "load_error", (policy.load_error:gsub("^SCRIPT: ", "")), nil)
+  end
+  local issues, score, rule_error = self:validate(draft, ctx, audit, 1)
+  local drafts = { { text = draft, score = score, issues = issues } }
   local rr = {
     repair_count = 0, repair_types = {}, initial_validation_score = score,
     final_validation_score = score, repair_log = {}, passed = false,
@@ -217,7 +318,11 @@ function Validator:validate_and_repair(draft, ctx, repair)
   local seen = {}
   local attempt = 0
   while true do
-    if not needs_repair(policy, issues, score, draft, ctx) then
+    if rule_error and audit.on_rule_error == "fail" then
+      rr.stop_reason, rr.error, rr.error_code = "rule_error", "RULE_ERROR: " .. rule_error, "RULE_ERROR"
+      break
+    end
+    if not needs_repair(policy, issues, score, draft, ctx, audit) then
       rr.passed, rr.stop_reason = true, "passed"
       break
     end
@@ -230,6 +335,7 @@ function Validator:validate_and_repair(draft, ctx, repair)
       ok, feedback = false, ("feedback is %d bytes, over the limit of %d bytes"):format(#feedback,
         scripts.MAX_STRING_BYTES)
     end
+    if not ok then record(audit, policy.path, "policy", error_kind(feedback), "feedback: " .. feedback, nil) end
     if not ok or type(feedback) ~= "string" then
       rr.stop_reason = "policy_declined"
       rr.stop_detail = not ok and feedback or (reason and scripts.text(reason)) or nil
@@ -252,7 +358,8 @@ function Validator:validate_and_repair(draft, ctx, repair)
       break
     end
     draft = new_draft
-    issues, score = self:validate(draft, ctx)
+    issues, score, rule_error = self:validate(draft, ctx, audit, #drafts + 1)
+    drafts[#drafts + 1] = { text = draft, score = score, issues = issues }
     entry.score_after = score
     entry.issues_after = slugs(issues)
     rr.final_validation_score = score
@@ -261,13 +368,18 @@ function Validator:validate_and_repair(draft, ctx, repair)
   local result = dto.RepairResult(rr)
   result.stop_reason, result.stop_detail = rr.stop_reason, rr.stop_detail
   result.error, result.error_code, result.final_issues = rr.error, rr.error_code, rr.final_issues
+  result.drafts, result.on_rule_error = drafts, audit.on_rule_error
+  result.script_errors, result.rules = audit.script_errors, audit.rules
   return result, draft
 end
 
 -- validator:script_errors() -> { path = err } for scripts whose newest version failed
+-- (a file since deleted is not listed).
 function Validator:script_errors()
   local out = {}
-  for k, v in pairs(self.errors) do out[k] = v end
+  for k, v in pairs(self.errors) do
+    if core.file_version(k) then out[k] = v else self.errors[k] = nil end
+  end
   return out
 end
 
