@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config lua5.4 liblua5.4-dev lua-busted lua-cjson lua-socket
 lua-filesystem lua-argparse lua-check luajit2 libluajit2-5.1-dev libsqlite3-dev sqlite3
-libcurl4-openssl-dev libssl-dev luarocks valgrind curl
+libcurl4-openssl-dev libssl-dev openssl python3 luarocks valgrind curl
 nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache
 postgresql libpq-dev
 lua-sql-sqlite3 time
