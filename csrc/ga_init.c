@@ -11,6 +11,7 @@ GA_EXPORT int luaopen_genaudit_core(lua_State *L) {
   ga_open_json(L);
   ga_open_jsondec(L);
   ga_open_digest(L);
+  ga_open_chain(L);
   ga_open_store(L);
   ga_open_pg(L);
   ga_open_meter(L);

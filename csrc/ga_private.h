@@ -119,6 +119,15 @@ void ga_row_free(ga_row *row);
  * unless created_at was given. Returns 0 or -1. */
 int ga_row_stamp(ga_row *row, ga_ulid_state *ulid);
 
+/* ---- the canonical record encoding and hash (ga_chain.c) ---- */
+typedef struct { const char *name; int payload; } ga_record_field;
+#define GA_REC_NFIELDS 21
+extern const ga_record_field ga_record_fields[GA_REC_NFIELDS];
+/* fields in ga_record_fields order (payload fields: their 64-hex digest, or
+ * unset); writes the record hash (64 hex + NUL), and E to enc unless NULL. */
+int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
+void ga_open_chain(lua_State *L);
+
 /* ---- SHA-256 (ga_digest.c, OpenSSL libcrypto) ---- */
 /* Writes the 64 lower-case hex digits of SHA-256(p, n) and a NUL; 0, or -1. */
 int ga_sha256_hex(const void *p, size_t n, char out[65]);

@@ -1,0 +1,182 @@
+/* ga_chain.c — the canonical record encoding and its hash: what makes a
+ * snapshot row tamper-evident (README, "Tamper evidence").
+ *
+ *   E = "genaudit-record/1\n" || F(field 1) || ... || F(field n)
+ *   F = name "=" ("~" if NULL | decimal byte length ":" bytes) "\n"
+ *   record_hash = lower-case hex SHA-256(E)
+ *
+ * Fields in the fixed order of ga_record_fields. A payload field (prompts,
+ * content, drafts) enters as the 64 hex digits of its own SHA-256 under the
+ * name "<field>.sha256", so a purged payload keeps its row verifiable.
+ *   ga_record_hash(fields, out)        plain C, fields in that order
+ *   core.record_hash(t) -> hex, E      t keyed by field name (see below)
+ *   core.record_fields() -> { {name, payload}, ... } */
+#include <stdio.h>
+#include <string.h>
+#include <openssl/evp.h>
+#include "ga_private.h"
+
+const ga_record_field ga_record_fields[GA_REC_NFIELDS] = {
+    {"id", 0}, {"chain_id", 0}, {"chain_seq", 0}, {"prev_hash", 0}, {"created_at", 0},
+    {"org_id", 0}, {"user_id", 0}, {"platform", 0}, {"template_id", 0}, {"template_version", 0},
+    {"status", 0}, {"error", 0}, {"replay_of", 0}, {"request_params", 0}, {"token_metrics", 0},
+    {"performance_metrics", 0}, {"repair_metrics", 0}, {"final_system_prompt", 1},
+    {"final_user_prompt", 1}, {"content", 1}, {"drafts", 1}};
+
+#define MAGIC "genaudit-record/1\n"
+
+/* Appends F(name, v) to the digest, or to buf when buf is not NULL. */
+static int put_field(EVP_MD_CTX *c, ga_buf *buf, const char *name, int payload, const ga_text *v) {
+  char head[96];
+  int n;
+  if (!v->set)
+    n = snprintf(head, sizeof head, "%s%s=~\n", name, payload ? ".sha256" : "");
+  else
+    n = snprintf(head, sizeof head, "%s%s=%zu:", name, payload ? ".sha256" : "", v->n);
+  if (n < 0 || (size_t)n >= sizeof head) return -1;
+  if (buf) {
+    ga_buf_add(buf, head, (size_t)n);
+    if (v->set) {
+      ga_buf_add(buf, v->p, v->n);
+      ga_buf_addc(buf, '\n');
+    }
+    return buf->oom ? -1 : 0;
+  }
+  if (EVP_DigestUpdate(c, head, (size_t)n) != 1) return -1;
+  if (v->set && (EVP_DigestUpdate(c, v->p, v->n) != 1 || EVP_DigestUpdate(c, "\n", 1) != 1)) return -1;
+  return 0;
+}
+
+/* The record hash of fields (ga_record_fields order; payload fields hold
+ * their digest's 64 hex digits, or are unset). When enc is not NULL the
+ * encoding E is also written to it. 0, or -1. */
+int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
+  static const char hex[] = "0123456789abcdef";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0, i;
+  int ok;
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  if (!c) return -1;
+  ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(c, MAGIC, sizeof MAGIC - 1) == 1;
+  if (ok && enc) {
+    ga_buf_add(enc, MAGIC, sizeof MAGIC - 1);
+    ok = !enc->oom;
+  }
+  for (i = 0; ok && i < GA_REC_NFIELDS; i++) {
+    const ga_record_field *f = &ga_record_fields[i];
+    if (f->payload && fields[i].set && fields[i].n != 64) ok = 0;
+    if (ok) ok = put_field(c, NULL, f->name, f->payload, &fields[i]) == 0;
+    if (ok && enc) ok = put_field(NULL, enc, f->name, f->payload, &fields[i]) == 0;
+  }
+  ok = ok && EVP_DigestFinal_ex(c, md, &len) == 1 && len == 32;
+  EVP_MD_CTX_free(c);
+  if (!ok) return -1;
+  for (i = 0; i < 32; i++) {
+    out[2 * i] = hex[md[i] >> 4];
+    out[2 * i + 1] = hex[md[i] & 15];
+  }
+  out[64] = '\0';
+  return 0;
+}
+
+static int is_hex64(const char *p, size_t n) {
+  size_t i;
+  if (n != 64) return 0;
+  for (i = 0; i < n; i++)
+    if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) return 0;
+  return 1;
+}
+
+/* core.record_hash(t) -> record_hash, encoding
+ * t: field name -> string (nil or absent = NULL); chain_seq may be an
+ * integer. A payload field is given as its bytes (t.content) or as its
+ * digest (t.content_sha256, 64 lower-case hex digits), not both. */
+static int l_record_hash(lua_State *L) {
+  ga_text f[GA_REC_NFIELDS];
+  char digests[GA_REC_NFIELDS][65], seq[32], out[65];
+  ga_buf enc;
+  unsigned i;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  memset(f, 0, sizeof f);
+  for (i = 0; i < GA_REC_NFIELDS; i++) {
+    const ga_record_field *d = &ga_record_fields[i];
+    int t;
+    lua_getfield(L, 1, d->name);
+    t = lua_type(L, -1);
+    if (d->payload) {
+      char key[64];
+      int t2;
+      snprintf(key, sizeof key, "%s_sha256", d->name);
+      lua_getfield(L, 1, key);
+      t2 = lua_type(L, -1);
+      if (t != LUA_TNIL && t2 != LUA_TNIL)
+        return luaL_error(L, "record_hash: %s and %s both given", d->name, key);
+      if (t2 != LUA_TNIL) {
+        size_t n;
+        const char *p = lua_tolstring(L, -1, &n);
+        if (t2 != LUA_TSTRING || !is_hex64(p, n))
+          return luaL_error(L, "record_hash: %s must be 64 lower-case hex digits", key);
+        memcpy(digests[i], p, 64);
+      } else if (t != LUA_TNIL) {
+        size_t n;
+        const char *p;
+        if (t != LUA_TSTRING) return luaL_error(L, "record_hash: %s must be a string", d->name);
+        p = lua_tolstring(L, -2, &n);
+        if (ga_sha256_hex(p, n, digests[i]) != 0) return luaL_error(L, "record_hash: libcrypto failed");
+      }
+      if (t != LUA_TNIL || t2 != LUA_TNIL) {
+        f[i].p = digests[i];
+        f[i].n = 64;
+        f[i].set = 1;
+      }
+      lua_pop(L, 2);
+      continue;
+    }
+    if (t == LUA_TNUMBER && i == 2) { /* chain_seq: a whole number from 1 to 2^53 */
+      lua_Number x = lua_tonumber(L, -1);
+      if (!(x >= 1 && x <= 9007199254740992.0) || x != (lua_Number)(long long)x)
+        return luaL_error(L, "record_hash: chain_seq must be a positive integer");
+      snprintf(seq, sizeof seq, "%lld", (long long)x);
+      f[i].p = seq;
+      f[i].n = strlen(seq);
+      f[i].set = 1;
+    } else if (t == LUA_TSTRING) {
+      f[i].p = lua_tolstring(L, -1, &f[i].n); /* stays alive in t */
+      f[i].set = 1;
+    } else if (t != LUA_TNIL) {
+      return luaL_error(L, "record_hash: %s must be a string", d->name);
+    }
+    lua_pop(L, 1);
+  }
+  ga_buf_init(&enc);
+  if (ga_record_hash(f, out, &enc) != 0) {
+    ga_buf_free(&enc);
+    return luaL_error(L, "record_hash: out of memory");
+  }
+  lua_pushlstring(L, out, 64);
+  lua_pushlstring(L, enc.buf ? enc.buf : "", enc.len);
+  ga_buf_free(&enc);
+  return 2;
+}
+
+/* core.record_fields() -> { { name = , payload = boolean }, ... } in order */
+static int l_record_fields(lua_State *L) {
+  unsigned i;
+  lua_createtable(L, GA_REC_NFIELDS, 0);
+  for (i = 0; i < GA_REC_NFIELDS; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, ga_record_fields[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, ga_record_fields[i].payload);
+    lua_setfield(L, -2, "payload");
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  return 1;
+}
+
+void ga_open_chain(lua_State *L) {
+  lua_pushcfunction(L, l_record_hash);
+  lua_setfield(L, -2, "record_hash");
+  lua_pushcfunction(L, l_record_fields);
+  lua_setfield(L, -2, "record_fields");
+}
