@@ -180,3 +180,92 @@ void ga_open_chain(lua_State *L) {
   lua_pushcfunction(L, l_record_fields);
   lua_setfield(L, -2, "record_fields");
 }
+
+/* ---- the chain one writer appends to ---- */
+
+const char *const ga_seal_col_names[GA_SEAL_NCOLS] = {
+    "final_system_prompt_sha256", "final_user_prompt_sha256", "content_sha256", "drafts_sha256",
+    "chain_id", "chain_seq", "prev_hash", "record_hash"};
+
+static const char ZERO_HASH[] = "0000000000000000000000000000000000000000000000000000000000000000";
+
+void ga_chain_init(ga_chain *ch) {
+  memset(ch, 0, sizeof *ch);
+  memcpy(ch->head, ZERO_HASH, 65);
+  memcpy(ch->pend_head, ZERO_HASH, 65);
+}
+
+void ga_chain_begin(ga_chain *ch) {
+  ch->pend_seq = ch->seq;
+  memcpy(ch->pend_head, ch->head, 65);
+  ch->pend_registered = ch->registered;
+}
+
+int ga_chain_needs_register(const ga_chain *ch) { return !ch->pend_registered; }
+
+void ga_chain_registered(ga_chain *ch) { ch->pend_registered = 1; }
+
+int ga_chain_ensure_id(ga_chain *ch) {
+  ga_ulid_state st;
+  if (ch->id[0]) return 0;
+  memset(&st, 0, sizeof st);
+  if (ga_ulid_next(&st, ga_realtime_ms(), ch->id) != 0) return -1;
+  ch->id[26] = '\0';
+  return 0;
+}
+
+int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out) {
+  /* the record's fields, from the row's columns and the seal's own */
+  static const int from_row[GA_REC_NFIELDS] = {
+      GA_COL_ID, -1, -1, -1, GA_COL_CREATED_AT, GA_COL_ORG_ID, GA_COL_USER_ID, GA_COL_PLATFORM,
+      GA_COL_TEMPLATE_ID, GA_COL_TEMPLATE_VERSION, GA_COL_STATUS, GA_COL_ERROR, GA_COL_REPLAY_OF,
+      GA_COL_REQUEST_PARAMS, GA_COL_TOKEN_METRICS, GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS,
+      -1, -1, -1, -1};
+  static const int payloads[4] = {GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_CONTENT,
+                                  GA_COL_DRAFTS};
+  ga_text f[GA_REC_NFIELDS];
+  int i;
+  if (ch->stale || ga_chain_ensure_id(ch) != 0) return -1;
+  memset(out->col, 0, sizeof out->col);
+  for (i = 0; i < 4; i++) {
+    const ga_text *t = &cols[payloads[i]];
+    if (!t->set) continue;
+    if (ga_sha256_hex(t->p, t->n, out->digest[i]) != 0) return -1;
+    out->col[i].p = out->digest[i];
+    out->col[i].n = 64;
+    out->col[i].set = 1;
+  }
+  snprintf(out->seq, sizeof out->seq, "%lld", ch->pend_seq + 1);
+  memcpy(out->prev, ch->pend_head, 65);
+  out->col[GA_SEAL_CHAIN_ID] = (ga_text){ch->id, 26, 1};
+  out->col[GA_SEAL_CHAIN_SEQ] = (ga_text){out->seq, strlen(out->seq), 1};
+  out->col[GA_SEAL_PREV_HASH] = (ga_text){out->prev, 64, 1};
+  for (i = 0; i < GA_REC_NFIELDS; i++) f[i] = from_row[i] >= 0 ? cols[from_row[i]] : (ga_text){NULL, 0, 0};
+  f[1] = out->col[GA_SEAL_CHAIN_ID];
+  f[2] = out->col[GA_SEAL_CHAIN_SEQ];
+  f[3] = out->col[GA_SEAL_PREV_HASH];
+  for (i = 0; i < 4; i++) f[17 + i] = out->col[i];
+  if (ga_record_hash(f, out->hash, NULL) != 0) return -1;
+  out->col[GA_SEAL_RECORD_HASH] = (ga_text){out->hash, 64, 1};
+  return 0;
+}
+
+void ga_chain_taken(ga_chain *ch, const ga_seal *s) {
+  ch->pend_seq++;
+  memcpy(ch->pend_head, s->hash, 65);
+}
+
+void ga_chain_commit(ga_chain *ch) {
+  ch->seq = ch->pend_seq;
+  memcpy(ch->head, ch->pend_head, 65);
+  ch->registered = ch->pend_registered;
+}
+
+void ga_chain_resync(ga_chain *ch, long long seq, const char *hash, int registered) {
+  ch->seq = seq;
+  memcpy(ch->head, hash && seq > 0 ? hash : ZERO_HASH, 64);
+  ch->head[64] = '\0';
+  ch->registered = registered;
+  ch->stale = 0;
+  ga_chain_begin(ch);
+}

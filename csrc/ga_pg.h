@@ -33,6 +33,7 @@ enum {
 
 #define SQL_UNLOCK_ALL "SELECT pg_advisory_unlock_all()" /* after every query()/each() */
 #define INSERT_NAME "ga_insert"
+#define INSERT_REG_NAME "ga_insert_reg" /* the INSERT with its chain's own row (a chain's first) */
 
 /* ---- connection settings, shared by a store and its writer ---- */
 typedef struct {
@@ -64,6 +65,7 @@ typedef struct {
   uint64_t tick;
   unsigned next_id;
   int insert_ready;
+  ga_chain chain; /* the hash chain sync persists append to (the async writer has its own) */
   int each_depth; /* open each() calls: a read-only transaction is open */
   uint64_t reconnects;
 } pgstore;

@@ -331,6 +331,7 @@ static int l_pg_open(lua_State *L) {
   /* closed userdata first, then the resources: nothing leaks if Lua raises */
   s = (pgstore *)ga_newuserdata(L, sizeof *s);
   memset(s, 0, sizeof *s);
+  ga_chain_init(&s->chain);
   luaL_getmetatable(L, PG_MT);
   lua_setmetatable(L, -2);
   s->cfg.readonly = readonly;

@@ -94,7 +94,7 @@ enum {
   GA_COL_ID, GA_COL_CREATED_AT, GA_COL_ORG_ID, GA_COL_USER_ID, GA_COL_PLATFORM,
   GA_COL_TEMPLATE_ID, GA_COL_TEMPLATE_VERSION, GA_COL_STATUS, GA_COL_CONTENT, GA_COL_ERROR,
   GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_TOKEN_METRICS,
-  GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS, GA_COL_REQUEST_PARAMS, GA_COL_REPLAY_OF,
+  GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS, GA_COL_REQUEST_PARAMS, GA_COL_REPLAY_OF, GA_COL_DRAFTS,
   GA_NCOLS
 };
 
@@ -103,7 +103,7 @@ typedef struct {
   char id[26];
   char created_at[24];
   char numbuf[3][24]; /* integer ids and versions rendered as text */
-  ga_buf json[4];     /* token, performance, repair metrics; request params */
+  ga_buf json[5];     /* token, performance, repair metrics; request params; drafts */
 } ga_row;
 
 extern const char *const ga_col_names[GA_NCOLS];
@@ -127,6 +127,48 @@ extern const ga_record_field ga_record_fields[GA_REC_NFIELDS];
  * unset); writes the record hash (64 hex + NUL), and E to enc unless NULL. */
 int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
 void ga_open_chain(lua_State *L);
+
+/* The hash chain one writer (a store's own connection, or its async writer
+ * thread) appends to. Positions are assigned as rows are bound inside a
+ * transaction (`pend_*`) and become the chain's (`seq`, `head`) only when
+ * it commits; after a failure whose outcome is unknown the backend reads the
+ * head back from the database (ga_chain_resync) before the next row. */
+typedef struct {
+  char id[27];            /* a ULID, made at the first row; NUL-terminated */
+  long long seq;          /* committed: last position (0: none yet) */
+  char head[65];          /* committed: record hash at seq (64 zeros at 0) */
+  int registered;         /* committed: the chains row exists */
+  long long pend_seq;     /* in the open transaction */
+  char pend_head[65];
+  int pend_registered;
+  int stale;              /* head unknown: resync before the next row */
+} ga_chain;
+/* The columns a sealed row adds to its 18: payload digests, chain_id,
+ * chain_seq, prev_hash, record_hash (GA_SEAL_NCOLS of them, in that order). */
+enum {
+  GA_SEAL_SYSTEM_SHA, GA_SEAL_USER_SHA, GA_SEAL_CONTENT_SHA, GA_SEAL_DRAFTS_SHA,
+  GA_SEAL_CHAIN_ID, GA_SEAL_CHAIN_SEQ, GA_SEAL_PREV_HASH, GA_SEAL_RECORD_HASH, GA_SEAL_NCOLS
+};
+extern const char *const ga_seal_col_names[GA_SEAL_NCOLS];
+typedef struct {
+  char digest[4][65], seq[24], prev[65], hash[65];
+  ga_text col[GA_SEAL_NCOLS];
+} ga_seal;
+void ga_chain_init(ga_chain *ch);
+int ga_chain_ensure_id(ga_chain *ch); /* makes the chain's ULID on first use: 0, or -1 (no random source) */
+/* Starts a transaction's positions from the committed ones. */
+void ga_chain_begin(ga_chain *ch);
+/* 1 when the next sealed row starts the chain (its chains row is due). */
+int ga_chain_needs_register(const ga_chain *ch);
+void ga_chain_registered(ga_chain *ch); /* the chains row is in the open transaction */
+/* Seals the row (cols: GA_NCOLS columns, ga_col_names order) at the next
+ * pending position: 0, or -1 (out of memory, no random source). The
+ * position is taken only by ga_chain_taken, once the row's INSERT went in. */
+int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out);
+void ga_chain_taken(ga_chain *ch, const ga_seal *s);
+void ga_chain_commit(ga_chain *ch);   /* the transaction committed */
+/* The head as the database has it (seq 0 / hash NULL: no row yet). */
+void ga_chain_resync(ga_chain *ch, long long seq, const char *hash, int registered);
 
 /* ---- SHA-256 (ga_digest.c, OpenSSL libcrypto) ---- */
 /* Writes the 64 lower-case hex digits of SHA-256(p, n) and a NUL; 0, or -1. */
@@ -206,7 +248,7 @@ void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_e
  * one: the writer never switches it to WAL). */
 typedef struct {
   const char *path;         /* the store's database file */
-  const char *insert_sql;   /* the store's INSERT, 17 parameters in ga_col_names order */
+  const char *insert_sql;   /* the store's INSERT: ga_col_names order, then ga_seal_col_names */
   const char *journal_mode; /* "wal", "delete", "truncate", "memory" */
   long busy_timeout_ms;
   int synchronous;          /* 0 off, 1 normal, 2 full, 3 extra */

@@ -18,8 +18,11 @@
 static const char ga_sql_insert[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
-    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
-    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)";
+    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of, drafts,"
+    " final_system_prompt_sha256, final_user_prompt_sha256, content_sha256, drafts_sha256,"
+    " chain_id, chain_seq, prev_hash, record_hash)"
+    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,"
+    "?19,?20,?21,?22,?23,?24,?25,?26)";
 static const char SQL_MIGRATIONS_TABLE[] =
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
     " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -207,6 +210,7 @@ static int l_sqlite_open(lua_State *L) {
   }
   sqlite3_extended_result_codes(s->db, 1);
   s->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)s) | 1u;
+  ga_chain_init(&s->chain);
   sqlite3_busy_handler(s->db, busy_wait, s);
   sqlite3_set_authorizer(s->db, ga_sqlite_authorize, s);
   if (s->query_ms > 0) sqlite3_progress_handler(s->db, 1000, ga_sqlite_query_progress, s);
@@ -345,13 +349,10 @@ static int l_store_schema_version(lua_State *L) {
   return 1;
 }
 
-/* Binds the row's columns; SQLITE_OK or the first bind's error code. */
-static int bind_row(sqlite3_stmt *st, const ga_row *row) {
-  int i, rc = SQLITE_OK;
-  for (i = 0; i < GA_NCOLS && rc == SQLITE_OK; i++) {
-    if (row->col[i].set) rc = sqlite3_bind_text64(st, i + 1, row->col[i].p, row->col[i].n, SQLITE_STATIC, SQLITE_UTF8);
-    else rc = sqlite3_bind_null(st, i + 1);
-  }
+/* Binds the row's columns and its seal's; SQLITE_OK or the first bind's error code. */
+static int bind_row(sqlite3_stmt *st, const ga_row *row, const ga_seal *seal) {
+  int rc = ga_sqlite_bind_cols(st, 1, row->col, GA_NCOLS);
+  if (rc == SQLITE_OK) rc = ga_sqlite_bind_cols(st, GA_NCOLS + 1, seal->col, GA_SEAL_NCOLS);
   return rc;
 }
 
@@ -402,20 +403,47 @@ static int id_stored(lua_State *L, ga_store_base *b, const char *id) {
 }
 
 /* persist() in sync mode (the preamble is ga_store_common.c's): one INSERT,
- * one transaction. 0, or the error triple pushed and 3. */
+ * one transaction (with the chain's own row, for its first snapshot), the
+ * row sealed at the next position of this store's chain. 0, or the error
+ * triple pushed and 3. */
 static int insert_row(lua_State *L, ga_store_base *b, const ga_row *row) {
   store *s = (store *)b;
-  int rc;
+  ga_seal seal;
+  int rc, reg;
   if (!s->insert &&
       sqlite3_prepare_v3(s->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) != SQLITE_OK)
     return ga_sqlite_fail(L, s, "cannot prepare insert (is the store migrated?)");
-  rc = bind_row(s->insert, row);
+  ga_chain_begin(&s->chain);
+  if (ga_chain_seal(&s->chain, row->col, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
+  rc = bind_row(s->insert, row, &seal);
   if (rc != SQLITE_OK) { /* a value SQLite refuses: never stored as NULL */
     sqlite3_clear_bindings(s->insert);
     return ga_fail(L, "INVALID", "cannot bind the row: %s", sqlite3_errstr(rc));
   }
+  reg = ga_chain_needs_register(&s->chain);
+  if (reg) {
+    if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) {
+      sqlite3_clear_bindings(s->insert);
+      return ga_sqlite_fail(L, s, "cannot persist snapshot");
+    }
+    rc = ga_sqlite_register_chain(s->db, &s->chain);
+    if (rc != SQLITE_OK) {
+      rc = ga_sqlite_fail(L, s, "cannot start the store's chain");
+      exec(s, "ROLLBACK");
+      sqlite3_clear_bindings(s->insert);
+      return rc;
+    }
+  }
   rc = step_done(s->insert);
-  if (rc != SQLITE_OK) return ga_sqlite_fail(L, s, "cannot persist snapshot");
+  sqlite3_clear_bindings(s->insert);
+  if (rc == SQLITE_OK && reg && exec(s, "COMMIT") != SQLITE_OK) rc = SQLITE_ERROR;
+  if (rc != SQLITE_OK) {
+    rc = ga_sqlite_fail(L, s, "cannot persist snapshot");
+    if (reg && !sqlite3_get_autocommit(s->db)) exec(s, "ROLLBACK");
+    return rc;
+  }
+  ga_chain_taken(&s->chain, &seal);
+  ga_chain_commit(&s->chain);
   return 0;
 }
 
