@@ -88,7 +88,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
       .. " IF NEW.template_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$;"
       .. " CREATE TRIGGER poison BEFORE INSERT ON generation_snapshots FOR EACH ROW EXECUTE FUNCTION poison()",
     errors = {
-      broken_migration = 'MIGRATION: migration 0006_broken failed: syntax error at or near ";"'
+      broken_migration = 'MIGRATION: migration 0099_broken failed: syntax error at or near ";"'
         .. " (database left at version 5)",
       syntax = 'SQL: cannot prepare query: syntax error at or near "SELEC"',
       unknown_table = 'SQL: cannot prepare query: relation "nope" does not exist',
@@ -129,7 +129,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
     it("accepts the postgres:// form", function()
       local store = assert(genaudit.open((pg.url:gsub("^postgresql://", "postgres://")), { schema = pg.schema() }))
       assert.equal("postgresql", store.backend)
-      assert.equal(5, store:schema_version())
+      assert.equal(6, store:schema_version())
       store:close()
     end)
 
