@@ -156,7 +156,7 @@ describe("bin/genaudit", function()
       local out, err, rc = cli("--db " .. q(path) .. " migrate")
       assert.same({ "schema version 6 (6 migrations applied)\n", "", 0 }, { out, err, rc })
       out, err, rc = cli("--json --db " .. q("sqlite:" .. path) .. " migrate")
-      assert.same({ '{"schema_version":5,"applied":0}\n', "", 0 }, { out, err, rc })
+      assert.same({ '{"schema_version":6,"applied":0}\n', "", 0 }, { out, err, rc })
       local store = assert(genaudit.open("sqlite:" .. path, { migrate = false }))
       assert.equal(6, store:schema_version())
       store:close()
@@ -168,7 +168,9 @@ describe("bin/genaudit", function()
       local out, err, rc = cli("--db " .. q(db) .. " report cost --by template")
       assert.same({ "", 0 }, { err, rc })
       local ls = lines(out)
-      assert.same({ "template_id", "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
+      -- first what it counted (every seeded row is a completed non-replay)
+      assert.equal("counted: completed generations, replays excluded (33 rows)", table.remove(ls, 1))
+      assert.same({ "template_id", "posts", "priced_posts", "total_cost", "avg_cost", "p50_cost", "p95_cost",
                     "total_tokens", "avg_tokens" }, words(ls[1]))
       assert.equal(1 + #TEMPLATES, #ls)
       local e = expected_cost(rows)
@@ -190,7 +192,7 @@ describe("bin/genaudit", function()
       assert.equal(#TEMPLATES, #doc.rows)
       for _, r in ipairs(doc.rows) do
         local x = e[r.template_id]
-        assert.same({ x.posts, x.priced }, { r.posts, r.priced })
+        assert.same({ x.posts, x.priced }, { r.posts, r.priced_posts })
         assert.is_true(near(x.avg, r.avg_cost), r.template_id)
         assert.is_true(near(x.total, r.total_cost), r.template_id)
       end
@@ -201,7 +203,7 @@ describe("bin/genaudit", function()
       local out, err, rc = cli("--csv --db " .. q(db) .. " report cost --by template")
       assert.same({ "", 0 }, { err, rc })
       local recs = parse_csv(out)
-      assert.same({ "template_id", "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
+      assert.same({ "template_id", "posts", "priced_posts", "total_cost", "avg_cost", "p50_cost", "p95_cost",
                     "total_tokens", "avg_tokens" }, recs[1])
       local e = expected_cost(rows)
       assert.equal(1 + #TEMPLATES, #recs)
@@ -220,7 +222,7 @@ describe("bin/genaudit", function()
       assert.equal(1, #doc.rows)
       assert.is_true(x.priced < x.posts, "the seed has costless launch-post rows")
       assert.same({ "launch-post", x.posts, x.priced }, { doc.rows[1].template_id, doc.rows[1].posts,
-        doc.rows[1].priced })
+        doc.rows[1].priced_posts })
       assert.is_true(near(x.avg, doc.rows[1].avg_cost))
     end)
 
@@ -248,6 +250,7 @@ describe("bin/genaudit", function()
       local out, _, rc = cli("--db " .. q(db) .. " report repairs --top 3 --since 7d")
       assert.equal(0, rc)
       local ls = lines(out)
+      assert.equal("counted: completed generations, replays excluded", table.remove(ls, 1):match("^(.-) %("))
       assert.equal(4, #ls)
       assert.same({ "template_id", "repairs", "posts" }, { words(ls[1])[1], words(ls[1])[2], words(ls[1])[3] })
       local top = expected_top3(rows)
@@ -275,7 +278,7 @@ describe("bin/genaudit", function()
       end
       out, err, rc = cli("--db " .. q(db) .. " report latency --by template")
       assert.same({ "", 0 }, { err, rc })
-      assert.equal("p99_overhead_ms", words(lines(out)[1])[11])
+      assert.equal("p99_overhead_ms", words(lines(out)[2])[11])
     end)
   end)
 
@@ -496,7 +499,7 @@ describe("bin/genaudit", function()
         local doc = cjson.decode(a)
         local x = expected_cost(frows, "launch-post")["launch-post"]
         assert.same({ 1, "launch-post", x.posts, x.priced }, { #doc.rows, doc.rows[1].template_id, doc.rows[1].posts,
-          doc.rows[1].priced })
+          doc.rows[1].priced_posts })
         assert.is_true(near(x.avg, doc.rows[1].avg_cost))
       end)
 
