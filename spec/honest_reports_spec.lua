@@ -71,7 +71,8 @@ local function suite(name, open, describe_fn)
       ids.a = assert(p:generate(ctx())).snapshot_id
       srv:queue{ { content = "another fine draft", usage = usage(2000000) } }
       ids.b = assert(p:generate(ctx())).snapshot_id
-      srv:queue{ { content = "a BAD draft", usage = usage(2000000) }, { content = "a good draft", usage = usage(1000000) } }
+      srv:queue{ { content = "a BAD draft", usage = usage(2000000) },
+                 { content = "a good draft", usage = usage(1000000) } }
       ids.c = assert(p:generate(ctx())).snapshot_id
       -- a failed generation with a known cost (0.5 USD) and a repair: draft 2 breaks the crash rule
       srv:queue{ { content = "a BAD draft", usage = usage(4000000) }, { content = "CRASH", usage = usage(1000000) } }
@@ -141,8 +142,8 @@ local function suite(name, open, describe_fn)
         -- each widening alone
         assert.same({ 4, 4 }, { jreport("report cost --status all").rows[1].posts,
           jreport("report cost --include-replays").rows[1].posts })
-        assert.same({ 1, core.usd_from_picousd(500000000000) },
-          { jreport("report cost --status failed").rows[1].posts, jreport("report cost --status failed").rows[1].total_cost })
+        local failed = jreport("report cost --status failed").rows[1]
+        assert.same({ 1, core.usd_from_picousd(500000000000) }, { failed.posts, failed.total_cost })
         local api = assert(genaudit.report.cost(store, { status = "all", include_replays = true }))
         assert.same({ status = "all", replays = "included", rows = 5 }, api.counted)
       end)
