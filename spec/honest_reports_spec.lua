@@ -125,6 +125,14 @@ local function suite(name, open, describe_fn)
         assert.equal(exact, r.total_cost)
         assert.equal(exact / 3, r.avg_cost)
         assert.are_not.equal(float_sum / 3, r.avg_cost) -- 0.19999999999999998 vs 0.20000000000000004
+        -- the README's Financial Test SQL gives the same double on this store
+        local real = store.backend == "postgresql" and "double precision" or "REAL"
+        local sql = assert(store:query("SELECT count(*) AS posts, count(estimated_cost_picousd) AS priced_posts,"
+          .. " sum(estimated_cost_picousd) AS total_picousd, CAST(sum(estimated_cost_picousd) AS " .. real
+          .. ") / 1e12 / count(estimated_cost_picousd) AS avg_cost FROM generation_snapshots"
+          .. " WHERE template_id = 'launch' AND status = 'completed' AND replay_of IS NULL", {}))[1]
+        assert.same({ 3, 3, exact / 3 }, { sql.posts, sql.priced_posts, sql.avg_cost })
+        assert.equal("600000000000", tostring(sql.total_picousd):gsub("%.0$", ""))
         -- the CLI prints those doubles with 15 significant digits (README)
         local c = jreport("report cost --template launch").rows[1]
         assert.same({ 0.6, tonumber(string.format("%.15g", exact / 3)) }, { c.total_cost, c.avg_cost })
