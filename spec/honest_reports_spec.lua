@@ -218,7 +218,11 @@ local function suite(name, open, describe_fn)
         assert.same({ { slug = "crash", snapshots = 3, runs = 4, fired = 0, errors = 0, timeouts = 0 },
                       { slug = "no_bad", snapshots = 3, runs = 4, fired = 1, errors = 0, timeouts = 0 } }, doc.rows)
         assert.same(expected({ ids.a, ids.b, ids.c }), doc.rows)
-        assert.same({}, jreport("report rules --template other").rows)
+        assert.same({ {}, 0 }, { jreport("report rules --template other").rows,
+          jreport("report rules --template other").counted.rows })
+        -- the replay has no rules list (replay runs none): counted, it adds nothing to any rule
+        local with = jreport("report rules --include-replays")
+        assert.same({ 5, jreport("report rules").rows }, { with.counted.rows, with.rows })
         local lines = {}
         for l in report("report rules"):gmatch("[^\n]+") do lines[#lines + 1] = l end
         assert.same({ "counted: all generations (completed and failed), replays excluded (4 rows)",

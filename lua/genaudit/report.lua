@@ -417,11 +417,21 @@ function builders.rules(opts, SQL)
   for _, k in ipairs({ "runs", "fired", "errors", "timeouts" }) do
     sums[#sums + 1] = "sum(" .. SQL.rule_int(k) .. ") AS " .. k
   end
-  local sql = "SELECT " .. slug .. " AS slug, count(DISTINCT b.id) AS snapshots, " .. table.concat(sums, ", ")
-    .. ", (SELECT count(*) FROM " .. TABLE .. where .. ") AS counted_rows"
-    .. " FROM " .. TABLE .. " b, " .. SQL.rules_each .. bwhere
-    .. " GROUP BY " .. slug .. " ORDER BY " .. SQL.asc_nulls_last(slug)
-  return sql, params, { "slug", "snapshots", "runs", "fired", "errors", "timeouts" }
+  -- one row even when no rule matched (counted_rows: the rows read, rules or not); fold drops it
+  local sql = "WITH agg AS (SELECT " .. slug .. " AS slug, count(DISTINCT b.id) AS snapshots, "
+    .. table.concat(sums, ", ") .. " FROM " .. TABLE .. " b, " .. SQL.rules_each .. bwhere
+    .. " GROUP BY " .. slug .. ")"
+    .. " SELECT agg.slug, agg.snapshots, agg.runs, agg.fired, agg.errors, agg.timeouts,"
+    .. " (SELECT count(*) FROM " .. TABLE .. where .. ") AS counted_rows"
+    .. " FROM (SELECT 1 AS one) x LEFT JOIN agg ON 1 = 1 ORDER BY " .. SQL.asc_nulls_last("agg.slug")
+  local function fold(rows)
+    local out = {}
+    for _, r in ipairs(rows) do
+      if r.snapshots ~= nil then out[#out + 1] = r end
+    end
+    return out
+  end
+  return sql, params, { "slug", "snapshots", "runs", "fired", "errors", "timeouts" }, fold
 end
 
 -- " LIMIT ?" and its parameter for opts.limit (default: `default`, nil = none)
