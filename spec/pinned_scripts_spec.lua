@@ -226,7 +226,7 @@ local function suite(name, open, describe_fn, refuse)
       local tail = "\n== scripts ==\n(no scripts recorded: this snapshot was written before genaudit pinned its code)\n"
       assert.equal(tail, out:sub(-#tail))
       out, err, rc = cli("--db " .. q(db) .. " --json show --scripts " .. id)
-      assert.equal(0, rc)
+      assert.same({ 0, "" }, { rc, err })
       assert.equal(cjson.null, cjson.decode(out).scripts)
       out, err, rc = cli("--db " .. q(db) .. " --csv show --scripts " .. id)
       assert.same({ "", "genaudit: show --scripts: use the text output or --json\n", 2 }, { out, err, rc })
@@ -330,9 +330,9 @@ pg.describe("report repairs --by rule_set is identical on both stores #postgresq
       performance = { total_latency_ms = 1, provider_latency_ms = 1 },
       repair_info = { repair_count = 2, repair_types = { "legacy" }, initial_validation_score = 50 } })
     store:close()
-    local schema = pg.schema()
-    assert(pg.open(schema)):close() -- creates the schema (migrated)
-    local url = pg.url_for(schema)
+    local target = pg.schema()
+    assert(pg.open(target)):close() -- creates the schema (migrated)
+    local url = pg.url_for(target)
     local _, err, rc = cli("copy --from " .. q(path) .. " --to " .. q(url))
     assert.same({ 0, "" }, { rc, err })
     for _, fmt in ipairs({ "", "--json ", "--csv " }) do
