@@ -148,6 +148,33 @@ local function suite(name, open, describe_fn, refuse)
       assert.equal(core.base64(ODD_RULE), raw.source)
     end)
 
+    it("a script that never loaded is pinned by the bytes that failed (load_error), then by its fixed version", function()
+      local BROKEN = "return { slug = 'no_bad', check = function( -- syntax error\n"
+      rule("no_bad", BROKEN)
+      local p = pipeline()
+      srv:queue{ { content = "draft" } }
+      local _, _, _, id = p:generate(ctx()) -- the broken rule counts against the draft: stored failed
+      local sc = metrics(id).scripts
+      assert.same({ { slug = "no_bad", path = dir .. "/rules/no_bad.lua", digest = core.sha256(BROKEN),
+                      load_error = true } }, sc.rules)
+      assert.equal(BROKEN, assert(store:get_script(sc.rules[1].digest)).source)
+      rule("no_bad", RULE_V1)
+      srv:queue{ { content = "draft" } }
+      local r = assert(p:generate(ctx()))
+      assert.same({ { slug = "no_bad", path = dir .. "/rules/no_bad.lua", digest = core.sha256(RULE_V1) } },
+        metrics(r.snapshot_id).scripts.rules)
+      -- a template that does not load: the COMPOSE failure pins its bytes, and no rule set (no validation ran)
+      local BAD_TEMPLATE = "return {{{ not a template\n"
+      tmp.write(dir .. "/templates/broken.lua", BAD_TEMPLATE)
+      local c = ctx()
+      c.template_id = "broken"
+      local _, err, code, fid = p:generate(c)
+      assert.same({ "COMPOSE" }, { code }, err)
+      assert.same({ template = { path = dir .. "/templates/broken.lua", digest = core.sha256(BAD_TEMPLATE),
+                                 load_error = true } }, metrics(fid).scripts)
+      assert.equal(BAD_TEMPLATE, assert(store:get_script(core.sha256(BAD_TEMPLATE))).source)
+    end)
+
     it("put_script is idempotent on the digest; get_script of an unknown digest is nil", function()
       local src = "return { slug = 'x', check = function() end }\n"
       local d = assert(store:put_script("/r/x.lua", src))
