@@ -218,7 +218,10 @@ function M.rule_set_of(rules, policy_script, policy_failed)
   local entries, sources = {}, {}
   for _, r in ipairs(rules) do
     if r.script then
-      entries[#entries + 1] = { slug = r.slug, path = r.path, digest = r.script.digest,
+      -- the slug as the snapshot's JSON holds it (bytes that are not UTF-8 become
+      -- U+FFFD there), so the digest can be recomputed from the snapshot alone
+      local slug = core.utf8_valid(r.slug) and r.slug or json.decode(core.json_encode(r.slug))
+      entries[#entries + 1] = { slug = slug, path = r.path, digest = r.script.digest,
                                 load_error = r.load_error and true or nil }
       sources[#sources + 1] = r.script
     end
