@@ -148,7 +148,7 @@ local function suite(name, open, describe_fn, refuse)
       assert.equal(core.base64(ODD_RULE), raw.source)
     end)
 
-    it("a script that never loaded is pinned by the bytes that failed (load_error), then by its fixed version", function()
+    it("a script that never loaded is pinned by its failed bytes (load_error), then by its fixed version", function()
       local BROKEN = "return { slug = 'no_bad', check = function( -- syntax error\n"
       rule("no_bad", BROKEN)
       local p = pipeline()
