@@ -371,3 +371,14 @@ pg.describe("report repairs --by rule_set is identical on both stores #postgresq
     end
   end)
 end)
+
+describe("core.base64_decode (how base64 scripts are read back)", function()
+  it("inverts core.base64 on any bytes and refuses anything that is not canonical padded base64", function()
+    for _, s in ipairs({ "", "a", "ab", "abc", "abcd", "\0\255\254", ODD_RULE, string.rep("\200", 1000) }) do
+      assert.equal(s, core.base64_decode(core.base64(s)))
+    end
+    for _, bad in ipairs({ "abc", "ab=c", "a===", "YQ", "YR==", "YWI=YWI=", "YW\nI=", "YW*=", "Y Q==" }) do
+      assert.same({ nil, "INVALID: not canonical base64", "INVALID" }, { core.base64_decode(bad) }, bad)
+    end
+  end)
+end)
