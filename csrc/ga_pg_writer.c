@@ -19,6 +19,8 @@ static const char SQL_INSERT[] =
     " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 static const char SQL_COPY[] = "COPY generation_snapshots (" SNAPSHOT_COLUMNS ") FROM STDIN";
 static const char SQL_ID_STORED[] = "SELECT 1 FROM generation_snapshots WHERE id = $1";
+static const char SQL_PUT_SCRIPT[] =
+    "INSERT INTO scripts (digest, path, encoding, source) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING";
 #define PKEY_NAME "generation_snapshots_pkey"
 
 /* ---- rows: what PostgreSQL text can hold ---- */
@@ -128,6 +130,50 @@ static void insert_params(const ga_text *cols, const char *values[GA_NCOLS], int
     values[GA_COL_CREATED_AT] = created;
   }
   formats[GA_COL_CREATED_AT] = 0;
+}
+
+/* ---- scripts ---- */
+
+/* store:put_script() for PostgreSQL (the digest and encoding are
+ * ga_store_common.c's, so path and source are UTF-8 without NUL): one
+ * INSERT ... ON CONFLICT DO NOTHING on the store's own connection,
+ * committed before it returns 0 — in async mode too, so a script is durable
+ * before the row naming it is queued. Idempotent, so a connection lost
+ * meanwhile is re-established and the INSERT simply sent again. 0, or the
+ * error triple and 3. */
+int pg_put_script(lua_State *L, ga_store_base *b, const ga_script *sc) {
+  pgstore *s = (pgstore *)b;
+  const char *values[4];
+  int lengths[4], formats[4] = {1, 1, 1, 1}, attempt;
+  if (s->each_depth > 0)
+    return ga_fail(L, "BUSY", "cannot store a script while each() reads from this store (use another store object)");
+  if (sc->pathlen > PG_FIELD_MAX || sc->sourcelen > PG_FIELD_MAX || sc->pathlen + sc->sourcelen > PG_FIELD_MAX)
+    return ga_fail(L, "INVALID", "script: over PostgreSQL's limit of 1 GB per field and message");
+  values[0] = sc->digest;
+  lengths[0] = 64;
+  values[1] = sc->path;
+  lengths[1] = (int)sc->pathlen;
+  values[2] = sc->encoding;
+  lengths[2] = (int)strlen(sc->encoding);
+  values[3] = sc->source;
+  lengths[3] = (int)sc->sourcelen;
+  for (attempt = 0;; attempt++) {
+    PGresult *r;
+    int rc = pg_ensure(L, s);
+    if (rc != 0) return rc;
+    r = PQexecParams(s->conn, SQL_PUT_SCRIPT, 4, NULL, values, lengths, formats, 0);
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+      PQclear(r);
+      return 0;
+    }
+    if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) {
+      PQclear(r);
+      continue;
+    }
+    rc = pg_fail_result(L, s, r, "cannot store script");
+    PQclear(r);
+    return rc;
+  }
 }
 
 /* ---- persist ---- */

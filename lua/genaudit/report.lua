@@ -323,12 +323,69 @@ function builders.cost(opts, SQL)
     "total_tokens", "avg_tokens" }, fold
 end
 
+-- report repairs --by rule_set: repair_metrics.scripts.rule_set_digest of a
+-- row, per dialect (rows written without it group as 'unknown', which no
+-- 64-hex digest equals).
+local RULE_SET_DIGEST = {
+  [DIALECTS.sqlite] = "json_extract(repair_metrics, '$.scripts.rule_set_digest')",
+  [DIALECTS.postgresql] = "(repair_metrics -> 'scripts' ->> 'rule_set_digest')",
+}
+
+-- The repairs report grouped by rule set instead of template: the same
+-- figures per rule_set_digest, plus when each rule set was first and last
+-- seen, so the effect of a rule change shows as two lines.
+local function repairs_by_rule_set(opts, SQL, top)
+  local where, params, code = filters(opts, SQL, nil, counted_of("repairs", opts))
+  if not where then return nil, params, code end
+  params[#params + 1] = math.floor(top)
+  local sql = "WITH base AS (SELECT coalesce(" .. RULE_SET_DIGEST[SQL] .. ", 'unknown') AS grp, created_at,"
+    .. " repair_count, initial_validation_score, repair_metrics FROM " .. TABLE .. where .. "),"
+    .. " scored AS (SELECT grp, created_at, repair_count, initial_validation_score, "
+    .. SQL.sum_ordered("initial_validation_score", "grp") .. " AS ss FROM base),"
+    .. " top AS (SELECT grp, coalesce(sum(repair_count), 0) AS repairs, count(*) AS posts,"
+    .. " count(CASE WHEN repair_count > 0 THEN 1 END) AS repaired_posts,"
+    .. " max(ss) / count(initial_validation_score) AS avg_initial_score,"
+    .. " min(created_at) AS first_created_at, max(created_at) AS last_created_at FROM scored GROUP BY grp"
+    .. " ORDER BY repairs DESC, " .. SQL.bytewise("grp") .. " LIMIT ?),"
+    .. " types AS (SELECT b.grp, j.value AS slug, count(*) AS n FROM base b JOIN top t ON t.grp = b.grp, "
+    .. SQL.repair_types .. " WHERE b.repair_count > 0 GROUP BY b.grp, j.value),"
+    .. " ranked AS (SELECT grp, slug, n, row_number() OVER (PARTITION BY grp ORDER BY n DESC, "
+    .. SQL.bytewise("slug") .. ") AS r FROM types)"
+    .. " SELECT t.grp AS rule_set_digest, t.repairs, t.posts, t.repaired_posts, "
+    .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, t.first_created_at,"
+    .. " t.last_created_at, k.slug, k.n, (SELECT count(*) FROM base) AS counted_rows"
+    .. " FROM top t LEFT JOIN ranked k ON k.grp = t.grp AND k.r <= 3"
+    .. " ORDER BY t.repairs DESC, " .. SQL.bytewise("t.grp") .. ", k.r"
+  local columns = { "rule_set_digest", "repairs", "posts", "repaired_posts", "repair_rate", "avg_initial_score",
+    "top_repair_types", "first_created_at", "last_created_at" }
+  local function fold(rows)
+    local out, last = {}, nil
+    for _, r in ipairs(rows) do
+      if not last or last.rule_set_digest ~= r.rule_set_digest then
+        last = { top_repair_types = {} }
+        for _, c in ipairs(columns) do
+          if c ~= "top_repair_types" then last[c] = r[c] end
+        end
+        out[#out + 1] = last
+      end
+      if r.slug ~= nil then last.top_repair_types[tostring(r.slug)] = r.n end
+    end
+    return out
+  end
+  return sql, params, columns, fold
+end
+
 -- One statement (one 'now'): the top templates, each joined to its up-to-3
 -- most common repair types; fold() turns the 1..3 rows per template into one.
+-- by = "rule_set" groups by repair_metrics.scripts.rule_set_digest instead.
 function builders.repairs(opts, SQL)
   local top = opts.top == nil and 3 or opts.top
   if type(top) ~= "number" or top % 1 ~= 0 or top < 1 or top > 1e9 then
     return fail("top must be a positive integer, got '" .. tostring(opts.top) .. "'")
+  end
+  if opts.by == "rule_set" then return repairs_by_rule_set(opts, SQL, top) end
+  if opts.by ~= nil and opts.by ~= "template" then
+    return fail("unknown --by column '" .. tostring(opts.by) .. "' for repairs (use template, rule_set)")
   end
   local counted = counted_of("repairs", opts)
   local where, params, code = filters(opts, SQL, nil, counted)
@@ -500,10 +557,12 @@ end
 -- exactly in integer picodollars, see builders.cost), total/avg tokens.
 function M.cost(store, opts) return run("cost", store, opts) end
 
--- M.repairs(store, { top = 3, <filters>, include_replays }) -> result | nil, err, code.
+-- M.repairs(store, { top = 3, by = "template", <filters>, include_replays }) -> result | nil, err, code.
 -- Templates by summed repair_count (ties by template_id), with the share of
 -- repaired posts, the mean initial score and the 3 most common repair types
--- (top_repair_types: { slug = count }).
+-- (top_repair_types: { slug = count }). by = "rule_set": the same per
+-- repair_metrics.scripts.rule_set_digest ("unknown" for rows without one),
+-- with first_created_at and last_created_at of each rule set.
 function M.repairs(store, opts) return run("repairs", store, opts) end
 
 -- M.latency(store, { by = "model", <filters>, include_replays }) -> result | nil, err, code.
