@@ -100,10 +100,13 @@ local function deltas(original, tm, pm, full)
     d.provider_latency_ms = diff(pm.provider_latency_ms, num(original.provider_latency_ms))
   else
     local stm, spm = decode_doc(original.token_metrics), decode_doc(original.performance_metrics)
-    local old_call, new_call = call_of(stm.calls, "initial") or {}, call_of(tm.calls, "replay") or {}
+    -- the original's first call: "initial" for a generation, "replay" for a replay
+    local old_call = call_of(stm.calls, "initial") or call_of(stm.calls, "replay") or {}
+    local new_call = call_of(tm.calls, "replay") or {}
     d.tokens = diff(num(new_call.total_tokens), num(old_call.total_tokens))
     d.cost_usd = diff(num(new_call.cost), num(old_call.cost))
-    local old_http, new_http = call_of(spm.calls, "initial") or {}, call_of(pm.calls, "replay") or {}
+    local old_http = call_of(spm.calls, "initial") or call_of(spm.calls, "replay") or {}
+    local new_http = call_of(pm.calls, "replay") or {}
     d.provider_latency_ms = diff(num(new_http.wait_ms), num(old_http.wait_ms))
     if num(original.repair_count) == 0 then
       d.total_latency_ms = diff(pm.total_latency_ms, num(original.total_latency_ms))
