@@ -313,6 +313,11 @@ local function suite(name, open, describe_fn)
         -- an original without a digest: unknown
         r = assert(replay.run(store, old_row(0, "x"), opts{ rules = dir .. "/rules", record = false }))
         assert.same({ "unknown", "the original records no rule-set digest" }, { r.rule_set.changed, r.rule_set.reason })
+        -- a full replay's snapshot pins the rule set that judged it, every source retrievable
+        r = assert(replay.run(store, res.snapshot_id, opts{ full = true, rules = dir .. "/rules" }))
+        local pinned = doc(r.snapshot_id, "repair_metrics").scripts
+        assert.same({ r.rule_set.rule_set_digest, nil }, { pinned.rule_set_digest, pinned.unstored })
+        for _, rule in ipairs(pinned.rules) do assert.truthy(store:get_script(rule.digest), rule.slug) end
       end)
     end)
 

@@ -155,6 +155,29 @@ local function context_of(original, params)
   }
 end
 
+-- The rule set that judged a full replay's drafts (repair_metrics.scripts,
+-- without a template: none ran, the stored prompts were re-sent), once the
+-- validator pins it (rr.scripts, rr.script_sources): every source is put in
+-- the scripts table before the row names its digest; one the store could
+-- not take is listed in `unstored`, as the pipeline does.
+local function pinned_scripts(store, rr)
+  if type(rr) ~= "table" or type(rr.scripts) ~= "table" then return nil end
+  local text_safe = require("genaudit.pipeline").text_safe
+  local rec = { rules = rr.scripts.rules, policy = rr.scripts.policy, rule_set_digest = rr.scripts.rule_set_digest }
+  local unstored = {}
+  for _, src in ipairs(rr.script_sources or {}) do
+    local digest, err
+    if type(store.put_script) == "function" then
+      digest, err = store:put_script(text_safe(src.path), src.source)
+    else
+      err = "SCRIPTS: the store has no put_script"
+    end
+    if not digest then unstored[#unstored + 1] = { digest = src.digest, error = text_safe(tostring(err)) } end
+  end
+  if #unstored > 0 then rec.unstored = unstored end
+  return rec
+end
+
 local function config_error(msg) return nil, "CONFIG: " .. msg, "CONFIG" end
 
 local function check_opts(opts)
@@ -277,6 +300,7 @@ function M.run(store, id, opts)
         stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
         drafts = rr.drafts, on_rule_error = rr.on_rule_error,
         script_errors = rr.script_errors, rules = rr.rules,
+        scripts = pinned_scripts(store, rr),
       }
     else
       info = { repair_count = 0, repair_types = {}, repair_log = {},
