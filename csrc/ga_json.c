@@ -490,30 +490,87 @@ static int l_utf8_valid(lua_State *L) {
   return 1;
 }
 
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t ga_base64_encode(const unsigned char *s, size_t n, char *out) {
+  size_t i, o = 0;
+  for (i = 0; i + 3 <= n; i += 3) {
+    unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
+    out[o++] = B64[v >> 18];
+    out[o++] = B64[v >> 12 & 63];
+    out[o++] = B64[v >> 6 & 63];
+    out[o++] = B64[v & 63];
+  }
+  if (i < n) {
+    unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0);
+    out[o++] = B64[v >> 18];
+    out[o++] = B64[v >> 12 & 63];
+    out[o++] = i + 1 < n ? B64[v >> 6 & 63] : '=';
+    out[o++] = '=';
+  }
+  return o;
+}
+
+static int b64_value(unsigned char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+int ga_base64_decode(const char *s, size_t n, unsigned char *out, size_t *outlen) {
+  size_t i, o = 0;
+  if (n % 4 != 0) return -1;
+  for (i = 0; i < n; i += 4) {
+    int a = b64_value((unsigned char)s[i]), b = b64_value((unsigned char)s[i + 1]);
+    int last = i + 4 == n, c, d;
+    if (a < 0 || b < 0) return -1;
+    if (last && s[i + 2] == '=') {
+      if (s[i + 3] != '=' || (b & 15) != 0) return -1; /* canonical: unused bits are zero */
+      out[o++] = (unsigned char)(a << 2 | b >> 4);
+      break;
+    }
+    c = b64_value((unsigned char)s[i + 2]);
+    if (c < 0) return -1;
+    if (last && s[i + 3] == '=') {
+      if ((c & 3) != 0) return -1;
+      out[o++] = (unsigned char)(a << 2 | b >> 4);
+      out[o++] = (unsigned char)((b & 15) << 4 | c >> 2);
+      break;
+    }
+    d = b64_value((unsigned char)s[i + 3]);
+    if (d < 0) return -1;
+    out[o++] = (unsigned char)(a << 2 | b >> 4);
+    out[o++] = (unsigned char)((b & 15) << 4 | c >> 2);
+    out[o++] = (unsigned char)((c & 3) << 6 | d);
+  }
+  *outlen = o;
+  return 0;
+}
+
 /* core.base64(s) -> s in standard base64 (RFC 4648, padded): how an export
  * carries text that is not UTF-8, byte for byte. Raises on a non-string or OOM. */
 static int l_base64(lua_State *L) {
-  static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  size_t n, i, o = 0;
+  size_t n, o;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
   char *out;
   if (n > ((size_t)-1 - 3) / 4 * 3) return luaL_error(L, "base64: string too long");
   out = (char *)lua_newuserdata(L, (n + 2) / 3 * 4 + 1); /* scratch the GC owns: nothing leaks on a raise */
-  for (i = 0; i + 3 <= n; i += 3) {
-    unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
-    out[o++] = tab[v >> 18];
-    out[o++] = tab[v >> 12 & 63];
-    out[o++] = tab[v >> 6 & 63];
-    out[o++] = tab[v & 63];
-  }
-  if (i < n) {
-    unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0);
-    out[o++] = tab[v >> 18];
-    out[o++] = tab[v >> 12 & 63];
-    out[o++] = i + 1 < n ? tab[v >> 6 & 63] : '=';
-    out[o++] = '=';
-  }
+  o = ga_base64_encode(s, n, out);
   lua_pushlstring(L, out, o);
+  return 1;
+}
+
+/* core.base64_decode(s) -> the bytes | nil, "INVALID: not canonical base64", "INVALID".
+ * Strict RFC 4648: padded, no whitespace, unused bits zero. */
+static int l_base64_decode(lua_State *L) {
+  size_t n, o = 0;
+  const char *s = luaL_checklstring(L, 1, &n);
+  unsigned char *out = (unsigned char *)lua_newuserdata(L, n / 4 * 3 + 1);
+  if (ga_base64_decode(s, n, out, &o) != 0) return ga_fail(L, "INVALID", "not canonical base64");
+  lua_pushlstring(L, (const char *)out, o);
   return 1;
 }
 
@@ -524,6 +581,8 @@ void ga_open_json(lua_State *L) {
   lua_setfield(L, -2, "utf8_valid");
   lua_pushcfunction(L, l_base64);
   lua_setfield(L, -2, "base64");
+  lua_pushcfunction(L, l_base64_decode);
+  lua_setfield(L, -2, "base64_decode");
   ga_pushnull(L);
   lua_setfield(L, -2, "null");
 }

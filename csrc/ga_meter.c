@@ -460,6 +460,27 @@ static void set_usd(lua_State *L, const char *name, u128 pico) {
   lua_setfield(L, -2, name);
 }
 
+/* Pushes an exact picodollar amount for a JSON document: a Lua integer when
+ * the VM holds it exactly (5.4: any int64; LuaJIT: below 2^53), else a
+ * genaudit.rawjson value holding its decimal digits, which the JSON encoder
+ * writes verbatim — a JSON integer either way, never a rounded double. */
+static void push_pico(lua_State *L, u128 v) {
+  if (v <= (u128)INT64_MAX && (GA_HAS_INTEGER || v < (u128)GA_INT53)) {
+    ga_pushint64(L, (long long)v);
+  } else {
+    char dec[40];
+    size_t n;
+    char *p;
+    u128_dec(v, dec);
+    n = strlen(dec);
+    p = (char *)lua_newuserdata(L, sizeof(size_t) + n);
+    memcpy(p, &n, sizeof n);
+    memcpy(p + sizeof n, dec, n);
+    luaL_getmetatable(L, GA_RAWJSON_MT);
+    lua_setmetatable(L, -2);
+  }
+}
+
 static void set_tokens(lua_State *L, const ga_usage *u, int64_t total) {
   set_int(L, "prompt_tokens", u->prompt);
   set_int(L, "completion_tokens", u->completion);
@@ -475,7 +496,8 @@ static void set_tokens(lua_State *L, const ga_usage *u, int64_t total) {
  * why (the first such call's reason); each call carries its own cost (null
  * when unknown) and cost_source. USD numbers come from the exact sums.
  * stored: the token_metrics document as a snapshot stores it (without the
- * meter's own estimated_cost_picousd, call_count and provider_wait_us sums),
+ * meter's own call_count and provider_wait_us sums; estimated_cost_picousd
+ * and each call's cost_picousd as exact JSON integers, see push_pico),
  * with each call's requested_model / served_model taken from the strings
  * `requested` / `served` of element i of the array at models_idx (0: none). */
 static int push_totals(lua_State *L, meter *m, int stored, int models_idx) {
@@ -510,9 +532,13 @@ static int push_totals(lua_State *L, meter *m, int stored, int models_idx) {
   if (all_known) {
     set_usd(L, "estimated_cost", cost);
   }
-  if (all_known && !stored) {
-    u128_dec(cost, dec);
-    lua_pushstring(L, dec);
+  if (all_known) { /* the exact sum: a decimal string from totals(), a JSON integer when stored */
+    if (stored) {
+      push_pico(L, cost);
+    } else {
+      u128_dec(cost, dec);
+      lua_pushstring(L, dec);
+    }
     lua_setfield(L, -2, "estimated_cost_picousd");
   }
   if (n_initial > 0 && initial_known) set_usd(L, "initial_cost", initial);
@@ -537,9 +563,17 @@ static int push_totals(lua_State *L, meter *m, int stored, int models_idx) {
     if (c->has_usage) set_tokens(L, &c->u, c->total);
     if (SRC_KNOWN(c->src)) {
       set_usd(L, "cost", (u128)c->cost);
+      if (stored) {
+        push_pico(L, (u128)c->cost);
+        lua_setfield(L, -2, "cost_picousd");
+      }
     } else {
       ga_pushnull(L); /* JSON null in the stored document */
       lua_setfield(L, -2, "cost");
+      if (stored) {
+        ga_pushnull(L);
+        lua_setfield(L, -2, "cost_picousd");
+      }
     }
     lua_pushstring(L, src_names[c->src]);
     lua_setfield(L, -2, "cost_source");

@@ -140,6 +140,7 @@ int pg_schema_version(lua_State *L); /* store:schema_version() */
 int pg_check_row(ga_store_base *b, const ga_row *row, char *err, size_t errlen);
 int pg_id_stored(lua_State *L, ga_store_base *b, const char *id26);
 int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row);
+int pg_put_script(lua_State *L, ga_store_base *b, const ga_script *sc);
 ga_writer *pg_start_writer(ga_store_base *b, ga_writer_opts *o, const char **code, char *err, size_t errlen);
 
 #endif

@@ -386,7 +386,8 @@ void ga_open_pg(lua_State *L) {
                                      {"url", l_store_url},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {PG_MT,        methods,      check_base, close_base, describe,
-                                         pg_check_row, pg_id_stored, pg_insert,  pg_start_writer, pg_stats};
+                                         pg_check_row, pg_id_stored, pg_insert,  pg_start_writer, pg_stats,
+                                         pg_put_script};
   ga_store_newclass(L, &driver);
   luaL_newmetatable(L, BOX_MT);
   lua_pushcfunction(L, pg_box_gc);

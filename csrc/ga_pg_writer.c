@@ -33,6 +33,8 @@ static const char SQL_HEAD[] =
     " FROM (SELECT 0::bigint AS chain_seq, NULL::text AS record_hash UNION ALL"
     " (SELECT chain_seq, record_hash FROM generation_snapshots WHERE chain_id = $1"
     " ORDER BY chain_seq DESC LIMIT 1)) h ORDER BY chain_seq DESC LIMIT 1";
+static const char SQL_PUT_SCRIPT[] =
+    "INSERT INTO scripts (digest, path, encoding, source) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING";
 
 /* ---- rows: what PostgreSQL text can hold ---- */
 
@@ -200,6 +202,50 @@ static int id_in(PGconn *conn, const char *id26) {
   in = r && PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) > 0 : -1;
   PQclear(r);
   return in;
+}
+
+/* ---- scripts ---- */
+
+/* store:put_script() for PostgreSQL (the digest and encoding are
+ * ga_store_common.c's, so path and source are UTF-8 without NUL): one
+ * INSERT ... ON CONFLICT DO NOTHING on the store's own connection,
+ * committed before it returns 0 — in async mode too, so a script is durable
+ * before the row naming it is queued. Idempotent, so a connection lost
+ * meanwhile is re-established and the INSERT simply sent again. 0, or the
+ * error triple and 3. */
+int pg_put_script(lua_State *L, ga_store_base *b, const ga_script *sc) {
+  pgstore *s = (pgstore *)b;
+  const char *values[4];
+  int lengths[4], formats[4] = {1, 1, 1, 1}, attempt;
+  if (s->each_depth > 0)
+    return ga_fail(L, "BUSY", "cannot store a script while each() reads from this store (use another store object)");
+  if (sc->pathlen > PG_FIELD_MAX || sc->sourcelen > PG_FIELD_MAX || sc->pathlen + sc->sourcelen > PG_FIELD_MAX)
+    return ga_fail(L, "INVALID", "script: over PostgreSQL's limit of 1 GB per field and message");
+  values[0] = sc->digest;
+  lengths[0] = 64;
+  values[1] = sc->path;
+  lengths[1] = (int)sc->pathlen;
+  values[2] = sc->encoding;
+  lengths[2] = (int)strlen(sc->encoding);
+  values[3] = sc->source;
+  lengths[3] = (int)sc->sourcelen;
+  for (attempt = 0;; attempt++) {
+    PGresult *r;
+    int rc = pg_ensure(L, s);
+    if (rc != 0) return rc;
+    r = PQexecParams(s->conn, SQL_PUT_SCRIPT, 4, NULL, values, lengths, formats, 0);
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+      PQclear(r);
+      return 0;
+    }
+    if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) {
+      PQclear(r);
+      continue;
+    }
+    rc = pg_fail_result(L, s, r, "cannot store script");
+    PQclear(r);
+    return rc;
+  }
 }
 
 /* ---- persist ---- */

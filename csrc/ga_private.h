@@ -61,6 +61,12 @@ void ga_open_ulid(lua_State *L);
 /* Whether s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or
  * code points above U+10FFFF; NUL bytes are fine). */
 int ga_utf8_valid(const char *s, size_t n);
+/* Standard base64 (RFC 4648, padded) of s[0..n) into out, which holds
+ * (n + 2) / 3 * 4 bytes; returns the length written. */
+size_t ga_base64_encode(const unsigned char *s, size_t n, char *out);
+/* Decodes canonical padded base64 (n a multiple of 4, unused bits zero) into
+ * out (n / 4 * 3 bytes); 0 and *outlen, or -1 on anything else. */
+int ga_base64_decode(const char *s, size_t n, unsigned char *out, size_t *outlen);
 /* s as a JSON string: escapes as JSON needs; every maximal ill-formed UTF-8
  * subpart replaced by U+FFFD, so the output is always valid UTF-8. */
 void ga_json_string(ga_buf *b, const char *s, size_t n);

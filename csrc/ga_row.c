@@ -156,6 +156,89 @@ static int table_field(lua_State *L, int idx, const char *name, int *tidx, char 
   return 0;
 }
 
+/* The exact picodollar amount at the top of the stack: a non-negative
+ * integer the VM holds exactly, or the decimal digits of a genaudit.rawjson
+ * value (what core.json_decode and the meter give for one above LuaJIT's
+ * 2^53). Sets *out and its digits (dec: 24 bytes); 0, or -1 when it is
+ * anything else or above the plausible maximum (1e6 USD). */
+static int pico_value(lua_State *L, unsigned long long *out, char *dec) {
+  long long iv;
+  size_t n, i;
+  const char *raw;
+  unsigned long long v = 0;
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    if (!ga_exactint(L, -1, &iv) || iv < 0) return -1;
+    v = (unsigned long long)iv;
+  } else if ((raw = ga_rawjson(L, -1, &n)) != NULL) {
+    if (n == 0 || n > 19) return -1;
+    for (i = 0; i < n; i++) {
+      if (raw[i] < '0' || raw[i] > '9') return -1;
+      v = v * 10 + (unsigned long long)(raw[i] - '0');
+    }
+  } else {
+    return -1;
+  }
+  if (v > 1000000000000000000ULL) return -1; /* GA_MAX_COST_USD in picodollars */
+  snprintf(dec, 24, "%llu", v);
+  *out = v;
+  return 0;
+}
+
+/* token_usage.estimated_cost_picousd (optional): the exact cost in
+ * picodollars (1e-12 USD). When given it must be a non-negative integer,
+ * come with estimated_cost, and estimated_cost must be the double nearest
+ * to it (what the meter writes); and when every element of token_usage.calls
+ * (an array of tables) carries a non-null cost_picousd, they must add up to
+ * it. Leaves the stack as it found it. */
+static int check_picousd(lua_State *L, int tidx, double cost, char *err, size_t errlen) {
+  unsigned long long total, sum = 0;
+  char dec[24], cdec[24];
+  int t = getf(L, tidx, "estimated_cost_picousd"), all = 1;
+  size_t i, n;
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (pico_value(L, &total, dec) != 0) {
+    lua_pop(L, 1);
+    FAIL("token_usage.estimated_cost_picousd must be an integer number of picodollars, 0..1e18");
+  }
+  lua_pop(L, 1);
+  if (isnan(cost)) FAIL("token_usage.estimated_cost_picousd is given without estimated_cost");
+  if (ga_usd_from_pico_text(dec) != cost)
+    FAIL("token_usage.estimated_cost_picousd: %s picodollars is not estimated_cost (%.17g USD)", dec, cost);
+  if (getf(L, tidx, "calls") != LUA_TTABLE) { /* absent, or kept as raw JSON text by a copy */
+    lua_pop(L, 1);
+    return 0;
+  }
+  n = ga_rawlen(L, -1);
+  for (i = 1; i <= n && all; i++) {
+    lua_rawgeti(L, -1, (int)i);
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      all = 0;
+    } else {
+      unsigned long long c;
+      t = getf(L, -1, "cost_picousd");
+      if (t == LUA_TNIL) {
+        all = 0;
+      } else if (pico_value(L, &c, cdec) != 0) {
+        lua_pop(L, 3);
+        FAIL("token_usage.calls[%zu].cost_picousd must be an integer number of picodollars, 0..1e18", i);
+      } else {
+        sum += c; /* each <= 1e18 and the sum is checked at every step: no overflow */
+        if (sum > total) all = 2;
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (all == 2) break;
+  }
+  lua_pop(L, 1);
+  if (all == 2 || (all == 1 && n > 0 && sum != total))
+    FAIL("token_usage.estimated_cost_picousd: %s is not the sum of the calls' cost_picousd", dec);
+  return 0;
+}
+
 static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size_t errlen) {
   static const char *const skip[] = {"prompt_tokens", "completion_tokens", "total_tokens", "estimated_cost", NULL};
   int tidx, rc;
@@ -182,6 +265,7 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, char *err, size
     snprintf(err, errlen, "token_usage.estimated_cost: %.17g USD for one generation is not plausible", cost);
     rc = -1;
   }
+  if (rc == 0) rc = check_picousd(L, tidx, cost, err, errlen);
   if (rc == 0) rc = detail_count(L, tidx, "cached_prompt_tokens", p, "prompt_tokens", err, errlen);
   if (rc == 0) rc = detail_count(L, tidx, "cache_write_tokens", p, "prompt_tokens", err, errlen);
   if (rc == 0) rc = detail_count(L, tidx, "reasoning_tokens", c, "completion_tokens", err, errlen);

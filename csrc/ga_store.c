@@ -30,6 +30,8 @@ static const char SQL_MIGRATIONS_TABLE[] =
 static const char SQL_MIGRATION_APPLIED[] = "SELECT 1 FROM schema_migrations WHERE version = ?1";
 static const char SQL_MIGRATION_RECORD[] = "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)";
 static const char SQL_ID_STORED[] = "SELECT 1 FROM generation_snapshots WHERE id = ?1";
+static const char SQL_PUT_SCRIPT[] =
+    "INSERT INTO scripts (digest, path, encoding, source) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (digest) DO NOTHING";
 static const char SQL_SCHEMA_VERSION[] = "SELECT coalesce(max(version), 0) FROM schema_migrations";
 /* Planner statistics (see refresh_stats). analysis_limit makes ANALYZE sample
  * ~400 rows per index: milliseconds at 1M rows instead of a full read. */
@@ -447,6 +449,30 @@ static int insert_row(lua_State *L, ga_store_base *b, const ga_row *row) {
   return 0;
 }
 
+/* store:put_script() for SQLite (the digest and encoding are
+ * ga_store_common.c's): one INSERT ... ON CONFLICT DO NOTHING on the store's
+ * own connection, committed before it returns 0 (in async mode as well: the
+ * script is durable before the row naming it is queued). Called once per new
+ * digest, so the statement is not cached. 0, or the error triple and 3. */
+static int put_script(lua_State *L, ga_store_base *b, const ga_script *sc) {
+  store *s = (store *)b;
+  sqlite3_stmt *st = NULL;
+  int rc, r = 0;
+  if (sqlite3_prepare_v2(s->db, SQL_PUT_SCRIPT, -1, &st, NULL) != SQLITE_OK)
+    return ga_sqlite_fail(L, s, "cannot prepare the scripts insert (is the store migrated?)");
+  rc = sqlite3_bind_text(st, 1, sc->digest, 64, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text64(st, 2, sc->path, sc->pathlen, SQLITE_STATIC, SQLITE_UTF8);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(st, 3, sc->encoding, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text64(st, 4, sc->source, sc->sourcelen, SQLITE_STATIC, SQLITE_UTF8);
+  if (rc != SQLITE_OK) { /* a value over the length limit: never stored as NULL */
+    sqlite3_finalize(st);
+    return ga_fail(L, "INVALID", "cannot bind the script: %s", sqlite3_errstr(rc));
+  }
+  if (sqlite3_step(st) != SQLITE_DONE) r = ga_sqlite_fail(L, s, "cannot store script");
+  sqlite3_finalize(st);
+  return r;
+}
+
 /* start_async() for SQLite: the writer's own connection to the file, in the
  * store's journal mode (a "delete" store is not switched to WAL). File
  * stores only. */
@@ -483,7 +509,8 @@ void ga_open_store(lua_State *L) {
                                      {"filename", l_store_filename},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {STORE_MT,     methods,   check_base, close_base,    describe,
-                                         check_row_size, id_stored, insert_row, start_writer, NULL};
+                                         check_row_size, id_stored, insert_row, start_writer, NULL,
+                                         put_script};
   ga_store_newclass(L, &driver);
   lua_pushcfunction(L, l_sqlite_open);
   lua_setfield(L, -2, "sqlite_open");

@@ -39,6 +39,12 @@
  *                backend's own connection, or NULL with the whole message
  *                (and its code, ASYNC unless set)
  *   stats        NULL, or adds the backend's own fields to the stats table
+ *   put_script   inserts one scripts row (ga_script: digest, path, encoding,
+ *                source as stored) unless its digest is there already (ON
+ *                CONFLICT DO NOTHING), committed on the store's own
+ *                connection before it returns 0 (async mode too: a script
+ *                is durable before any row naming it is queued); or pushes
+ *                the error triple and returns 3
  *
  * Shared, written once in ga_store_common.c:
  *   store:persist(row) -> id   the preamble — readonly check, ga_row_build,
@@ -49,6 +55,9 @@
  *                              then start_writer
  *   store:flush([timeout_ms]), store:stats()   over the optional writer
  *   store:close(), __gc, __close, __tostring   over close and describe
+ *   store:put_script(path, source) -> digest   the SHA-256 of source's bytes,
+ *                              the encoding ('text' for UTF-8 without NUL,
+ *                              else 'base64'), then the driver's put_script
  *   the method table: the backend's methods plus the ones above;
  *   ga_store_param: what a query parameter binds as (each backend binds it). */
 #ifndef GA_STORE_H
@@ -64,6 +73,16 @@ typedef struct {
   int readonly;       /* opened read-only: persist/start_async refuse */
 } ga_store_base;
 
+/* One row of the scripts table (migrations/<dialect>/0007), as stored. */
+typedef struct {
+  char digest[65];      /* SHA-256 of the raw source bytes, lower-case hex */
+  const char *path;     /* the path as loaded: UTF-8 without NUL */
+  size_t pathlen;
+  const char *encoding; /* "text" (source is the bytes) or "base64" */
+  const char *source;   /* the bytes, or their base64 */
+  size_t sourcelen;
+} ga_script;
+
 typedef struct {
   const char *tname;       /* the metatable's name */
   const luaL_Reg *methods; /* the backend's own methods (see above) */
@@ -76,6 +95,7 @@ typedef struct {
   /* *code is "ASYNC" unless the backend says otherwise (NOMEM) */
   ga_writer *(*start_writer)(ga_store_base *b, ga_writer_opts *o, const char **code, char *err, size_t errlen);
   void (*stats)(lua_State *L, ga_store_base *b);
+  int (*put_script)(lua_State *L, ga_store_base *b, const ga_script *sc);
 } ga_store_driver;
 
 /* Registers the store class of d: ga_newclass with d->methods, plus persist,

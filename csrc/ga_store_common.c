@@ -179,6 +179,44 @@ static int l_persist(lua_State *L) {
   return 1;
 }
 
+/* store:put_script(path, source) -> digest | nil, err, code. Stores the
+ * exact bytes of a template, rule or policy script once, under the SHA-256
+ * of those bytes: a digest stored already is a no-op success. A source that
+ * is not UTF-8 or holds a NUL byte is stored as its base64 (encoding
+ * 'base64'); the digest is always over the raw bytes. path must be UTF-8
+ * without NUL (any store's text holds it). */
+static int l_put_script(lua_State *L) {
+  const ga_store_driver *d = driver(L);
+  ga_store_base *b = d->check(L);
+  size_t pathlen, srclen;
+  const char *path = luaL_checklstring(L, 2, &pathlen);
+  const char *src = luaL_checklstring(L, 3, &srclen);
+  ga_script sc;
+  int r;
+  if (b->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
+  if (pathlen == 0 || memchr(path, '\0', pathlen) || !ga_utf8_valid(path, pathlen))
+    return ga_fail(L, "INVALID", "script path must be non-empty UTF-8 without NUL bytes");
+  if (ga_sha256_hex(src, srclen, sc.digest) != 0) return ga_fail(L, "DIGEST", "sha256: libcrypto failed");
+  sc.path = path;
+  sc.pathlen = pathlen;
+  if (!memchr(src, '\0', srclen) && ga_utf8_valid(src, srclen)) {
+    sc.encoding = "text";
+    sc.source = src;
+    sc.sourcelen = srclen;
+  } else {
+    char *out;
+    if (srclen > ((size_t)-1 - 3) / 4 * 3) return ga_fail(L, "INVALID", "script source too long");
+    out = (char *)lua_newuserdata(L, (srclen + 2) / 3 * 4 + 1); /* the GC owns it: nothing leaks on a raise */
+    sc.encoding = "base64";
+    sc.source = out;
+    sc.sourcelen = ga_base64_encode((const unsigned char *)src, srclen, out);
+  }
+  r = d->put_script(L, b, &sc);
+  if (r != 0) return r;
+  lua_pushlstring(L, sc.digest, 64);
+  return 1;
+}
+
 /* store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
  *   on_full = "block" | "error" } -> true | nil, err, code
  * From now on persist() checks and queues rows for a writer thread with its
@@ -227,7 +265,8 @@ static int l_tostring(lua_State *L) {
 
 void ga_store_newclass(lua_State *L, const ga_store_driver *d) {
   static const luaL_Reg shared[] = {{"persist", l_persist}, {"start_async", l_start_async}, {"flush", l_flush},
-                                    {"stats", l_stats},     {"close", l_close},             {NULL, NULL}};
+                                    {"stats", l_stats},     {"close", l_close},             {"put_script", l_put_script},
+                                    {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", l_close},
 #if GA_HAS_CLOSE
                                   {"__close", l_close},

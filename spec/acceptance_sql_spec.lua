@@ -5,6 +5,10 @@
 -- answers are computed here in Lua from the generated data, independently of
 -- SQLite, then compared with what the queries return. Also checks that both
 -- queries are planned on the snapshots_* indexes and read no table rows.
+-- The queries are the README's: they count completed generations that are
+-- not replays (what genaudit report counts by default), so the data set also
+-- holds failed generations and replays, which must not change the answers;
+-- and the Financial query gives the CLI's avg_cost to the last digit.
 
 local genaudit = require("genaudit")
 
@@ -15,11 +19,14 @@ local TEMPLATES = { "tpl-announce", "tpl-digest", "tpl-event", "tpl-hiring", "tp
 -- 14-day ranking but must not appear in the 7-day one.
 local LEGACY = "tpl-legacy"
 
-local FINANCIAL_SQL = "SELECT avg(estimated_cost) AS avg_cost FROM generation_snapshots WHERE template_id = ?"
-local FINANCIAL_7D_SQL = "SELECT avg(estimated_cost) AS avg_cost FROM generation_snapshots"
-  .. " WHERE template_id = ? AND created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', '-7 days')"
+local report = require("genaudit.report")
+local COUNTED = " AND status = 'completed' AND replay_of IS NULL"
+local AVG = "CAST(sum(estimated_cost_picousd) AS REAL) / 1e12 / count(estimated_cost_picousd) AS avg_cost"
+local FINANCIAL_SQL = "SELECT " .. AVG .. " FROM generation_snapshots WHERE template_id = ?" .. COUNTED
+local FINANCIAL_7D_SQL = "SELECT " .. AVG .. " FROM generation_snapshots"
+  .. " WHERE template_id = ? AND created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', '-7 days')" .. COUNTED
 local STABILITY_SQL = "SELECT template_id, sum(repair_count) AS repairs FROM generation_snapshots"
-  .. " WHERE created_at >= strftime('%Y-%m-%d %H:%M:%f','now','-7 days')"
+  .. " WHERE created_at >= strftime('%Y-%m-%d %H:%M:%f','now','-7 days')" .. COUNTED
   .. " GROUP BY template_id ORDER BY repairs DESC, template_id LIMIT 3"
 
 -- Park-Miller minimal standard generator seeded with 42: the same numbers under
@@ -59,6 +66,15 @@ local function generate(now)
     end
     rows[i] = { template_id = template, created_at = created_at, age = age, cost = cost, repairs = repairs }
   end
+  -- rows the reports leave out: a failed generation and a replay per template,
+  -- recent, cheap and repaired many times (they would move both answers)
+  for i, template in ipairs(TEMPLATES) do
+    for _, kind in ipairs({ "failed", "replay" }) do
+      rows[#rows + 1] = { template_id = template, age = 3600 * i,
+        created_at = os.date("!%Y-%m-%d %H:%M:%S", now - 3600 * i) .. ".000",
+        cost = kind == "replay" and 0 or 0.5, repairs = 20, [kind] = true }
+    end
+  end
   return rows
 end
 
@@ -71,6 +87,8 @@ local function persist_all(store, rows)
       token_usage = { prompt_tokens = 100 + i, completion_tokens = 50 + i, estimated_cost = r.cost },
       performance = { total_latency_ms = 1000.5 + i, provider_latency_ms = 800.25 + i, model_identifier = "m" },
       repair_info = { repair_count = r.repairs },
+      status = r.failed and "failed" or nil, error = r.failed and "PROVIDER_ERROR: HTTP 401" or nil,
+      replay_of = r.replay and "01J00000000000000000000000" or nil,
     })
     assert(id, err)
   end
@@ -80,7 +98,7 @@ end
 local function expected_avg(rows, template, max_age)
   local sum, n = 0, 0
   for _, r in ipairs(rows) do
-    if r.template_id == template and r.cost and (not max_age or r.age < max_age) then
+    if r.template_id == template and r.cost and not r.failed and not r.replay and (not max_age or r.age < max_age) then
       sum, n = sum + r.cost, n + 1
     end
   end
@@ -92,7 +110,9 @@ end
 local function expected_top3(rows, max_age)
   local sums = {}
   for _, r in ipairs(rows) do
-    if not max_age or r.age < max_age then sums[r.template_id] = (sums[r.template_id] or 0) + r.repairs end
+    if (not max_age or r.age < max_age) and not r.failed and not r.replay then
+      sums[r.template_id] = (sums[r.template_id] or 0) + r.repairs
+    end
   end
   local list = {}
   for t, s in pairs(sums) do list[#list + 1] = { template_id = t, repairs = s } end
@@ -140,7 +160,7 @@ describe("genaudit acceptance SQL", function()
   after_each(function() store:close() end)
 
   it("has seeded all the generated snapshots", function()
-    assert.same({ { n = N_ROWS } }, store:query("SELECT count(*) AS n FROM generation_snapshots"))
+    assert.same({ { n = N_ROWS + 2 * #TEMPLATES } }, store:query("SELECT count(*) AS n FROM generation_snapshots"))
   end)
 
   describe("Financial Test: average estimated_cost for a template", function()
@@ -155,7 +175,7 @@ describe("genaudit acceptance SQL", function()
     it("does not count snapshots without an estimated_cost (JSON null) as 0", function()
       local sum, n, missing = 0, 0, 0
       for _, r in ipairs(rows) do
-        if r.template_id == TEMPLATES[1] then
+        if r.template_id == TEMPLATES[1] and not r.failed and not r.replay then
           sum, n = sum + (r.cost or 0), n + 1
           if not r.cost then missing = missing + 1 end
         end
@@ -170,6 +190,22 @@ describe("genaudit acceptance SQL", function()
       for _, template in ipairs(TEMPLATES) do
         local got = assert(store:query(FINANCIAL_7D_SQL, { template }))
         assert.near(expected_avg(rows, template, 7 * DAY), got[1].avg_cost, 1e-12)
+      end
+    end)
+
+    it("gives genaudit report cost's avg_cost to the last digit", function()
+      for _, template in ipairs(TEMPLATES) do
+        local sql = assert(store:query(FINANCIAL_SQL, { template }))[1].avg_cost
+        local cli = assert(report.cost(store, { template = template })).rows[1].avg_cost
+        assert.equal(string.format("%.17g", cli), string.format("%.17g", sql))
+      end
+    end)
+
+    it("leaves out failed generations and replays", function()
+      local all = "SELECT " .. AVG .. " FROM generation_snapshots WHERE template_id = ?"
+      for _, template in ipairs(TEMPLATES) do
+        local with = assert(store:query(all, { template }))[1].avg_cost
+        assert.is_true(math.abs(with - expected_avg(rows, template)) > 1e-6)
       end
     end)
 
@@ -191,6 +227,12 @@ describe("genaudit acceptance SQL", function()
   describe("Stability Test: top 3 templates by repair_count over 7 days", function()
     it("matches the ranking computed from the data", function()
       assert.same(expected_top3(rows, 7 * DAY), store:query(STABILITY_SQL))
+    end)
+
+    it("leaves out failed generations and replays (20 repairs each, all recent)", function()
+      local got = assert(store:query(STABILITY_SQL))
+      for _, r in ipairs(got) do assert.is_true(r.repairs < 20 * 2, r.template_id) end
+      assert.same(expected_top3(rows, 7 * DAY), got)
     end)
 
     it("leaves out repairs older than 7 days", function()

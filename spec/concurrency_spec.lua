@@ -18,7 +18,7 @@ describe("several processes", function()
     local outs = {}
     for i = 1, 6 do outs[i] = tmp.read(dir .. "/out" .. i) end
     tmp.rm(dir)
-    assert.same({ "5", "5", "5", "5", "5", "5" }, outs)
+    assert.same({ "7", "7", "7", "7", "7", "7" }, outs)
   end)
 
   it("write one file at once: every row arrives and no caller sees SQLITE_BUSY", function()

@@ -21,6 +21,21 @@ end
 
 local function ceil4(n) return math.floor((n + 3) / 4) end
 
+-- Independent implementation of the documented response id: "chatcmpl-" + 29
+-- (OpenAI) or "msg_01" + 22 (Anthropic) letters/digits from the counter.
+local function mock_id(fmt, seq)
+  local alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+  local prefix, n = "chatcmpl-", 29
+  if fmt == "anthropic" then prefix, n = "msg_01", 22 end
+  local s, out = (seq * 2654435761 + 12345) % 4294967296, ""
+  for _ = 1, n do
+    s = (s * 69069 + 1) % 4294967296
+    local k = math.floor(s / 65536) % 62 + 1
+    out = out .. alnum:sub(k, k)
+  end
+  return prefix .. out
+end
+
 local function count_words(s)
   local n = 0
   for _ in s:gmatch("%S+") do n = n + 1 end
@@ -163,7 +178,7 @@ describe("tools/local_provider.lua", function()
       local resp, doc = chat(user(SHORT_PROMPT))
       assert.equal(200, resp.status)
       assert.equal("application/json", resp.headers["content-type"])
-      assert.equal("chatcmpl-mock-1", doc.id)
+      assert.equal(mock_id("openai", 1), doc.id)
       assert.equal("chat.completion", doc.object)
       assert.is_true(doc.created >= before and doc.created <= os.time())
       assert.equal(1, #doc.choices)
@@ -268,7 +283,7 @@ describe("tools/local_provider.lua", function()
       local doc = cjson.decode(resp.body)
       local text = doc.content[1].text
       assert.equal(200, resp.status)
-      assert.equal("msg_mock_1", doc.id)
+      assert.equal(mock_id("anthropic", 1), doc.id)
       assert.equal("message", doc.type)
       assert.equal("assistant", doc.role)
       assert.equal("claude-3-5-haiku-20241022", doc.model)
@@ -287,6 +302,66 @@ describe("tools/local_provider.lua", function()
       assert.equal(400, resp.status)
       assert.equal("error", doc.type)
       assert.equal("invalid_request_error", doc.error.type)
+    end)
+  end)
+
+  describe("finish reasons, response ids and max_tokens", function()
+    local function messages(body)
+      return cjson.decode(roundtrip("POST", "/v1/messages", anthropic_headers(), cjson.encode(body)).body)
+    end
+
+    it("cuts an OpenAI reply longer than max_tokens to 4 * max_tokens bytes: finish_reason length", function()
+      local _, full = chat(user(LONG_PROMPT))
+      local text = full.choices[1].message.content
+      local cap = ceil4(#text) - 3
+      local resp = roundtrip("POST", "/v1/chat/completions", openai_headers(),
+        cjson.encode({ model = "gpt-4o-mini", messages = user(LONG_PROMPT), max_tokens = cap }))
+      local doc = cjson.decode(resp.body)
+      assert.same({ text:sub(1, cap * 4), "length", cap }, { doc.choices[1].message.content,
+        doc.choices[1].finish_reason, doc.usage.completion_tokens })
+      -- max_completion_tokens is the newer name, and wins
+      doc = cjson.decode(roundtrip("POST", "/v1/chat/completions", openai_headers(),
+        cjson.encode({ model = "gpt-4o-mini", messages = user(LONG_PROMPT), max_tokens = 4000,
+                       max_completion_tokens = 2 })).body)
+      assert.same({ text:sub(1, 8), "length" }, { doc.choices[1].message.content, doc.choices[1].finish_reason })
+      -- a cap the reply fits in changes nothing
+      doc = cjson.decode(roundtrip("POST", "/v1/chat/completions", openai_headers(),
+        cjson.encode({ model = "gpt-4o-mini", messages = user(LONG_PROMPT), max_tokens = ceil4(#text) })).body)
+      assert.same({ text, "stop" }, { doc.choices[1].message.content, doc.choices[1].finish_reason })
+    end)
+
+    it("cuts an Anthropic reply (scripted content too) at max_tokens: stop_reason max_tokens", function()
+      srv:queue({ { content = "caf\195\169 au lait" } })
+      local doc = messages({ model = "claude-3-5-haiku", max_tokens = 1, messages = user("hi") })
+      -- 4 bytes would split the two-byte e-acute: the cut backs off to "caf"
+      assert.same({ "caf", "max_tokens", 1 }, { doc.content[1].text, doc.stop_reason, doc.usage.output_tokens })
+      doc = messages({ model = "claude-3-5-haiku", max_tokens = 1024, messages = user("hi") })
+      assert.equal("end_turn", doc.stop_reason)
+    end)
+
+    it("sends a scripted finish_reason / stop_reason as given; false omits it, null sends null", function()
+      srv:queue({ { content = "x", finish_reason = "content_filter" }, { content = "y", finish_reason = false },
+                  { content = "z", stop_reason = "stop_sequence" } })
+      local _, a = chat(user("hi"))
+      local rb = roundtrip("POST", "/v1/chat/completions", openai_headers(), chat_body(user("hi"))).body
+      local c = messages({ model = "claude-3-5-haiku", max_tokens = 10, messages = user("hi") })
+      assert.equal("content_filter", a.choices[1].finish_reason)
+      assert.is_nil(rb:find("finish_reason", 1, true))
+      assert.equal("stop_sequence", c.stop_reason)
+      srv:queue({ { body = nil, content = "n", finish_reason = cjson.null } })
+      local _, d = chat(user("hi"))
+      assert.equal(cjson.null, d.choices[1].finish_reason)
+    end)
+
+    it("gives every answer its own id, shaped like the real ones", function()
+      local _, a = chat(user("one"))
+      local _, b = chat(user("one"))
+      local c = messages({ model = "claude-3-5-haiku", max_tokens = 10, messages = user("hi") })
+      assert.matches("^chatcmpl%-%w+$", a.id)
+      assert.same({ 38, 28 }, { #a.id, #c.id })
+      assert.matches("^msg_01%w+$", c.id)
+      assert.same({ mock_id("openai", 1), mock_id("openai", 2), mock_id("anthropic", 3) }, { a.id, b.id, c.id })
+      assert.are_not.equal(a.id, b.id)
     end)
   end)
 
@@ -452,7 +527,7 @@ describe("tools/local_provider.lua", function()
       srv:reset()
       local _, doc = chat(user("hi"))
       assert.equal(30 + djb2("hi") % 90, count_words(doc.choices[1].message.content))
-      assert.equal("chatcmpl-mock-1", doc.id)
+      assert.equal(mock_id("openai", 1), doc.id)
       assert.equal(1, #srv:requests())
       assert.equal(0, srv:health().pending)
     end)
@@ -540,7 +615,7 @@ describe("tools/local_provider.lua", function()
       assert.equal(200, a.status)
       assert.equal("keep-alive", a.headers["connection"])
       assert.equal(200, b.status)
-      assert.equal("chatcmpl-mock-2", cjson.decode(b.body).id)
+      assert.equal(mock_id("openai", 2), cjson.decode(b.body).id)
     end)
 
     it("closes the connection after a request with Connection: close", function()

@@ -92,6 +92,16 @@ describe("genaudit in nginx #nginx", function()
       assert.is_true(row.provider_latency_ms > 0 and row.provider_latency_ms <= row.total_latency_ms)
       assert.is_true(row.estimated_cost > 0)
     end
+    -- the OpenResty path pins the code too: every digest a row names has its source in scripts
+    local store = assert(genaudit.open("sqlite:" .. db, { readonly = true }))
+    for _, id in ipairs(ids) do
+      local sc = cjson.decode(rows[id].repair_metrics).scripts
+      assert.equal(64, #sc.rule_set_digest)
+      for _, e in ipairs({ sc.template, sc.policy, sc.rules[1] }) do
+        assert.is_table(store:get_script(e.digest), id .. ": " .. e.digest)
+      end
+    end
+    store:close()
     assert.falsy(log:find("[error]", 1, true), log)
     assert.falsy(log:find(KEY, 1, true), "the API key is in nginx's error.log")
     assert.falsy(tmp.read(db):find(KEY, 1, true))

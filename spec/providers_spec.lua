@@ -284,6 +284,79 @@ describe("genaudit.providers", function()
     end)
   end)
 
+  describe("finish reason and response id", function()
+    local p = providers.openai{ model = "gpt-4o-mini", api_key = "sk-fin-0123456789abcdefSECRET" }
+    local a = providers.anthropic{ model = "claude-3-5-haiku", api_key = "sk-ant-fin-0123456789abcdef" }
+    local usage = { prompt_tokens = 1, completion_tokens = 1 }
+
+    it("reads OpenAI-compatible choices[1].finish_reason and id as sent", function()
+      local r = assert(p:parse_response(200, cjson.encode{ id = "chatcmpl-AbC123", model = "m",
+        choices = { { message = { content = "hi" }, finish_reason = "length" } }, usage = usage }))
+      assert.same({ "length", "chatcmpl-AbC123" }, { r.finish_reason, r.response_id })
+      r = assert(p:parse_response(200, cjson.encode{ id = "x", choices = { { message = { content = "hi" },
+        finish_reason = "tool_calls" } }, usage = usage }))
+      assert.equal("tool_calls", r.finish_reason)
+    end)
+
+    it("reads Anthropic's stop_reason and id as sent", function()
+      local r = assert(a:parse_response(200, cjson.encode{ id = "msg_01XFDUDYJgAACzvnptvVoYEL", model = "c",
+        content = { { type = "text", text = "a" } }, stop_reason = "max_tokens",
+        usage = { input_tokens = 1, output_tokens = 1 } }))
+      assert.same({ "max_tokens", "msg_01XFDUDYJgAACzvnptvVoYEL" }, { r.finish_reason, r.response_id })
+    end)
+
+    it("gives nil when the body has none, or not a string: never a guess", function()
+      local r = assert(p:parse_response(200, cjson.encode{ choices = { { message = { content = "hi" } } },
+        usage = usage }))
+      assert.same({ nil, nil }, { r.finish_reason, r.response_id })
+      r = assert(p:parse_response(200, cjson.encode{ id = 42, choices = { { message = { content = "hi" },
+        finish_reason = cjson.null } }, usage = usage }))
+      assert.same({ nil, nil }, { r.finish_reason, r.response_id })
+      r = assert(a:parse_response(200, cjson.encode{ content = { { type = "text", text = "a" } },
+        stop_reason = { "end_turn" }, usage = { input_tokens = 1, output_tokens = 1 } }))
+      assert.same({ nil, nil }, { r.finish_reason, r.response_id })
+    end)
+
+    it("keeps them in the answer of a body without usage or content", function()
+      local _, _, code, answer = p:parse_response(200, cjson.encode{ id = "chatcmpl-nu", model = "m",
+        choices = { { message = { content = "words" }, finish_reason = "stop" } } })
+      assert.equal("BAD_RESPONSE", code)
+      assert.same({ content = "words", model_identifier = "m", finish_reason = "stop", response_id = "chatcmpl-nu" },
+        answer)
+      _, _, code, answer = p:parse_response(200, cjson.encode{ id = "chatcmpl-cf",
+        choices = { { message = { content = cjson.null }, finish_reason = "content_filter" } }, usage = usage })
+      assert.same({ "BAD_RESPONSE", { finish_reason = "content_filter", response_id = "chatcmpl-cf" } },
+        { code, answer })
+      _, _, code, answer = a:parse_response(200, cjson.encode{ id = "msg_01e", content = {},
+        stop_reason = "refusal", usage = { input_tokens = 1, output_tokens = 0 } })
+      assert.same({ "BAD_RESPONSE", { finish_reason = "refusal", response_id = "msg_01e" } }, { code, answer })
+    end)
+
+    it("scrubs the key out of them", function()
+      local key = "sk-fin-0123456789abcdefSECRET"
+      local r = assert(p:parse_response(200, cjson.encode{ id = "id-" .. key, choices = { { message = {
+        content = "hi" }, finish_reason = key } }, usage = usage }))
+      assert.same({ "[REDACTED]", "id-[REDACTED]" }, { r.finish_reason, r.response_id })
+    end)
+  end)
+
+  describe("API keys a provider needs", function()
+    it("says which providers need a key and whether this one has one, never the key", function()
+      for _, kind in ipairs({ "openai", "openrouter", "gemini", "anthropic" }) do
+        local with = providers[kind]{ model = "m", api_key = "sk-k" }
+        local without = providers[kind]{ model = "m" }
+        assert.same({ true, true, true, false }, { with.needs_key, with.has_key, without.needs_key, without.has_key },
+          kind)
+      end
+      assert.same({ true, false }, { providers.azure{ resource = "r", deployment = "d" }.needs_key,
+        providers.azure{ resource = "r", deployment = "d", api_key = "" }.has_key })
+      for _, kind in ipairs({ "ollama", "vllm" }) do
+        local keyless = providers[kind]{ model = "m" }
+        assert.same({ false, false }, { keyless.needs_key, keyless.has_key })
+      end
+    end)
+  end)
+
   describe("wire against the local provider", function()
     local KEY = "sk-wire-0123456789-SECRET"
     local srv

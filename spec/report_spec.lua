@@ -143,6 +143,15 @@ local GROUP_KEY = {
 local GROUP_COLUMN = { template = "template_id", model = "model_identifier", platform = "platform", org = "org_id",
                        day = "day" }
 
+-- The rows a report counts: by default completed generations only (the
+-- data set has no replays); opts.status widens it.
+local function report_rows(rows, opts)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  if o.status == nil then o.status = "completed" end
+  return select_rows(rows, o)
+end
+
 local function groups(rows, by)
   local map, list = {}, {}
   for _, r in ipairs(rows) do
@@ -180,13 +189,13 @@ end
 
 local function expected_cost(rows, opts)
   local out = {}
-  for _, g in ipairs(groups(select_rows(rows, opts), opts.by)) do
+  for _, g in ipairs(groups(report_rows(rows, opts), opts.by)) do
     local costs, tokens = {}, {}
     for _, r in ipairs(g.rows) do
       if r.cost then costs[#costs + 1] = r.cost end
       tokens[#tokens + 1] = r.prompt_tokens + r.completion_tokens
     end
-    local e = { posts = #g.rows, priced = #costs, total_tokens = sum(tokens), avg_tokens = sum(tokens) / #tokens }
+    local e = { posts = #g.rows, priced_posts = #costs, total_tokens = sum(tokens), avg_tokens = sum(tokens) / #tokens }
     if #costs > 0 then
       e.total_cost, e.avg_cost = sum(costs), sum(costs) / #costs
       e.p50_cost, e.p95_cost = percentile(costs, 50), percentile(costs, 95)
@@ -209,7 +218,7 @@ end
 
 local function expected_repairs(rows, opts)
   local out = {}
-  for _, g in ipairs(groups(select_rows(rows, opts), "template")) do
+  for _, g in ipairs(groups(report_rows(rows, opts), "template")) do
     local e = { template_id = g.key, repairs = 0, posts = #g.rows, repaired_posts = 0 }
     local scores, counts = {}, {}
     for _, r in ipairs(g.rows) do
@@ -241,7 +250,7 @@ end
 
 local function expected_latency(rows, opts)
   local out = {}
-  for _, g in ipairs(groups(select_rows(rows, opts), opts.by)) do
+  for _, g in ipairs(groups(report_rows(rows, opts), opts.by)) do
     local series = { total = {}, provider = {}, overhead = {} }
     for _, r in ipairs(g.rows) do
       table.insert(series.total, r.total_ms)
@@ -280,7 +289,7 @@ local function assert_rows(expected, got, columns)
   end
 end
 
-local COST_COLUMNS = { "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost", "total_tokens",
+local COST_COLUMNS = { "posts", "priced_posts", "total_cost", "avg_cost", "p50_cost", "p95_cost", "total_tokens",
                        "avg_tokens" }
 local LATENCY_COLUMNS = { "posts" }
 for _, m in ipairs({ "total", "provider", "overhead" }) do
@@ -383,14 +392,14 @@ describe("genaudit.report", function()
     it("does not count a missing cost as 0", function()
       local t = "launch-post"
       local priced, all, n = {}, 0, 0
-      for _, r in ipairs(select_rows(rows, { template = t })) do
+      for _, r in ipairs(select_rows(rows, { template = t, status = "completed" })) do
         n = n + 1
         all = all + (r.cost or 0)
         if r.cost then priced[#priced + 1] = r.cost end
       end
       assert.is_true(#priced < n, "the data set should hold a costless " .. t .. " snapshot")
       local got = assert(report.cost(store, { by = "template", template = t })).rows[1]
-      assert.same({ n, #priced }, { got.posts, got.priced })
+      assert.same({ n, #priced }, { got.posts, got.priced_posts })
       assert.near(sum(priced) / #priced, got.avg_cost, 1e-12)
       assert.is_true(math.abs(got.avg_cost - all / n) > 1e-6)
     end)
@@ -607,9 +616,9 @@ describe("genaudit.report", function()
       local got, columns = report.show(store, r.id)
       assert.equal(TRICKY, got.final_user_prompt)
       assert.same(assert(store:query("SELECT * FROM generation_snapshots WHERE id = ?", { r.id }))[1], got)
-      assert.equal(24, #columns)
+      assert.equal(25, #columns)
       assert.same({ "id", "org_id" }, { columns[1], columns[2] })
-      assert.equal("initial_validation_score", columns[#columns])
+      assert.equal("estimated_cost_picousd", columns[#columns])
     end)
 
     it("finds a snapshot by its id in lower case", function()

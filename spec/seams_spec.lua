@@ -122,7 +122,8 @@ describe("genaudit.persister (the seed's name, an alias of the store)", function
 end)
 
 describe("the meter's token_metrics document", function()
-  it("is totals() without the meter's own sums, naming each call's requested and served model", function()
+  it("is totals() without the meter's own sums, naming each call's requested and served model and its exact cost",
+    function()
     local m = core.meter()
     assert(m:add_call{ kind = "initial", model = "m1", prompt_tokens = 10, completion_tokens = 5,
                        provider_cost = 0.25, provider_wait_us = 1000 })
@@ -135,8 +136,20 @@ describe("the meter's token_metrics document", function()
     end
     t.calls[1].requested_model, t.calls[1].served_model = "m0", "m1"
     t.calls[2].requested_model = "m0"
+    -- each call's exact cost in picodollars (null when unknown), a JSON integer in the document
+    t.calls[1].cost_picousd, t.calls[2].cost_picousd = 250000000000, genaudit.null
     assert.same(t, tm)
-    assert.same(m:totals().calls, m:token_metrics().calls) -- without models: the calls as totals() has them
+    local plain, stored = m:totals().calls, m:token_metrics().calls -- without models: the calls as totals() has them
+    for _, c in ipairs(stored) do c.cost_picousd = nil end
+    assert.same(plain, stored)
+  end)
+
+  it("holds estimated_cost_picousd as an integer when every call's cost is known", function()
+    local m = core.meter()
+    assert(m:add_call{ kind = "initial", model = "m1", prompt_tokens = 10, completion_tokens = 5,
+                       provider_cost = 0.25 })
+    assert.same({ "250000000000", 250000000000 }, { m:totals().estimated_cost_picousd,
+      m:token_metrics().estimated_cost_picousd })
   end)
 end)
 

@@ -88,8 +88,8 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
       .. " IF NEW.template_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$;"
       .. " CREATE TRIGGER poison BEFORE INSERT ON generation_snapshots FOR EACH ROW EXECUTE FUNCTION poison()",
     errors = {
-      broken_migration = 'MIGRATION: migration 0006_broken failed: syntax error at or near ";"'
-        .. " (database left at version 5)",
+      broken_migration = 'MIGRATION: migration 0099_broken failed: syntax error at or near ";"'
+        .. " (database left at version 7)",
       syntax = 'SQL: cannot prepare query: syntax error at or near "SELEC"',
       unknown_table = 'SQL: cannot prepare query: relation "nope" does not exist',
       code = "SQL",
@@ -129,7 +129,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
     it("accepts the postgres:// form", function()
       local store = assert(genaudit.open((pg.url:gsub("^postgresql://", "postgres://")), { schema = pg.schema() }))
       assert.equal("postgresql", store.backend)
-      assert.equal(5, store:schema_version())
+      assert.equal(7, store:schema_version())
       store:close()
     end)
 
@@ -173,7 +173,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
         f:close()
         os.remove(outs[i])
       end
-      assert.same({ "5", "5", "5", "5", "5" }, got)
+      assert.same({ "7", "7", "7", "7", "7" }, got)
     end)
   end)
 
@@ -411,7 +411,7 @@ pg.describe("genaudit.store (postgresql) #postgresql", function()
       assert.same({ { pg_advisory_lock = "" } }, store:query("SELECT pg_advisory_lock(" .. MIGRATION_LOCK .. ")"))
       assert.equal(0, advisory_locks(store)) -- checked first: open() below would wait forever
       local other = assert(pg.open(schema))
-      assert.equal(5, other:schema_version())
+      assert.equal(7, other:schema_version())
       other:close()
       store:close()
     end)

@@ -32,8 +32,9 @@
 -- usage object verbatim; false omits it), status (200..599), headers, body
 -- (raw string sent verbatim), delay_ms, hang, reset, message (error message
 -- for an error status without body), finish_reason (OpenAI), stop_reason
--- (Anthropic). Scripts are consumed only by requests that pass auth and
--- validation (401/400 answers do not consume one).
+-- (Anthropic) — sent as given, false omits the field. Scripts are consumed
+-- only by requests that pass auth and validation (401/400 answers do not
+-- consume one).
 --
 -- Default (unscripted) replies, deterministic per request:
 --   h(s) = djb2: h = 5381; for each byte b: h = (h * 33 + b) % 2^32
@@ -46,6 +47,13 @@
 --     draft's hashtag line
 --   usage: P = ceil(bytes of all message text incl. system / 4),
 --          C = ceil(bytes of reply / 4)
+--   max_tokens (OpenAI: max_completion_tokens, else max_tokens): a reply
+--     (default or scripted content) with C > max_tokens is cut to its first
+--     4 * max_tokens bytes (at a UTF-8 boundary), finish_reason "length" /
+--     stop_reason "max_tokens"; otherwise "stop" / "end_turn"
+--   id: "chatcmpl-" + 29 letters/digits (OpenAI), "msg_01" + 22 (Anthropic),
+--     a function of the request counter: distinct per request, repeated
+--     after /__mock/reset
 --   model: echoed, with "-2024-07-18" appended unless it already ends in
 --     -YYYY-MM-DD or -YYYYMMDD
 --
@@ -139,7 +147,7 @@ local state = {
   running = true,
   queue = {},   -- pending scripts, FIFO
   log = {},     -- completion request log, oldest first
-  seq = 0,      -- id counter for chatcmpl-mock-N / msg_mock_N
+  seq = 0,      -- request counter: the response ids derive from it
 }
 
 ----------------------------------------------------------------------------
@@ -561,11 +569,51 @@ local function validate(fmt, doc)
   return nil
 end
 
+-- A response id shaped like the real ones, a function of the request
+-- counter (distinct per request, the same after a reset): OpenAI
+-- "chatcmpl-" + 29 letters/digits, Anthropic "msg_01" + 22.
+local ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+local function response_id(fmt, seq)
+  local prefix, n = "chatcmpl-", 29
+  if fmt == "anthropic" then prefix, n = "msg_01", 22 end
+  local s, out = (seq * 2654435761 + 12345) % 4294967296, {}
+  for i = 1, n do
+    s = (s * 69069 + 1) % 4294967296
+    local k = math.floor(s / 65536) % #ALNUM + 1
+    out[i] = ALNUM:sub(k, k)
+  end
+  return prefix .. table.concat(out)
+end
+
+-- The output cap the request asks for (OpenAI max_completion_tokens or
+-- max_tokens, Anthropic max_tokens), or nil.
+local function token_cap(fmt, doc)
+  local v = doc.max_tokens
+  if fmt ~= "anthropic" and doc.max_completion_tokens ~= nil then v = doc.max_completion_tokens end
+  if type(v) == "number" and v >= 1 and v % 1 == 0 then return v end
+  return nil
+end
+
+-- text cut to at most `bytes` bytes, never inside a UTF-8 sequence
+local function cut_utf8(text, bytes)
+  local n = bytes
+  while n > 0 and (text:byte(n + 1) or 0) >= 0x80 and (text:byte(n + 1) or 0) < 0xC0 do n = n - 1 end
+  return text:sub(1, n)
+end
+
 local function build_success(fmt, doc, script)
   state.seq = state.seq + 1
   local text = script and type(script.content) == "string" and script.content
                or default_reply(doc.messages)
   local model = script and type(script.model) == "string" and script.model or echo_model(doc.model)
+  -- a reply longer than the request's output cap (C > cap) is cut to cap
+  -- tokens (4 * cap bytes) and says so: finish_reason "length" (OpenAI),
+  -- stop_reason "max_tokens" (Anthropic)
+  local cap, cut = token_cap(fmt, doc), false
+  if cap and ceil_div4(#text) > cap then
+    text, cut = cut_utf8(text, cap * 4), true
+  end
   local p, cnt = ceil_div4(prompt_bytes(doc)), ceil_div4(#text)
   local usage
   if script and script.usage == false then
@@ -581,18 +629,23 @@ local function build_success(fmt, doc, script)
               completion_tokens_details = { reasoning_tokens = 0 } }
   end
   if fmt == "anthropic" then
+    local stop = script and script.stop_reason
+    if stop == nil then stop = cut and "max_tokens" or "end_turn" end
+    if stop == false then stop = nil end
     return cjson.encode({
-      id = "msg_mock_" .. fmt_int(state.seq), type = "message", role = "assistant",
+      id = response_id(fmt, state.seq), type = "message", role = "assistant",
       model = model, content = { { type = "text", text = text } },
-      stop_reason = script and script.stop_reason or "end_turn",
-      stop_sequence = cjson.null, usage = usage,
+      stop_reason = stop, stop_sequence = cjson.null, usage = usage,
     })
   end
+  local finish = script and script.finish_reason
+  if finish == nil then finish = cut and "length" or "stop" end
+  if finish == false then finish = nil end
   return cjson.encode({
-    id = "chatcmpl-mock-" .. fmt_int(state.seq), object = "chat.completion",
+    id = response_id(fmt, state.seq), object = "chat.completion",
     created = os.time(), model = model,
     choices = { { index = 0, message = { role = "assistant", content = text },
-                  finish_reason = script and script.finish_reason or "stop" } },
+                  finish_reason = finish } },
     usage = usage,
   })
 end

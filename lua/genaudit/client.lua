@@ -3,6 +3,7 @@
 -- run, and every HTTP try is recorded, failed ones included.
 local core = require("genaudit.core")
 local dto = require("genaudit.dto")
+local json = require("genaudit.json")
 
 local M = {}
 
@@ -75,6 +76,9 @@ end
 
 -- client:complete(run, kind, messages, params) -> text | nil, err, code
 -- kind: "initial", "repair" or "replay" (kept per call in token_metrics).
+-- Each call's log entry (performance_metrics.calls[i]) records the
+-- provider's finish_reason and response_id as sent, JSON null when the
+-- answer had none (a failed call too).
 -- Every call that reached the provider is a call of the meter: with its usage
 -- and cost, or, when it failed or came back without usable usage, as a call of
 -- unknown cost. An answer without usable usage keeps its content (run.content
@@ -95,8 +99,11 @@ function Client:complete(run, kind, messages, params)
                retry_after_ms = t.retry_after_ms, slept_ms = t.slept_ms,
                wait_ms = t.timings and us_to_ms(t.timings.wait_us) or nil }
   end
+  -- finish_reason and response_id: the provider's own strings, JSON null
+  -- when the call got no body that has them (never guessed)
   local entry = { kind = kind, attempts = #tries, wait_ms = us_to_ms(wait_us), tries = log,
-                  status = res and res.status or nil, timings = res and res.timings or nil }
+                  status = res and res.status or nil, timings = res and res.timings or nil,
+                  finish_reason = json.null, response_id = json.null }
   run.http[#run.http + 1] = entry
   local function failed_call(reason, served)
     local call = { kind = kind, model = served or provider.model, reason = reason, provider_wait_us = wait_us }
@@ -116,12 +123,16 @@ function Client:complete(run, kind, messages, params)
   if not parsed then
     local ok2xx = res.status >= 200 and res.status < 300
     if answer then
+      if answer.finish_reason ~= nil then entry.finish_reason = answer.finish_reason end
+      if answer.response_id ~= nil then entry.response_id = answer.response_id end
       run.model_identifier = answer.model_identifier or run.model_identifier
       if run.content == nil then run.content = answer.content else entry.content = answer.content end
     end
     failed_call(ok2xx and "no_usage" or "failed_before_usage", answer and answer.model_identifier)
     return nil, err, code
   end
+  if parsed.finish_reason ~= nil then entry.finish_reason = parsed.finish_reason end
+  if parsed.response_id ~= nil then entry.response_id = parsed.response_id end
   run.model_identifier = parsed.model_identifier or run.model_identifier
   local key, reason = pricing_for(self.pricing, parsed.model_identifier, provider.model)
   local u = parsed.usage

@@ -241,6 +241,20 @@ function Composer:compose_post_generation(ctx)
   return dto.Prompt{ system = prompt.system, user = prompt.user, template_id = id, template_version = t.version }
 end
 
+-- composer:template_script(id) -> { path, source, digest[, load_error = true] }
+-- of the template a compose of id used (call it after the compose): its
+-- active version, else the bytes that failed to load; nil when there was no
+-- file to read (or no valid id).
+function Composer:template_script(id)
+  if type(id) ~= "string" then return nil end
+  local path = self.dir .. "/" .. id .. ".lua"
+  local active = self.loader:script(path)
+  if active then return active end
+  local failed = self.loader:failed(path)
+  if failed then return { path = failed.path, source = failed.source, digest = failed.digest, load_error = true } end
+  return nil
+end
+
 -- composer:template_error(id) -> the last load error of a template, if any
 function Composer:template_error(id)
   local e = self.loader.cache[self.dir .. "/" .. id .. ".lua"]

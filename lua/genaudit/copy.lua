@@ -34,7 +34,11 @@ for col, field in pairs(schema.DOCUMENTS) do DOCUMENTS[field] = col end
 -- How deep each document is rebuilt as Lua values: the members the row
 -- builder checks (token counts, cost, latencies, repair_count, repair_types,
 -- repair_log as an array) are; what lies deeper (the per-call arrays, each
--- repair_log entry) is kept as text. 1 = the document's own members.
+-- repair_log entry) is kept as text. 1 = the document's own members. So the
+-- exact cost survives a copy: token_metrics.estimated_cost_picousd is decoded
+-- as an integer (checked again against estimated_cost by the row builder),
+-- each call's cost_picousd is inside the calls text. (LuaJIT decodes an
+-- integer of 2^53 or more as a double: such a row is refused, not rounded.)
 local RAW_DEPTH = { token_metrics = 1, performance_metrics = 1, repair_metrics = 2, request_params = 1 }
 
 -- the stored columns only: the generated ones (json_extract per row on

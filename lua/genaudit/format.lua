@@ -66,7 +66,15 @@ function M.report_value(v)
   return M.json_value(v)
 end
 
--- A report result as {"columns":[...],"rows":[{...}]}; absent values -> null.
+-- What a report counted (result.counted), as one line of text without its
+-- newline: "counted: completed generations, replays excluded (12 rows)".
+function M.counted_line(c)
+  local what = c.status == "all" and "all generations (completed and failed)" or (c.status .. " generations")
+  return string.format("counted: %s, replays %s (%d row%s)", what, c.replays, c.rows, c.rows == 1 and "" or "s")
+end
+
+-- A report result as {"counted":{...},"columns":[...],"rows":[{...}]}
+-- (counted only when the result has it); absent values -> null.
 function M.json(result)
   local cols, rows = {}, {}
   for i, c in ipairs(result.columns) do cols[i] = M.json_value(c) end
@@ -75,7 +83,13 @@ function M.json(result)
     for j, c in ipairs(result.columns) do parts[j] = M.json_value(c) .. ":" .. M.report_value(r[c]) end
     rows[i] = "{" .. table.concat(parts, ",") .. "}"
   end
-  return '{"columns":[' .. table.concat(cols, ",") .. '],"rows":[' .. table.concat(rows, ",") .. "]}"
+  local counted = ""
+  if result.counted then
+    local c = result.counted
+    counted = '"counted":{"status":' .. M.json_value(c.status) .. ',"replays":' .. M.json_value(c.replays)
+      .. ',"rows":' .. M.json_value(c.rows) .. "},"
+  end
+  return "{" .. counted .. '"columns":[' .. table.concat(cols, ",") .. '],"rows":[' .. table.concat(rows, ",") .. "]}"
 end
 
 -- One RFC 4180 field: quoted when it holds , " CR or LF (quotes doubled);
@@ -128,7 +142,8 @@ function M.cell(v)
 end
 
 -- A report result as an aligned text table: a header row, numbers
--- right-aligned, each line ending in "\n".
+-- right-aligned, each line ending in "\n"; first the counted line when the
+-- result says what it counted.
 function M.table(result)
   local width = M.width
   local cols, widths, numeric, cells = result.columns, {}, {}, {}
@@ -151,6 +166,7 @@ function M.table(result)
     end
     lines[#lines + 1] = (table.concat(parts, "  "):gsub("%s+$", "")) .. "\n"
   end
+  if result.counted then lines[1] = M.counted_line(result.counted) .. "\n" end
   line(cols)
   for _, r in ipairs(cells) do line(r) end
   return table.concat(lines)

@@ -39,8 +39,44 @@ function M.new(opts)
     validator = validator_mod.new{ rules = opts.rules, sandbox = opts.sandbox,
                                    script_timeout_ms = opts.script_timeout_ms },
     client = client_mod.new(opts),
+    stored_scripts = {}, -- digest -> true: in the store already (put_script once per digest)
   }, Pipeline)
   return self
+end
+
+-- The code that took part in a run (repair_metrics.scripts): the template
+-- and, once validation ran, the rule set (validator.rule_set_of). Every
+-- source is stored in the scripts table before the row that names it
+-- (store:put_script, synchronous, once per digest per pipeline); a source
+-- the store could not take is listed in `unstored` with the error (and tried
+-- again next time), never silently missing.
+function Pipeline:pinned_scripts(run, rr)
+  local rec, sources = {}, {}
+  local t = run.template_script
+  if t then
+    rec.template = { path = t.path, digest = t.digest, load_error = t.load_error }
+    sources[1] = t
+  end
+  if rr.scripts then
+    rec.rules, rec.policy, rec.rule_set_digest = rr.scripts.rules, rr.scripts.policy, rr.scripts.rule_set_digest
+    for _, src in ipairs(rr.script_sources or {}) do sources[#sources + 1] = src end
+  end
+  local unstored = {}
+  for _, src in ipairs(sources) do
+    if not self.stored_scripts[src.digest] then
+      local digest, err
+      if type(self.store.put_script) == "function" then
+        digest, err = self.store:put_script(M.text_safe(src.path), src.source)
+      else
+        err = "SCRIPTS: the store has no put_script"
+      end
+      if digest then self.stored_scripts[src.digest] = true
+      else unstored[#unstored + 1] = { digest = src.digest, error = M.text_safe(tostring(err)) } end
+    end
+  end
+  if #unstored > 0 then rec.unstored = unstored end
+  if next(rec) == nil then return nil end
+  return rec
 end
 
 -- Builds and persists the snapshot of a run (genaudit.dto.Run). Returns id,
@@ -63,6 +99,7 @@ function Pipeline:persist(run, status, err)
       stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
       drafts = rr.drafts, on_rule_error = rr.on_rule_error,
       script_errors = rr.script_errors, rules = rr.rules,
+      scripts = self:pinned_scripts(run, rr),
     },
     request_params = run.ctx.params,
     content = run.content,
@@ -114,6 +151,7 @@ function Pipeline:generate(input)
 
   local prompt
   prompt, err, code = self.composer:compose_post_generation(ctx)
+  run.template_script = self.composer:template_script(ctx.template_id) -- the template code used (or tried)
   if not prompt then return fail(err, code) end
   run.prompt = prompt -- the final strings, captured before any model call
 

@@ -235,6 +235,9 @@ local function new_provider(name, opts, spec)
   local base = (opts.base_url or spec.default_url):gsub("/+$", "")
   local self = setmetatable({
     name = name, model = opts.model, base_url = base, url = spec.url(base, opts),
+    -- whether the provider's API needs a key (ollama and vllm run without
+    -- one), and whether this object has one: a replay checks before calling
+    needs_key = not spec.keyless, has_key = type(key) == "string" and key ~= "",
     wire = spec.wire, timeout_ms = opts.timeout_ms, connect_timeout_ms = opts.connect_timeout_ms,
     retries = opts.retries, verify_tls = opts.verify_tls, max_response_bytes = opts.max_response_bytes,
     max_request_bytes = opts.max_request_bytes or M.MAX_REQUEST_BYTES,
@@ -314,9 +317,13 @@ function Provider:request(messages, params)
 end
 
 -- provider:parse_response(status, body) -> { content, model_identifier,
--- usage, provider_cost, finish_reason } | nil, err, code, answer
--- answer: for a 2xx body that could be read but lacks usable usage, what it
--- held ({ content, model_identifier }), so a failed snapshot keeps it.
+-- usage, provider_cost, finish_reason, response_id } | nil, err, code, answer
+-- finish_reason and response_id are the body's own strings, as sent
+-- (OpenAI-compatible: choices[1].finish_reason and id; Anthropic:
+-- stop_reason and id), nil when the body has none (or not a string): never
+-- guessed. answer: for a 2xx JSON body that could be read but lacks usable
+-- content or usage, what it held ({ content, model_identifier,
+-- finish_reason, response_id }), so a failed snapshot keeps it.
 -- Every string taken from the body is scrubbed of the API key.
 function Provider:parse_response(status, body)
   local doc = decode(body)
@@ -333,13 +340,19 @@ function Provider:parse_response(status, body)
   local res, err, answer = self.parse(doc)
   if not res then
     if answer then
-      answer = { content = self.scrub(answer.content), model_identifier = self.scrub(answer.model_identifier) }
+      answer = { content = self.scrub(answer.content), model_identifier = self.scrub(answer.model_identifier),
+                 finish_reason = self.scrub(answer.finish_reason), response_id = self.scrub(answer.response_id) }
     end
     return nil, "BAD_RESPONSE: " .. self.scrub(err), "BAD_RESPONSE", answer
   end
   res.content, res.model_identifier = self.scrub(res.content), self.scrub(res.model_identifier)
+  res.finish_reason, res.response_id = self.scrub(res.finish_reason), self.scrub(res.response_id)
   return res
 end
+
+-- A string field of a body, or nil: a finish reason or id that is not a
+-- string (a number, an object) is not one.
+local function str(v) return type(v) == "string" and v or nil end
 
 -- ---- OpenAI-compatible chat completions ----
 local function openai_body(self, messages, params)
@@ -351,15 +364,20 @@ end
 local function openai_parse(doc)
   local choice = type(doc.choices) == "table" and doc.choices[1]
   local msg = type(choice) == "table" and choice.message
+  local model = str(doc.model)
+  local finish = type(choice) == "table" and str(choice.finish_reason) or nil
   if type(msg) ~= "table" or type(msg.content) ~= "string" then
-    return nil, "response has no choices[1].message.content"
+    return nil, "response has no choices[1].message.content",
+      { model_identifier = model, finish_reason = finish, response_id = str(doc.id) }
   end
-  local model = type(doc.model) == "string" and doc.model or nil
   local usage, err, cost = openai_usage(doc.usage)
-  if not usage then return nil, err, { content = msg.content, model_identifier = model } end
+  if not usage then
+    return nil, err, { content = msg.content, model_identifier = model, finish_reason = finish,
+                       response_id = str(doc.id) }
+  end
   return {
     content = msg.content, model_identifier = model,
-    usage = usage, provider_cost = cost, finish_reason = choice.finish_reason,
+    usage = usage, provider_cost = cost, finish_reason = finish, response_id = str(doc.id),
   }
 end
 
@@ -393,8 +411,8 @@ local openrouter_spec = derive(openai_spec, {
     return openai_body(self, messages, p)
   end,
 })
-local ollama_spec = derive(openai_spec, { default_url = "http://127.0.0.1:11434" })
-local vllm_spec = derive(openai_spec, { default_url = "http://127.0.0.1:8000" })
+local ollama_spec = derive(openai_spec, { default_url = "http://127.0.0.1:11434", keyless = true })
+local vllm_spec = derive(openai_spec, { default_url = "http://127.0.0.1:8000", keyless = true })
 
 function M.openrouter(opts)
   check_common("openrouter", opts)
@@ -506,20 +524,24 @@ local anthropic_spec = {
     return core.json_encode(req)
   end,
   parse = function(doc)
-    if type(doc.content) ~= "table" then return nil, "response has no content" end
+    local model, finish, id = str(doc.model), str(doc.stop_reason), str(doc.id)
+    local bare = { model_identifier = model, finish_reason = finish, response_id = id }
+    if type(doc.content) ~= "table" then return nil, "response has no content", bare end
     local parts = {}
     for _, block in ipairs(doc.content) do
       if type(block) == "table" and block.type == "text" and type(block.text) == "string" then
         parts[#parts + 1] = block.text
       end
     end
-    if #parts == 0 then return nil, "response has no text content" end
-    local model = type(doc.model) == "string" and doc.model or nil
+    if #parts == 0 then return nil, "response has no text content", bare end
     local usage, err = anthropic_usage(doc.usage)
-    if not usage then return nil, err, { content = table.concat(parts), model_identifier = model } end
+    if not usage then
+      return nil, err, { content = table.concat(parts), model_identifier = model, finish_reason = finish,
+                         response_id = id }
+    end
     return {
       content = table.concat(parts), model_identifier = model,
-      usage = usage, finish_reason = doc.stop_reason,
+      usage = usage, finish_reason = finish, response_id = id,
     }
   end,
 }

@@ -1,15 +1,17 @@
 -- genaudit.report — the analytics over generation_snapshots behind
 -- `genaudit report`, `show` and `export`: cost per group (the Financial
 -- Test), templates ranked by repairs (the Stability Test), latency
--- percentiles, one snapshot, and a streaming JSONL/CSV export.
+-- percentiles, per-rule counts, one snapshot, and a streaming JSONL/CSV export.
 --
--- Reports return { columns = { names in display order }, rows = { {col=v} } }
+-- Reports return { columns = { names in display order }, rows = { {col=v} },
+-- counted = { what the report counted, see below } }
 -- (rendered as a table, CSV or JSON by genaudit.format)
 -- (SQL NULL columns are absent from a row), or nil, "REPORT: message",
 -- "REPORT" for bad options; a store failure is passed through as the store's
 -- nil, err, code. Misuse (a store or options of the wrong type) raises.
 -- User values only ever reach SQL as bound parameters; the only pieces
 -- spliced into statements come from the fixed tables below.
+local core = require("genaudit.core")
 local format = require("genaudit.format")
 
 local M = {}
@@ -48,6 +50,16 @@ local DIALECTS = {
     day = "substr(created_at, 1, 10)",
     -- one row (column `value`) per element of repair_metrics.repair_types of b
     repair_types = "json_each(b.repair_metrics, '$.repair_types') AS j",
+    -- one row per element of repair_metrics.rules of b (none when it is not an array),
+    -- and member k of that element as an integer / as text
+    rules_each = "json_each(CASE WHEN json_type(b.repair_metrics, '$.rules') = 'array'"
+      .. " THEN json_extract(b.repair_metrics, '$.rules') END) AS j",
+    rule_int = function(k)
+      return "CASE WHEN json_type(j.value, '$." .. k .. "') = 'integer' THEN json_extract(j.value, '$." .. k .. "') END"
+    end,
+    rule_text = function(k)
+      return "CASE WHEN json_type(j.value, '$." .. k .. "') = 'text' THEN json_extract(j.value, '$." .. k .. "') END"
+    end,
     real = function(expr) return "CAST(" .. expr .. " AS REAL)" end,
     bytewise = function(col) return col end, -- SQLite's default collation is BINARY
     -- the table's columns, generated ones included, in table order
@@ -62,6 +74,15 @@ local DIALECTS = {
     at_arg = function(t) return t .. "+00" end,
     day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') COLLATE \"C\"",
     repair_types = "json_array_elements_text(b.repair_metrics -> 'repair_types') AS j(value)",
+    rules_each = "json_array_elements(CASE WHEN json_typeof(b.repair_metrics -> 'rules') = 'array'"
+      .. " THEN b.repair_metrics -> 'rules' END) AS j(value)",
+    rule_int = function(k)
+      return "CASE WHEN json_typeof(j.value -> '" .. k .. "') = 'number' AND (j.value ->> '" .. k
+        .. "') ~ '^-?[0-9]{1,18}$' THEN (j.value ->> '" .. k .. "')::bigint END"
+    end,
+    rule_text = function(k)
+      return "CASE WHEN json_typeof(j.value -> '" .. k .. "') = 'string' THEN (j.value ->> '" .. k .. "') END"
+    end,
     real = function(expr) return "CAST(" .. expr .. " AS double precision)" end,
     bytewise = function(col) return col .. ' COLLATE "C"' end,
     columns = "SELECT attname AS name FROM pg_attribute WHERE attrelid = 'generation_snapshots'::regclass"
@@ -182,11 +203,38 @@ local function id_value(name, v)
   return nil, "REPORT: " .. name .. " must be a non-empty string or an integer"
 end
 
+-- What a report counts unless told otherwise: cost, repairs and latency
+-- count completed generations that are not replays; rules counts every
+-- generation (a broken rule fails drafts) that is not a replay; list and
+-- export show every row.
+local COUNTED_DEFAULT = {
+  cost = { status = "completed" }, repairs = { status = "completed" }, latency = { status = "completed" },
+  rules = { status = "all" },
+}
+
+-- The status and replays a report counts under opts: { status =
+-- "completed"|"failed"|"all", replays = "excluded"|"included" } | nil for
+-- list and export (which take opts.status as given, default all, replays
+-- included).
+local function counted_of(report, opts)
+  local d = COUNTED_DEFAULT[report]
+  if not d then return nil end
+  return { status = opts.status == nil and d.status or opts.status,
+           replays = opts.include_replays and "included" or "excluded" }
+end
+
 -- The WHERE clause for the shared filters (since, until, org, template,
--- status) and its bound parameters, or nil, err, code. Every condition
--- starts with its column, so `prefix` ("b.") qualifies them for a join.
-local function filters(opts, SQL, prefix)
+-- status, and for a report the replays) and its bound parameters, or nil,
+-- err, code. Every condition starts with its column, so `prefix` ("b.")
+-- qualifies them for a join. counted: counted_of(...) (nil: opts.status as
+-- given, replays included).
+local function filters(opts, SQL, prefix, counted)
   local conds, params = {}, {}
+  if opts.include_replays ~= nil and type(opts.include_replays) ~= "boolean" then
+    return fail("include_replays must be a boolean, got '" .. tostring(opts.include_replays) .. "'")
+  end
+  local status = opts.status
+  if counted then status = counted.status end
   if opts.org ~= nil then
     local v, err = id_value("org", opts.org)
     if not v then return nil, err, "REPORT" end
@@ -199,13 +247,14 @@ local function filters(opts, SQL, prefix)
     conds[#conds + 1] = "template_id = ?"
     params[#params + 1] = v
   end
-  if opts.status ~= nil and opts.status ~= "all" then
-    if not STATUSES[opts.status] then
-      return fail("unknown status '" .. tostring(opts.status) .. "' (use completed, failed or all)")
+  if status ~= nil and status ~= "all" then
+    if not STATUSES[status] then
+      return fail("unknown status '" .. tostring(status) .. "' (use completed, failed or all)")
     end
     conds[#conds + 1] = "status = ?"
-    params[#params + 1] = opts.status
+    params[#params + 1] = status
   end
+  if counted and counted.replays == "excluded" then conds[#conds + 1] = "replay_of IS NULL" end
   for _, bound in ipairs({ "since", "until" }) do
     if opts[bound] ~= nil then
       local t, err, code = M.parse_time(opts[bound], bound == "until")
@@ -240,35 +289,108 @@ end
 -- or nil, err, code.
 local builders = {}
 
+-- Costs are read from estimated_cost_picousd (integer picodollars) and
+-- summed in SQL, exactly; the sum and the percentiles come back as decimal
+-- text (no VM rounds them on the way) and are converted to USD once, with
+-- core.usd_from_picousd: total_cost is the double nearest to the exact sum,
+-- avg_cost = total_cost / priced_posts, so both stores give the same digits.
+local function usd(pico) if pico ~= nil then return core.usd_from_picousd(pico) end end
+
 function builders.cost(opts, SQL)
   local g, err, code = group_of("cost", opts.by, SQL)
   if not g then return nil, err, code end
   local where, params
-  where, params, code = filters(opts, SQL)
+  where, params, code = filters(opts, SQL, nil, counted_of("cost", opts))
   if not where then return nil, params, code end
   local name = g[1]
-  local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, estimated_cost AS cost, total_tokens AS tokens FROM "
+  local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, estimated_cost_picousd AS cost, total_tokens AS tokens FROM "
     .. TABLE .. where .. "), ranked AS (SELECT grp, cost, tokens, " .. SQL.rank("cost") .. " AS rc, "
-    .. SQL.count("cost") .. " AS nc, " .. SQL.sum_ordered("cost", "grp") .. " AS sc FROM base)"
-    .. " SELECT grp AS " .. name .. ", count(*) AS posts, count(cost) AS priced, max(sc) AS total_cost,"
-    .. " max(sc) / max(nc) AS avg_cost, " .. SQL.pick("rc", "nc", 50, "cost") .. " AS p50_cost, "
-    .. SQL.pick("rc", "nc", 95, "cost") .. " AS p95_cost, sum(tokens) AS total_tokens, "
-    .. SQL.real("sum(tokens)") .. " / count(tokens) AS avg_tokens"
-    .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.desc_nulls_last("total_cost") .. ", " .. SQL.asc_nulls_last("grp")
-  return sql, params, { name, "posts", "priced", "total_cost", "avg_cost", "p50_cost", "p95_cost",
-    "total_tokens", "avg_tokens" }
+    .. SQL.count("cost") .. " AS nc FROM base)"
+    .. " SELECT grp AS " .. name .. ", count(*) AS posts, count(cost) AS priced_posts,"
+    .. " CAST(sum(cost) AS TEXT) AS total_pico, CAST(" .. SQL.pick("rc", "nc", 50, "cost") .. " AS TEXT) AS p50_pico, "
+    .. "CAST(" .. SQL.pick("rc", "nc", 95, "cost") .. " AS TEXT) AS p95_pico, sum(tokens) AS total_tokens, "
+    .. SQL.real("sum(tokens)") .. " / count(tokens) AS avg_tokens, (SELECT count(*) FROM base) AS counted_rows"
+    .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.desc_nulls_last("sum(cost)") .. ", " .. SQL.asc_nulls_last("grp")
+  local function fold(rows)
+    for _, r in ipairs(rows) do
+      r.total_cost, r.p50_cost, r.p95_cost = usd(r.total_pico), usd(r.p50_pico), usd(r.p95_pico)
+      if r.total_cost ~= nil then r.avg_cost = r.total_cost / r.priced_posts end
+      r.total_pico, r.p50_pico, r.p95_pico = nil, nil, nil
+    end
+    return rows
+  end
+  return sql, params, { name, "posts", "priced_posts", "total_cost", "avg_cost", "p50_cost", "p95_cost",
+    "total_tokens", "avg_tokens" }, fold
+end
+
+-- report repairs --by rule_set: repair_metrics.scripts.rule_set_digest of a
+-- row, per dialect (rows written without it group as 'unknown', which no
+-- 64-hex digest equals).
+local RULE_SET_DIGEST = {
+  [DIALECTS.sqlite] = "json_extract(repair_metrics, '$.scripts.rule_set_digest')",
+  [DIALECTS.postgresql] = "(repair_metrics -> 'scripts' ->> 'rule_set_digest')",
+}
+
+-- The repairs report grouped by rule set instead of template: the same
+-- figures per rule_set_digest, plus when each rule set was first and last
+-- seen, so the effect of a rule change shows as two lines.
+local function repairs_by_rule_set(opts, SQL, top)
+  local where, params, code = filters(opts, SQL, nil, counted_of("repairs", opts))
+  if not where then return nil, params, code end
+  params[#params + 1] = math.floor(top)
+  local sql = "WITH base AS (SELECT coalesce(" .. RULE_SET_DIGEST[SQL] .. ", 'unknown') AS grp, created_at,"
+    .. " repair_count, initial_validation_score, repair_metrics FROM " .. TABLE .. where .. "),"
+    .. " scored AS (SELECT grp, created_at, repair_count, initial_validation_score, "
+    .. SQL.sum_ordered("initial_validation_score", "grp") .. " AS ss FROM base),"
+    .. " top AS (SELECT grp, coalesce(sum(repair_count), 0) AS repairs, count(*) AS posts,"
+    .. " count(CASE WHEN repair_count > 0 THEN 1 END) AS repaired_posts,"
+    .. " max(ss) / count(initial_validation_score) AS avg_initial_score,"
+    .. " min(created_at) AS first_created_at, max(created_at) AS last_created_at FROM scored GROUP BY grp"
+    .. " ORDER BY repairs DESC, " .. SQL.bytewise("grp") .. " LIMIT ?),"
+    .. " types AS (SELECT b.grp, j.value AS slug, count(*) AS n FROM base b JOIN top t ON t.grp = b.grp, "
+    .. SQL.repair_types .. " WHERE b.repair_count > 0 GROUP BY b.grp, j.value),"
+    .. " ranked AS (SELECT grp, slug, n, row_number() OVER (PARTITION BY grp ORDER BY n DESC, "
+    .. SQL.bytewise("slug") .. ") AS r FROM types)"
+    .. " SELECT t.grp AS rule_set_digest, t.repairs, t.posts, t.repaired_posts, "
+    .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, t.first_created_at,"
+    .. " t.last_created_at, k.slug, k.n, (SELECT count(*) FROM base) AS counted_rows"
+    .. " FROM top t LEFT JOIN ranked k ON k.grp = t.grp AND k.r <= 3"
+    .. " ORDER BY t.repairs DESC, " .. SQL.bytewise("t.grp") .. ", k.r"
+  local columns = { "rule_set_digest", "repairs", "posts", "repaired_posts", "repair_rate", "avg_initial_score",
+    "top_repair_types", "first_created_at", "last_created_at" }
+  local function fold(rows)
+    local out, last = {}, nil
+    for _, r in ipairs(rows) do
+      if not last or last.rule_set_digest ~= r.rule_set_digest then
+        last = { top_repair_types = {} }
+        for _, c in ipairs(columns) do
+          if c ~= "top_repair_types" then last[c] = r[c] end
+        end
+        out[#out + 1] = last
+      end
+      if r.slug ~= nil then last.top_repair_types[tostring(r.slug)] = r.n end
+    end
+    return out
+  end
+  return sql, params, columns, fold
 end
 
 -- One statement (one 'now'): the top templates, each joined to its up-to-3
 -- most common repair types; fold() turns the 1..3 rows per template into one.
+-- by = "rule_set" groups by repair_metrics.scripts.rule_set_digest instead.
 function builders.repairs(opts, SQL)
   local top = opts.top == nil and 3 or opts.top
   if type(top) ~= "number" or top % 1 ~= 0 or top < 1 or top > 1e9 then
     return fail("top must be a positive integer, got '" .. tostring(opts.top) .. "'")
   end
-  local where, params, code = filters(opts, SQL)
+  if opts.by == "rule_set" then return repairs_by_rule_set(opts, SQL, top) end
+  if opts.by ~= nil and opts.by ~= "template" then
+    return fail("unknown --by column '" .. tostring(opts.by) .. "' for repairs (use template, rule_set)")
+  end
+  local counted = counted_of("repairs", opts)
+  local where, params, code = filters(opts, SQL, nil, counted)
   if not where then return nil, params, code end
-  local bwhere = filters(opts, SQL, "b.") -- the same filter, on the joined table
+  local bwhere = filters(opts, SQL, "b.", counted) -- the same filter, on the joined table
   local n_filter = #params
   params[#params + 1] = math.floor(top)
   for i = 1, n_filter do params[#params + 1] = params[i] end -- the filter again, for `types`
@@ -290,7 +412,8 @@ function builders.repairs(opts, SQL)
     .. SQL.bytewise("slug") .. ")"
     .. " AS r FROM types)"
     .. " SELECT t.template_id, t.repairs, t.posts, t.repaired_posts, "
-    .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, k.slug, k.n"
+    .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, k.slug, k.n,"
+    .. " (SELECT count(*) FROM base) AS counted_rows"
     .. " FROM top t LEFT JOIN ranked k ON k.template_id = t.template_id AND k.r <= 3"
     .. " ORDER BY t.repairs DESC, t.template_id, k.r"
   local function fold(rows)
@@ -313,7 +436,7 @@ function builders.latency(opts, SQL)
   local g, err, code = group_of("latency", opts.by, SQL)
   if not g then return nil, err, code end
   local where, params
-  where, params, code = filters(opts, SQL)
+  where, params, code = filters(opts, SQL, nil, counted_of("latency", opts))
   if not where then return nil, params, code end
   local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" } }
   local ranks, picks, columns = {}, {}, { g[1], "posts" }
@@ -331,8 +454,41 @@ function builders.latency(opts, SQL)
     .. " total_latency_ms - provider_latency_ms AS o FROM " .. TABLE .. where .. "),"
     .. " ranked AS (SELECT grp, t, p, o, " .. table.concat(ranks, ", ") .. " FROM base)"
     .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ")
-    .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
+    .. ", (SELECT count(*) FROM base) AS counted_rows FROM ranked GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
   return sql, params, columns
+end
+
+-- Per rule slug, from repair_metrics.rules (one element per rule that judged
+-- the generation's drafts: runs, fired, errors, timeouts): the snapshots it
+-- judged and the sums. Rows without repair_metrics.rules (written before it)
+-- are not counted for any rule; a count missing from an element is unknown,
+-- so a sum of unknowns is NULL, never 0.
+function builders.rules(opts, SQL)
+  local counted = counted_of("rules", opts)
+  local bwhere, params, code = filters(opts, SQL, "b.", counted)
+  if not bwhere then return nil, params, code end
+  local where, params2 = filters(opts, SQL, nil, counted)
+  for _, v in ipairs(params2) do params[#params + 1] = v end -- the filter again, for counted_rows
+  local slug = SQL.bytewise(SQL.rule_text("slug"))
+  local sums = {}
+  for _, k in ipairs({ "runs", "fired", "errors", "timeouts" }) do
+    sums[#sums + 1] = "sum(" .. SQL.rule_int(k) .. ") AS " .. k
+  end
+  -- one row even when no rule matched (counted_rows: the rows read, rules or not); fold drops it
+  local sql = "WITH agg AS (SELECT " .. slug .. " AS slug, count(DISTINCT b.id) AS snapshots, "
+    .. table.concat(sums, ", ") .. " FROM " .. TABLE .. " b, " .. SQL.rules_each .. bwhere
+    .. " GROUP BY " .. slug .. ")"
+    .. " SELECT agg.slug, agg.snapshots, agg.runs, agg.fired, agg.errors, agg.timeouts,"
+    .. " (SELECT count(*) FROM " .. TABLE .. where .. ") AS counted_rows"
+    .. " FROM (SELECT 1 AS one) x LEFT JOIN agg ON 1 = 1 ORDER BY " .. SQL.asc_nulls_last("agg.slug")
+  local function fold(rows)
+    local out = {}
+    for _, r in ipairs(rows) do
+      if r.snapshots ~= nil then out[#out + 1] = r end
+    end
+    return out
+  end
+  return sql, params, { "slug", "snapshots", "runs", "fired", "errors", "timeouts" }, fold
 end
 
 -- " LIMIT ?" and its parameter for opts.limit (default: `default`, nil = none)
@@ -377,28 +533,49 @@ local function run(name, store, opts)
   if not sql then return nil, params, columns end
   local rows, err, code = store:query(sql, params)
   if not rows then return nil, err, code end
-  return { columns = columns, rows = fold and fold(rows) or rows }
+  local counted = counted_of(name, opts)
+  if counted then -- every row carries the same count of the rows the report read
+    counted.rows = rows[1] and rows[1].counted_rows or 0
+    for _, r in ipairs(rows) do r.counted_rows = nil end
+  end
+  return { columns = columns, rows = fold and fold(rows) or rows, counted = counted }
 end
 
 -- Every report and list take the filters since, until (30m, 24h, 7d, 2w
 -- before now, or a UTC date / date-time: see parse_time), org, template and
--- status ("completed", "failed" or "all").
+-- status ("completed", "failed" or "all"). The reports (cost, repairs,
+-- latency, rules) also take include_replays (boolean): by default they leave
+-- out replays (replay_of set), and cost, repairs and latency count only
+-- status "completed" (rules: "all"). Their result says what it counted:
+-- result.counted = { status = "completed"|"failed"|"all", replays =
+-- "excluded"|"included", rows = <rows read> }. list and export take status
+-- as given (default all) and show replays.
 
--- M.cost(store, { by = "template", since, until, org, template, status }) -> result | nil, err, code.
--- Per group: posts, priced (rows with a cost), total/avg/p50/p95 of the cost
--- over priced rows only (a NULL cost is unknown, not 0), total/avg tokens.
+-- M.cost(store, { by = "template", <filters>, include_replays }) -> result | nil, err, code.
+-- Per group: posts, priced_posts (rows with a known cost), total/avg/p50/p95
+-- of the cost over priced rows only (a NULL cost is unknown, not 0; summed
+-- exactly in integer picodollars, see builders.cost), total/avg tokens.
 function M.cost(store, opts) return run("cost", store, opts) end
 
--- M.repairs(store, { top = 3, <filters> }) -> result | nil, err, code.
+-- M.repairs(store, { top = 3, by = "template", <filters>, include_replays }) -> result | nil, err, code.
 -- Templates by summed repair_count (ties by template_id), with the share of
 -- repaired posts, the mean initial score and the 3 most common repair types
--- (top_repair_types: { slug = count }).
+-- (top_repair_types: { slug = count }). by = "rule_set": the same per
+-- repair_metrics.scripts.rule_set_digest ("unknown" for rows without one),
+-- with first_created_at and last_created_at of each rule set.
 function M.repairs(store, opts) return run("repairs", store, opts) end
 
--- M.latency(store, { by = "model", <filters> }) -> result | nil, err, code.
+-- M.latency(store, { by = "model", <filters>, include_replays }) -> result | nil, err, code.
 -- Per group (model, template, platform or org): p50/p95/p99 of total,
 -- provider and overhead (total - provider) ms.
 function M.latency(store, opts) return run("latency", store, opts) end
+
+-- M.rules(store, { <filters>, include_replays }) -> result | nil, err, code.
+-- Per rule slug (bytewise order): snapshots (generations it judged), runs
+-- (drafts it judged), fired, errors, timeouts — summed from
+-- repair_metrics.rules. Counts every status by default (a broken rule fails
+-- drafts: those generations are the ones to see), replays excluded.
+function M.rules(store, opts) return run("rules", store, opts) end
 
 -- M.list(store, { limit = 20, <filters> }) -> result | nil, err, code: the
 -- newest snapshots (id, created_at, template_id, status, estimated_cost,
@@ -406,7 +583,7 @@ function M.latency(store, opts) return run("latency", store, opts) end
 function M.list(store, opts) return run("list", store, opts) end
 
 -- M.validate(report, opts) -> true | nil, "REPORT: ...", "REPORT": checks the
--- options of a report ("cost", "repairs", "latency", "list", "export") without a store.
+-- options of a report ("cost", "repairs", "latency", "rules", "list", "export") without a store.
 function M.validate(report, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'validate' (table expected, got " .. type(opts) .. ")", 2)
@@ -418,7 +595,7 @@ function M.validate(report, opts)
 end
 
 -- M.explain(store, report, opts) -> the EXPLAIN QUERY PLAN details of the
--- statement of that report ("cost", "repairs", "latency", "export"), one per
+-- statement of that report ("cost", "repairs", "latency", "rules", "export"), one per
 -- line | nil, err, code.
 function M.explain(store, report, opts)
   opts = check_args("explain", store, opts)

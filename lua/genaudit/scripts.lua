@@ -309,6 +309,9 @@ function Loader:load(path)
   local src
   src, err = core.read_file(path)
   local value
+  -- the bytes of the version being tried, pinned by their SHA-256: they become
+  -- the active version's (loader:script) or the failed one's (loader:failed)
+  local tried = src and { path = path, source = src, digest = core.sha256(src) } or nil
   if src then
     local env = self.sandbox and sandbox_env(self.env) or setmetatable({}, { __index = _G })
     local fn
@@ -330,13 +333,30 @@ function Loader:load(path)
       end
     end
   end
+  entry.failed = nil
   if value ~= nil then
-    entry.value, entry.error = value, nil
+    entry.value, entry.error, entry.script = value, nil, tried
     return value
   end
+  entry.failed = tried
   entry.error = "SCRIPT: " .. tostring(err)
   if entry.value ~= nil then return entry.value, entry.error end
   return nil, entry.error, "SCRIPT"
+end
+
+-- loader:script(path) -> { path, source, digest } of the active version of
+-- a script (the newest that loaded: the one load() returns), or nil when none
+-- ever loaded. source is its exact bytes, digest their SHA-256 (hex).
+function Loader:script(path)
+  local e = self.cache[path]
+  return e and e.value ~= nil and e.script or nil
+end
+
+-- loader:failed(path) -> { path, source, digest } of the newest version of a
+-- script when it could be read but not loaded, or nil.
+function Loader:failed(path)
+  local e = self.cache[path]
+  return e and e.failed or nil
 end
 
 -- loader:dir(dir) -> sorted array of "*.lua" paths in dir (empty when missing).

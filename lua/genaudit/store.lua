@@ -148,6 +148,45 @@ function Store:persist_generation(row)
   return self._conn:persist(row)
 end
 
+-- store:put_script(path, source) -> digest | nil, err, code. Stores the exact
+-- bytes of a template, rule or policy script once in the scripts table, under
+-- their SHA-256 (64 lower-case hex digits, what core.sha256 gives): a digest
+-- stored already is a no-op success. Committed before it returns, in async
+-- mode too (the script goes through the store's own connection, not the
+-- queue), so a row persisted after it never names a script that is not
+-- stored. Source that is not UTF-8 or holds a NUL byte is stored as base64
+-- (encoding 'base64'); path must be non-empty UTF-8 without NUL bytes.
+function Store:put_script(path, source)
+  if type(path) ~= "string" then
+    error("bad argument #1 to 'put_script' (string expected, got " .. type(path) .. ")", 2)
+  end
+  if type(source) ~= "string" then
+    error("bad argument #2 to 'put_script' (string expected, got " .. type(source) .. ")", 2)
+  end
+  return self._conn:put_script(path, source)
+end
+
+-- store:get_script(digest) -> { digest, path, encoding, source, first_seen }
+-- | nil (no such script) | nil, err, code. source is the exact bytes stored
+-- (base64 decoded); encoding says how the table holds them.
+function Store:get_script(digest)
+  if type(digest) ~= "string" then
+    error("bad argument #1 to 'get_script' (string expected, got " .. type(digest) .. ")", 2)
+  end
+  local rows, err, code = self:query(
+    "SELECT digest, path, encoding, source, first_seen FROM scripts WHERE digest = ?", { digest })
+  if not rows then return nil, err, code end
+  local r = rows[1]
+  if not r then return nil end
+  if r.encoding == "base64" then
+    local raw
+    raw, err = core.base64_decode(r.source)
+    if not raw then return nil, "CORRUPT: script " .. digest .. ": " .. tostring(err), "CORRUPT" end
+    r.source = raw
+  end
+  return r
+end
+
 -- store:query(sql, params) -> array of rows keyed by column name | nil, err, code
 function Store:query(sql, params)
   if type(sql) ~= "string" then

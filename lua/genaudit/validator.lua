@@ -163,9 +163,10 @@ function Validator:rules()
       self.errors[path] = err
       if r then
         if type(r) == "function" then r = { check = r } end
-        out[#out + 1] = { slug = r.slug or slug_of(path), check = r.check, path = path }
+        out[#out + 1] = { slug = r.slug or slug_of(path), check = r.check, path = path,
+                          script = self.rule_loader:script(path) }
       elseif err then
-        out[#out + 1] = { slug = slug_of(path), path = path, load_error = err }
+        out[#out + 1] = { slug = slug_of(path), path = path, load_error = err, script = self.rule_loader:failed(path) }
       end
     end
   end
@@ -188,8 +189,69 @@ function Validator:policy()
     feedback = p.feedback or M.default_policy.feedback,
     on_rule_error = p.on_rule_error or M.default_policy.on_rule_error,
     load_error = self.errors[path],
+    -- the code in force: the active version, else (the default policy
+    -- applies) the bytes that failed to load; nil without a policy file
+    script = self.policy_loader:script(path) or (self.errors[path] and self.policy_loader:failed(path)) or nil,
     call = function(fn, ...) return self.policy_loader:call(fn, ...) end,
   }
+end
+
+-- Orders pinned scripts by slug, then path, then digest (bytewise).
+local function by_slug(a, b)
+  if a.slug ~= b.slug then return a.slug < b.slug end
+  if a.path ~= b.path then return a.path < b.path end
+  return a.digest < b.digest
+end
+
+-- validator.rule_set_of(rules, policy_script) -> record, sources: what
+-- repair_metrics.scripts records of a rule set. rules: validator:rules()
+-- entries; policy_script: { path, source, digest } or nil. record =
+-- { rules = { {slug, path, digest[, load_error = true]} } sorted by slug,
+-- policy = {path, digest[, load_error]} | nil, rule_set_digest }; sources: the
+-- { path, source, digest } of each of them (for store:put_script).
+-- rule_set_digest is the SHA-256 (hex) of the concatenation, over the rules
+-- and the policy as slug "policy", sorted by slug (then path, then digest,
+-- bytewise), of slug .. "\0" .. digest .. "\n". A rule file that never
+-- loaded is pinned by the bytes that failed (load_error = true); one that
+-- could not be read at all has no digest and is left out.
+function M.rule_set_of(rules, policy_script, policy_failed)
+  local entries, sources = {}, {}
+  for _, r in ipairs(rules) do
+    if r.script then
+      -- the slug as the snapshot's JSON holds it (bytes that are not UTF-8 become
+      -- U+FFFD there), so the digest can be recomputed from the snapshot alone
+      local slug = core.utf8_valid(r.slug) and r.slug or json.decode(core.json_encode(r.slug))
+      entries[#entries + 1] = { slug = slug, path = r.path, digest = r.script.digest,
+                                load_error = r.load_error and true or nil }
+      sources[#sources + 1] = r.script
+    end
+  end
+  table.sort(entries, by_slug)
+  local all = {}
+  for i, e in ipairs(entries) do all[i] = e end
+  local policy
+  if policy_script then
+    policy = { path = policy_script.path, digest = policy_script.digest, load_error = policy_failed and true or nil }
+    all[#all + 1] = { slug = "policy", path = policy.path, digest = policy.digest }
+    sources[#sources + 1] = policy_script
+  end
+  table.sort(all, by_slug)
+  local canon = {}
+  for i, e in ipairs(all) do canon[i] = e.slug .. "\0" .. e.digest .. "\n" end
+  return { rules = entries, policy = policy, rule_set_digest = core.sha256(table.concat(canon)) }, sources
+end
+
+local function policy_failed(self, policy)
+  return policy.script ~= nil and self.policy_loader:script(policy.script.path) == nil
+end
+
+-- validator:rule_set() -> { rules, policy, rule_set_digest } (see
+-- rule_set_of), sources: the rule set a generation would use now, after
+-- reloading changed scripts exactly as a generation does.
+function Validator:rule_set()
+  local rules = self:rules()
+  local policy = self:policy()
+  return M.rule_set_of(rules, policy.script, policy_failed(self, policy))
 end
 
 local function error_kind(err)
@@ -231,7 +293,7 @@ function Validator:validate(draft, ctx, audit, draft_index)
   audit = audit or new_audit(self:policy().on_rule_error)
   local issues, penalty = {}, 0
   local first_error
-  for _, rule in ipairs(self:rules()) do
+  for _, rule in ipairs(audit.rule_list or self:rules()) do
     local st = rule_stats(audit, rule)
     local list, err, kind
     if rule.load_error then
@@ -306,6 +368,10 @@ function Validator:validate_and_repair(draft, ctx, repair)
   local policy = self:policy()
   policy.path = self.dir .. "/" .. POLICY_FILE
   local audit = new_audit(policy.on_rule_error)
+  -- one rule set judges every draft of a generation: loaded once, here (an
+  -- edit during the generation applies from the next one), and pinned
+  audit.rule_list = self:rules()
+  local pinned, sources = M.rule_set_of(audit.rule_list, policy.script, policy_failed(self, policy))
   if policy.load_error then
     record(audit, policy.path, "policy", "load_error", (policy.load_error:gsub("^SCRIPT: ", "")), nil)
   end
@@ -370,6 +436,7 @@ function Validator:validate_and_repair(draft, ctx, repair)
   result.error, result.error_code, result.final_issues = rr.error, rr.error_code, rr.final_issues
   result.drafts, result.on_rule_error = drafts, audit.on_rule_error
   result.script_errors, result.rules = audit.script_errors, audit.rules
+  result.scripts, result.script_sources = pinned, sources
   return result, draft
 end
 
