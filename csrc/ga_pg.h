@@ -130,6 +130,7 @@ int ga_pg_plain_read(const char *q);
 /* ---- ga_pg_rows.c ---- */
 int pg_box_gc(lua_State *L); /* the box metatable's __gc */
 int pg_query(lua_State *L);  /* store:query(sql, params) */
+int pg_purge(lua_State *L);  /* store:purge(older_than, what) (ga_pg_writer.c) */
 int pg_each(lua_State *L);   /* store:each(sql, params, fn) */
 
 /* ---- ga_pg_migrate.c ---- */

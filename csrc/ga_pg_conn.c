@@ -384,6 +384,7 @@ void ga_open_pg(lua_State *L) {
                                      {"query", pg_query},
                                      {"each", pg_each},
                                      {"url", l_store_url},
+                                     {"purge", pg_purge},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {PG_MT,        methods,      check_base, close_base, describe,
                                          pg_check_row, pg_id_stored, pg_insert,  pg_start_writer, pg_stats,

@@ -350,6 +350,36 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
   }
 }
 
+/* store:purge(older_than, what) -> rows purged | nil, err, code: the
+ * SQLite store's (ga_store.c), in one statement: the UPDATE and the record
+ * of the purge commit together. older_than is UTC 'YYYY-MM-DD HH:MM:SS'. */
+int pg_purge(lua_State *L) {
+  static const char sql[] =
+      "WITH u AS (UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL,"
+      " content = NULL, drafts = NULL, purged_at = now()"
+      " WHERE created_at < ($1::timestamp AT TIME ZONE 'UTC') AND purged_at IS NULL AND record_hash IS NOT NULL"
+      " RETURNING 1), r AS (INSERT INTO purges (older_than, what, rows) SELECT $1, $2, count(*) FROM u"
+      " RETURNING rows) SELECT rows FROM r";
+  pgstore *s = pg_check_store(L);
+  const char *v[2];
+  PGresult *r;
+  int rc;
+  v[0] = luaL_checkstring(L, 2);
+  v[1] = luaL_checkstring(L, 3);
+  if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot purge while each() reads from this store");
+  rc = pg_ensure(L, s);
+  if (rc != 0) return rc;
+  r = PQexecParams(s->conn, sql, 2, NULL, v, NULL, NULL, 0);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+    rc = pg_fail_result(L, s, r, "cannot purge");
+    PQclear(r);
+    return rc;
+  }
+  lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, 0, 0), NULL, 10));
+  PQclear(r);
+  return 1;
+}
+
 /* ---- async mode: the writer thread's PostgreSQL backend ---- */
 
 typedef struct {

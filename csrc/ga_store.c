@@ -493,6 +493,48 @@ static ga_writer *start_writer(ga_store_base *b, ga_writer_opts *o, const char *
   return ga_sqlite_writer_start(&conf, o, err, errlen);
 }
 
+/* store:purge(older_than, what) -> rows purged | nil, err, code. The one
+ * change migration 0008's trigger allows: the payloads (prompts, content,
+ * drafts) of sealed rows created before older_than ('YYYY-MM-DD HH:MM:SS',
+ * UTC) set to NULL and purged_at set, their digests and everything else
+ * kept; the purge recorded in purges; one transaction. */
+static int l_store_purge(lua_State *L) {
+  static const char upd[] =
+      "UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL, content = NULL,"
+      " drafts = NULL, purged_at = strftime('%Y-%m-%d %H:%M:%f', 'now')"
+      " WHERE created_at < ?1 AND purged_at IS NULL AND record_hash IS NOT NULL";
+  static const char rec[] = "INSERT INTO purges (older_than, what, rows) VALUES (?1, ?2, ?3)";
+  store *s = ga_sqlite_check(L);
+  size_t n, wn;
+  const char *cutoff = luaL_checklstring(L, 2, &n);
+  const char *what = luaL_checklstring(L, 3, &wn);
+  sqlite3_stmt *u = NULL, *r = NULL;
+  sqlite3_int64 rows = 0;
+  int rc;
+  if (s->base.readonly) return ga_fail(L, "READONLY", "cannot purge a read-only store");
+  if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) return ga_sqlite_fail(L, s, "cannot begin purge");
+  rc = sqlite3_prepare_v2(s->db, upd, -1, &u, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(u, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_step(u) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK) rows = sqlite3_changes64(s->db);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(s->db, rec, -1, &r, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(r, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(r, 2, what, (int)wn, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(r, 3, rows);
+  if (rc == SQLITE_OK) rc = sqlite3_step(r) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK) rc = exec(s, "COMMIT");
+  if (rc != SQLITE_OK) {
+    rc = ga_sqlite_fail(L, s, "cannot purge");
+    exec(s, "ROLLBACK");
+  } else {
+    ga_pushint64(L, rows);
+    rc = 1;
+  }
+  sqlite3_finalize(u);
+  sqlite3_finalize(r);
+  return rc;
+}
+
 /* store:filename() -> path of the main database ("" for :memory:) */
 static int l_store_filename(lua_State *L) {
   store *s = ga_sqlite_check(L);
@@ -507,6 +549,7 @@ void ga_open_store(lua_State *L) {
                                      {"query", ga_sqlite_query},
                                      {"each", ga_sqlite_each},
                                      {"filename", l_store_filename},
+                                     {"purge", l_store_purge},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {STORE_MT,     methods,   check_base, close_base,    describe,
                                          check_row_size, id_stored, insert_row, start_writer, NULL,

@@ -26,7 +26,9 @@ int ga_sqlite_bind_cols(sqlite3_stmt *st, int first, const ga_text *cols, int n)
 int ga_sqlite_register_chain(sqlite3 *db, ga_chain *ch) {
   sqlite3_stmt *st = NULL;
   char host[256];
-  int rc = sqlite3_prepare_v2(db, "INSERT INTO chains (chain_id, host, pid) VALUES (?1, ?2, ?3)", -1, &st, NULL);
+  int rc;
+  if (ga_chain_ensure_id(ch) != 0) return SQLITE_ERROR;
+  rc = sqlite3_prepare_v2(db, "INSERT INTO chains (chain_id, host, pid) VALUES (?1, ?2, ?3)", -1, &st, NULL);
   if (gethostname(host, sizeof host) != 0) host[0] = '\0';
   host[sizeof host - 1] = '\0';
   if (rc == SQLITE_OK) rc = sqlite3_bind_text(st, 1, ch->id, 26, SQLITE_STATIC);
