@@ -84,6 +84,7 @@ end
 function Pipeline:persist(run, status, err)
   local total_ms = run.sw:stop()
   local rr = run.repair or dto.RepairResult{}
+  local draft_texts, draft_meta = dto.split_drafts(rr.drafts)
   local row = {
     org_id = run.ctx.org_id, user_id = run.ctx.user_id, platform = run.ctx.platform,
     template_id = run.ctx.template_id,
@@ -97,11 +98,12 @@ function Pipeline:persist(run, status, err)
       initial_validation_score = rr.initial_validation_score,
       final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
       stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
-      drafts = rr.drafts, on_rule_error = rr.on_rule_error,
+      drafts = draft_meta, on_rule_error = rr.on_rule_error,
       script_errors = rr.script_errors, rules = rr.rules,
       scripts = self:pinned_scripts(run, rr),
     },
     request_params = run.ctx.params,
+    drafts = draft_texts,
     content = run.content,
     status = status,
     error = err,
