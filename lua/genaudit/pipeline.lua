@@ -138,7 +138,7 @@ end
 
 -- pipeline:generate(ctx) -> result | nil, err, code, snapshot_id
 --   result = { content, snapshot_id, prompt, token_metrics,
---              performance_metrics, repair_metrics }
+--              performance_metrics, repair_metrics, drafts }
 function Pipeline:generate(input)
   local run = self.client:run() -- a dto.Run; the timer starts at the very beginning
   local ctx, err, code = dto.GenerationContext(input)
@@ -193,6 +193,7 @@ function Pipeline:generate(input)
   return {
     content = final, snapshot_id = id, prompt = prompt,
     token_metrics = row.token_usage, performance_metrics = row.performance, repair_metrics = row.repair_info,
+    drafts = rr.drafts, -- every draft with its text, score and issues (stored: drafts column + repair_metrics)
   }
 end
 
