@@ -10,6 +10,10 @@ local json = require("genaudit.json")
 local M = {}
 
 M.CHECKPOINT_FORMAT = "genaudit-checkpoint/1"
+
+-- audit.keygen() -> private_pem, public_pem: a fresh Ed25519 key pair
+-- (PKCS#8 and SubjectPublicKeyInfo PEM, the formats `openssl pkey` reads).
+M.keygen = core.ed25519_keygen
 local ZERO = ("0"):rep(64)
 local PAYLOADS = { "final_system_prompt", "final_user_prompt", "content", "drafts" }
 local FIELDS = {} -- the record's non-payload fields, as columns
