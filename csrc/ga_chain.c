@@ -13,6 +13,7 @@
  *   core.record_fields() -> { {name, payload}, ... } */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <openssl/evp.h>
 #include "ga_private.h"
 
@@ -268,4 +269,19 @@ void ga_chain_resync(ga_chain *ch, long long seq, const char *hash, int register
   ch->registered = registered;
   ch->stale = 0;
   ga_chain_begin(ch);
+}
+
+int ga_utc_seconds_valid(const char *p, size_t n) {
+  static const char shape[] = "dddd-dd-dd dd:dd:dd";
+  char now[32];
+  time_t t = time(NULL);
+  struct tm tm;
+  size_t i;
+  if (n != 19) return 0;
+  for (i = 0; i < n; i++) {
+    if (shape[i] == 'd' ? (p[i] < '0' || p[i] > '9') : p[i] != shape[i]) return 0;
+  }
+  /* a cutoff in the future would purge rows younger than any age */
+  if (!gmtime_r(&t, &tm) || strftime(now, sizeof now, "%Y-%m-%d %H:%M:%S", &tm) != 19) return 0;
+  return memcmp(p, now, 19) <= 0;
 }

@@ -289,7 +289,7 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
   pgparams pp;
   ga_seal seal;
   char err[512];
-  int attempt;
+  int attempt, in, resealed = 0;
   if (s->each_depth > 0)
     return ga_fail(L, "BUSY", "cannot persist while each() reads from this store (use another store object)");
   for (attempt = 0;; attempt++) {
@@ -305,6 +305,7 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
                       i ? NPARAMS + 2 : NPARAMS, NULL);
         if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
           if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) break;
+          if (PQstatus(s->conn) != CONNECTION_OK) s->chain.stale = 1;
           rc = pg_fail_result(L, s, r, "cannot prepare insert (is the store migrated?)");
           PQclear(r);
           return rc;
@@ -332,17 +333,36 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
       ga_chain_commit(&s->chain);
       return 0;
     }
-    if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) { /* the commit is unknown */
+    if (PQstatus(s->conn) != CONNECTION_OK) {
+      /* the commit is unknown, and with it the chain's head: read back
+       * before any later row, whatever happens to this one */
       PQclear(r);
       s->chain.stale = 1;
       rc = pg_ensure(L, s);
       if (rc != 0) return rc;
-      if (id_in(s->conn, row->col[GA_COL_ID].p) == 1) { /* the lost attempt had committed */
+      in = id_in(s->conn, row->col[GA_COL_ID].p);
+      if (attempt > 0 && in == 0)
+        return ga_fail(L, "CONNECT", "connection lost twice while persisting; the row was not stored");
+      if (in == 1) { /* the lost attempt had committed */
         if (chain_resync(s->conn, &s->cfg, &s->chain, err, sizeof err) != 0)
           return ga_fail(L, "CONNECT", "cannot read the store's chain: %s", err);
         return 0;
       }
+      if (in < 0) return ga_fail(L, "CONNECT", "connection lost while persisting; the row may be stored");
       continue;
+    }
+    if (!resealed && pg_state_is(r, "23505")) {
+      /* the chain's position or registration is taken: this store's idea of
+       * its head is behind the database's (never expected); read it back
+       * and seal the row again, once */
+      const char *cn = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
+      if (cn && (strcmp(cn, "snapshots_chain") == 0 || strcmp(cn, "chains_pkey") == 0)) {
+        PQclear(r);
+        resealed = 1;
+        s->chain.stale = 1;
+        attempt--; /* not a connection attempt */
+        continue;
+      }
     }
     rc = pg_fail_result(L, s, r, "cannot persist snapshot");
     PQclear(r);
@@ -351,33 +371,57 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
 }
 
 /* store:purge(older_than, what) -> rows purged | nil, err, code: the
- * SQLite store's (ga_store.c), in one statement: the UPDATE and the record
- * of the purge commit together. older_than is UTC 'YYYY-MM-DD HH:MM:SS'. */
+ * SQLite store's (ga_store.c): in one transaction, the purge recorded (with
+ * the count of rows it covers), then the rows' payloads set to NULL and
+ * purged_by set. older_than is UTC 'YYYY-MM-DD HH:MM:SS'. */
 int pg_purge(lua_State *L) {
-  static const char sql[] =
-      "WITH u AS (UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL,"
-      " content = NULL, drafts = NULL, purged_at = now()"
-      " WHERE created_at < ($1::timestamp AT TIME ZONE 'UTC') AND purged_at IS NULL AND record_hash IS NOT NULL"
-      " RETURNING 1), r AS (INSERT INTO purges (older_than, what, rows) SELECT $1, $2, count(*) FROM u"
-      " RETURNING rows) SELECT rows FROM r";
+#define PURGE_COND                                                                                     \
+  " WHERE created_at < ($1::timestamp AT TIME ZONE 'UTC') AND purged_at IS NULL AND record_hash IS NOT NULL"
+  static const char rec[] = "INSERT INTO purges (older_than, what, rows) SELECT $1, $2, count(*)"
+                            " FROM generation_snapshots" PURGE_COND " RETURNING purge_id, rows";
+  static const char upd[] =
+      "UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL,"
+      " content = NULL, drafts = NULL, purged_at = now(), purged_by = $2::bigint" PURGE_COND;
+#undef PURGE_COND
   pgstore *s = pg_check_store(L);
+  size_t n, wn;
+  const char *cutoff = luaL_checklstring(L, 2, &n);
+  const char *what = luaL_checklstring(L, 3, &wn);
   const char *v[2];
+  char err[512], id[32];
+  long long rows = 0;
   PGresult *r;
   int rc;
-  v[0] = luaL_checkstring(L, 2);
-  v[1] = luaL_checkstring(L, 3);
+  if (!ga_utc_seconds_valid(cutoff, n)) return ga_fail(L, "INVALID", "purge: older_than must be 'YYYY-MM-DD HH:MM:SS' (UTC), not in the future");
+  if (wn != 8 || memcmp(what, "payloads", 8) != 0) return ga_fail(L, "INVALID", "purge: what must be 'payloads'");
   if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot purge while each() reads from this store");
   rc = pg_ensure(L, s);
   if (rc != 0) return rc;
-  r = PQexecParams(s->conn, sql, 2, NULL, v, NULL, NULL, 0);
-  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-    rc = pg_fail_result(L, s, r, "cannot purge");
-    PQclear(r);
-    return rc;
-  }
-  lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, 0, 0), NULL, 10));
+  if (pg_exec_ok(s->conn, &s->cfg, "BEGIN", err, sizeof err) != 0) return ga_fail(L, "CONNECT", "cannot purge: %s", err);
+  v[0] = cutoff;
+  v[1] = what;
+  r = PQexecParams(s->conn, rec, 2, NULL, v, NULL, NULL, 0);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) goto failed;
+  snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
+  rows = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
   PQclear(r);
+  v[1] = id;
+  r = PQexecParams(s->conn, upd, 2, NULL, v, NULL, NULL, 0);
+  if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) goto failed;
+  if (strtoll(PQcmdTuples(r), NULL, 10) != rows) { /* a concurrent purge took some: start again */
+    PQclear(r);
+    PQclear(PQexec(s->conn, "ROLLBACK"));
+    return ga_fail(L, "BUSY", "purge: another purge ran at the same time; try again");
+  }
+  PQclear(r);
+  if (pg_exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0) return ga_fail(L, "CONNECT", "cannot purge: %s", err);
+  lua_pushinteger(L, (lua_Integer)rows);
   return 1;
+failed:
+  rc = pg_fail_result(L, s, r, "cannot purge");
+  PQclear(r);
+  if (PQstatus(s->conn) == CONNECTION_OK) PQclear(PQexec(s->conn, "ROLLBACK"));
+  return rc;
 }
 
 /* ---- async mode: the writer thread's PostgreSQL backend ---- */

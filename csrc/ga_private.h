@@ -175,6 +175,9 @@ void ga_chain_taken(ga_chain *ch, const ga_seal *s);
 void ga_chain_commit(ga_chain *ch);   /* the transaction committed */
 /* The head as the database has it (seq 0 / hash NULL: no row yet). */
 void ga_chain_resync(ga_chain *ch, long long seq, const char *hash, int registered);
+/* 1 when p[0..n) is 'YYYY-MM-DD HH:MM:SS' (digits where digits go) and not
+ * after now (UTC), else 0: a purge's cutoff. */
+int ga_utc_seconds_valid(const char *p, size_t n);
 
 /* ---- SHA-256 (ga_digest.c, OpenSSL libcrypto) ---- */
 /* Writes the 64 lower-case hex digits of SHA-256(p, n) and a NUL; 0, or -1. */

@@ -193,10 +193,15 @@ static int l_sqlite_open(lua_State *L) {
   s->query_ms = (long)query_ms;
 
   if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
-    /* create the file ourselves so it is private (0600) from the start */
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return ga_fail(L, "OPEN", "cannot open database '%s': %s", path, strerror(errno));
-    close(fd);
+    /* create the file ourselves so it is private (0600) from the start.
+     * O_EXCL: an existing file is never opened here, because close() on any
+     * descriptor of a file drops every POSIX lock this process holds on it —
+     * another store of this process would lose its locks, and a connection
+     * of another process could then delete the WAL under it. */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST)
+      return ga_fail(L, "OPEN", "cannot open database '%s': %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
   }
   flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX |
           SQLITE_OPEN_URI;
@@ -496,32 +501,45 @@ static ga_writer *start_writer(ga_store_base *b, ga_writer_opts *o, const char *
 /* store:purge(older_than, what) -> rows purged | nil, err, code. The one
  * change migration 0008's trigger allows: the payloads (prompts, content,
  * drafts) of sealed rows created before older_than ('YYYY-MM-DD HH:MM:SS',
- * UTC) set to NULL and purged_at set, their digests and everything else
- * kept; the purge recorded in purges; one transaction. */
+ * UTC) set to NULL, purged_at set and purged_by naming the purge, recorded
+ * first in purges (with the count of rows it covers); their digests and
+ * everything else kept; one transaction. */
 static int l_store_purge(lua_State *L) {
+  static const char cond[] = " WHERE created_at < ?1 AND purged_at IS NULL AND record_hash IS NOT NULL";
+  static const char cnt[] = "SELECT count(*) FROM generation_snapshots";
+  static const char rec[] = "INSERT INTO purges (older_than, what, rows) VALUES (?1, ?2, ?3)";
   static const char upd[] =
       "UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL, content = NULL,"
-      " drafts = NULL, purged_at = strftime('%Y-%m-%d %H:%M:%f', 'now')"
-      " WHERE created_at < ?1 AND purged_at IS NULL AND record_hash IS NOT NULL";
-  static const char rec[] = "INSERT INTO purges (older_than, what, rows) VALUES (?1, ?2, ?3)";
+      " drafts = NULL, purged_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), purged_by = ?2";
   store *s = ga_sqlite_check(L);
   size_t n, wn;
   const char *cutoff = luaL_checklstring(L, 2, &n);
   const char *what = luaL_checklstring(L, 3, &wn);
-  sqlite3_stmt *u = NULL, *r = NULL;
-  sqlite3_int64 rows = 0;
+  sqlite3_stmt *c = NULL, *r = NULL, *u = NULL;
+  sqlite3_int64 rows = 0, id = 0;
+  char sql[256];
   int rc;
+  if (!ga_utc_seconds_valid(cutoff, n)) return ga_fail(L, "INVALID", "purge: older_than must be 'YYYY-MM-DD HH:MM:SS' (UTC), not in the future");
+  if (wn != 8 || memcmp(what, "payloads", 8) != 0) return ga_fail(L, "INVALID", "purge: what must be 'payloads'");
   if (s->base.readonly) return ga_fail(L, "READONLY", "cannot purge a read-only store");
   if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) return ga_sqlite_fail(L, s, "cannot begin purge");
-  rc = sqlite3_prepare_v2(s->db, upd, -1, &u, NULL);
-  if (rc == SQLITE_OK) rc = sqlite3_bind_text(u, 1, cutoff, (int)n, SQLITE_STATIC);
-  if (rc == SQLITE_OK) rc = sqlite3_step(u) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-  if (rc == SQLITE_OK) rows = sqlite3_changes64(s->db);
+  snprintf(sql, sizeof sql, "%s%s", cnt, cond);
+  rc = sqlite3_prepare_v2(s->db, sql, -1, &c, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(c, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_step(c) == SQLITE_ROW ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK) rows = sqlite3_column_int64(c, 0);
   if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(s->db, rec, -1, &r, NULL);
   if (rc == SQLITE_OK) rc = sqlite3_bind_text(r, 1, cutoff, (int)n, SQLITE_STATIC);
   if (rc == SQLITE_OK) rc = sqlite3_bind_text(r, 2, what, (int)wn, SQLITE_STATIC);
   if (rc == SQLITE_OK) rc = sqlite3_bind_int64(r, 3, rows);
   if (rc == SQLITE_OK) rc = sqlite3_step(r) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK) id = sqlite3_last_insert_rowid(s->db);
+  snprintf(sql, sizeof sql, "%s%s", upd, cond);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(s->db, sql, -1, &u, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(u, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(u, 2, id);
+  if (rc == SQLITE_OK) rc = sqlite3_step(u) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK && sqlite3_changes64(s->db) != rows) rc = SQLITE_ERROR; /* not in one transaction? */
   if (rc == SQLITE_OK) rc = exec(s, "COMMIT");
   if (rc != SQLITE_OK) {
     rc = ga_sqlite_fail(L, s, "cannot purge");
@@ -530,8 +548,9 @@ static int l_store_purge(lua_State *L) {
     ga_pushint64(L, rows);
     rc = 1;
   }
-  sqlite3_finalize(u);
+  sqlite3_finalize(c);
   sqlite3_finalize(r);
+  sqlite3_finalize(u);
   return rc;
 }
 

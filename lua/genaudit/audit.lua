@@ -29,13 +29,33 @@ local function columns()
   for _, p in ipairs(PAYLOADS) do cols[#cols + 1] = p; cols[#cols + 1] = p .. "_sha256" end
   cols[#cols + 1] = "record_hash"
   cols[#cols + 1] = "purged_at"
+  cols[#cols + 1] = "purged_by"
   return table.concat(cols, ", ")
 end
 local COLUMNS = columns()
 
--- What is wrong with one row's payloads and hash (nil: nothing). Fills
--- `fields` (reused across rows) with what core.record_hash reads.
+-- SQLite keeps a value's type beside its bytes: the same bytes stored as a
+-- BLOB hash alike but compare unlike (a report's WHERE org_id = '42' skips
+-- them). So on SQLite verify also reads whether every hashed column holds
+-- text (or NULL) and chain_seq an integer.
+local function sqlite_types()
+  local conds = { "typeof(chain_seq) <> 'integer'" }
+  for _, c in ipairs(FIELDS) do
+    if c ~= "chain_seq" then conds[#conds + 1] = "typeof(" .. c .. ") NOT IN ('text', 'null')" end
+  end
+  for _, p in ipairs(PAYLOADS) do
+    conds[#conds + 1] = "typeof(" .. p .. ") NOT IN ('text', 'null')"
+    conds[#conds + 1] = "typeof(" .. p .. "_sha256) NOT IN ('text', 'null')"
+  end
+  conds[#conds + 1] = "typeof(record_hash) NOT IN ('text', 'null')"
+  return ", CASE WHEN " .. table.concat(conds, " OR ") .. " THEN 1 ELSE 0 END AS bad_types"
+end
+local SQLITE_TYPES = sqlite_types()
+
+-- What is wrong with one row's payloads and hash (nil: nothing), and its
+-- hash. Fills `fields` (reused across rows) with what core.record_hash reads.
 local function check_row(r, fields, legacy)
+  if tonumber(r.bad_types) == 1 then return "a column holds a value that is not text (its type was changed)" end
   for _, c in ipairs(FIELDS) do
     local v = r[c]
     if v ~= nil and type(v) ~= "string" then v = c == "chain_seq" and v or tostring(v) end
@@ -47,6 +67,7 @@ local function check_row(r, fields, legacy)
     if legacy then
       fields[p] = v
     elseif v ~= nil then
+      if r.purged_at ~= nil then return p .. " is present on a purged row" end
       if d == nil then return p .. " has no digest" end
       if core.sha256(v) ~= d then return p .. " does not match its digest (edited)" end
       fields[p .. "_sha256"] = d
@@ -56,9 +77,13 @@ local function check_row(r, fields, legacy)
       fields[p .. "_sha256"] = d
     end
   end
-  if legacy then return nil, (core.record_hash(fields)) end
-  if r.purged_at ~= nil and r.record_hash == nil then return "purged without a seal" end
-  local h = core.record_hash(fields)
+  if legacy then
+    local ok, h = pcall(core.record_hash, fields)
+    if not ok then return "cannot be hashed: " .. tostring(h) end
+    return nil, h
+  end
+  local ok, h = pcall(core.record_hash, fields)
+  if not ok then return "cannot be hashed (" .. tostring(h):gsub("^record_hash: ", "") .. ")" end
   if h ~= r.record_hash then return "record hash does not match the row (a field was edited)" end
   return nil, h
 end
@@ -98,11 +123,40 @@ function M.read_checkpoint(text, pubkey)
   return doc
 end
 
+-- The purges on record: purge_id -> { older_than, rows, what, seen = 0 }.
+local function purges_of(store)
+  local rows, err, code = store:query("SELECT purge_id, older_than, what, rows FROM purges ORDER BY purge_id")
+  if not rows then return nil, err, code end
+  local out, list = {}, {}
+  for _, r in ipairs(rows) do
+    local id = tonumber(r.purge_id)
+    out[id] = { older_than = r.older_than, rows = tonumber(r.rows), what = r.what, seen = 0 }
+    list[#list + 1] = { purge_id = id, older_than = r.older_than, rows = tonumber(r.rows) }
+  end
+  return out, list
+end
+
+-- The scripts table: every source must still hash to its digest.
+local function check_scripts(store, problem)
+  local ok, err, code = store:each("SELECT digest, encoding, source FROM scripts ORDER BY digest", {}, function(r)
+    local src = r.source
+    if r.encoding == "base64" then src = core.base64_decode(src or "") end
+    if type(src) ~= "string" or core.sha256(src) ~= r.digest then
+      problem{ what = "script " .. tostring(r.digest) .. " in the scripts table does not match its digest (edited)" }
+    end
+  end)
+  if not ok then return nil, err, code end
+  return true
+end
+
 -- audit.verify(store, { checkpoints = { body, ... }, since = body,
 --   progress = fn(rows_done) }) -> report | nil, err, code
 -- report = { ok = boolean, rows, chains, legacy_rows, purged, problems =
---   { { id, chain_id, seq, what }, ... } (the first ones, in table order) }
--- since: verify only rows after that (already verified) checkpoint.
+--   { { id, chain_id, seq, what }, ... } (the first ones, in table order),
+--   heads, legacy_hash, purges }
+-- checkpoints: every signed head must still be there, unchanged; since: a
+-- checkpoint verified before: only the rows after it are walked (each
+-- chain from its signed head), but every chain it signed must still exist.
 function M.verify(store, opts)
   if type(store) ~= "table" or type(store.each) ~= "function" then
     error("bad argument #1 to 'verify' (store expected, got " .. type(store) .. ")", 2)
@@ -115,10 +169,15 @@ function M.verify(store, opts)
   end
   local ids, registered, code = chain_ids(store)
   if not ids then return nil, registered, code end
+  local purges, plist
+  purges, plist, code = purges_of(store)
+  if not purges then return nil, plist, code end
+  report.purges = plist
   local since = {}
   if opts.since then
     for _, c in ipairs(opts.since.chains) do since[c.chain_id] = c end
   end
+  local extra = store.backend == "postgresql" and "" or SQLITE_TYPES
   local heads, fields = {}, {}
   local progress = opts.progress
   for _, cid in ipairs(ids) do
@@ -128,7 +187,7 @@ function M.verify(store, opts)
     end
     local from = since[cid]
     local expect_seq, expect_prev = 1, ZERO
-    local sql = "SELECT " .. COLUMNS .. " FROM generation_snapshots WHERE chain_id = ?"
+    local sql = "SELECT " .. COLUMNS .. extra .. " FROM generation_snapshots WHERE chain_id = ?"
     local params = { cid }
     if from then
       sql = sql .. " AND chain_seq >= ?"
@@ -138,8 +197,11 @@ function M.verify(store, opts)
     local last
     local ok, err, ecode = store:each(sql .. " ORDER BY chain_seq", params, function(r)
       report.rows = report.rows + 1
-      if r.purged_at ~= nil then report.purged = report.purged + 1 end
-      local seq = tonumber(r.chain_seq)
+      local seq = r.chain_seq
+      if type(seq) ~= "number" or seq < 1 or seq > 2 ^ 53 or seq % 1 ~= 0 then
+        problem{ id = r.id, chain_id = cid, what = "chain_seq " .. tostring(seq) .. " is not a chain position" }
+        return
+      end
       local where = { id = r.id, chain_id = cid, seq = seq }
       if seq ~= expect_seq then
         where.what = seq > expect_seq and ("rows missing before this one (positions " .. expect_seq .. " to "
@@ -154,6 +216,23 @@ function M.verify(store, opts)
       elseif expect_prev and r.prev_hash ~= expect_prev then
         problem{ id = r.id, chain_id = cid, seq = seq, what = "prev_hash does not link to the row before it" }
       end
+      if r.purged_at ~= nil or r.purged_by ~= nil then
+        report.purged = report.purged + 1
+        local p = purges[tonumber(r.purged_by)]
+        if r.purged_at == nil or not p then
+          problem{ id = r.id, chain_id = cid, seq = seq, what = "purged outside a recorded purge" }
+        elseif p.older_than <= r.created_at then
+          problem{ id = r.id, chain_id = cid, seq = seq, what = "purged by purge " .. r.purged_by
+            .. ", whose cutoff " .. p.older_than .. " is not after the row's created_at" }
+        else
+          p.seen = p.seen + 1
+        end
+        for _, name in ipairs(PAYLOADS) do
+          if r[name] ~= nil then
+            problem{ id = r.id, chain_id = cid, seq = seq, what = "purged, but " .. name .. " is still there" }
+          end
+        end
+      end
       local bad = check_row(r, fields, false)
       if bad then problem{ id = r.id, chain_id = cid, seq = seq, what = bad } end
       expect_seq, expect_prev = seq + 1, r.record_hash
@@ -161,24 +240,39 @@ function M.verify(store, opts)
       if progress and report.rows % 10000 == 0 then progress(report.rows) end
     end)
     if not ok then return nil, err, ecode end
-    if from and (not last or tonumber(last.chain_seq) < from.seq) then
+    local last_seq = last and tonumber(last.chain_seq)
+    if from and (not last_seq or last_seq < from.seq) then
       problem{ chain_id = cid, what = "chain " .. cid .. " ends before the checkpoint's position " .. from.seq
         .. " (rows deleted)" }
     elseif not last and registered[cid] then
       problem{ chain_id = cid, what = "chain " .. cid .. " has no rows (rows deleted)" }
     end
-    heads[cid] = last and { seq = tonumber(last.chain_seq), head = last.record_hash } or nil
+    heads[cid] = last_seq and { seq = last_seq, head = last.record_hash } or nil
+  end
+  if not opts.since then -- a partial walk cannot count a whole purge's rows
+    for id, p in pairs(purges) do
+      if p.seen ~= p.rows then
+        problem{ what = ("purge %d records %d rows, but %d rows name it"):format(id, p.rows, p.seen) }
+      end
+    end
   end
   -- rows older than the chain: their count is fixed by migration 0008
   local lrows, lerr, lcode = store:query("SELECT legacy_rows FROM chain_genesis")
   if not lrows then return nil, lerr, lcode end
+  if #lrows ~= 1 then
+    problem{ what = "chain_genesis holds " .. #lrows .. " rows, not the one migration 0008 wrote" }
+  end
   local legacy_expected = lrows[1] and tonumber(lrows[1].legacy_rows) or 0
   local lhash = { "genaudit-legacy/1\n" }
-  local ok, err, ecode = store:each("SELECT " .. COLUMNS .. " FROM generation_snapshots WHERE chain_id IS NULL"
-    .. " ORDER BY id", {}, function(r)
+  local ok, err, ecode = store:each("SELECT " .. COLUMNS .. extra .. " FROM generation_snapshots"
+    .. " WHERE chain_id IS NULL ORDER BY id", {}, function(r)
     report.legacy_rows = report.legacy_rows + 1
     report.rows = report.rows + 1
-    local _, h = check_row(r, fields, true)
+    local bad, h = check_row(r, fields, true)
+    if bad then
+      problem{ id = r.id, what = bad }
+      h = ZERO
+    end
     lhash[#lhash + 1] = h .. "\n"
   end)
   if not ok then return nil, err, ecode end
@@ -187,29 +281,40 @@ function M.verify(store, opts)
     problem{ what = ("%d rows without a seal, where %d were there when the chain began (rows inserted or deleted"
       .. " around genaudit)"):format(report.legacy_rows, legacy_expected) }
   end
-  for _, cp in ipairs(opts.checkpoints or {}) do
+  local sok, serr, scode = check_scripts(store, problem)
+  if not sok then return nil, serr, scode end
+  local all = {}
+  for _, cp in ipairs(opts.checkpoints or {}) do all[#all + 1] = cp end
+  if opts.since then all[#all + 1] = opts.since end
+  for _, cp in ipairs(all) do
+    local when = tostring(cp.created_at)
     for _, c in ipairs(cp.chains) do
       local h = heads[c.chain_id]
       if not h then
-        problem{ chain_id = c.chain_id, what = "chain " .. tostring(c.chain_id) .. " of the checkpoint of "
-          .. tostring(cp.created_at) .. " is gone" }
+        problem{ chain_id = c.chain_id, what = "chain " .. tostring(c.chain_id) .. " of the checkpoint of " .. when
+          .. " is gone" }
       elseif h.seq < c.seq then
         problem{ chain_id = c.chain_id, what = ("chain %s ends at position %d, before the checkpoint's %d (rows"
           .. " deleted)"):format(c.chain_id, h.seq, c.seq) }
-      elseif not opts.since then
+      else
         -- the row at the checkpoint's position must carry its head hash
         local rows, qerr, qcode = store:query("SELECT id, record_hash FROM generation_snapshots WHERE chain_id = ?"
           .. " AND chain_seq = ?", { c.chain_id, c.seq })
         if not rows then return nil, qerr, qcode end
         if not rows[1] or rows[1].record_hash ~= c.head then
           problem{ id = rows[1] and rows[1].id, chain_id = c.chain_id, seq = c.seq,
-                   what = "differs from the checkpoint of " .. tostring(cp.created_at) .. " (the chain was rewritten)" }
+                   what = "differs from the checkpoint of " .. when .. " (the chain was rewritten)" }
         end
       end
     end
-    if cp.legacy and not opts.since then
-      if cp.legacy.rows ~= report.legacy_rows or cp.legacy.hash ~= report.legacy_hash then
-        problem{ what = "the rows older than the chain differ from the checkpoint of " .. tostring(cp.created_at) }
+    if cp.legacy and (cp.legacy.rows ~= report.legacy_rows or cp.legacy.hash ~= report.legacy_hash) then
+      problem{ what = "the rows older than the chain differ from the checkpoint of " .. when }
+    end
+    for _, p in ipairs(type(cp.purges) == "table" and cp.purges or {}) do
+      local now = purges[p.purge_id]
+      if not now or now.older_than ~= p.older_than or now.rows ~= p.rows then
+        problem{ what = "purge " .. tostring(p.purge_id) .. " of the checkpoint of " .. when
+          .. " was changed or removed" }
       end
     end
   end
@@ -241,6 +346,7 @@ function M.checkpoint(store, key, opts)
     rows = report.rows,
     chains = chains,
     legacy = { rows = report.legacy_rows, hash = report.legacy_hash },
+    purges = report.purges,
   }
   local line = json.encode(body)
   local sig = assert(core.ed25519_sign(key, line))

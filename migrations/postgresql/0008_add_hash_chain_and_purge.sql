@@ -14,6 +14,7 @@ ALTER TABLE generation_snapshots ADD COLUMN chain_seq bigint;
 ALTER TABLE generation_snapshots ADD COLUMN prev_hash text COLLATE "C";
 ALTER TABLE generation_snapshots ADD COLUMN record_hash text COLLATE "C";
 ALTER TABLE generation_snapshots ADD COLUMN purged_at timestamptz(3);
+ALTER TABLE generation_snapshots ADD COLUMN purged_by bigint; -- purges.purge_id
 
 CREATE UNIQUE INDEX snapshots_chain ON generation_snapshots (chain_id, chain_seq) WHERE chain_id IS NOT NULL;
 
@@ -33,9 +34,10 @@ INSERT INTO chain_genesis (legacy_rows) SELECT count(*) FROM generation_snapshot
 
 -- every purge, as its own record
 CREATE TABLE purges (
+  purge_id   bigserial PRIMARY KEY,
   purged_at  timestamptz(3) NOT NULL DEFAULT now(),
-  older_than text NOT NULL,
-  what       text NOT NULL,
+  older_than text COLLATE "C" NOT NULL CHECK (older_than ~ '^[0-9]{4}-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9]$'),
+  what       text NOT NULL CHECK (what = 'payloads'),
   rows       bigint NOT NULL
 );
 
@@ -59,6 +61,9 @@ CREATE OR REPLACE FUNCTION generation_snapshots_immutable() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   IF OLD.purged_at IS NULL AND NEW.purged_at IS NOT NULL AND OLD.record_hash IS NOT NULL
+     AND OLD.purged_by IS NULL AND NEW.purged_by IS NOT NULL
+     AND EXISTS (SELECT 1 FROM purges p WHERE p.purge_id = NEW.purged_by
+                 AND (p.older_than::timestamp AT TIME ZONE 'UTC') > OLD.created_at)
      AND NEW.final_system_prompt IS NULL AND NEW.final_user_prompt IS NULL
      AND NEW.content IS NULL AND NEW.drafts IS NULL
      AND NEW.id IS NOT DISTINCT FROM OLD.id AND NEW.created_at IS NOT DISTINCT FROM OLD.created_at AND NEW.org_id IS NOT DISTINCT FROM OLD.org_id
@@ -98,4 +103,14 @@ $$;
 CREATE TRIGGER chains_immutable BEFORE UPDATE ON chains FOR EACH ROW EXECUTE FUNCTION genaudit_refuse_update();
 CREATE TRIGGER chains_no_delete BEFORE DELETE ON chains FOR EACH ROW EXECUTE FUNCTION genaudit_refuse_delete();
 CREATE TRIGGER purges_immutable BEFORE UPDATE ON purges FOR EACH ROW EXECUTE FUNCTION genaudit_refuse_update();
+CREATE FUNCTION genaudit_written_once() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION '% is written once, by migration 0008', TG_TABLE_NAME;
+END
+$$;
+CREATE TRIGGER chain_genesis_immutable BEFORE INSERT OR UPDATE OR DELETE ON chain_genesis
+FOR EACH ROW EXECUTE FUNCTION genaudit_written_once();
+CREATE TRIGGER chain_genesis_no_truncate BEFORE TRUNCATE ON chain_genesis
+FOR EACH STATEMENT EXECUTE FUNCTION genaudit_written_once();
 CREATE TRIGGER purges_no_delete BEFORE DELETE ON purges FOR EACH ROW EXECUTE FUNCTION genaudit_refuse_delete();

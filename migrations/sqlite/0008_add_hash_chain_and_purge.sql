@@ -14,6 +14,7 @@ ALTER TABLE generation_snapshots ADD COLUMN chain_seq INTEGER;
 ALTER TABLE generation_snapshots ADD COLUMN prev_hash TEXT;
 ALTER TABLE generation_snapshots ADD COLUMN record_hash TEXT;
 ALTER TABLE generation_snapshots ADD COLUMN purged_at TEXT;
+ALTER TABLE generation_snapshots ADD COLUMN purged_by INTEGER; -- purges.purge_id
 
 CREATE UNIQUE INDEX snapshots_chain ON generation_snapshots (chain_id, chain_seq) WHERE chain_id IS NOT NULL;
 
@@ -30,12 +31,19 @@ CREATE TABLE chain_genesis (
   sealed_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
 );
 INSERT INTO chain_genesis (legacy_rows) SELECT count(*) FROM generation_snapshots;
+CREATE TRIGGER chain_genesis_immutable BEFORE UPDATE ON chain_genesis
+BEGIN SELECT RAISE(ABORT, 'chain_genesis is written once, by migration 0008'); END;
+CREATE TRIGGER chain_genesis_no_delete BEFORE DELETE ON chain_genesis
+BEGIN SELECT RAISE(ABORT, 'chain_genesis is written once, by migration 0008'); END;
+CREATE TRIGGER chain_genesis_no_insert BEFORE INSERT ON chain_genesis
+BEGIN SELECT RAISE(ABORT, 'chain_genesis is written once, by migration 0008'); END;
 
 -- every purge, as its own record
 CREATE TABLE purges (
+  purge_id   INTEGER PRIMARY KEY,
   purged_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-  older_than TEXT NOT NULL,
-  what       TEXT NOT NULL,
+  older_than TEXT NOT NULL CHECK (older_than GLOB '[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9]'),
+  what       TEXT NOT NULL CHECK (what = 'payloads'),
   rows       INTEGER NOT NULL
 );
 
@@ -48,12 +56,15 @@ BEGIN
 END;
 
 -- The one change a row may see: a purge of its payloads (prompts, content,
--- drafts set to NULL, purged_at set once), everything else unchanged.
+-- drafts set to NULL, purged_at set once, purged_by naming a recorded purge
+-- whose cutoff is after the row's created_at), everything else unchanged.
 DROP TRIGGER generation_snapshots_immutable;
 CREATE TRIGGER generation_snapshots_immutable
 BEFORE UPDATE ON generation_snapshots
 WHEN NOT (
   OLD.purged_at IS NULL AND NEW.purged_at IS NOT NULL AND OLD.record_hash IS NOT NULL
+  AND OLD.purged_by IS NULL AND NEW.purged_by IS NOT NULL
+  AND EXISTS (SELECT 1 FROM purges p WHERE p.purge_id = NEW.purged_by AND p.older_than > OLD.created_at)
   AND NEW.final_system_prompt IS NULL AND NEW.final_user_prompt IS NULL
   AND NEW.content IS NULL AND NEW.drafts IS NULL
   AND NEW.id IS OLD.id AND NEW.created_at IS OLD.created_at AND NEW.org_id IS OLD.org_id
