@@ -587,6 +587,12 @@ static int pgw_rows(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
     PQclear(r);
     ga_writer_refuse(w, batch, i, err);
   }
+  if (c->chain.pend_seq == c->chain.seq && !c->chain.registered) {
+    /* no row went in: a chain registered without a row would read as one
+     * whose rows were deleted */
+    PQclear(PQexec(c->conn, "ROLLBACK"));
+    return 0;
+  }
   if (pg_exec_ok(c->conn, c->cfg, "COMMIT", err, sizeof err) != 0) {
     ga_writer_error(w, "cannot commit batch", err);
     if (PQstatus(c->conn) != CONNECTION_OK) c->uncertain = 1;

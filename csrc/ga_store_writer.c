@@ -109,6 +109,12 @@ static int sqlite_write_batch(void *conn, ga_writer *w, ga_writer_item **batch, 
     sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
     return rc;
   }
+  if (c->chain.pend_seq == c->chain.seq) {
+    /* every row was refused: nothing to commit, and a chain registered
+     * without a row would read as one whose rows were deleted */
+    sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return 0;
+  }
   if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
     ga_writer_error(w, "cannot commit batch", sqlite3_errmsg(c->db));
     rc = sqlite_failure_kind(c->db);

@@ -125,8 +125,11 @@ local function suite(name, backend, new_target, describe_fn)
       pg.drop_schemas()
     end)
 
-    it("migrates the database with rows from 5 to the current schema", function()
-      assert.equal(8, store:schema_version())
+    it("migrates the database with rows from 5 to the latest schema", function()
+      local latest = 0
+      for _, m in ipairs(assert(require("genaudit.store").load_migrations(backend))) do latest = m.version end
+      assert.equal(latest, store:schema_version())
+      assert.is_true(latest >= 6)
       assert.same({ { n = #OLD + 1 } }, store:query("SELECT count(*) AS n FROM generation_snapshots", {}))
     end)
 

@@ -287,7 +287,8 @@ local function suite(name, open, describe_fn, refuse)
       srv:queue{ { status = 500, body = "{}" }, { status = 500, body = "{}" }, { status = 500, body = "{}" } }
       local _, _, _, failed_id = pipeline():generate(ctx()) -- no validation ran: no rule set
       assert.truthy(failed_id)
-      local res = assert(genaudit.report.repairs(store, { by = "rule_set", top = 10 }))
+      -- status all: the failed generation (no rule set) counts too, as unknown
+      local res = assert(genaudit.report.repairs(store, { by = "rule_set", top = 10, status = "all" }))
       local d1, d3 = metrics(r1.snapshot_id).scripts.rule_set_digest, metrics(r3.snapshot_id).scripts.rule_set_digest
       assert.same({ "rule_set_digest", "repairs", "posts", "repaired_posts", "repair_rate", "avg_initial_score",
                     "top_repair_types", "first_created_at", "last_created_at" }, res.columns)
@@ -299,7 +300,7 @@ local function suite(name, open, describe_fn, refuse)
       assert.same({ 0, 1 }, { by.unknown.repairs, by.unknown.posts })
       assert.equal(3, #res.rows)
       store:close()
-      local out, err, rc = cli("--db " .. q(db) .. " --json report repairs --by rule_set --top 10")
+      local out, err, rc = cli("--db " .. q(db) .. " --json report repairs --by rule_set --top 10 --status all")
       assert.same({ 0, "" }, { rc, err })
       assert.equal(3, #cjson.decode(out).rows)
       out, err, rc = cli("--db " .. q(db) .. " report repairs --by nonsense")

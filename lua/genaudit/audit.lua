@@ -10,6 +10,10 @@ local json = require("genaudit.json")
 local M = {}
 
 M.CHECKPOINT_FORMAT = "genaudit-checkpoint/1"
+
+-- audit.keygen() -> private_pem, public_pem: a fresh Ed25519 key pair
+-- (PKCS#8 and SubjectPublicKeyInfo PEM, the formats `openssl pkey` reads).
+M.keygen = core.ed25519_keygen
 local ZERO = ("0"):rep(64)
 local PAYLOADS = { "final_system_prompt", "final_user_prompt", "content", "drafts" }
 local FIELDS = {} -- the record's non-payload fields, as columns
@@ -80,7 +84,9 @@ function M.read_checkpoint(text, pubkey)
   if type(text) ~= "string" then error("bad argument #1 to 'read_checkpoint' (string expected)", 2) end
   if type(pubkey) ~= "string" then error("bad argument #2 to 'read_checkpoint' (string expected)", 2) end
   local body, sig = text:match("^([^\n]+)\ned25519:(%x+)\n?$")
-  if not body or #sig ~= 128 then return fail("CHECKPOINT", "not a genaudit checkpoint (body line, then ed25519:<hex>)") end
+  if not body or #sig ~= 128 then
+    return fail("CHECKPOINT", "not a genaudit checkpoint (a body line, then ed25519:<hex>)")
+  end
   local raw = sig:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end)
   local ok, err, code = core.ed25519_verify(pubkey, body, raw)
   if ok == nil then return nil, err, code end

@@ -58,10 +58,11 @@ local function num(v) return type(v) == "number" and v or nil end
 -- known (a repaired row written before drafts were kept).
 function M.first_draft(row)
   local rm = decode_doc(row.repair_metrics)
-  local drafts = rm.drafts
-  if type(drafts) == "table" and type(drafts[1]) == "table" and type(drafts[1].text) == "string" then
-    return drafts[1].text, "repair_metrics.drafts[1]"
+  local drafts = dto.stored_drafts(row)
+  if drafts and drafts[1] and type(drafts[1].text) == "string" then
+    return drafts[1].text, type(row.drafts) == "string" and "drafts[1]" or "repair_metrics.drafts[1]"
   end
+  if drafts and drafts[1] and row.purged_at ~= nil then return nil, "the original's drafts were purged" end
   local repairs = num(row.repair_count) or num(rm.repair_count)
   if repairs == 0 then
     if type(row.content) == "string" then return row.content, "content" end
@@ -292,19 +293,24 @@ function M.run(store, id, opts)
       rule_set_digest = rs.rule_set_digest, stored_rule_set_digest = rs.stored_rule_set_digest,
     }
     local info
+    local texts, meta
+    if rr then
+      texts, meta = dto.split_drafts(rr.drafts)
+    else
+      texts, meta = dto.split_drafts(draft and { { text = draft } })
+    end
     if rr then
       info = {
         repair_count = rr.repair_count, repair_types = rr.repair_types,
         initial_validation_score = rr.initial_validation_score,
         final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
         stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
-        drafts = rr.drafts, on_rule_error = rr.on_rule_error,
+        drafts = meta, on_rule_error = rr.on_rule_error,
         script_errors = rr.script_errors, rules = rr.rules,
         scripts = pinned_scripts(store, rr),
       }
     else
-      info = { repair_count = 0, repair_types = {}, repair_log = {},
-               drafts = draft and { { text = draft } } or nil }
+      info = { repair_count = 0, repair_types = {}, repair_log = {}, drafts = meta }
     end
     info.replay = replay_doc
     local sid, perr, pcode = store_mod.persister(store):persist_generation{
@@ -314,6 +320,7 @@ function M.run(store, id, opts)
       token_usage = result.token_metrics, performance = result.performance_metrics,
       repair_info = info,
       request_params = next(params) and params or nil,
+      drafts = texts,
       -- a failed replay keeps what an answer without usage held (run.content)
       content = final or run.content, status = final and "completed" or "failed", error = not final and err or nil,
       replay_of = id,

@@ -28,6 +28,7 @@ local DEFAULT_PENALTY = 10
 local RULE_ERROR_PENALTY = 10
 M.ON_RULE_ERROR = { count = true, fail = true, ignore = true }
 local POLICY_FILE = "policy.lua"
+local REDACT_FILE = "redact.lua" -- genaudit.redact's script, not a rule
 
 -- A string a script supplies (a slug), checked raw against the size cap.
 local function short_string(v, what)
@@ -156,7 +157,7 @@ end
 function Validator:rules()
   local out = {}
   local listed = {}
-  for _, path in ipairs(self.rule_loader:dir(self.dir, { [POLICY_FILE] = true })) do
+  for _, path in ipairs(self.rule_loader:dir(self.dir, { [POLICY_FILE] = true, [REDACT_FILE] = true })) do
     if core.file_version(path) then
       listed[path] = true
       local r, err = self.rule_loader:load(path)
