@@ -516,6 +516,60 @@ local function suite(name, B, describe_fn)
       end)
     end)
 
+    describe("rows older than the chain (written before migration 0008)", function()
+      -- A store migrated to 7 with 2 rows written by another client (as an
+      -- older release did), then opened by today's genaudit: 0008 counts them.
+      local function with_legacy()
+        local mdir = dir .. "/m7-" .. B.name
+        if not io.open(mdir .. "/0001_create_generation_snapshots.sql") then
+          assert(os.execute("mkdir -p " .. q(mdir)))
+          for _, f in ipairs(assert(core.listdir("migrations/" .. B.name))) do
+            if f:match("^000[1-7]_.*%.sql$") then
+              tmp.write(mdir .. "/" .. f, tmp.read("migrations/" .. B.name .. "/" .. f))
+            end
+          end
+        end
+        local t = B.target(dir)
+        local s7 = assert(B.open(t, { migrations_dir = mdir }))
+        assert.equal(7, s7:schema_version())
+        s7:close()
+        local ids = { "01ARZ3NDEKTSV4RRFFQ69G5FA1", "01ARZ3NDEKTSV4RRFFQ69G5FA2" }
+        for i, id in ipairs(ids) do
+          must(B.sql(t, "INSERT INTO generation_snapshots (id, org_id, user_id, platform, template_id, content)"
+            .. " VALUES (" .. lit(id) .. ", 'o', 'u', 'p', 't', 'legacy " .. i .. "')"))
+        end
+        local ctx = { t = t, store = open(t), legacy = ids }
+        assert(ctx.store:persist_generation(row("sync", 1)))
+        return ctx
+      end
+
+      it("are counted when the chain begins, verify clean, and a checkpoint seals them", function()
+        local ctx = with_legacy()
+        local r = clean(ctx)
+        assert.same({ 3, 2, 1 }, { r.rows, r.legacy_rows, r.chains })
+        local sk, pk = keys()
+        local cp = checkpoint(ctx, sk, pk)
+        assert.same({ rows = 2, hash = r.legacy_hash }, cp.legacy)
+        clean(ctx, { checkpoints = { cp } })
+      end)
+
+      it("one deleted: caught by their count", function()
+        local ctx = with_legacy()
+        must(B.unguarded(ctx.t, "DELETE FROM generation_snapshots WHERE id = " .. lit(ctx.legacy[2])))
+        caught(ctx, nil, "^1 rows without a seal, where 2 were there when the chain began")
+      end)
+
+      it("one edited after a checkpoint: caught by the checkpoint's seal over them", function()
+        local ctx = with_legacy()
+        local sk, pk = keys()
+        local cp = checkpoint(ctx, sk, pk)
+        must(B.unguarded(ctx.t, "UPDATE generation_snapshots SET content = 'rewritten' WHERE id = "
+          .. lit(ctx.legacy[1])))
+        clean(ctx) -- nothing else holds them
+        caught(ctx, nil, "^the rows older than the chain differ from the checkpoint of ", { checkpoints = { cp } })
+      end)
+    end)
+
     describe("checkpoints", function()
       it("sign every chain's head, and read back only with the signer's public key", function()
         local ctx = populate()
