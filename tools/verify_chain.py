@@ -14,7 +14,8 @@ column, which must match the payload while the payload is there).
 Checks, chain by chain (chain_id order), row by row (chain_seq order): the
 positions run 1, 2, 3, ... without gaps or repeats; prev_hash is the previous
 row's record_hash (64 zeros for the first); each payload matches its digest
-(a payload may be missing only on a purged row); record_hash is the hash of
+(a payload may be missing only on a purged row, which must name a recorded
+purge whose cutoff is after its created_at); record_hash is the hash of
 the row. Then: every chain a row names is registered in `chains`, every
 registered chain has rows, and the rows without a seal are exactly as many as
 migration 0008 counted (chain_genesis.legacy_rows).
@@ -62,8 +63,16 @@ def record_hash(row):
     return hashlib.sha256(b"".join(enc)).hexdigest()
 
 
-def check_row(r):
+def check_row(r, purges):
     """What is wrong with one sealed row's payloads and hash, or None."""
+    if r["purged_at"] is not None or r["purged_by"] is not None:
+        cutoff = purges.get(r["purged_by"])
+        created = r["created_at"].decode() if isinstance(r["created_at"], bytes) else r["created_at"]
+        if r["purged_at"] is None or cutoff is None or not cutoff > created:
+            return "purged outside a recorded purge"
+        for p in PAYLOADS:
+            if r[p] is not None:
+                return "purged, but %s is still there" % p
     row = {name: as_bytes(r[name]) for name in FIELDS}
     for p in PAYLOADS:
         payload, digest = as_bytes(r[p]), as_bytes(r[p + "_sha256"])
@@ -84,8 +93,11 @@ def verify(path):
     db = sqlite3.connect("file:" + path + "?mode=ro", uri=True)
     db.text_factory = bytes  # the bytes as stored: NUL bytes, any encoding
     db.row_factory = sqlite3.Row
-    cols = ", ".join(FIELDS + PAYLOADS + [p + "_sha256" for p in PAYLOADS] + ["record_hash", "purged_at"])
+    cols = ", ".join(FIELDS + PAYLOADS + [p + "_sha256" for p in PAYLOADS] + ["record_hash", "purged_at",
+                                                                               "purged_by"])
     text = lambda v: v.decode() if isinstance(v, bytes) else v
+    # each recorded purge's cutoff: a purged row must name one later than it
+    purges = {r[0]: text(r[1]) for r in db.execute("SELECT purge_id, older_than FROM purges")}
     registered = {text(r[0]) for r in db.execute("SELECT chain_id FROM chains")}
     named = {text(r[0]) for r in db.execute(
         "SELECT DISTINCT chain_id FROM generation_snapshots WHERE chain_id IS NOT NULL")}
@@ -107,7 +119,7 @@ def verify(path):
                 return rows, rid, "position %d of chain %s repeated" % (seq, cid)
             if text(r["prev_hash"]) != expect_prev:
                 return rows, rid, "prev_hash does not link to the row before it"
-            bad = check_row(r)
+            bad = check_row(r, purges)
             if bad:
                 return rows, rid, bad
             expect_seq, expect_prev = seq + 1, text(r["record_hash"])

@@ -39,7 +39,7 @@ local COLUMNS = columns()
 -- them). So on SQLite verify also reads whether every hashed column holds
 -- text (or NULL) and chain_seq an integer.
 local function sqlite_types()
-  local conds = { "typeof(chain_seq) <> 'integer'" }
+  local conds = { "typeof(chain_seq) NOT IN ('integer', 'null')" }
   for _, c in ipairs(FIELDS) do
     if c ~= "chain_seq" then conds[#conds + 1] = "typeof(" .. c .. ") NOT IN ('text', 'null')" end
   end
