@@ -377,7 +377,7 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
 int pg_purge(lua_State *L) {
 #define PURGE_COND                                                                                     \
   " WHERE created_at < ($1::timestamp AT TIME ZONE 'UTC') AND purged_at IS NULL AND record_hash IS NOT NULL"
-  static const char rec[] = "INSERT INTO purges (older_than, what, rows) SELECT $1, $2, count(*)"
+  static const char rec[] = "INSERT INTO purges (older_than, what, rows) SELECT $1::text, $2::text, count(*)"
                             " FROM generation_snapshots" PURGE_COND " RETURNING purge_id, rows";
   static const char upd[] =
       "UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL,"
