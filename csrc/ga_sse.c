@@ -87,15 +87,15 @@ static int sse_line(ga_sse *p, const char *s, size_t n) {
     vlen = 0;
   }
   if (name_len == 4 && memcmp(s, "data", 4) == 0) {
-    ga_buf_add(&p->data, v, vlen);
+    if (vlen) ga_buf_add(&p->data, v, vlen); /* (no memcpy into a NULL buffer) */
     ga_buf_addc(&p->data, '\n');
   } else if (name_len == 5 && memcmp(s, "event", 5) == 0) {
     p->type.len = 0;
-    ga_buf_add(&p->type, v, vlen);
+    if (vlen) ga_buf_add(&p->type, v, vlen);
   } else if (name_len == 2 && memcmp(s, "id", 2) == 0) {
     if (!memchr(v, '\0', vlen)) {
       p->id.len = 0;
-      ga_buf_add(&p->id, v, vlen);
+      if (vlen) ga_buf_add(&p->id, v, vlen);
     }
   } else if (name_len == 5 && memcmp(s, "retry", 5) == 0) {
     long long ms = 0;
