@@ -359,7 +359,7 @@ void ga_sse_init(ga_sse *p, size_t max_event); /* max_event 0: GA_SSE_DEFAULT_MA
 void ga_sse_free(ga_sse *p);                   /* frees buffers; init again to reuse */
 /* Parses s[0..n) (any split of the stream), calling cb for each event
  * completed. Returns GA_SSE_OK or the sticky error (the parser then refuses
- * further input and holds no buffered bytes). */
+ * further input until ga_sse_finish; the event being read is freed). */
 int ga_sse_feed(ga_sse *p, const char *s, size_t n, ga_sse_cb cb, void *ud);
 /* End of stream: GA_SSE_OK, GA_SSE_PARTIAL when a line or event was pending
  * (never dispatched), or the sticky error. Then resets the parser for a new
