@@ -20,7 +20,7 @@
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse -> (ga_aux only)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
@@ -33,7 +33,7 @@
  *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
- *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http)
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse)
  */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
@@ -367,5 +367,50 @@ int ga_http_next_header(const ga_buf *h, size_t *pos, const char **name, size_t 
  * neither delta-seconds nor an HTTP-date. */
 long long ga_http_retry_after(const char *head, size_t len);
 void ga_open_http(lua_State *L);
+
+/* ---- server-sent events (ga_sse.c): one incremental text/event-stream
+ * parser (WHATWG HTML, "Interpreting an event stream") for both transports'
+ * byte streams; plain C, fed chunks split anywhere; core.sse_parser ---- */
+#define GA_SSE_DEFAULT_MAX (1024 * 1024) /* max_event_bytes unless told */
+enum {
+  GA_SSE_OK = 0,
+  GA_SSE_PARTIAL = 1,    /* ga_sse_finish: the stream ended inside an event */
+  GA_SSE_TOO_LONG = -1,  /* an event (or one line) past max_event bytes */
+  GA_SSE_NOMEM = -2,
+  GA_SSE_STOPPED = -3    /* the callback returned non-zero */
+};
+/* One dispatched event; the pointers are valid during the callback only.
+ * type: the "event" field, "message" when none; data: the data lines joined
+ * by LF, bytes exactly as they came (NUL, invalid UTF-8 kept); id: the last
+ * event id (persists across events; "" when none). */
+typedef struct {
+  const char *type, *data, *id;
+  size_t type_len, data_len, id_len;
+} ga_sse_event;
+/* Returns 0 to go on, non-zero to stop the parser (GA_SSE_STOPPED). */
+typedef int (*ga_sse_cb)(void *ud, const ga_sse_event *ev);
+/* The parser's state; fields are private to ga_sse.c. Bounded: the line
+ * being read plus the event's data and type stay within max_event bytes;
+ * comment lines are skipped unbuffered. */
+typedef struct {
+  size_t max_event;
+  ga_buf line, data, type, id;
+  long long retry_ms; /* the last valid "retry" field; -1 when none */
+  int err;            /* sticky: GA_SSE_TOO_LONG, _NOMEM, _STOPPED, or 0 */
+  int bom;            /* stream start: BOM bytes matched so far; -1 once past */
+  int after_cr, in_comment, open;
+} ga_sse;
+void ga_sse_init(ga_sse *p, size_t max_event); /* max_event 0: GA_SSE_DEFAULT_MAX */
+void ga_sse_free(ga_sse *p);                   /* frees buffers; init again to reuse */
+/* Parses s[0..n) (any split of the stream), calling cb for each event
+ * completed. Returns GA_SSE_OK or the sticky error (the parser then refuses
+ * further input until ga_sse_finish; the event being read is freed). */
+int ga_sse_feed(ga_sse *p, const char *s, size_t n, ga_sse_cb cb, void *ud);
+/* End of stream: GA_SSE_OK, GA_SSE_PARTIAL when a line or event was pending
+ * (never dispatched), or the sticky error. Then resets the parser for a new
+ * stream, keeping the last event id and retry (as EventSource does on
+ * reconnection). */
+int ga_sse_finish(ga_sse *p);
+void ga_open_sse(lua_State *L);
 
 #endif
