@@ -356,3 +356,19 @@ suite("real provider bodies (PostgreSQL) #postgresql", function()
   local schema = pg.schema()
   return assert(pg.open(schema)), pg.url_for(schema)
 end, pg.describe)
+
+describe("the fixtures", function()
+  it("are the bytes the README's checksums name, and every one is replayed above", function()
+    local core = require("genaudit.core")
+    local readme = read(FIX .. "README.md")
+    local listed = 0
+    for digest, file in readme:gmatch("\n(%x+)  ([%w%._%-]+%.json)") do
+      listed = listed + 1
+      assert.equal(digest, core.sha256(read(FIX .. file)), file)
+      local replayed = false
+      for _, b in ipairs(BODIES) do replayed = replayed or b.file == file end
+      assert.is_true(replayed, file)
+    end
+    assert.equal(#BODIES, listed)
+  end)
+end)
