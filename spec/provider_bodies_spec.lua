@@ -332,6 +332,18 @@ local function suite(name, open, describe_fn)
         assert.equal("tool_use", doc(res.snapshot_id, "performance_metrics").calls[1].finish_reason)
       end)
 
+      it("the API key is scrubbed from tool calls and refusals before they are stored", function()
+        srv:queue{ { tool_calls = { { id = "call_" .. KEY, name = "get_weather",
+                                      arguments = '{"location":"' .. KEY .. '"}' } }, refusal = "no " .. KEY } }
+        local res = assert(pipeline(provider("openai", "gpt-4o-mini"), RULES):generate(ctx()))
+        local r = row(res.snapshot_id)
+        for _, col in ipairs({ "repair_metrics", "performance_metrics" }) do
+          assert.is_nil(r[col]:find(KEY, 1, true), col)
+          assert.truthy(r[col]:find('{\\"location\\":\\"[REDACTED]\\"}', 1, true), r[col])
+          assert.truthy(r[col]:find('"refusal":"no [REDACTED]"', 1, true), r[col])
+        end
+      end)
+
       it("an OpenAI refusal is a completed call, stored and seen by the rules", function()
         srv:queue{ { refusal = "I can't help with that." } }
         local res = assert(pipeline(provider("openai", "gpt-4o-mini"), RULES .. "_refusal"):generate(ctx()))

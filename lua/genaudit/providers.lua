@@ -130,6 +130,16 @@ local function scrubber(secret)
   end
 end
 
+-- v with every string in it (keys too) scrubbed: the provider's own
+-- documents kept as sent (filter verdicts, cost details).
+local function scrub_deep(scrub, v, depth)
+  if type(v) == "string" then return scrub(v) end
+  if type(v) ~= "table" or v == json.null or depth > 64 then return v end
+  local out = {}
+  for k, x in pairs(v) do out[scrub_deep(scrub, k, depth + 1)] = scrub_deep(scrub, x, depth + 1) end
+  return out
+end
+
 local function decode(body)
   local doc, err = json.decode(body) -- a lone \ud800 escape becomes U+FFFD (ga_jsondec.c)
   if type(doc) ~= "table" then return nil, err or "not a JSON object" end
@@ -392,7 +402,11 @@ function Provider:parse_response(status, body)
   res.refusal = self.scrub(res.refusal)
   for _, tc in ipairs(res.tool_calls or {}) do
     tc.id, tc.name, tc.arguments = self.scrub(tc.id), self.scrub(tc.name), self.scrub(tc.arguments)
+    tc.type = self.scrub(tc.type)
   end
+  res.prompt_filter_results = scrub_deep(self.scrub, res.prompt_filter_results, 0)
+  res.content_filter_results = scrub_deep(self.scrub, res.content_filter_results, 0)
+  res.usage_notes = scrub_deep(self.scrub, res.usage_notes, 0)
   return res
 end
 
