@@ -175,8 +175,8 @@ function Pipeline:generate(input)
   run.prompt = prompt -- the final strings, captured before any model call
 
   local messages = { { role = "system", content = prompt.system }, { role = "user", content = prompt.user } }
-  local draft
-  draft, err, code = self.client:complete(run, "initial", messages, ctx.params)
+  local draft, answer
+  draft, err, code, answer = self.client:complete(run, "initial", messages, ctx.params)
   if not draft then return fail(err, code) end
   run.content = draft
 
@@ -185,10 +185,10 @@ function Pipeline:generate(input)
       messages[1], messages[2],
       { role = "assistant", content = previous }, { role = "user", content = feedback },
     }
-    local text, e, c = self.client:complete(run, "repair", conversation, ctx.params)
+    local text, e, c, a = self.client:complete(run, "repair", conversation, ctx.params)
     if text then run.content = text end
-    return text, e, c
-  end)
+    return text, e, c, a
+  end, answer)
   run.repair, run.content = rr, final
 
   if not rr.passed then
