@@ -125,10 +125,9 @@ local function suite(name, open, describe_fn)
       end
       local n, sum = 0, 0
       for k, v in pairs(s) do
-        if k:find("^gen_ai_client_token_usage_count{") and k:find('gen_ai_token_type="input"', 1, true) then n = n + v end
-        if k:find("^gen_ai_client_token_usage_sum{") and k:find('gen_ai_token_type="input"', 1, true) then
-          sum = sum + v
-        end
+        local input_series = k:find('gen_ai_token_type="input"', 1, true)
+        if input_series and k:find("^gen_ai_client_token_usage_count{") then n = n + v end
+        if input_series and k:find("^gen_ai_client_token_usage_sum{") then sum = sum + v end
       end
       assert.same({ calls, input }, { n, sum })
       assert.is_true(calls >= 4)
