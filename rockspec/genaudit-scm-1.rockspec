@@ -73,6 +73,8 @@ build = {
     ["genaudit.json"] = "lua/genaudit/json.lua",
     ["genaudit.schema"] = "lua/genaudit/schema.lua",
     ["genaudit.format"] = "lua/genaudit/format.lua",
+    ["genaudit.audit"] = "lua/genaudit/audit.lua",
+    ["genaudit.redact"] = "lua/genaudit/redact.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },
