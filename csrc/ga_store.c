@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include "ga_sqlite.h"
 
 /* ---- the statements this file prepares ---- */
@@ -199,6 +200,8 @@ static int l_sqlite_open(lua_State *L) {
      * another store of this process would lose its locks, and a connection
      * of another process could then delete the WAL under it. */
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    struct stat st;
+    if (fd < 0 && errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) errno = EISDIR;
     if (fd < 0 && errno != EEXIST)
       return ga_fail(L, "OPEN", "cannot open database '%s': %s", path, strerror(errno));
     if (fd >= 0) close(fd);

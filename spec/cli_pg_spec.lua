@@ -193,7 +193,7 @@ pg.describe("reports and bin/genaudit on PostgreSQL #postgresql", function()
     it("skips what is already there when run again", function()
       cli("copy --from " .. q(sqlite_db) .. " --to " .. q(pg.url_for(copy_schema)))
       local out, err, rc = cli("--json copy --from " .. q(sqlite_db) .. " --to " .. q(pg.url_for(copy_schema)))
-      assert.same({ 0, "", '{"copied":0,"skipped":150,"failed":0}\n' }, { rc, err, out })
+      assert.same({ 0, "", '{"copied":0,"skipped":150,"failed":0,"purged":0}\n' }, { rc, err, out })
     end)
 
     it("finishes a partial copy: the rows already in PostgreSQL are skipped, the others copied", function()
@@ -208,7 +208,7 @@ pg.describe("reports and bin/genaudit on PostgreSQL #postgresql", function()
       end
       dst:close()
       local out, err, rc = cli("--json copy --from " .. q(sqlite_db) .. " --to " .. q(pg.url_for(target)))
-      assert.same({ 0, "", string.format('{"copied":%d,"skipped":%d,"failed":0}\n', 150 - pre, pre) },
+      assert.same({ 0, "", string.format('{"copied":%d,"skipped":%d,"failed":0,"purged":0}\n', 150 - pre, pre) },
         { rc, err, out })
       assert.equal(util.unsealed(cli("--db " .. q(sqlite_db) .. " export --format jsonl")),
         util.unsealed(cli("--db " .. q(pg.url_for(target)) .. " export --format jsonl")))
@@ -217,7 +217,7 @@ pg.describe("reports and bin/genaudit on PostgreSQL #postgresql", function()
     it("copies PostgreSQL back into a new SQLite file", function()
       local back = dir .. "/back.db"
       local out, err, rc = cli("--json copy --from " .. q(pg.url_for(copy_schema)) .. " --to " .. q("sqlite:" .. back))
-      assert.same({ 0, "", '{"copied":150,"skipped":0,"failed":0}\n' }, { rc, err, out })
+      assert.same({ 0, "", '{"copied":150,"skipped":0,"failed":0,"purged":0}\n' }, { rc, err, out })
       assert.equal(util.unsealed(cli("--db " .. q(sqlite_db) .. " export --format jsonl")),
         util.unsealed(cli("--db " .. q(back) .. " export --format jsonl")))
     end)

@@ -199,7 +199,7 @@ local function suite(name, backend, new_target, describe_fn)
 
     it("copies old and new rows to another store, keeping the exact cost", function()
       local other = assert(genaudit.open("sqlite::memory:"))
-      assert.same({ copied = #OLD + 1, skipped = 0, failed = 0, errors = {} }, copy.run(store, other))
+      assert.same({ copied = #OLD + 1, skipped = 0, failed = 0, purged = 0, errors = {} }, copy.run(store, other))
       for _, id in ipairs({ ids[1], ids[3], new_id }) do
         local sql = "SELECT token_metrics, estimated_cost_picousd FROM generation_snapshots WHERE id = ?"
         local a, b = store:query(sql, { id })[1], other:query(sql, { id })[1]

@@ -17,7 +17,7 @@ M.DOCUMENTS = { token_metrics = "token_usage", performance_metrics = "performanc
 -- the store at insert, never by a caller (a copy is sealed again by its
 -- destination).
 M.SEAL_COLUMNS = { "final_system_prompt_sha256", "final_user_prompt_sha256", "content_sha256", "drafts_sha256",
-                   "chain_id", "chain_seq", "prev_hash", "record_hash", "purged_at" }
+                   "chain_id", "chain_seq", "prev_hash", "record_hash", "purged_at", "purged_by" }
 
 -- The text columns: every column that is not a JSON document (persisted
 -- under its own name).
