@@ -222,9 +222,10 @@ local PLATFORMS = { "linkedin", "x", "instagram" }
 
 -- M.rows(k) -> k distinct persist_generation rows as a pipeline produces them:
 -- a ~5 KB system prompt per template (4 templates, repeated across rows), a
--- ~2 KB user prompt and ~1 KB of content per row, token usage with a calls
--- array (initial + repair call), performance with per-call timings, repair
--- info with a repair log, request params. Exact cost values (picodollar
+-- ~2 KB user prompt and ~1 KB of content per row, the two drafts of the
+-- repaired generation (the first, too long, and the final one: ~2 KB), token
+-- usage with a calls array (initial + repair call), performance with
+-- per-call timings, repair info with a repair log, request params. Exact cost values (picodollar
 -- sums). The same tables are fed to every contender of a benchmark.
 function M.rows(k)
   local r = generator(20240601)
@@ -292,13 +293,20 @@ function M.rows(k)
       request_params = { temperature = 0.7, max_tokens = 400, seed = i },
       status = "completed",
     }
+    -- the model's drafts as the pipeline stores them: the first, over the
+    -- limit, then the repaired one, which is the content
+    local content = rows[i].content
+    rows[i].drafts = { content .. "\n\nAnd one more paragraph that took the post over the word limit of the platform.",
+                       content }
   end
   return rows
 end
 
--- Bytes of the text a row stores (prompts and content; the JSON comes on top).
+-- Bytes of the text a row stores (prompts, content, drafts; the JSON comes on top).
 function M.row_text_bytes(row)
-  return #row.final_system_prompt + #row.final_user_prompt + #row.content
+  local n = #row.final_system_prompt + #row.final_user_prompt + #row.content
+  for _, d in ipairs(row.drafts or {}) do n = n + #d end
+  return n
 end
 
 return M
