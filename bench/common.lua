@@ -70,6 +70,36 @@ function M.bench(name, unit, fields)
   io.stdout:flush()
 end
 
+-- M.chain(name, label, hash, plain, cpu_hash, cpu_plain): the chain's cost
+-- (issue 14) from rounds of bench/raw_insert.c in `hash` and `plain` mode run
+-- back to back (arrays of rows/s and of CPU us per row, one entry per round):
+--   BENCH name=<name> ... raw_c_hash=<median> baseline=<label>:<median>
+--     ratio=<median of the rounds' hash/plain> chain_cost=<1 - ratio>
+--     chain_cpu_us=<CPU us per row of the hashing> cpu_cost=<that / hash's wall us per row>
+--     target=>=0.95
+-- The ratio pairs each round's two runs (same disk and page-cache state), so a
+-- slow round does not count against one mode only; cpu_cost does not depend on
+-- the disk at all. Then one detail line.
+function M.chain(name, label, hash, plain, cpu_hash, cpu_plain)
+  local ratios, cpu = {}, {}
+  for i = 1, #hash do
+    ratios[i] = hash[i] / plain[i]
+    cpu[i] = cpu_hash[i] - cpu_plain[i]
+  end
+  local ratio, r = M.median(ratios), M.median(hash)
+  local chain_us = M.median(cpu)
+  M.bench(name, "rows/s", {
+    { "raw_c_hash", r }, { "baseline", label .. ":" .. M.num(M.median(plain)) },
+    { "ratio", string.format("%.3f", ratio) }, { "chain_cost", string.format("%.3f", 1 - ratio) },
+    { "chain_cpu_us", chain_us }, { "cpu_cost", string.format("%.3f", chain_us / (1e6 / r)) }, { "target", ">=0.95" },
+  })
+  local shown = {}
+  for i, x in ipairs(ratios) do shown[i] = string.format("%.3f", x) end
+  M.say("the chain (raw C hash vs plain, back to back): hash/plain per round %s; CPU per row: hash %.1f us, plain"
+    .. " %.1f us (medians): the hashing %.1f us of %.1f us per row", table.concat(shown, " "), M.median(cpu_hash),
+    M.median(cpu_plain), chain_us, 1e6 / r)
+end
+
 -- Human-readable detail, indented under the BENCH lines.
 function M.say(fmt, ...)
   print("  " .. string.format(fmt, ...))
