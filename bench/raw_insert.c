@@ -191,7 +191,9 @@ int main(int argc, char **argv) {
   long rows, batch, i;
   int nsrc = 0, rc = 1, c, hash;
   uint64_t counter = 0;
-  char id[26], created[24], chain_id[27], prev[65], record[65], digest[4][65];
+  char id[26], created[24], chain_id[27], prev[65], record[65], digest[4][65], last_sys_digest[65];
+  char *last_sys = NULL;
+  size_t last_sys_n = 0;
   double t0, t1, c0, c1;
   if (argc < 5 || argc > 6 || (rows = atol(argv[3])) <= 0 || (batch = atol(argv[4])) <= 0 ||
       (argc == 6 && strcmp(argv[5], "hash") != 0 && strcmp(argv[5], "plain") != 0)) {
@@ -238,12 +240,31 @@ int main(int argc, char **argv) {
       bs_text f[BS_NFIELDS];
       char seq[24];
       int k;
-      for (k = 0; k < 4; k++)
-        if (r->n[PAYLOAD[k]] >= 0 &&
-            bs_sha256_hex(&h, r->p[PAYLOAD[k]], (size_t)r->n[PAYLOAD[k]], digest[k]) != 0) {
+      for (k = 0; k < 4; k++) {
+        const char *pp = r->p[PAYLOAD[k]];
+        size_t pn = (size_t)r->n[PAYLOAD[k]];
+        if (r->n[PAYLOAD[k]] < 0) continue;
+        /* as genaudit's chain does: the system prompt's digest is reused
+         * while the bytes are the same as the last row's */
+        if (k == 0 && last_sys && last_sys_n == pn && memcmp(last_sys, pp, pn) == 0) {
+          memcpy(digest[0], last_sys_digest, 65);
+          continue;
+        }
+        if (bs_sha256_hex(&h, pp, pn, digest[k]) != 0) {
           fprintf(stderr, "raw_insert: libcrypto failed\n");
           goto cleanup;
         }
+        if (k == 0) {
+          char *copy = (char *)malloc(pn ? pn : 1);
+          if (copy) {
+            memcpy(copy, pp, pn);
+            free(last_sys);
+            last_sys = copy;
+            last_sys_n = pn;
+            memcpy(last_sys_digest, digest[0], 65);
+          }
+        }
+      }
       for (k = 0; k < BS_NFIELDS; k++) {
         int s = FROM_SRC[k];
         f[k].p = s >= 0 && r->n[s] >= 0 ? r->p[s] : NULL;
@@ -294,6 +315,7 @@ int main(int argc, char **argv) {
          (double)rows / (t1 - t0), (c1 - c0) * 1e6 / (double)rows, hash ? "hash" : "plain");
   rc = 0;
 cleanup:
+  free(last_sys);
   sqlite3_finalize(ins);
   sqlite3_close(db);
   bs_hasher_close(&h);

@@ -12,6 +12,7 @@
  *   core.record_hash(t) -> hex, E      t keyed by field name (see below)
  *   core.record_fields() -> { {name, payload}, ... } */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <openssl/evp.h>
@@ -51,13 +52,42 @@ static int put_field(EVP_MD_CTX *c, ga_buf *buf, const char *name, int payload, 
 /* The record hash of fields (ga_record_fields order; payload fields hold
  * their digest's 64 hex digits, or are unset). When enc is not NULL the
  * encoding E is also written to it. 0, or -1. */
-int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
+static void to_hex(const unsigned char md[32], char out[65]) {
   static const char hex[] = "0123456789abcdef";
+  unsigned i;
+  for (i = 0; i < 32; i++) {
+    out[2 * i] = hex[md[i] >> 4];
+    out[2 * i + 1] = hex[md[i] & 15];
+  }
+  out[64] = '\0';
+}
+
+/* SHA-256 of p[0..n) through the reusable context c: 0 or -1. */
+static int digest_ctx(EVP_MD_CTX *c, const void *p, size_t n, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, p, n) != 1 ||
+      EVP_DigestFinal_ex(c, md, &len) != 1 || len != 32)
+    return -1;
+  to_hex(md, out);
+  return 0;
+}
+
+static int record_hash_ctx(EVP_MD_CTX *c, const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
+
+int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  int rc;
+  if (!c) return -1;
+  rc = record_hash_ctx(c, fields, out, enc);
+  EVP_MD_CTX_free(c);
+  return rc;
+}
+
+static int record_hash_ctx(EVP_MD_CTX *c, const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0, i;
   int ok;
-  EVP_MD_CTX *c = EVP_MD_CTX_new();
-  if (!c) return -1;
   ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(c, MAGIC, sizeof MAGIC - 1) == 1;
   if (ok && enc) {
     ga_buf_add(enc, MAGIC, sizeof MAGIC - 1);
@@ -70,13 +100,8 @@ int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *e
     if (ok && enc) ok = put_field(NULL, enc, f->name, f->payload, &fields[i]) == 0;
   }
   ok = ok && EVP_DigestFinal_ex(c, md, &len) == 1 && len == 32;
-  EVP_MD_CTX_free(c);
   if (!ok) return -1;
-  for (i = 0; i < 32; i++) {
-    out[2 * i] = hex[md[i] >> 4];
-    out[2 * i + 1] = hex[md[i] & 15];
-  }
-  out[64] = '\0';
+  to_hex(md, out);
   return 0;
 }
 
@@ -196,6 +221,37 @@ void ga_chain_init(ga_chain *ch) {
   memcpy(ch->pend_head, ZERO_HASH, 65);
 }
 
+void ga_chain_free(ga_chain *ch) {
+  EVP_MD_CTX_free((EVP_MD_CTX *)ch->md);
+  ch->md = NULL;
+  free(ch->sys_p);
+  ch->sys_p = NULL;
+  ch->sys_n = 0;
+}
+
+/* The digest of payload t into out, through the chain's context; the
+ * system prompt's is remembered (the same template's, row after row) and
+ * reused while the bytes are the same. 0 or -1. */
+static int payload_digest(ga_chain *ch, int i, const ga_text *t, char out[65]) {
+  if (!ch->md && !(ch->md = EVP_MD_CTX_new())) return -1;
+  if (i == 0 && ch->sys_p && ch->sys_n == t->n && memcmp(ch->sys_p, t->p, t->n) == 0) {
+    memcpy(out, ch->sys_digest, 65);
+    return 0;
+  }
+  if (digest_ctx((EVP_MD_CTX *)ch->md, t->p, t->n, out) != 0) return -1;
+  if (i == 0) {
+    char *copy = (char *)malloc(t->n ? t->n : 1);
+    if (copy) { /* no cache on out of memory: only slower */
+      memcpy(copy, t->p, t->n);
+      free(ch->sys_p);
+      ch->sys_p = copy;
+      ch->sys_n = t->n;
+      memcpy(ch->sys_digest, out, 65);
+    }
+  }
+  return 0;
+}
+
 void ga_chain_begin(ga_chain *ch) {
   ch->pend_seq = ch->seq;
   memcpy(ch->pend_head, ch->head, 65);
@@ -231,7 +287,7 @@ int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out) {
   for (i = 0; i < 4; i++) {
     const ga_text *t = &cols[payloads[i]];
     if (!t->set) continue;
-    if (ga_sha256_hex(t->p, t->n, out->digest[i]) != 0) return -1;
+    if (payload_digest(ch, i, t, out->digest[i]) != 0) return -1;
     out->col[i].p = out->digest[i];
     out->col[i].n = 64;
     out->col[i].set = 1;
@@ -246,7 +302,8 @@ int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out) {
   f[2] = out->col[GA_SEAL_CHAIN_SEQ];
   f[3] = out->col[GA_SEAL_PREV_HASH];
   for (i = 0; i < 4; i++) f[17 + i] = out->col[i];
-  if (ga_record_hash(f, out->hash, NULL) != 0) return -1;
+  if (!ch->md && !(ch->md = EVP_MD_CTX_new())) return -1;
+  if (record_hash_ctx((EVP_MD_CTX *)ch->md, f, out->hash, NULL) != 0) return -1;
   out->col[GA_SEAL_RECORD_HASH] = (ga_text){out->hash, 64, 1};
   return 0;
 }

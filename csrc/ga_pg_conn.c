@@ -252,6 +252,7 @@ static void store_close_impl(pgstore *s) {
   if (s->conn) PQfinish(s->conn);
   s->conn = NULL;
   s->each_depth = 0;
+  ga_chain_free(&s->chain);
   cfg_free(&s->cfg);
 }
 

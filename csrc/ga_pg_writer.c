@@ -440,6 +440,7 @@ static void pgw_close(void *conn) {
   pgwriter *c = (pgwriter *)conn;
   if (!c) return;
   if (c->conn) PQfinish(c->conn);
+  ga_chain_free(&c->chain);
   free(c->copybuf);
   free(c);
 }

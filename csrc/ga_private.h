@@ -148,6 +148,10 @@ typedef struct {
   char pend_head[65];
   int pend_registered;
   int stale;              /* head unknown: resync before the next row */
+  void *md;               /* the writer's own EVP_MD_CTX, reused for every digest (NULL until used) */
+  char *sys_p;            /* the last final_system_prompt hashed (a template's repeats row after row) */
+  size_t sys_n;
+  char sys_digest[65];
 } ga_chain;
 /* The columns a sealed row adds to its 18: payload digests, chain_id,
  * chain_seq, prev_hash, record_hash (GA_SEAL_NCOLS of them, in that order). */
@@ -161,6 +165,7 @@ typedef struct {
   ga_text col[GA_SEAL_NCOLS];
 } ga_seal;
 void ga_chain_init(ga_chain *ch);
+void ga_chain_free(ga_chain *ch); /* frees the digest context and cache; the chain is reusable after init */
 int ga_chain_ensure_id(ga_chain *ch); /* makes the chain's ULID on first use: 0, or -1 (no random source) */
 /* Starts a transaction's positions from the committed ones. */
 void ga_chain_begin(ga_chain *ch);

@@ -95,6 +95,7 @@ static int store_close_impl(store *s) {
   }
   sqlite3_close_v2(s->db);
   s->db = NULL;
+  ga_chain_free(&s->chain);
   return 0;
 }
 

@@ -130,6 +130,7 @@ static void sqlite_close(void *conn) {
   if (!c) return;
   sqlite3_finalize(c->insert);
   sqlite3_close_v2(c->db);
+  ga_chain_free(&c->chain);
   free(c);
 }
 
