@@ -144,4 +144,19 @@ function M.stored_drafts(row)
   return out
 end
 
+-- dto.repair_info(rr, drafts_meta, scripts) -> the repair_info a snapshot
+-- stores for a RepairResult (repair_metrics): the result's figures, the
+-- drafts without their texts (split_drafts) and the pinned scripts.
+function M.repair_info(rr, drafts_meta, scripts)
+  return {
+    repair_count = rr.repair_count, repair_types = rr.repair_types,
+    initial_validation_score = rr.initial_validation_score,
+    final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
+    stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
+    drafts = drafts_meta, on_rule_error = rr.on_rule_error,
+    script_errors = rr.script_errors, rules = rr.rules,
+    scripts = scripts,
+  }
+end
+
 return M

@@ -317,15 +317,7 @@ function M.run(store, id, opts)
       texts, meta = dto.split_drafts(draft and { { text = draft } })
     end
     if rr then
-      info = {
-        repair_count = rr.repair_count, repair_types = rr.repair_types,
-        initial_validation_score = rr.initial_validation_score,
-        final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
-        stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
-        drafts = meta, on_rule_error = rr.on_rule_error,
-        script_errors = rr.script_errors, rules = rr.rules,
-        scripts = pinned_scripts(store, rr),
-      }
+      info = dto.repair_info(rr, meta, pinned_scripts(store, rr))
     else
       info = { repair_count = 0, repair_types = {}, repair_log = {}, drafts = meta }
     end
