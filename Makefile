@@ -131,12 +131,14 @@ demo: deps
 	@$(LUA) bin/genaudit --db genaudit.db report repairs --top 3 --since 7d
 
 # Benchmarks (bench/, figures in bench/RESULTS.md): the C baselines built
-# against the system SQLite, then every benchmark at full size (bench/run.sh;
+# against the system SQLite and libcrypto (they seal rows as genaudit does:
+# bench/seal.h), then every benchmark at full size (bench/run.sh;
 # BENCH_SIZE=small for a quick run).
 BENCH_TOOLS := build/bench/raw_insert build/bench/gen_rows
-build/bench/%: bench/%.c
+build/bench/%: bench/%.c bench/seal.h
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags sqlite3) -o $@ $< $(shell $(PKG_CONFIG) --libs sqlite3) -lm
+	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags sqlite3 libcrypto) -o $@ $< \
+	  $(shell $(PKG_CONFIG) --libs sqlite3 libcrypto) -lm
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_TOOLS)

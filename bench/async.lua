@@ -10,7 +10,11 @@
 --    the other core) and is reported as detail.
 -- 2. Throughput: N rows pushed as fast as possible (queue 10,000, batch 100,
 --    on_full = "block") until flush() returns, against bench/raw_insert.c
---    inserting the same bytes 100 rows per transaction.
+--    inserting the same bytes 100 rows per transaction, sealed (`hash` mode);
+--    and the chain's own cost: raw_insert.c `plain` (no hashing per row)
+--    against `hash`, back to back (their order alternating): async_chain
+--    (common.chain: ratio = median of the rounds' hash / plain, chain_cost =
+--    1 - ratio).
 -- 3. Queue full: a 32-row queue with on_full = "error" flooded with rows:
 --    every call returns an id or FULL, and exactly the acknowledged rows are in
 --    the database after flush(). close() without flush() drains as well.
@@ -106,7 +110,7 @@ do
   local sstore = assert(genaudit.open("sqlite:" .. src))
   for i = 1, K do assert(sstore:persist_generation(rows[i])) end
   sstore:close()
-  local ga, raw, last = {}, {}, nil
+  local ga, raw, plain, cpu_hash, cpu_plain, last = {}, {}, {}, {}, {}, nil
   local function run_genaudit(round)
     local path = fresh("throughput")
     local store = assert(genaudit.open("sqlite:" .. path, { synchronous = "normal",
@@ -122,34 +126,46 @@ do
     store:close()
     common.rmdb(path)
   end
-  local function run_raw(round)
+  local function run_raw(mode, into, cpu, round)
     local rpath = fresh("raw")
     assert(genaudit.open("sqlite:" .. rpath)):close()
     local out = common.run(table.concat({ common.tool("raw_insert"), common.quote(src), common.quote(rpath),
-      string.format("%d", N_THROUGHPUT), "100" }, " "))
-    raw[round] = common.kv(out).rows_per_s
+      string.format("%d", N_THROUGHPUT), "100", mode }, " "))
+    local kv = common.kv(out)
+    into[round], cpu[round] = kv.rows_per_s, kv.cpu_us_per_row
     common.rmdb(rpath)
   end
-  for round = 1, ROUNDS do -- alternating which goes first
+  for round = 1, ROUNDS do -- rotating which goes first
+    local function raw_pair()
+      if round % 2 == 1 then
+        run_raw("hash", raw, cpu_hash, round)
+        run_raw("plain", plain, cpu_plain, round)
+      else
+        run_raw("plain", plain, cpu_plain, round)
+        run_raw("hash", raw, cpu_hash, round)
+      end
+    end
     if round % 2 == 1 then
       run_genaudit(round)
-      run_raw(round)
+      raw_pair()
     else
-      run_raw(round)
+      raw_pair()
       run_genaudit(round)
     end
-    common.say("round %d: genaudit async %s rows/s (push + flush), raw C 100/txn %s rows/s", round,
-      common.num(ga[round]), common.num(raw[round]))
+    common.say("round %d: genaudit async %s rows/s (push + flush), raw C 100/txn %s rows/s (plain, no hashing: %s)",
+      round, common.num(ga[round]), common.num(raw[round]), common.num(plain[round]))
   end
   common.rmdb(src)
   local g, r = common.median(ga), common.median(raw)
-  common.say("spread over the rounds (rows/s): genaudit %s..%s, raw C %s..%s", common.num(common.percentile(ga, 0)),
-    common.num(common.percentile(ga, 100)), common.num(common.percentile(raw, 0)),
-    common.num(common.percentile(raw, 100)))
+  common.say("spread over the rounds (rows/s): genaudit %s..%s, raw C %s..%s, raw C plain %s..%s",
+    common.num(common.percentile(ga, 0)), common.num(common.percentile(ga, 100)),
+    common.num(common.percentile(raw, 0)), common.num(common.percentile(raw, 100)),
+    common.num(common.percentile(plain, 0)), common.num(common.percentile(plain, 100)))
   common.bench("async_throughput", "rows/s", {
     { "genaudit", g }, { "baseline", "raw_c_batch100:" .. common.num(r) }, { "ratio", string.format("%.3f", g / r) },
     { "target", ">=0.90" },
   })
+  common.chain("async_chain", "raw_c_plain_batch100", raw, plain, cpu_hash, cpu_plain)
   common.bench("async_stats", "rows", {
     { "queued", last.queued }, { "written", last.written }, { "failed", last.failed },
     { "max_depth", last.max_depth }, { "batches", last.batches }, { "retries", last.retries },

@@ -14,6 +14,9 @@
  *   - the three metric documents in the shape genaudit writes them (token
  *     usage with a calls array, performance with per-call timings, repair
  *     info with a repair log), plus request_params.
+ * Every row is sealed as genaudit seals it (bench/seal.h: payload digests,
+ * one chain registered in `chains`, prev_hash links, record_hash), so the
+ * store verifies (`genaudit verify`); drafts stay NULL.
  * Deterministic (fixed PRNG seed) except for the time axis. Generation runs
  * with journal_mode=OFF and synchronous=OFF in 10,000-row transactions and
  * puts the store back in WAL mode at the end. Prints one line:
@@ -26,7 +29,9 @@
 #include <string.h>
 #include <time.h>
 #include <math.h>
+#include <unistd.h>
 #include <sqlite3.h>
+#include "seal.h"
 
 #define NTEMPLATES 50
 #define NORGS 300
@@ -39,8 +44,13 @@
 static const char SQL_INSERT[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
-    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
-    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)";
+    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of,"
+    " final_system_prompt_sha256, final_user_prompt_sha256, content_sha256, chain_id, chain_seq, prev_hash,"
+    " record_hash)"
+    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24)";
+static const char SQL_CHAIN[] = "INSERT INTO chains (chain_id, host, pid) VALUES (?1, ?2, ?3)";
+static const char REQUEST_PARAMS[] = "{\"max_tokens\":400,\"temperature\":0.7}";
+static const char REPAIR_ERROR[] = "REPAIR_EXHAUSTED: draft still fails validation after 2 repair(s)";
 
 static const char B32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 static const char *const WORDS[] = {
@@ -120,6 +130,12 @@ static void make_time(char out[24], int64_t ms) {
   out[23] = '\0';
 }
 
+static int64_t now_wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static double mono_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -147,7 +163,9 @@ int main(int argc, char **argv) {
   static char pool[POOL + 1], system_prompt[NTEMPLATES][SYS_LEN + 1];
   static double tcum[NTEMPLATES], ocum[NORGS], repair_rate[NTEMPLATES];
   sqlite3 *db = NULL;
-  sqlite3_stmt *ins = NULL;
+  sqlite3_stmt *ins = NULL, *reg = NULL;
+  bs_hasher h = {NULL, NULL};
+  char chain_id[27], prev[65], record[65], sys_digest[NTEMPLATES][65], dig_user[65], dig_content[65];
   buf user = {0}, tok = {0}, perf = {0}, rep = {0}, calls = {0}, pcalls = {0};
   long rows, i;
   int days = 90, t, rc = 1;
@@ -183,12 +201,41 @@ int main(int argc, char **argv) {
   }
   for (acc = 0, t = 0; t < NORGS; t++) ocum[t] = acc += 1.0 / (t + 1);
 
-  if (sqlite3_open_v2(argv[1], &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) return die(db, "cannot open DST");
+  if (bs_hasher_open(&h) != 0) {
+    fprintf(stderr, "gen_rows: libcrypto has no SHA-256\n");
+    goto cleanup;
+  }
+  for (t = 0; t < NTEMPLATES; t++)
+    if (bs_sha256_hex(&h, system_prompt[t], SYS_LEN, sys_digest[t]) != 0) {
+      fprintf(stderr, "gen_rows: libcrypto failed\n");
+      goto cleanup;
+    }
+  if (sqlite3_open_v2(argv[1], &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    rc = die(db, "cannot open DST");
+    goto cleanup;
+  }
   if (sqlite3_exec(db, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144", NULL, NULL,
                    NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(db, SQL_INSERT, -1, SQLITE_PREPARE_PERSISTENT, &ins, NULL) != SQLITE_OK) {
+      sqlite3_prepare_v3(db, SQL_INSERT, -1, SQLITE_PREPARE_PERSISTENT, &ins, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(db, SQL_CHAIN, -1, &reg, NULL) != SQLITE_OK) {
     rc = die(db, "cannot prepare DST (is it a migrated genaudit store?)");
     goto cleanup;
+  }
+  memcpy(prev, BS_ZERO_HASH, 65);
+  {
+    char host[256];
+    int b;
+    make_id(chain_id, now_wall_ms(), (uint64_t)getpid() << 20);
+    chain_id[26] = '\0';
+    if (gethostname(host, sizeof host) != 0) host[0] = '\0';
+    host[sizeof host - 1] = '\0';
+    b = sqlite3_bind_text(reg, 1, chain_id, 26, SQLITE_STATIC);
+    if (b == SQLITE_OK) b = host[0] ? sqlite3_bind_text(reg, 2, host, -1, SQLITE_STATIC) : sqlite3_bind_null(reg, 2);
+    if (b == SQLITE_OK) b = sqlite3_bind_int64(reg, 3, (sqlite3_int64)getpid());
+    if (b != SQLITE_OK) {
+      rc = die(db, "cannot bind the chain");
+      goto cleanup;
+    }
   }
   {
     struct timespec ts;
@@ -204,12 +251,16 @@ int main(int argc, char **argv) {
     int64_t p, c, cost_init, cost_rep = 0, total_p, total_c;
     double wait_total, total_ms;
     const char *platform = PLATFORMS[rnd() % 3];
-    char tplname[16];
+    char tplname[24];
     size_t uoff = (size_t)(rnd() % (plen - USER_LEN)), coff = (size_t)(rnd() % (plen - CONTENT_LEN));
     double r = rnd01();
     m = r < 0.7 ? 0 : r < 0.9 ? 1 : 2;
     if (i % TXN_ROWS == 0 && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
       rc = die(db, "cannot begin");
+      goto cleanup;
+    }
+    if (i == 0 && sqlite3_step(reg) != SQLITE_DONE) { /* the chain registers with its first row */
+      rc = die(db, "cannot register the chain");
       goto cleanup;
     }
     make_id(id, ms, (uint64_t)i + 1);
@@ -303,30 +354,78 @@ int main(int argc, char **argv) {
     b_printf(&rep, "],\"final_validation_score\":%d,\"stop_reason\":\"%s\"}", failed ? score : 100,
              failed ? "budget_exhausted" : "passed");
 
-    sqlite3_bind_text(ins, 1, id, 26, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 2, created, 23, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 3, org, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 4, usr, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 5, platform, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 6, tplname, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 7, ver, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 8, failed ? "failed" : "completed", -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 9, pool + coff, CONTENT_LEN, SQLITE_STATIC);
-    if (failed) sqlite3_bind_text(ins, 10, "REPAIR_EXHAUSTED: draft still fails validation after 2 repair(s)", -1,
-                                  SQLITE_STATIC);
-    else sqlite3_bind_null(ins, 10);
-    sqlite3_bind_text(ins, 11, system_prompt[tpl], SYS_LEN, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 12, user.p, (int)user.len, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 13, tok.p, (int)tok.len, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 14, perf.p, (int)perf.len, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 15, rep.p, (int)rep.len, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 16, "{\"max_tokens\":400,\"temperature\":0.7}", -1, SQLITE_STATIC);
-    sqlite3_bind_null(ins, 17);
+    {
+      bs_text f[BS_NFIELDS];
+      char seq[24];
+      const char *status = failed ? "failed" : "completed";
+      int k, b;
+      if (bs_sha256_hex(&h, user.p, user.len, dig_user) != 0 ||
+          bs_sha256_hex(&h, pool + coff, CONTENT_LEN, dig_content) != 0) {
+        fprintf(stderr, "gen_rows: libcrypto failed\n");
+        goto cleanup;
+      }
+      snprintf(seq, sizeof seq, "%ld", i + 1);
+      f[BS_ID] = (bs_text){id, 26};
+      f[BS_CHAIN_ID] = (bs_text){chain_id, 26};
+      f[BS_CHAIN_SEQ] = (bs_text){seq, strlen(seq)};
+      f[BS_PREV_HASH] = (bs_text){prev, 64};
+      f[BS_CREATED_AT] = (bs_text){created, 23};
+      f[BS_ORG_ID] = (bs_text){org, strlen(org)};
+      f[BS_USER_ID] = (bs_text){usr, strlen(usr)};
+      f[BS_PLATFORM] = (bs_text){platform, strlen(platform)};
+      f[BS_TEMPLATE_ID] = (bs_text){tplname, strlen(tplname)};
+      f[BS_TEMPLATE_VERSION] = (bs_text){ver, strlen(ver)};
+      f[BS_STATUS] = (bs_text){status, strlen(status)};
+      f[BS_ERROR] = (bs_text){failed ? REPAIR_ERROR : NULL, sizeof REPAIR_ERROR - 1};
+      f[BS_REPLAY_OF] = (bs_text){NULL, 0};
+      f[BS_REQUEST_PARAMS] = (bs_text){REQUEST_PARAMS, sizeof REQUEST_PARAMS - 1};
+      f[BS_TOKEN_METRICS] = (bs_text){tok.p, tok.len};
+      f[BS_PERFORMANCE_METRICS] = (bs_text){perf.p, perf.len};
+      f[BS_REPAIR_METRICS] = (bs_text){rep.p, rep.len};
+      f[BS_SYSTEM_SHA] = (bs_text){sys_digest[tpl], 64};
+      f[BS_USER_SHA] = (bs_text){dig_user, 64};
+      f[BS_CONTENT_SHA] = (bs_text){dig_content, 64};
+      f[BS_DRAFTS_SHA] = (bs_text){NULL, 0};
+      if (bs_record_hash(&h, f, record) != 0) {
+        fprintf(stderr, "gen_rows: libcrypto failed\n");
+        goto cleanup;
+      }
+      b = sqlite3_bind_text(ins, 1, id, 26, SQLITE_STATIC);
+      for (k = 0; b == SQLITE_OK && k < 2; k++)
+        b = sqlite3_bind_text(ins, 3 + k, f[BS_ORG_ID + k].p, (int)f[BS_ORG_ID + k].n, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 2, created, 23, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 5, platform, -1, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 6, tplname, -1, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 7, ver, -1, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 8, status, -1, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 9, pool + coff, CONTENT_LEN, SQLITE_STATIC);
+      if (b == SQLITE_OK)
+        b = failed ? sqlite3_bind_text(ins, 10, REPAIR_ERROR, -1, SQLITE_STATIC) : sqlite3_bind_null(ins, 10);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 11, system_prompt[tpl], SYS_LEN, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 12, user.p, (int)user.len, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 13, tok.p, (int)tok.len, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 14, perf.p, (int)perf.len, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 15, rep.p, (int)rep.len, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 16, REQUEST_PARAMS, -1, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_null(ins, 17);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 18, sys_digest[tpl], 64, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 19, dig_user, 64, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 20, dig_content, 64, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 21, chain_id, 26, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_int64(ins, 22, (sqlite3_int64)(i + 1));
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 23, prev, 64, SQLITE_STATIC);
+      if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 24, record, 64, SQLITE_STATIC);
+      if (b != SQLITE_OK) {
+        rc = die(db, "cannot bind");
+        goto cleanup;
+      }
+    }
     if (sqlite3_step(ins) != SQLITE_DONE) {
       rc = die(db, "cannot insert");
       goto cleanup;
     }
     sqlite3_reset(ins);
+    memcpy(prev, record, 65);
     if ((i % TXN_ROWS == TXN_ROWS - 1 || i == rows - 1) && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
       rc = die(db, "cannot commit");
       goto cleanup;
@@ -341,7 +440,9 @@ int main(int argc, char **argv) {
   rc = 0;
 cleanup:
   sqlite3_finalize(ins);
+  sqlite3_finalize(reg);
   sqlite3_close(db);
+  bs_hasher_close(&h);
   free(user.p);
   free(tok.p);
   free(perf.p);

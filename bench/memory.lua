@@ -63,7 +63,8 @@ common.bench("memory_async", "MiB", {
   { "peak_first_10pct", mib(early_peak) }, { "peak_rest", mib(late_peak) },
   { "growth_after_10pct", mib(late_peak - early_peak) },
 })
-common.say("%d rows (%d bytes of prompts+content each) in %.1f s (%s rows/s); written %d, failed %d, max_depth %d",
+common.say("%d rows (%d bytes of prompts, content and drafts each)"
+  .. " in %.1f s (%s rows/s); written %d, failed %d, max_depth %d",
   N, row_bytes, seconds, common.num(N / seconds), st.written, st.failed, st.max_depth)
 common.say("VmRSS start %.1f MiB, peak %.1f MiB (first 10%%: %.1f, rest: %.1f), end %.1f MiB; VmHWM %.1f MiB",
   mib(start_rss), mib(peak), mib(early_peak), mib(late_peak), mib(end_rss), mib(hwm))

@@ -1,42 +1,76 @@
 /* bench/raw_insert.c — the raw-C baseline of bench/persist_sync.lua and
- * bench/async.lua: the least a program can do to store the same snapshots.
+ * bench/async.lua: the least a program can do to store the same snapshots,
+ * sealed as genaudit seals them (README, "Tamper evidence").
  *
- *   raw_insert SRC DST ROWS BATCH
+ *   raw_insert SRC DST ROWS BATCH [MODE]
  *
  * Reads the column values of the rows already in SRC (a genaudit store the
  * benchmark filled through persist_generation, so the bytes are exactly the
  * ones genaudit wrote) and inserts ROWS rows into DST (a freshly migrated
- * genaudit store: same schema, CHECKs, generated columns and indexes) cycling
- * over them, through one prepared INSERT, BATCH rows per transaction (1 =
- * autocommit: one transaction per row). Each row gets a fresh 26-char id and
- * a created_at from the wall clock, as genaudit's do. WAL, synchronous=NORMAL.
- * Only the insert loop is timed. Prints one line:
- *   rows=N seconds=S rows_per_s=R
- * Exit status 0, or 1 with a message on stderr. */
+ * genaudit store: same schema, CHECKs, generated columns, indexes and
+ * triggers) cycling over them, through one prepared INSERT of the columns
+ * genaudit writes, BATCH rows per transaction (1 = autocommit: one
+ * transaction per row). Each row gets a fresh 26-char id and a created_at
+ * from the wall clock, as genaudit's do, and the next position of one chain
+ * (chain_seq 1, 2, ...), registered in `chains` in the first transaction.
+ * MODE (default hash):
+ *   hash   the seal computed per row in plain C with libcrypto (bench/seal.h,
+ *          the same encoding as csrc/ga_chain.c): the SHA-256 of the four
+ *          payloads, prev_hash = the previous row's record_hash, record_hash
+ *          over the canonical encoding — the floor for a sealed store;
+ *   plain  the same bytes with no hashing in the loop: the payload digests
+ *          computed once per source row before the timer starts, prev_hash 64
+ *          zeros and a constant record_hash — the floor without the chain's
+ *          work (the rows do not verify).
+ * WAL, synchronous=NORMAL. Only the insert loop is timed. Prints one line:
+ *   rows=N seconds=S rows_per_s=R cpu_us_per_row=C mode=M
+ * (C: this process's CPU time, user + system, over the loop, per row).
+ * Exit status 0, 2 on a usage error, or 1 with a message on stderr. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <sqlite3.h>
+#include "seal.h"
 
-#define NCOPY 15   /* the columns after id and created_at */
+#define NCOPY 16   /* the columns copied from SRC (SQL_SOURCE's order) */
 #define MAX_SRC 64 /* source rows kept */
 
 /* The same statement genaudit prepares (csrc/ga_store.c). */
 static const char SQL_INSERT[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
-    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
-    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)";
+    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of, drafts,"
+    " final_system_prompt_sha256, final_user_prompt_sha256, content_sha256, drafts_sha256,"
+    " chain_id, chain_seq, prev_hash, record_hash)"
+    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,"
+    "?19,?20,?21,?22,?23,?24,?25,?26)";
 static const char SQL_SOURCE[] =
     "SELECT org_id, user_id, platform, template_id, template_version, status, content, error,"
     " final_system_prompt, final_user_prompt, token_metrics, performance_metrics, repair_metrics,"
-    " request_params, replay_of FROM generation_snapshots ORDER BY rowid LIMIT 64";
+    " request_params, replay_of, drafts FROM generation_snapshots ORDER BY rowid LIMIT 64";
+static const char SQL_CHAIN[] = "INSERT INTO chains (chain_id, host, pid) VALUES (?1, ?2, ?3)";
+
+/* SQL_SOURCE's columns */
+enum { S_ORG_ID, S_USER_ID, S_PLATFORM, S_TEMPLATE_ID, S_TEMPLATE_VERSION, S_STATUS, S_CONTENT, S_ERROR,
+       S_SYSTEM, S_USER, S_TOKEN_METRICS, S_PERFORMANCE_METRICS, S_REPAIR_METRICS, S_REQUEST_PARAMS,
+       S_REPLAY_OF, S_DRAFTS };
+/* the payloads, in the order of the digest columns (?19..?22) */
+static const int PAYLOAD[4] = {S_SYSTEM, S_USER, S_CONTENT, S_DRAFTS};
+/* the record fields that come from SRC's columns (BS_CREATED_AT+1 .. BS_REPAIR_METRICS) */
+static const int FROM_SRC[BS_NFIELDS] = {
+    -1, -1, -1, -1, -1, S_ORG_ID, S_USER_ID, S_PLATFORM, S_TEMPLATE_ID, S_TEMPLATE_VERSION, S_STATUS, S_ERROR,
+    S_REPLAY_OF, S_REQUEST_PARAMS, S_TOKEN_METRICS, S_PERFORMANCE_METRICS, S_REPAIR_METRICS, -1, -1, -1, -1};
+
+/* plain mode's record_hash: any 64 hex digits (nothing checks it at insert) */
+static const char PLAIN_HASH[] = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 
 typedef struct {
   char *p[NCOPY];
-  int n[NCOPY]; /* -1: NULL */
+  int n[NCOPY];          /* -1: NULL */
+  char digest[4][65];    /* plain mode: the payloads' digests, computed before the timer */
 } src_row;
 
 static const char B32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -52,9 +86,9 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static double mono_s(void) {
+static double clock_s(clockid_t which) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(which, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -79,16 +113,16 @@ static void make_time(char out[24], int64_t ms) {
   out[23] = '\0';
 }
 
-static int load_source(const char *path, src_row *rows, int *count) {
+static int load_source(const char *path, src_row *rows, int *count, bs_hasher *h) {
   sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
-  int n = 0, rc = 1, i;
+  int n = 0, rc = 1, i, step = SQLITE_ROW;
   if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(db, SQL_SOURCE, -1, &st, NULL) != SQLITE_OK) {
     die(db, "cannot read source rows");
     goto cleanup;
   }
-  while (n < MAX_SRC && sqlite3_step(st) == SQLITE_ROW) {
+  while (n < MAX_SRC && (step = sqlite3_step(st)) == SQLITE_ROW) {
     for (i = 0; i < NCOPY; i++) {
       const void *p = sqlite3_column_blob(st, i);
       int len = sqlite3_column_bytes(st, i);
@@ -105,35 +139,77 @@ static int load_source(const char *path, src_row *rows, int *count) {
       if (len) memcpy(rows[n].p[i], p, (size_t)len);
       rows[n].n[i] = len;
     }
+    for (i = 0; i < 4; i++) {
+      const src_row *r = &rows[n];
+      if (r->n[PAYLOAD[i]] >= 0 && bs_sha256_hex(h, r->p[PAYLOAD[i]], (size_t)r->n[PAYLOAD[i]], rows[n].digest[i]) != 0) {
+        fprintf(stderr, "raw_insert: libcrypto failed\n");
+        goto cleanup;
+      }
+    }
     n++;
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE) {
+    die(db, "cannot read source rows");
+    goto cleanup;
   }
   if (n == 0) {
     fprintf(stderr, "raw_insert: %s holds no snapshot to copy\n", path);
     goto cleanup;
   }
-  *count = n;
   rc = 0;
 cleanup:
+  *count = n;
   sqlite3_finalize(st);
   sqlite3_close(db);
   return rc;
+}
+
+/* Registers the chain (as csrc/ga_store_writer.c does), inside the open transaction. */
+static int register_chain(sqlite3 *db, const char chain_id[27]) {
+  sqlite3_stmt *st = NULL;
+  char host[256];
+  int rc = sqlite3_prepare_v2(db, SQL_CHAIN, -1, &st, NULL);
+  if (gethostname(host, sizeof host) != 0) host[0] = '\0';
+  host[sizeof host - 1] = '\0';
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(st, 1, chain_id, 26, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = host[0] ? sqlite3_bind_text(st, 2, host, -1, SQLITE_STATIC) : sqlite3_bind_null(st, 2);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, (sqlite3_int64)getpid());
+  if (rc == SQLITE_OK) rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *p, int n) {
+  return p ? sqlite3_bind_text(st, i, p, n, SQLITE_STATIC) : sqlite3_bind_null(st, i);
 }
 
 int main(int argc, char **argv) {
   static src_row src[MAX_SRC];
   sqlite3 *db = NULL;
   sqlite3_stmt *ins = NULL;
+  bs_hasher h = {NULL, NULL};
   long rows, batch, i;
-  int nsrc = 0, rc = 1, c;
+  int nsrc = 0, rc = 1, c, hash;
   uint64_t counter = 0;
-  char id[26], created[24];
-  double t0, t1;
-  if (argc != 5 || (rows = atol(argv[3])) <= 0 || (batch = atol(argv[4])) <= 0) {
-    fprintf(stderr, "usage: raw_insert SRC DST ROWS BATCH\n");
+  char id[26], created[24], chain_id[27], prev[65], record[65], digest[4][65], last_sys_digest[65];
+  char *last_sys = NULL;
+  size_t last_sys_n = 0;
+  double t0, t1, c0, c1;
+  if (argc < 5 || argc > 6 || (rows = atol(argv[3])) <= 0 || (batch = atol(argv[4])) <= 0 ||
+      (argc == 6 && strcmp(argv[5], "hash") != 0 && strcmp(argv[5], "plain") != 0)) {
+    fprintf(stderr, "usage: raw_insert SRC DST ROWS BATCH [hash|plain]\n");
     return 2;
   }
-  if (load_source(argv[1], src, &nsrc) != 0) return 1;
-  if (sqlite3_open_v2(argv[2], &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) return die(db, "cannot open DST");
+  hash = argc < 6 || strcmp(argv[5], "hash") == 0;
+  if (bs_hasher_open(&h) != 0) {
+    fprintf(stderr, "raw_insert: libcrypto has no SHA-256\n");
+    goto cleanup;
+  }
+  if (load_source(argv[1], src, &nsrc, &h) != 0) goto cleanup;
+  if (sqlite3_open_v2(argv[2], &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    rc = die(db, "cannot open DST");
+    goto cleanup;
+  }
   if (sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_busy_timeout(db, 5000) != SQLITE_OK ||
@@ -141,40 +217,109 @@ int main(int argc, char **argv) {
     rc = die(db, "cannot prepare DST (is it a migrated genaudit store?)");
     goto cleanup;
   }
-  t0 = mono_s();
+  make_id(chain_id, now_ms(), (uint64_t)getpid() << 20);
+  chain_id[26] = '\0';
+  memcpy(prev, BS_ZERO_HASH, 65);
+  t0 = clock_s(CLOCK_MONOTONIC);
+  c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
   for (i = 0; i < rows; i++) {
     const src_row *r = &src[i % nsrc];
     int64_t ms = now_ms();
-    if (batch > 1 && i % batch == 0 && sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    int b = SQLITE_OK, first = i == 0, own_txn = batch > 1 || first;
+    if (own_txn && (batch == 1 || i % batch == 0) && sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
       rc = die(db, "cannot begin");
+      goto cleanup;
+    }
+    if (first && register_chain(db, chain_id) != SQLITE_OK) {
+      rc = die(db, "cannot register the chain");
       goto cleanup;
     }
     make_id(id, ms, ++counter);
     make_time(created, ms);
-    sqlite3_bind_text(ins, 1, id, 26, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 2, created, 23, SQLITE_STATIC);
-    for (c = 0; c < NCOPY; c++) {
-      if (r->n[c] < 0) sqlite3_bind_null(ins, c + 3);
-      else sqlite3_bind_text(ins, c + 3, r->p[c], r->n[c], SQLITE_STATIC);
+    if (hash) {
+      bs_text f[BS_NFIELDS];
+      char seq[24];
+      int k;
+      for (k = 0; k < 4; k++) {
+        const char *pp = r->p[PAYLOAD[k]];
+        size_t pn = (size_t)r->n[PAYLOAD[k]];
+        if (r->n[PAYLOAD[k]] < 0) continue;
+        /* as genaudit's chain does: the system prompt's digest is reused
+         * while the bytes are the same as the last row's */
+        if (k == 0 && last_sys && last_sys_n == pn && memcmp(last_sys, pp, pn) == 0) {
+          memcpy(digest[0], last_sys_digest, 65);
+          continue;
+        }
+        if (bs_sha256_hex(&h, pp, pn, digest[k]) != 0) {
+          fprintf(stderr, "raw_insert: libcrypto failed\n");
+          goto cleanup;
+        }
+        if (k == 0) {
+          char *copy = (char *)malloc(pn ? pn : 1);
+          if (copy) {
+            memcpy(copy, pp, pn);
+            free(last_sys);
+            last_sys = copy;
+            last_sys_n = pn;
+            memcpy(last_sys_digest, digest[0], 65);
+          }
+        }
+      }
+      for (k = 0; k < BS_NFIELDS; k++) {
+        int s = FROM_SRC[k];
+        f[k].p = s >= 0 && r->n[s] >= 0 ? r->p[s] : NULL;
+        f[k].n = s >= 0 && r->n[s] >= 0 ? (size_t)r->n[s] : 0;
+      }
+      snprintf(seq, sizeof seq, "%ld", i + 1);
+      f[BS_ID] = (bs_text){id, 26};
+      f[BS_CHAIN_ID] = (bs_text){chain_id, 26};
+      f[BS_CHAIN_SEQ] = (bs_text){seq, strlen(seq)};
+      f[BS_PREV_HASH] = (bs_text){prev, 64};
+      f[BS_CREATED_AT] = (bs_text){created, 23};
+      for (k = 0; k < 4; k++) f[BS_SYSTEM_SHA + k] = (bs_text){r->n[PAYLOAD[k]] >= 0 ? digest[k] : NULL, 64};
+      if (bs_record_hash(&h, f, record) != 0) {
+        fprintf(stderr, "raw_insert: libcrypto failed\n");
+        goto cleanup;
+      }
+    } else {
+      memcpy(digest, r->digest, sizeof digest);
+      memcpy(record, PLAIN_HASH, 65);
+    }
+    b = sqlite3_bind_text(ins, 1, id, 26, SQLITE_STATIC);
+    if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 2, created, 23, SQLITE_STATIC);
+    for (c = 0; b == SQLITE_OK && c < NCOPY; c++) b = bind_text(ins, c + 3, r->p[c], r->n[c]);
+    for (c = 0; b == SQLITE_OK && c < 4; c++) b = bind_text(ins, 19 + c, r->n[PAYLOAD[c]] >= 0 ? digest[c] : NULL, 64);
+    if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 23, chain_id, 26, SQLITE_STATIC);
+    if (b == SQLITE_OK) b = sqlite3_bind_int64(ins, 24, (sqlite3_int64)(i + 1));
+    if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 25, prev, 64, SQLITE_STATIC);
+    if (b == SQLITE_OK) b = sqlite3_bind_text(ins, 26, record, 64, SQLITE_STATIC);
+    if (b != SQLITE_OK) {
+      rc = die(db, "cannot bind");
+      goto cleanup;
     }
     if (sqlite3_step(ins) != SQLITE_DONE) {
       rc = die(db, "cannot insert");
       goto cleanup;
     }
     sqlite3_reset(ins);
-    if (batch > 1 && (i % batch == batch - 1 || i == rows - 1) &&
+    if (hash) memcpy(prev, record, 65); /* plain: prev_hash stays 64 zeros */
+    if (own_txn && (batch == 1 || i % batch == batch - 1 || i == rows - 1) &&
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
       rc = die(db, "cannot commit");
       goto cleanup;
     }
   }
-  t1 = mono_s();
-  printf("rows=%ld seconds=%.6f rows_per_s=%.1f\n", rows, t1 - t0, (double)rows / (t1 - t0));
+  t1 = clock_s(CLOCK_MONOTONIC);
+  c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  printf("rows=%ld seconds=%.6f rows_per_s=%.1f cpu_us_per_row=%.2f mode=%s\n", rows, t1 - t0,
+         (double)rows / (t1 - t0), (c1 - c0) * 1e6 / (double)rows, hash ? "hash" : "plain");
   rc = 0;
 cleanup:
+  free(last_sys);
   sqlite3_finalize(ins);
   sqlite3_close(db);
-  for (i = 0; i < nsrc; i++)
+  bs_hasher_close(&h);
+  for (i = 0; i < MAX_SRC; i++) /* static, so NULL where nothing was copied */
     for (c = 0; c < NCOPY; c++) free(src[i].p[c]);
   return rc;
 }

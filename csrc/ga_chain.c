@@ -12,7 +12,9 @@
  *   core.record_hash(t) -> hex, E      t keyed by field name (see below)
  *   core.record_fields() -> { {name, payload}, ... } */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <openssl/evp.h>
 #include "ga_private.h"
 
@@ -50,13 +52,42 @@ static int put_field(EVP_MD_CTX *c, ga_buf *buf, const char *name, int payload, 
 /* The record hash of fields (ga_record_fields order; payload fields hold
  * their digest's 64 hex digits, or are unset). When enc is not NULL the
  * encoding E is also written to it. 0, or -1. */
-int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
+static void to_hex(const unsigned char md[32], char out[65]) {
   static const char hex[] = "0123456789abcdef";
+  unsigned i;
+  for (i = 0; i < 32; i++) {
+    out[2 * i] = hex[md[i] >> 4];
+    out[2 * i + 1] = hex[md[i] & 15];
+  }
+  out[64] = '\0';
+}
+
+/* SHA-256 of p[0..n) through the reusable context c: 0 or -1. */
+static int digest_ctx(EVP_MD_CTX *c, const void *p, size_t n, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, p, n) != 1 ||
+      EVP_DigestFinal_ex(c, md, &len) != 1 || len != 32)
+    return -1;
+  to_hex(md, out);
+  return 0;
+}
+
+static int record_hash_ctx(EVP_MD_CTX *c, const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
+
+int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  int rc;
+  if (!c) return -1;
+  rc = record_hash_ctx(c, fields, out, enc);
+  EVP_MD_CTX_free(c);
+  return rc;
+}
+
+static int record_hash_ctx(EVP_MD_CTX *c, const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0, i;
   int ok;
-  EVP_MD_CTX *c = EVP_MD_CTX_new();
-  if (!c) return -1;
   ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(c, MAGIC, sizeof MAGIC - 1) == 1;
   if (ok && enc) {
     ga_buf_add(enc, MAGIC, sizeof MAGIC - 1);
@@ -69,13 +100,8 @@ int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *e
     if (ok && enc) ok = put_field(NULL, enc, f->name, f->payload, &fields[i]) == 0;
   }
   ok = ok && EVP_DigestFinal_ex(c, md, &len) == 1 && len == 32;
-  EVP_MD_CTX_free(c);
   if (!ok) return -1;
-  for (i = 0; i < 32; i++) {
-    out[2 * i] = hex[md[i] >> 4];
-    out[2 * i + 1] = hex[md[i] & 15];
-  }
-  out[64] = '\0';
+  to_hex(md, out);
   return 0;
 }
 
@@ -179,4 +205,140 @@ void ga_open_chain(lua_State *L) {
   lua_setfield(L, -2, "record_hash");
   lua_pushcfunction(L, l_record_fields);
   lua_setfield(L, -2, "record_fields");
+}
+
+/* ---- the chain one writer appends to ---- */
+
+const char *const ga_seal_col_names[GA_SEAL_NCOLS] = {
+    "final_system_prompt_sha256", "final_user_prompt_sha256", "content_sha256", "drafts_sha256",
+    "chain_id", "chain_seq", "prev_hash", "record_hash"};
+
+static const char ZERO_HASH[] = "0000000000000000000000000000000000000000000000000000000000000000";
+
+void ga_chain_init(ga_chain *ch) {
+  memset(ch, 0, sizeof *ch);
+  memcpy(ch->head, ZERO_HASH, 65);
+  memcpy(ch->pend_head, ZERO_HASH, 65);
+}
+
+void ga_chain_free(ga_chain *ch) {
+  EVP_MD_CTX_free((EVP_MD_CTX *)ch->md);
+  ch->md = NULL;
+  free(ch->sys_p);
+  ch->sys_p = NULL;
+  ch->sys_n = 0;
+}
+
+/* The digest of payload t into out, through the chain's context; the
+ * system prompt's is remembered (the same template's, row after row) and
+ * reused while the bytes are the same. 0 or -1. */
+static int payload_digest(ga_chain *ch, int i, const ga_text *t, char out[65]) {
+  if (!ch->md && !(ch->md = EVP_MD_CTX_new())) return -1;
+  if (i == 0 && ch->sys_p && ch->sys_n == t->n && memcmp(ch->sys_p, t->p, t->n) == 0) {
+    memcpy(out, ch->sys_digest, 65);
+    return 0;
+  }
+  if (digest_ctx((EVP_MD_CTX *)ch->md, t->p, t->n, out) != 0) return -1;
+  if (i == 0) {
+    char *copy = (char *)malloc(t->n ? t->n : 1);
+    if (copy) { /* no cache on out of memory: only slower */
+      memcpy(copy, t->p, t->n);
+      free(ch->sys_p);
+      ch->sys_p = copy;
+      ch->sys_n = t->n;
+      memcpy(ch->sys_digest, out, 65);
+    }
+  }
+  return 0;
+}
+
+void ga_chain_begin(ga_chain *ch) {
+  ch->pend_seq = ch->seq;
+  memcpy(ch->pend_head, ch->head, 65);
+  ch->pend_registered = ch->registered;
+}
+
+int ga_chain_needs_register(const ga_chain *ch) { return !ch->pend_registered; }
+
+void ga_chain_registered(ga_chain *ch) { ch->pend_registered = 1; }
+
+int ga_chain_ensure_id(ga_chain *ch) {
+  ga_ulid_state st;
+  if (ch->id[0]) return 0;
+  memset(&st, 0, sizeof st);
+  if (ga_ulid_next(&st, ga_realtime_ms(), ch->id) != 0) return -1;
+  ch->id[26] = '\0';
+  return 0;
+}
+
+int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out) {
+  /* the record's fields, from the row's columns and the seal's own */
+  static const int from_row[GA_REC_NFIELDS] = {
+      GA_COL_ID, -1, -1, -1, GA_COL_CREATED_AT, GA_COL_ORG_ID, GA_COL_USER_ID, GA_COL_PLATFORM,
+      GA_COL_TEMPLATE_ID, GA_COL_TEMPLATE_VERSION, GA_COL_STATUS, GA_COL_ERROR, GA_COL_REPLAY_OF,
+      GA_COL_REQUEST_PARAMS, GA_COL_TOKEN_METRICS, GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS,
+      -1, -1, -1, -1};
+  static const int payloads[4] = {GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_CONTENT,
+                                  GA_COL_DRAFTS};
+  ga_text f[GA_REC_NFIELDS];
+  int i;
+  if (ch->stale || ga_chain_ensure_id(ch) != 0) return -1;
+  memset(out->col, 0, sizeof out->col);
+  for (i = 0; i < 4; i++) {
+    const ga_text *t = &cols[payloads[i]];
+    if (!t->set) continue;
+    if (payload_digest(ch, i, t, out->digest[i]) != 0) return -1;
+    out->col[i].p = out->digest[i];
+    out->col[i].n = 64;
+    out->col[i].set = 1;
+  }
+  snprintf(out->seq, sizeof out->seq, "%lld", ch->pend_seq + 1);
+  memcpy(out->prev, ch->pend_head, 65);
+  out->col[GA_SEAL_CHAIN_ID] = (ga_text){ch->id, 26, 1};
+  out->col[GA_SEAL_CHAIN_SEQ] = (ga_text){out->seq, strlen(out->seq), 1};
+  out->col[GA_SEAL_PREV_HASH] = (ga_text){out->prev, 64, 1};
+  for (i = 0; i < GA_REC_NFIELDS; i++) f[i] = from_row[i] >= 0 ? cols[from_row[i]] : (ga_text){NULL, 0, 0};
+  f[1] = out->col[GA_SEAL_CHAIN_ID];
+  f[2] = out->col[GA_SEAL_CHAIN_SEQ];
+  f[3] = out->col[GA_SEAL_PREV_HASH];
+  for (i = 0; i < 4; i++) f[17 + i] = out->col[i];
+  if (!ch->md && !(ch->md = EVP_MD_CTX_new())) return -1;
+  if (record_hash_ctx((EVP_MD_CTX *)ch->md, f, out->hash, NULL) != 0) return -1;
+  out->col[GA_SEAL_RECORD_HASH] = (ga_text){out->hash, 64, 1};
+  return 0;
+}
+
+void ga_chain_taken(ga_chain *ch, const ga_seal *s) {
+  ch->pend_seq++;
+  memcpy(ch->pend_head, s->hash, 65);
+}
+
+void ga_chain_commit(ga_chain *ch) {
+  ch->seq = ch->pend_seq;
+  memcpy(ch->head, ch->pend_head, 65);
+  ch->registered = ch->pend_registered;
+}
+
+void ga_chain_resync(ga_chain *ch, long long seq, const char *hash, int registered) {
+  ch->seq = seq;
+  memcpy(ch->head, hash && seq > 0 ? hash : ZERO_HASH, 64);
+  ch->head[64] = '\0';
+  ch->registered = registered;
+  ch->stale = 0;
+  ga_chain_begin(ch);
+}
+
+int ga_utc_seconds_valid(const char *p, size_t n) {
+  static const char shape[] = "dddd-dd-dd dd:dd:dd";
+  char now[32];
+  time_t t = time(NULL);
+  struct tm tm;
+  size_t i;
+  if (n != 19) return 0;
+  for (i = 0; i < n; i++) {
+    if (shape[i] == 'd' ? (p[i] < '0' || p[i] > '9') : p[i] != shape[i]) return 0;
+  }
+  /* a cutoff in the future would purge rows younger than any age */
+  if (!gmtime_r(&t, &tm) || strftime(now, sizeof now, "%Y-%m-%d %H:%M:%S", &tm) != 19) return 0;
+  return memcmp(p, now, 19) <= 0;
 }

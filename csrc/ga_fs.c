@@ -2,7 +2,9 @@
  * dependencies: the entries of a directory (migrations, script folders) and a
  * file's modification time in ns (script reload on change). */
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -72,7 +74,41 @@ static int l_read_file(lua_State *L) {
   return 1;
 }
 
+/* core.write_new_file(path, bytes, mode) -> true | nil, "IO: ...", "IO"
+ * Creates path (never replaces an existing file: O_EXCL) with permissions
+ * mode (e.g. 384 = 0600 for a private key, before anything is written),
+ * writes every byte and syncs it. A partial file is removed. */
+static int l_write_new_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n, off = 0;
+  const char *p = luaL_checklstring(L, 2, &n);
+  lua_Integer mode = luaL_checkinteger(L, 3);
+  int fd, e = 0;
+  if (mode < 0 || mode > 0777) return luaL_argerror(L, 3, "mode must be between 0 and 0777");
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+  if (fd < 0) return ga_fail(L, "IO", "cannot create '%s': %s", path, strerror(errno));
+  while (off < n) {
+    ssize_t w = write(fd, p + off, n - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      e = errno ? errno : EIO;
+      break;
+    }
+    off += (size_t)w;
+  }
+  if (!e && fsync(fd) != 0) e = errno;
+  if (close(fd) != 0 && !e) e = errno;
+  if (e) {
+    unlink(path);
+    return ga_fail(L, "IO", "cannot write '%s': %s", path, strerror(e));
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void ga_open_fs(lua_State *L) {
+  lua_pushcfunction(L, l_write_new_file);
+  lua_setfield(L, -2, "write_new_file");
   lua_pushcfunction(L, l_read_file);
   lua_setfield(L, -2, "read_file");
   lua_pushcfunction(L, l_listdir);

@@ -33,6 +33,7 @@ enum {
 
 #define SQL_UNLOCK_ALL "SELECT pg_advisory_unlock_all()" /* after every query()/each() */
 #define INSERT_NAME "ga_insert"
+#define INSERT_REG_NAME "ga_insert_reg" /* the INSERT with its chain's own row (a chain's first) */
 
 /* ---- connection settings, shared by a store and its writer ---- */
 typedef struct {
@@ -64,6 +65,7 @@ typedef struct {
   uint64_t tick;
   unsigned next_id;
   int insert_ready;
+  ga_chain chain; /* the hash chain sync persists append to (the async writer has its own) */
   int each_depth; /* open each() calls: a read-only transaction is open */
   uint64_t reconnects;
 } pgstore;
@@ -128,6 +130,7 @@ int ga_pg_plain_read(const char *q);
 /* ---- ga_pg_rows.c ---- */
 int pg_box_gc(lua_State *L); /* the box metatable's __gc */
 int pg_query(lua_State *L);  /* store:query(sql, params) */
+int pg_purge(lua_State *L);  /* store:purge(older_than, what) (ga_pg_writer.c) */
 int pg_each(lua_State *L);   /* store:each(sql, params, fn) */
 
 /* ---- ga_pg_migrate.c ---- */

@@ -252,6 +252,7 @@ static void store_close_impl(pgstore *s) {
   if (s->conn) PQfinish(s->conn);
   s->conn = NULL;
   s->each_depth = 0;
+  ga_chain_free(&s->chain);
   cfg_free(&s->cfg);
 }
 
@@ -331,6 +332,7 @@ static int l_pg_open(lua_State *L) {
   /* closed userdata first, then the resources: nothing leaks if Lua raises */
   s = (pgstore *)ga_newuserdata(L, sizeof *s);
   memset(s, 0, sizeof *s);
+  ga_chain_init(&s->chain);
   luaL_getmetatable(L, PG_MT);
   lua_setmetatable(L, -2);
   s->cfg.readonly = readonly;
@@ -383,6 +385,7 @@ void ga_open_pg(lua_State *L) {
                                      {"query", pg_query},
                                      {"each", pg_each},
                                      {"url", l_store_url},
+                                     {"purge", pg_purge},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {PG_MT,        methods,      check_base, close_base, describe,
                                          pg_check_row, pg_id_stored, pg_insert,  pg_start_writer, pg_stats,

@@ -8,20 +8,33 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "ga_pg.h"
 
 #define SNAPSHOT_COLUMNS                                                                          \
   "id, created_at, org_id, user_id, platform, template_id, template_version, status, content, " \
   "error, final_system_prompt, final_user_prompt, token_metrics, performance_metrics, "          \
-  "repair_metrics, request_params, replay_of"
-static const char SQL_INSERT[] =
-    "INSERT INTO generation_snapshots (" SNAPSHOT_COLUMNS ") VALUES"
-    " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+  "repair_metrics, request_params, replay_of, drafts, final_system_prompt_sha256, "              \
+  "final_user_prompt_sha256, content_sha256, drafts_sha256, chain_id, chain_seq, prev_hash, record_hash"
+#define SNAPSHOT_VALUES                                                                                   \
+  " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22," \
+  " $23, $24, $25, $26)"
+#define NPARAMS (GA_NCOLS + GA_SEAL_NCOLS)
+static const char SQL_INSERT[] = "INSERT INTO generation_snapshots (" SNAPSHOT_COLUMNS ") VALUES" SNAPSHOT_VALUES;
+/* $23 is chain_id; $27, $28 the chain's host and pid */
+static const char SQL_INSERT_REG[] =
+    "WITH c AS (INSERT INTO chains (chain_id, host, pid) VALUES ($23, $27, $28::integer))"
+    " INSERT INTO generation_snapshots (" SNAPSHOT_COLUMNS ") VALUES" SNAPSHOT_VALUES;
 static const char SQL_COPY[] = "COPY generation_snapshots (" SNAPSHOT_COLUMNS ") FROM STDIN";
 static const char SQL_ID_STORED[] = "SELECT 1 FROM generation_snapshots WHERE id = $1";
+static const char SQL_REGISTER[] = "INSERT INTO chains (chain_id, host, pid) VALUES ($1, $2, $3::integer)";
+static const char SQL_HEAD[] =
+    "SELECT chain_seq, record_hash, EXISTS (SELECT 1 FROM chains WHERE chain_id = $1)"
+    " FROM (SELECT 0::bigint AS chain_seq, NULL::text AS record_hash UNION ALL"
+    " (SELECT chain_seq, record_hash FROM generation_snapshots WHERE chain_id = $1"
+    " ORDER BY chain_seq DESC LIMIT 1)) h ORDER BY chain_seq DESC LIMIT 1";
 static const char SQL_PUT_SCRIPT[] =
     "INSERT INTO scripts (digest, path, encoding, source) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING";
-#define PKEY_NAME "generation_snapshots_pkey"
 
 /* ---- rows: what PostgreSQL text can hold ---- */
 
@@ -98,7 +111,7 @@ static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
   for (i = 0; i < GA_NCOLS; i++) {
     const ga_text *t = &row->col[i];
     int json = i == GA_COL_TOKEN_METRICS || i == GA_COL_PERFORMANCE_METRICS || i == GA_COL_REPAIR_METRICS ||
-               i == GA_COL_REQUEST_PARAMS;
+               i == GA_COL_REQUEST_PARAMS || i == GA_COL_DRAFTS;
     if (!t->set) continue;
     if (memchr(t->p, '\0', t->n) || (json && json_has_nul_escape(t->p, t->n))) {
       snprintf(err, errlen, "%s: PostgreSQL text cannot contain NUL bytes", ga_col_names[i]);
@@ -112,17 +125,28 @@ static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
   return 0;
 }
 
-/* The INSERT's parameters: created_at as text (it is parsed as timestamptz),
- * every other column in binary format, which for text and json is the bytes
- * themselves (no NUL terminator needed, exact length). */
-static void insert_params(const ga_text *cols, const char *values[GA_NCOLS], int lengths[GA_NCOLS],
-                          int formats[GA_NCOLS], char created[32]) {
-  int i;
-  for (i = 0; i < GA_NCOLS; i++) {
-    values[i] = cols[i].set ? cols[i].p : NULL;
-    lengths[i] = cols[i].set ? (int)cols[i].n : 0;
+/* The INSERT's parameters: the row's columns, its seal's, and (for
+ * SQL_INSERT_REG) the chain's host and pid. created_at and chain_seq as text
+ * (parsed as timestamptz, bigint), every other column in binary format,
+ * which for text and json is the bytes themselves (exact length). */
+typedef struct {
+  const char *values[NPARAMS + 2];
+  int lengths[NPARAMS + 2], formats[NPARAMS + 2];
+  char created[32], host[256], pid[24];
+} pgparams;
+
+static void insert_params(const ga_text *cols, const ga_seal *seal, pgparams *pp) {
+  const char **values = pp->values;
+  int *lengths = pp->lengths, *formats = pp->formats, i;
+  char *created = pp->created;
+  for (i = 0; i < NPARAMS; i++) {
+    const ga_text *t = i < GA_NCOLS ? &cols[i] : &seal->col[i - GA_NCOLS];
+    values[i] = t->set ? t->p : NULL;
+    lengths[i] = t->set ? (int)t->n : 0;
     formats[i] = 1;
   }
+  formats[GA_NCOLS + GA_SEAL_CHAIN_SEQ] = 0;
+  values[GA_NCOLS + GA_SEAL_CHAIN_SEQ] = seal->seq; /* NUL-terminated */
   if (cols[GA_COL_CREATED_AT].set) {
     size_t n = cols[GA_COL_CREATED_AT].n < 31 ? cols[GA_COL_CREATED_AT].n : 31;
     memcpy(created, cols[GA_COL_CREATED_AT].p, n);
@@ -130,6 +154,54 @@ static void insert_params(const ga_text *cols, const char *values[GA_NCOLS], int
     values[GA_COL_CREATED_AT] = created;
   }
   formats[GA_COL_CREATED_AT] = 0;
+}
+
+/* The chain's host and pid, after the row's parameters (SQL_INSERT_REG)
+ * or alone at $2, $3 (SQL_REGISTER: values[0] set by the caller). */
+static void host_params(pgparams *pp, int at) {
+  if (gethostname(pp->host, sizeof pp->host) != 0) pp->host[0] = '\0';
+  pp->host[sizeof pp->host - 1] = '\0';
+  snprintf(pp->pid, sizeof pp->pid, "%ld", (long)getpid());
+  pp->values[at] = pp->host[0] ? pp->host : NULL;
+  pp->values[at + 1] = pp->pid;
+  pp->lengths[at] = pp->lengths[at + 1] = 0;
+  pp->formats[at] = pp->formats[at + 1] = 0;
+}
+
+/* Reads the chain's head back from the database (after a lost connection
+ * left a commit unknown). 0, or -1 with err. */
+static int chain_resync(PGconn *conn, const pgcfg *cfg, ga_chain *ch, char *err, size_t errlen) {
+  const char *v[1];
+  PGresult *r;
+  int ok;
+  if (!ch->id[0]) { /* no row sealed yet: nothing to read */
+    ch->stale = 0;
+    return 0;
+  }
+  v[0] = ch->id;
+  r = PQexecParams(conn, SQL_HEAD, 1, NULL, v, NULL, NULL, 0);
+  ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+  if (!ok) pg_error(conn, r, cfg, err, errlen);
+  else
+    ga_chain_resync(ch, strtoll(PQgetvalue(r, 0, 0), NULL, 10), PQgetisnull(r, 0, 1) ? NULL : PQgetvalue(r, 0, 1),
+                    PQgetvalue(r, 0, 2)[0] == 't');
+  PQclear(r);
+  return ok ? 0 : -1;
+}
+
+/* Whether the row with this id (26 bytes) is in: 1, 0, -1 (cannot tell). */
+static int id_in(PGconn *conn, const char *id26) {
+  const char *v[1];
+  char id[27];
+  PGresult *r;
+  int in;
+  memcpy(id, id26, 26);
+  id[26] = '\0';
+  v[0] = id;
+  r = PQexecParams(conn, SQL_ID_STORED, 1, NULL, v, NULL, NULL, 0);
+  in = r && PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) > 0 : -1;
+  PQclear(r);
+  return in;
 }
 
 /* ---- scripts ---- */
@@ -206,57 +278,150 @@ int pg_id_stored(lua_State *L, ga_store_base *b, const char *id26) {
   return dup;
 }
 
-/* persist() in sync mode (the preamble is ga_store_common.c's): one INSERT,
- * committed before it returns 0; else the error triple pushed and 3. */
+/* persist() in sync mode (the preamble is ga_store_common.c's): one INSERT
+ * (with the chain's own row, for a chain's first snapshot), the row sealed
+ * at the next position of this store's chain, committed before it returns
+ * 0; else the error triple pushed and 3. A connection lost meanwhile is
+ * re-established once: if the row is in, the lost attempt committed;
+ * otherwise the chain's head is read back and the row sealed again. */
 int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
   pgstore *s = (pgstore *)b;
-  char created[32];
-  const char *values[GA_NCOLS];
-  int lengths[GA_NCOLS], formats[GA_NCOLS], attempt, lost = 0;
+  pgparams pp;
+  ga_seal seal;
+  char err[512];
+  int attempt, in, resealed = 0;
   if (s->each_depth > 0)
     return ga_fail(L, "BUSY", "cannot persist while each() reads from this store (use another store object)");
-  insert_params(row->col, values, lengths, formats, created);
   for (attempt = 0;; attempt++) {
     PGresult *r;
-    int rc = pg_ensure(L, s);
+    int rc = pg_ensure(L, s), reg;
     if (rc != 0) return rc;
+    if (s->chain.stale && chain_resync(s->conn, &s->cfg, &s->chain, err, sizeof err) != 0)
+      return ga_fail(L, "CONNECT", "cannot read the store's chain: %s", err);
     if (!s->insert_ready) {
-      r = PQprepare(s->conn, INSERT_NAME, SQL_INSERT, GA_NCOLS, NULL);
-      if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
-        if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) {
+      int i;
+      for (i = 0; i < 2; i++) {
+        r = PQprepare(s->conn, i ? INSERT_REG_NAME : INSERT_NAME, i ? SQL_INSERT_REG : SQL_INSERT,
+                      i ? NPARAMS + 2 : NPARAMS, NULL);
+        if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+          if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) break;
+          if (PQstatus(s->conn) != CONNECTION_OK) s->chain.stale = 1;
+          rc = pg_fail_result(L, s, r, "cannot prepare insert (is the store migrated?)");
           PQclear(r);
-          lost = 1;
-          continue;
+          return rc;
         }
-        rc = pg_fail_result(L, s, r, "cannot prepare insert (is the store migrated?)");
         PQclear(r);
-        return rc;
       }
-      PQclear(r);
+      if (i < 2) {
+        PQclear(r);
+        s->chain.stale = 1;
+        continue;
+      }
       s->insert_ready = 1;
     }
-    r = PQexecPrepared(s->conn, INSERT_NAME, GA_NCOLS, values, lengths, formats, 0);
+    ga_chain_begin(&s->chain);
+    if (ga_chain_seal(&s->chain, row->col, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
+    insert_params(row->col, &seal, &pp);
+    reg = ga_chain_needs_register(&s->chain);
+    if (reg) host_params(&pp, NPARAMS);
+    r = PQexecPrepared(s->conn, reg ? INSERT_REG_NAME : INSERT_NAME, reg ? NPARAMS + 2 : NPARAMS, pp.values,
+                       pp.lengths, pp.formats, 0);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
       PQclear(r);
-      break;
+      if (reg) ga_chain_registered(&s->chain);
+      ga_chain_taken(&s->chain, &seal);
+      ga_chain_commit(&s->chain);
+      return 0;
     }
-    if (PQstatus(s->conn) != CONNECTION_OK && attempt == 0) { /* the commit is unknown: retry with the same id */
+    if (PQstatus(s->conn) != CONNECTION_OK) {
+      /* the commit is unknown, and with it the chain's head: read back
+       * before any later row, whatever happens to this one */
       PQclear(r);
-      lost = 1;
+      s->chain.stale = 1;
+      rc = pg_ensure(L, s);
+      if (rc != 0) return rc;
+      in = id_in(s->conn, row->col[GA_COL_ID].p);
+      if (attempt > 0 && in == 0)
+        return ga_fail(L, "CONNECT", "connection lost twice while persisting; the row was not stored");
+      if (in == 1) { /* the lost attempt had committed */
+        if (chain_resync(s->conn, &s->cfg, &s->chain, err, sizeof err) != 0)
+          return ga_fail(L, "CONNECT", "cannot read the store's chain: %s", err);
+        return 0;
+      }
+      if (in < 0) return ga_fail(L, "CONNECT", "connection lost while persisting; the row may be stored");
       continue;
     }
-    if (lost && pg_state_is(r, "23505")) {
+    if (!resealed && pg_state_is(r, "23505")) {
+      /* the chain's position or registration is taken: this store's idea of
+       * its head is behind the database's (never expected); read it back
+       * and seal the row again, once */
       const char *cn = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
-      if (cn && strcmp(cn, PKEY_NAME) == 0) { /* the lost attempt had committed */
+      if (cn && (strcmp(cn, "snapshots_chain") == 0 || strcmp(cn, "chains_pkey") == 0)) {
         PQclear(r);
-        break;
+        resealed = 1;
+        s->chain.stale = 1;
+        attempt--; /* not a connection attempt */
+        continue;
       }
     }
     rc = pg_fail_result(L, s, r, "cannot persist snapshot");
     PQclear(r);
     return rc;
   }
-  return 0;
+}
+
+/* store:purge(older_than, what) -> rows purged | nil, err, code: the
+ * SQLite store's (ga_store.c): in one transaction, the purge recorded (with
+ * the count of rows it covers), then the rows' payloads set to NULL and
+ * purged_by set. older_than is UTC 'YYYY-MM-DD HH:MM:SS'. */
+int pg_purge(lua_State *L) {
+#define PURGE_COND                                                                                     \
+  " WHERE created_at < ($1::timestamp AT TIME ZONE 'UTC') AND purged_at IS NULL AND record_hash IS NOT NULL"
+  static const char rec[] = "INSERT INTO purges (older_than, what, rows) SELECT $1::text, $2::text, count(*)"
+                            " FROM generation_snapshots" PURGE_COND " RETURNING purge_id, rows";
+  static const char upd[] =
+      "UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL,"
+      " content = NULL, drafts = NULL, purged_at = now(), purged_by = $2::bigint" PURGE_COND;
+#undef PURGE_COND
+  pgstore *s = pg_check_store(L);
+  size_t n, wn;
+  const char *cutoff = luaL_checklstring(L, 2, &n);
+  const char *what = luaL_checklstring(L, 3, &wn);
+  const char *v[2];
+  char err[512], id[32];
+  long long rows = 0;
+  PGresult *r;
+  int rc;
+  if (!ga_utc_seconds_valid(cutoff, n)) return ga_fail(L, "INVALID", "purge: older_than must be 'YYYY-MM-DD HH:MM:SS' (UTC), not in the future");
+  if (wn != 8 || memcmp(what, "payloads", 8) != 0) return ga_fail(L, "INVALID", "purge: what must be 'payloads'");
+  if (s->each_depth > 0) return ga_fail(L, "BUSY", "cannot purge while each() reads from this store");
+  rc = pg_ensure(L, s);
+  if (rc != 0) return rc;
+  if (pg_exec_ok(s->conn, &s->cfg, "BEGIN", err, sizeof err) != 0) return ga_fail(L, "CONNECT", "cannot purge: %s", err);
+  v[0] = cutoff;
+  v[1] = what;
+  r = PQexecParams(s->conn, rec, 2, NULL, v, NULL, NULL, 0);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) goto failed;
+  snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
+  rows = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+  PQclear(r);
+  v[1] = id;
+  r = PQexecParams(s->conn, upd, 2, NULL, v, NULL, NULL, 0);
+  if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) goto failed;
+  if (strtoll(PQcmdTuples(r), NULL, 10) != rows) { /* a concurrent purge took some: start again */
+    PQclear(r);
+    PQclear(PQexec(s->conn, "ROLLBACK"));
+    return ga_fail(L, "BUSY", "purge: another purge ran at the same time; try again");
+  }
+  PQclear(r);
+  if (pg_exec_ok(s->conn, &s->cfg, "COMMIT", err, sizeof err) != 0) return ga_fail(L, "CONNECT", "cannot purge: %s", err);
+  lua_pushinteger(L, (lua_Integer)rows);
+  return 1;
+failed:
+  rc = pg_fail_result(L, s, r, "cannot purge");
+  PQclear(r);
+  if (PQstatus(s->conn) == CONNECTION_OK) PQclear(PQexec(s->conn, "ROLLBACK"));
+  return rc;
 }
 
 /* ---- async mode: the writer thread's PostgreSQL backend ---- */
@@ -264,6 +429,7 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
 typedef struct {
   PGconn *conn;
   const pgcfg *cfg; /* the store's: it outlives the writer */
+  ga_chain chain;   /* the writer's own chain */
   int insert_ready;
   int uncertain; /* a batch's commit may have happened unseen: its ids may be in already */
   char *copybuf; /* reused across batches */
@@ -274,6 +440,7 @@ static void pgw_close(void *conn) {
   pgwriter *c = (pgwriter *)conn;
   if (!c) return;
   if (c->conn) PQfinish(c->conn);
+  ga_chain_free(&c->chain);
   free(c->copybuf);
   free(c);
 }
@@ -303,16 +470,55 @@ static void copy_field(ga_buf *b, const ga_text *t) {
 
 /* The batch as one COPY (its own transaction). 0 committed; -1 retry
  * later; -2 the server refused the data (a row's fault, perhaps). */
+/* Writes the chain's own row in the open transaction. 0, or -1 (retry) / -2. */
+static int pgw_register(pgwriter *c, ga_writer *w) {
+  pgparams pp;
+  char err[512];
+  PGresult *r;
+  int rc = 0;
+  pp.values[0] = c->chain.id;
+  pp.lengths[0] = 0;
+  pp.formats[0] = 0;
+  host_params(&pp, 1);
+  r = PQexecParams(c->conn, SQL_REGISTER, 3, NULL, pp.values, pp.lengths, pp.formats, 0);
+  if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+    pg_error(c->conn, r, c->cfg, err, sizeof err);
+    ga_writer_error(w, "cannot start the writer's chain", err);
+    rc = pg_retryable(c->conn, r) ? -1 : -2;
+  } else {
+    ga_chain_registered(&c->chain);
+  }
+  PQclear(r);
+  return rc;
+}
+
+/* The batch as one COPY, in one transaction with the chain's own row when
+ * the batch starts the chain. 0 committed; -1 retry later; -2 the server
+ * refused the data (a row's fault, perhaps). */
 static int pgw_copy(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
-  PGresult *r = PQexec(c->conn, SQL_COPY);
+  PGresult *r;
   ga_buf b;
+  ga_seal seal;
   char err[512];
   int i, rc = 0;
+  ga_chain_begin(&c->chain);
+  if (pg_exec_ok(c->conn, c->cfg, "BEGIN", err, sizeof err) != 0) {
+    ga_writer_error(w, "cannot begin batch", err);
+    return -1;
+  }
+  if (ga_chain_ensure_id(&c->chain) != 0) rc = -1;
+  if (rc == 0 && ga_chain_needs_register(&c->chain)) rc = pgw_register(c, w);
+  if (rc != 0) {
+    if (PQstatus(c->conn) == CONNECTION_OK) PQclear(PQexec(c->conn, "ROLLBACK"));
+    return rc;
+  }
+  r = PQexec(c->conn, SQL_COPY);
   if (!r || PQresultStatus(r) != PGRES_COPY_IN) {
     pg_error(c->conn, r, c->cfg, err, sizeof err);
     ga_writer_error(w, "cannot start COPY", err);
     rc = pg_retryable(c->conn, r) ? -1 : -2;
     PQclear(r);
+    if (PQstatus(c->conn) == CONNECTION_OK) PQclear(PQexec(c->conn, "ROLLBACK"));
     return rc;
   }
   PQclear(r);
@@ -324,10 +530,19 @@ static int pgw_copy(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
     int k;
     if (!batch[i]) continue;
     ga_writer_item_cols(batch[i], cols);
+    if (ga_chain_seal(&c->chain, cols, &seal) != 0) {
+      rc = -1;
+      break;
+    }
+    ga_chain_taken(&c->chain, &seal); /* the COPY takes every row or none */
     b.len = 0;
     for (k = 0; k < GA_NCOLS; k++) {
       if (k) ga_buf_addc(&b, '\t');
       copy_field(&b, &cols[k]);
+    }
+    for (k = 0; k < GA_SEAL_NCOLS; k++) {
+      ga_buf_addc(&b, '\t');
+      copy_field(&b, &seal.col[k]);
     }
     ga_buf_addc(&b, '\n');
     if (b.oom || PQputCopyData(c->conn, b.buf, (int)b.len) != 1) rc = -1;
@@ -348,6 +563,13 @@ static int pgw_copy(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
   }
   PQclear(r);
   while ((r = PQgetResult(c->conn)) != NULL) PQclear(r);
+  if (rc == 0 && pg_exec_ok(c->conn, c->cfg, "COMMIT", err, sizeof err) != 0) {
+    ga_writer_error(w, "cannot commit batch", err);
+    rc = -1;
+  } else if (rc != 0 && PQstatus(c->conn) == CONNECTION_OK) {
+    PQclear(PQexec(c->conn, "ROLLBACK"));
+  }
+  if (rc == 0) ga_chain_commit(&c->chain);
   if (rc == -1 && PQstatus(c->conn) != CONNECTION_OK) c->uncertain = 1;
   return rc;
 }
@@ -359,7 +581,7 @@ static int pgw_rows(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
   char err[512], err2[256];
   int i;
   if (!c->insert_ready) {
-    PGresult *r = PQprepare(c->conn, INSERT_NAME, SQL_INSERT, GA_NCOLS, NULL);
+    PGresult *r = PQprepare(c->conn, INSERT_NAME, SQL_INSERT, NPARAMS, NULL);
     int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
       pg_error(c->conn, r, c->cfg, err, sizeof err);
@@ -373,20 +595,29 @@ static int pgw_rows(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
     ga_writer_error(w, "cannot begin batch", err);
     return -1;
   }
+  ga_chain_begin(&c->chain);
+  snprintf(err, sizeof err, "no random source for the chain's id");
+  if (ga_chain_ensure_id(&c->chain) != 0) goto interrupted;
+  if (ga_chain_needs_register(&c->chain) && pgw_register(c, w) != 0) goto interrupted;
   for (i = 0; i < n; i++) {
     ga_text cols[GA_NCOLS];
-    const char *values[GA_NCOLS];
-    int lengths[GA_NCOLS], formats[GA_NCOLS];
-    char created[32];
+    pgparams pp;
+    ga_seal seal;
     PGresult *r;
     if (!batch[i]) continue;
     if (pg_exec_ok(c->conn, c->cfg, "SAVEPOINT ga_row", err, sizeof err) != 0) goto interrupted;
     ga_writer_item_cols(batch[i], cols);
-    insert_params(cols, values, lengths, formats, created);
-    r = PQexecPrepared(c->conn, INSERT_NAME, GA_NCOLS, values, lengths, formats, 0);
+    if (c->uncertain && id_in(c->conn, cols[GA_COL_ID].p) == 1) { /* committed by the attempt whose answer was lost */
+      if (pg_exec_ok(c->conn, c->cfg, "RELEASE SAVEPOINT ga_row", err, sizeof err) != 0) goto interrupted;
+      continue;
+    }
+    if (ga_chain_seal(&c->chain, cols, &seal) != 0) goto interrupted;
+    insert_params(cols, &seal, &pp);
+    r = PQexecPrepared(c->conn, INSERT_NAME, NPARAMS, pp.values, pp.lengths, pp.formats, 0);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
       PQclear(r);
       if (pg_exec_ok(c->conn, c->cfg, "RELEASE SAVEPOINT ga_row", err, sizeof err) != 0) goto interrupted;
+      ga_chain_taken(&c->chain, &seal);
       continue;
     }
     pg_error(c->conn, r, c->cfg, err, sizeof err);
@@ -398,21 +629,21 @@ static int pgw_rows(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
       PQclear(r);
       goto interrupted;
     }
-    if (c->uncertain && pg_state_is(r, "23505")) {
-      const char *cn = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
-      if (cn && strcmp(cn, PKEY_NAME) == 0) { /* committed by the attempt whose answer was lost */
-        PQclear(r);
-        continue;
-      }
-    }
     PQclear(r);
     ga_writer_refuse(w, batch, i, err);
+  }
+  if (c->chain.pend_seq == c->chain.seq && !c->chain.registered) {
+    /* no row went in: a chain registered without a row would read as one
+     * whose rows were deleted */
+    PQclear(PQexec(c->conn, "ROLLBACK"));
+    return 0;
   }
   if (pg_exec_ok(c->conn, c->cfg, "COMMIT", err, sizeof err) != 0) {
     ga_writer_error(w, "cannot commit batch", err);
     if (PQstatus(c->conn) != CONNECTION_OK) c->uncertain = 1;
     return -1;
   }
+  ga_chain_commit(&c->chain);
   return 0;
 interrupted:
   ga_writer_error(w, "batch interrupted", err);
@@ -433,6 +664,10 @@ static int pgw_write_batch(void *conn, ga_writer *w, ga_writer_item **batch, int
       return -1;
     }
     c->insert_ready = 0;
+  }
+  if (c->uncertain && chain_resync(c->conn, c->cfg, &c->chain, err, sizeof err) != 0) {
+    ga_writer_error(w, "cannot read the writer's chain", err);
+    return -1;
   }
   if (!c->uncertain) {
     rc = pgw_copy(c, w, batch, n);
@@ -460,13 +695,14 @@ ga_writer *pg_start_writer(ga_store_base *b, ga_writer_opts *o, const char **cod
     return NULL;
   }
   c->cfg = &s->cfg;
+  ga_chain_init(&c->chain);
   c->conn = pg_connect(&s->cfg, msg, sizeof msg);
   if (!c->conn) {
     pgw_close(c);
     snprintf(err, errlen, "writer cannot connect to %s: %s", s->cfg.display, msg);
     return NULL;
   }
-  r = PQprepare(c->conn, INSERT_NAME, SQL_INSERT, GA_NCOLS, NULL);
+  r = PQprepare(c->conn, INSERT_NAME, SQL_INSERT, NPARAMS, NULL);
   if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
     pg_error(c->conn, r, &s->cfg, msg, sizeof msg);
     PQclear(r);

@@ -20,7 +20,7 @@
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse -> (ga_aux only)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
@@ -33,7 +33,7 @@
  *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
- *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http)
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse)
  */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
@@ -100,7 +100,7 @@ enum {
   GA_COL_ID, GA_COL_CREATED_AT, GA_COL_ORG_ID, GA_COL_USER_ID, GA_COL_PLATFORM,
   GA_COL_TEMPLATE_ID, GA_COL_TEMPLATE_VERSION, GA_COL_STATUS, GA_COL_CONTENT, GA_COL_ERROR,
   GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_TOKEN_METRICS,
-  GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS, GA_COL_REQUEST_PARAMS, GA_COL_REPLAY_OF,
+  GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS, GA_COL_REQUEST_PARAMS, GA_COL_REPLAY_OF, GA_COL_DRAFTS,
   GA_NCOLS
 };
 
@@ -109,7 +109,7 @@ typedef struct {
   char id[26];
   char created_at[24];
   char numbuf[3][24]; /* integer ids and versions rendered as text */
-  ga_buf json[4];     /* token, performance, repair metrics; request params */
+  ga_buf json[5];     /* token, performance, repair metrics; request params; drafts */
 } ga_row;
 
 extern const char *const ga_col_names[GA_NCOLS];
@@ -133,6 +133,56 @@ extern const ga_record_field ga_record_fields[GA_REC_NFIELDS];
  * unset); writes the record hash (64 hex + NUL), and E to enc unless NULL. */
 int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
 void ga_open_chain(lua_State *L);
+
+/* The hash chain one writer (a store's own connection, or its async writer
+ * thread) appends to. Positions are assigned as rows are bound inside a
+ * transaction (`pend_*`) and become the chain's (`seq`, `head`) only when
+ * it commits; after a failure whose outcome is unknown the backend reads the
+ * head back from the database (ga_chain_resync) before the next row. */
+typedef struct {
+  char id[27];            /* a ULID, made at the first row; NUL-terminated */
+  long long seq;          /* committed: last position (0: none yet) */
+  char head[65];          /* committed: record hash at seq (64 zeros at 0) */
+  int registered;         /* committed: the chains row exists */
+  long long pend_seq;     /* in the open transaction */
+  char pend_head[65];
+  int pend_registered;
+  int stale;              /* head unknown: resync before the next row */
+  void *md;               /* the writer's own EVP_MD_CTX, reused for every digest (NULL until used) */
+  char *sys_p;            /* the last final_system_prompt hashed (a template's repeats row after row) */
+  size_t sys_n;
+  char sys_digest[65];
+} ga_chain;
+/* The columns a sealed row adds to its 18: payload digests, chain_id,
+ * chain_seq, prev_hash, record_hash (GA_SEAL_NCOLS of them, in that order). */
+enum {
+  GA_SEAL_SYSTEM_SHA, GA_SEAL_USER_SHA, GA_SEAL_CONTENT_SHA, GA_SEAL_DRAFTS_SHA,
+  GA_SEAL_CHAIN_ID, GA_SEAL_CHAIN_SEQ, GA_SEAL_PREV_HASH, GA_SEAL_RECORD_HASH, GA_SEAL_NCOLS
+};
+extern const char *const ga_seal_col_names[GA_SEAL_NCOLS];
+typedef struct {
+  char digest[4][65], seq[24], prev[65], hash[65];
+  ga_text col[GA_SEAL_NCOLS];
+} ga_seal;
+void ga_chain_init(ga_chain *ch);
+void ga_chain_free(ga_chain *ch); /* frees the digest context and cache; the chain is reusable after init */
+int ga_chain_ensure_id(ga_chain *ch); /* makes the chain's ULID on first use: 0, or -1 (no random source) */
+/* Starts a transaction's positions from the committed ones. */
+void ga_chain_begin(ga_chain *ch);
+/* 1 when the next sealed row starts the chain (its chains row is due). */
+int ga_chain_needs_register(const ga_chain *ch);
+void ga_chain_registered(ga_chain *ch); /* the chains row is in the open transaction */
+/* Seals the row (cols: GA_NCOLS columns, ga_col_names order) at the next
+ * pending position: 0, or -1 (out of memory, no random source). The
+ * position is taken only by ga_chain_taken, once the row's INSERT went in. */
+int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out);
+void ga_chain_taken(ga_chain *ch, const ga_seal *s);
+void ga_chain_commit(ga_chain *ch);   /* the transaction committed */
+/* The head as the database has it (seq 0 / hash NULL: no row yet). */
+void ga_chain_resync(ga_chain *ch, long long seq, const char *hash, int registered);
+/* 1 when p[0..n) is 'YYYY-MM-DD HH:MM:SS' (digits where digits go) and not
+ * after now (UTC), else 0: a purge's cutoff. */
+int ga_utc_seconds_valid(const char *p, size_t n);
 
 /* ---- SHA-256 (ga_digest.c, OpenSSL libcrypto) ---- */
 /* Writes the 64 lower-case hex digits of SHA-256(p, n) and a NUL; 0, or -1. */
@@ -212,7 +262,7 @@ void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_e
  * one: the writer never switches it to WAL). */
 typedef struct {
   const char *path;         /* the store's database file */
-  const char *insert_sql;   /* the store's INSERT, 17 parameters in ga_col_names order */
+  const char *insert_sql;   /* the store's INSERT: ga_col_names order, then ga_seal_col_names */
   const char *journal_mode; /* "wal", "delete", "truncate", "memory" */
   long busy_timeout_ms;
   int synchronous;          /* 0 off, 1 normal, 2 full, 3 extra */
@@ -322,5 +372,50 @@ int ga_http_next_header(const ga_buf *h, size_t *pos, const char **name, size_t 
  * neither delta-seconds nor an HTTP-date. */
 long long ga_http_retry_after(const char *head, size_t len);
 void ga_open_http(lua_State *L);
+
+/* ---- server-sent events (ga_sse.c): one incremental text/event-stream
+ * parser (WHATWG HTML, "Interpreting an event stream") for both transports'
+ * byte streams; plain C, fed chunks split anywhere; core.sse_parser ---- */
+#define GA_SSE_DEFAULT_MAX (1024 * 1024) /* max_event_bytes unless told */
+enum {
+  GA_SSE_OK = 0,
+  GA_SSE_PARTIAL = 1,    /* ga_sse_finish: the stream ended inside an event */
+  GA_SSE_TOO_LONG = -1,  /* an event (or one line) past max_event bytes */
+  GA_SSE_NOMEM = -2,
+  GA_SSE_STOPPED = -3    /* the callback returned non-zero */
+};
+/* One dispatched event; the pointers are valid during the callback only.
+ * type: the "event" field, "message" when none; data: the data lines joined
+ * by LF, bytes exactly as they came (NUL, invalid UTF-8 kept); id: the last
+ * event id (persists across events; "" when none). */
+typedef struct {
+  const char *type, *data, *id;
+  size_t type_len, data_len, id_len;
+} ga_sse_event;
+/* Returns 0 to go on, non-zero to stop the parser (GA_SSE_STOPPED). */
+typedef int (*ga_sse_cb)(void *ud, const ga_sse_event *ev);
+/* The parser's state; fields are private to ga_sse.c. Bounded: the line
+ * being read plus the event's data and type stay within max_event bytes;
+ * comment lines are skipped unbuffered. */
+typedef struct {
+  size_t max_event;
+  ga_buf line, data, type, id;
+  long long retry_ms; /* the last valid "retry" field; -1 when none */
+  int err;            /* sticky: GA_SSE_TOO_LONG, _NOMEM, _STOPPED, or 0 */
+  int bom;            /* stream start: BOM bytes matched so far; -1 once past */
+  int after_cr, in_comment, open;
+} ga_sse;
+void ga_sse_init(ga_sse *p, size_t max_event); /* max_event 0: GA_SSE_DEFAULT_MAX */
+void ga_sse_free(ga_sse *p);                   /* frees buffers; init again to reuse */
+/* Parses s[0..n) (any split of the stream), calling cb for each event
+ * completed. Returns GA_SSE_OK or the sticky error (the parser then refuses
+ * further input until ga_sse_finish; the event being read is freed). */
+int ga_sse_feed(ga_sse *p, const char *s, size_t n, ga_sse_cb cb, void *ud);
+/* End of stream: GA_SSE_OK, GA_SSE_PARTIAL when a line or event was pending
+ * (never dispatched), or the sticky error. Then resets the parser for a new
+ * stream, keeping the last event id and retry (as EventSource does on
+ * reconnection). */
+int ga_sse_finish(ga_sse *p);
+void ga_open_sse(lua_State *L);
 
 #endif

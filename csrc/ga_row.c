@@ -12,7 +12,7 @@
 const char *const ga_col_names[GA_NCOLS] = {
     "id", "created_at", "org_id", "user_id", "platform", "template_id", "template_version",
     "status", "content", "error", "final_system_prompt", "final_user_prompt", "token_metrics",
-    "performance_metrics", "repair_metrics", "request_params", "replay_of"};
+    "performance_metrics", "repair_metrics", "request_params", "replay_of", "drafts"};
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 
@@ -389,16 +389,55 @@ static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, char *err, siz
   return rc;
 }
 
-void ga_row_free(ga_row *row) {
-  int i;
-  for (i = 0; i < 4; i++) ga_buf_free(&row->json[i]);
-}
-
 static void set_json(ga_row *row, int col, int j) {
   row->col[col].p = row->json[j].buf;
   row->col[col].n = row->json[j].len;
   row->col[col].set = 1;
 }
+
+void ga_row_free(ga_row *row) {
+  int i;
+  for (i = 0; i < 5; i++) ga_buf_free(&row->json[i]);
+}
+
+/* drafts: every draft the model wrote, in order, as a JSON array of strings
+ * (a payload of its own: a purge removes it, its digest stays). 0 or -1. */
+static int build_drafts(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
+  int t = getf(L, idx, "drafts"), top = lua_gettop(L);
+  size_t n, keys = 0, i;
+  char e[160];
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (t != LUA_TTABLE) {
+    lua_pop(L, 1);
+    FAIL("drafts must be a list of strings");
+  }
+  n = ga_rawlen(L, top);
+  lua_pushnil(L);
+  while (lua_next(L, top) != 0) {
+    keys++;
+    lua_pop(L, 1);
+  }
+  for (i = 1; i <= n && keys == n; i++) {
+    lua_rawgeti(L, top, (int)i);
+    if (lua_type(L, -1) != LUA_TSTRING) keys = 0;
+    lua_pop(L, 1);
+  }
+  if (keys != n || n == 0) {
+    lua_pop(L, 1);
+    FAIL("drafts must be a list of strings");
+  }
+  if (ga_json_encode(L, top, &row->json[4], 0, e, sizeof e) != 0) {
+    lua_pop(L, 1);
+    FAIL("drafts: %s", e);
+  }
+  lua_pop(L, 1);
+  set_json(row, GA_COL_DRAFTS, 4);
+  return 0;
+}
+
 
 int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
   int t;
@@ -500,9 +539,10 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
     FAIL("request_params must be a table");
   }
   lua_pop(L, 1);
+  if (build_drafts(L, idx, row, err, errlen) != 0) return -1;
   {
     int i;
-    for (i = 0; i < 4; i++)
+    for (i = 0; i < 5; i++)
       if (row->json[i].oom) FAIL("out of memory");
   }
   set_json(row, GA_COL_TOKEN_METRICS, 0);

@@ -35,12 +35,20 @@ typedef struct {
   uint64_t query_deadline; /* the running query's (ns, monotonic); 0 = none */
   int query_timed_out;     /* the progress handler interrupted it */
   int refused;        /* the authorizer refused something while guard was set */
+  ga_chain chain;     /* the hash chain sync persists append to (the async writer has its own) */
 } store;
 
 /* ---- ga_store.c ---- */
 store *ga_sqlite_check(lua_State *L); /* the open store at index 1, or raises */
 /* nil, "CODE: what: sqlite message", CODE for the connection's last error. */
 int ga_sqlite_fail(lua_State *L, store *s, const char *what);
+
+/* ---- ga_store_writer.c ---- */
+/* Binds n text columns (unset: NULL) from parameter `first` on. SQLITE_OK or the first error. */
+int ga_sqlite_bind_cols(sqlite3_stmt *st, int first, const ga_text *cols, int n);
+/* Writes the chain's own row (chains: id, host, pid) in the open
+ * transaction and marks it pending-registered. SQLITE_OK or an error code. */
+int ga_sqlite_register_chain(sqlite3 *db, ga_chain *ch);
 
 /* ---- ga_store_query.c ---- */
 /* The connection's authorizer: refuses all but reads while s->guard is set. */

@@ -12,14 +12,18 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include "ga_sqlite.h"
 
 /* ---- the statements this file prepares ---- */
 static const char ga_sql_insert[] =
     "INSERT INTO generation_snapshots (id, created_at, org_id, user_id, platform, template_id,"
     " template_version, status, content, error, final_system_prompt, final_user_prompt,"
-    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of)"
-    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)";
+    " token_metrics, performance_metrics, repair_metrics, request_params, replay_of, drafts,"
+    " final_system_prompt_sha256, final_user_prompt_sha256, content_sha256, drafts_sha256,"
+    " chain_id, chain_seq, prev_hash, record_hash)"
+    " VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,"
+    "?19,?20,?21,?22,?23,?24,?25,?26)";
 static const char SQL_MIGRATIONS_TABLE[] =
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
     " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -91,6 +95,7 @@ static int store_close_impl(store *s) {
   }
   sqlite3_close_v2(s->db);
   s->db = NULL;
+  ga_chain_free(&s->chain);
   return 0;
 }
 
@@ -190,10 +195,17 @@ static int l_sqlite_open(lua_State *L) {
   s->query_ms = (long)query_ms;
 
   if (!readonly && strcmp(path, ":memory:") != 0 && path[0] != '\0' && strncmp(path, "file:", 5) != 0) {
-    /* create the file ourselves so it is private (0600) from the start */
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return ga_fail(L, "OPEN", "cannot open database '%s': %s", path, strerror(errno));
-    close(fd);
+    /* create the file ourselves so it is private (0600) from the start.
+     * O_EXCL: an existing file is never opened here, because close() on any
+     * descriptor of a file drops every POSIX lock this process holds on it —
+     * another store of this process would lose its locks, and a connection
+     * of another process could then delete the WAL under it. */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    struct stat st;
+    if (fd < 0 && errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) errno = EISDIR;
+    if (fd < 0 && errno != EEXIST)
+      return ga_fail(L, "OPEN", "cannot open database '%s': %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
   }
   flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX |
           SQLITE_OPEN_URI;
@@ -209,6 +221,7 @@ static int l_sqlite_open(lua_State *L) {
   }
   sqlite3_extended_result_codes(s->db, 1);
   s->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)s) | 1u;
+  ga_chain_init(&s->chain);
   sqlite3_busy_handler(s->db, busy_wait, s);
   sqlite3_set_authorizer(s->db, ga_sqlite_authorize, s);
   if (s->query_ms > 0) sqlite3_progress_handler(s->db, 1000, ga_sqlite_query_progress, s);
@@ -347,13 +360,10 @@ static int l_store_schema_version(lua_State *L) {
   return 1;
 }
 
-/* Binds the row's columns; SQLITE_OK or the first bind's error code. */
-static int bind_row(sqlite3_stmt *st, const ga_row *row) {
-  int i, rc = SQLITE_OK;
-  for (i = 0; i < GA_NCOLS && rc == SQLITE_OK; i++) {
-    if (row->col[i].set) rc = sqlite3_bind_text64(st, i + 1, row->col[i].p, row->col[i].n, SQLITE_STATIC, SQLITE_UTF8);
-    else rc = sqlite3_bind_null(st, i + 1);
-  }
+/* Binds the row's columns and its seal's; SQLITE_OK or the first bind's error code. */
+static int bind_row(sqlite3_stmt *st, const ga_row *row, const ga_seal *seal) {
+  int rc = ga_sqlite_bind_cols(st, 1, row->col, GA_NCOLS);
+  if (rc == SQLITE_OK) rc = ga_sqlite_bind_cols(st, GA_NCOLS + 1, seal->col, GA_SEAL_NCOLS);
   return rc;
 }
 
@@ -404,20 +414,47 @@ static int id_stored(lua_State *L, ga_store_base *b, const char *id) {
 }
 
 /* persist() in sync mode (the preamble is ga_store_common.c's): one INSERT,
- * one transaction. 0, or the error triple pushed and 3. */
+ * one transaction (with the chain's own row, for its first snapshot), the
+ * row sealed at the next position of this store's chain. 0, or the error
+ * triple pushed and 3. */
 static int insert_row(lua_State *L, ga_store_base *b, const ga_row *row) {
   store *s = (store *)b;
-  int rc;
+  ga_seal seal;
+  int rc, reg;
   if (!s->insert &&
       sqlite3_prepare_v3(s->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) != SQLITE_OK)
     return ga_sqlite_fail(L, s, "cannot prepare insert (is the store migrated?)");
-  rc = bind_row(s->insert, row);
+  ga_chain_begin(&s->chain);
+  if (ga_chain_seal(&s->chain, row->col, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
+  rc = bind_row(s->insert, row, &seal);
   if (rc != SQLITE_OK) { /* a value SQLite refuses: never stored as NULL */
     sqlite3_clear_bindings(s->insert);
     return ga_fail(L, "INVALID", "cannot bind the row: %s", sqlite3_errstr(rc));
   }
+  reg = ga_chain_needs_register(&s->chain);
+  if (reg) {
+    if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) {
+      sqlite3_clear_bindings(s->insert);
+      return ga_sqlite_fail(L, s, "cannot persist snapshot");
+    }
+    rc = ga_sqlite_register_chain(s->db, &s->chain);
+    if (rc != SQLITE_OK) {
+      rc = ga_sqlite_fail(L, s, "cannot start the store's chain");
+      exec(s, "ROLLBACK");
+      sqlite3_clear_bindings(s->insert);
+      return rc;
+    }
+  }
   rc = step_done(s->insert);
-  if (rc != SQLITE_OK) return ga_sqlite_fail(L, s, "cannot persist snapshot");
+  sqlite3_clear_bindings(s->insert);
+  if (rc == SQLITE_OK && reg && exec(s, "COMMIT") != SQLITE_OK) rc = SQLITE_ERROR;
+  if (rc != SQLITE_OK) {
+    rc = ga_sqlite_fail(L, s, "cannot persist snapshot");
+    if (reg && !sqlite3_get_autocommit(s->db)) exec(s, "ROLLBACK");
+    return rc;
+  }
+  ga_chain_taken(&s->chain, &seal);
+  ga_chain_commit(&s->chain);
   return 0;
 }
 
@@ -465,6 +502,62 @@ static ga_writer *start_writer(ga_store_base *b, ga_writer_opts *o, const char *
   return ga_sqlite_writer_start(&conf, o, err, errlen);
 }
 
+/* store:purge(older_than, what) -> rows purged | nil, err, code. The one
+ * change migration 0008's trigger allows: the payloads (prompts, content,
+ * drafts) of sealed rows created before older_than ('YYYY-MM-DD HH:MM:SS',
+ * UTC) set to NULL, purged_at set and purged_by naming the purge, recorded
+ * first in purges (with the count of rows it covers); their digests and
+ * everything else kept; one transaction. */
+static int l_store_purge(lua_State *L) {
+  static const char cond[] = " WHERE created_at < ?1 AND purged_at IS NULL AND record_hash IS NOT NULL";
+  static const char cnt[] = "SELECT count(*) FROM generation_snapshots";
+  static const char rec[] = "INSERT INTO purges (older_than, what, rows) VALUES (?1, ?2, ?3)";
+  static const char upd[] =
+      "UPDATE generation_snapshots SET final_system_prompt = NULL, final_user_prompt = NULL, content = NULL,"
+      " drafts = NULL, purged_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), purged_by = ?2";
+  store *s = ga_sqlite_check(L);
+  size_t n, wn;
+  const char *cutoff = luaL_checklstring(L, 2, &n);
+  const char *what = luaL_checklstring(L, 3, &wn);
+  sqlite3_stmt *c = NULL, *r = NULL, *u = NULL;
+  sqlite3_int64 rows = 0, id = 0;
+  char sql[256];
+  int rc;
+  if (!ga_utc_seconds_valid(cutoff, n)) return ga_fail(L, "INVALID", "purge: older_than must be 'YYYY-MM-DD HH:MM:SS' (UTC), not in the future");
+  if (wn != 8 || memcmp(what, "payloads", 8) != 0) return ga_fail(L, "INVALID", "purge: what must be 'payloads'");
+  if (s->base.readonly) return ga_fail(L, "READONLY", "cannot purge a read-only store");
+  if (exec(s, "BEGIN IMMEDIATE") != SQLITE_OK) return ga_sqlite_fail(L, s, "cannot begin purge");
+  snprintf(sql, sizeof sql, "%s%s", cnt, cond);
+  rc = sqlite3_prepare_v2(s->db, sql, -1, &c, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(c, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_step(c) == SQLITE_ROW ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK) rows = sqlite3_column_int64(c, 0);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(s->db, rec, -1, &r, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(r, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(r, 2, what, (int)wn, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(r, 3, rows);
+  if (rc == SQLITE_OK) rc = sqlite3_step(r) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK) id = sqlite3_last_insert_rowid(s->db);
+  snprintf(sql, sizeof sql, "%s%s", upd, cond);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(s->db, sql, -1, &u, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(u, 1, cutoff, (int)n, SQLITE_STATIC);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(u, 2, id);
+  if (rc == SQLITE_OK) rc = sqlite3_step(u) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+  if (rc == SQLITE_OK && sqlite3_changes64(s->db) != rows) rc = SQLITE_ERROR; /* not in one transaction? */
+  if (rc == SQLITE_OK) rc = exec(s, "COMMIT");
+  if (rc != SQLITE_OK) {
+    rc = ga_sqlite_fail(L, s, "cannot purge");
+    exec(s, "ROLLBACK");
+  } else {
+    ga_pushint64(L, rows);
+    rc = 1;
+  }
+  sqlite3_finalize(c);
+  sqlite3_finalize(r);
+  sqlite3_finalize(u);
+  return rc;
+}
+
 /* store:filename() -> path of the main database ("" for :memory:) */
 static int l_store_filename(lua_State *L) {
   store *s = ga_sqlite_check(L);
@@ -479,6 +572,7 @@ void ga_open_store(lua_State *L) {
                                      {"query", ga_sqlite_query},
                                      {"each", ga_sqlite_each},
                                      {"filename", l_store_filename},
+                                     {"purge", l_store_purge},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {STORE_MT,     methods,   check_base, close_base,    describe,
                                          check_row_size, id_stored, insert_row, start_writer, NULL,

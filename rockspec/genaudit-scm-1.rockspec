@@ -48,7 +48,7 @@ build = {
         "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
         "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
         "csrc/ga_ulid.c", "csrc/ga_writer.c", "csrc/ga_store_writer.c",
-        "csrc/ga_retry.c",
+        "csrc/ga_retry.c", "csrc/ga_sse.c",
       },
       defines = {},
       incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)", "$(CRYPTO_INCDIR)" },
@@ -73,6 +73,9 @@ build = {
     ["genaudit.json"] = "lua/genaudit/json.lua",
     ["genaudit.schema"] = "lua/genaudit/schema.lua",
     ["genaudit.format"] = "lua/genaudit/format.lua",
+    ["genaudit.audit"] = "lua/genaudit/audit.lua",
+    ["genaudit.redact"] = "lua/genaudit/redact.lua",
+    ["genaudit.metrics"] = "lua/genaudit/metrics.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },

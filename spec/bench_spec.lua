@@ -12,8 +12,9 @@ local ENGINE = rawget(_G, "jit") and "luajit" or "lua5.4"
 local INTERP = provider.interpreter()
 
 local EXPECTED = {
-  persist_sync = { "persist_sync", "persist_sync_vs_lua" },
-  async = { "async_caller", "async_throughput", "async_stats", "async_queue_full", "async_close_drain" },
+  persist_sync = { "persist_sync", "persist_sync_vs_lua", "persist_sync_chain" },
+  async = { "async_caller", "async_throughput", "async_chain", "async_stats", "async_queue_full",
+            "async_close_drain" },
   overhead = { "overhead", "overhead_split", "overhead_linear_rule", "overhead_linear_rule_split",
                "overhead_linear_rule_async", "overhead_linear_rule_async_split" },
   analytics = { "analytics_generate", "analytics_financial", "analytics_financial_report", "analytics_stability",

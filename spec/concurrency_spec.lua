@@ -18,7 +18,7 @@ describe("several processes", function()
     local outs = {}
     for i = 1, 6 do outs[i] = tmp.read(dir .. "/out" .. i) end
     tmp.rm(dir)
-    assert.same({ "7", "7", "7", "7", "7", "7" }, outs)
+    assert.same({ "8", "8", "8", "8", "8", "8" }, outs)
   end)
 
   it("write one file at once: every row arrives and no caller sees SQLITE_BUSY", function()
@@ -62,6 +62,40 @@ describe("several processes", function()
     assert.same({ "0", "0", "0", "0" }, outs)
     assert.same({ { org_id = "w1", n = 300 }, { org_id = "w2", n = 300 }, { org_id = "w3", n = 300 },
       { org_id = "w4", n = 300 } }, rows)
+  end)
+
+  -- Found with spec/tamper_spec.lua (issue 14); on main too. genaudit.open()
+  -- creates the file with open() and close() (csrc/ga_store.c, "create the
+  -- file ourselves so it is private"): close() drops every POSIX lock this
+  -- process holds on the file, the WAL connection's shared lock of the store
+  -- already open included, so another process closing believes it is the
+  -- last, checkpoints and deletes the -wal and -shm files under the open
+  -- store, which then reads "database disk image is malformed" (SQLite's
+  -- "How To Corrupt", 2.2). O_EXCL (no fd for an existing file) fixes it.
+  it("keeps a store readable after a second store on its file opened in this process and others wrote", function()
+    local dir = tmp.dir()
+    local db = dir .. "/two.db"
+    local row = { org_id = "o", user_id = "u", platform = "x", template_id = "t", final_system_prompt = "s",
+      final_user_prompt = "u", token_usage = { prompt_tokens = 1, completion_tokens = 1 },
+      performance = { total_latency_ms = 1, provider_latency_ms = 1 }, repair_info = {} }
+    local s = assert(genaudit.open("sqlite:" .. db))
+    for _ = 1, 4 do assert(s:persist_generation(row)) end
+    local b = assert(genaudit.open("sqlite:" .. db))
+    for _ = 1, 4 do assert(b:persist_generation(row)) end
+    b:close()
+    tmp.write(dir .. "/w.lua", "local s = assert(require('genaudit').open('sqlite:" .. db .. "'))\n"
+      .. "for _ = 1, 3 do assert(s:persist_generation{ org_id = 'o', user_id = 'w', platform = 'x', template_id = 't',"
+      .. " final_system_prompt = 's', final_user_prompt = 'u', token_usage = { prompt_tokens = 1,"
+      .. " completion_tokens = 1 }, performance = { total_latency_ms = 1, provider_latency_ms = 1 },"
+      .. " repair_info = {} }) end\ns:close()\n")
+    for _ = 1, 2 do
+      assert(os.execute("LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/lua54/?.so;;' lua5.4 "
+        .. dir .. "/w.lua"))
+    end
+    local rows, err = s:query("SELECT count(*) AS n FROM generation_snapshots")
+    s:close()
+    tmp.rm(dir)
+    assert.same({ { { n = 14 } }, nil }, { rows, err })
   end)
 
   -- 4 async + 4 sync writers for SECONDS each, busy_timeout 1 s: the write

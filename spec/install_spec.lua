@@ -106,7 +106,7 @@ describe("make install", function()
         local out, ok = run("cd " .. q(work) .. " && " .. CLEAN_ENV .. "LUA_PATH=" .. q(relocate(path, destdir)) ..
           " LUA_CPATH=" .. q(relocate(cpath, destdir)) .. " " .. case.interp .. " -e " .. q(script))
         assert(ok, out)
-        assert.same({ "7 217", destdir .. PREFIX .. case.share .. "/genaudit/init.lua",
+        assert.same({ "8 217", destdir .. PREFIX .. case.share .. "/genaudit/init.lua",
           destdir .. PREFIX .. case.lib .. "/genaudit/core.so",
           destdir .. PREFIX .. case.share .. "/genaudit/data/litellm-model-prices-2026-07.json" },
           { out:match("^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n$") })
@@ -132,7 +132,7 @@ describe("make install", function()
     it("migrates a new database in another directory", function()
       local out, ok = installed("--db x.db migrate")
       assert(ok, out)
-      assert.equal("schema version 7 (7 migrations applied)\n", out)
+      assert.equal("schema version 8 (8 migrations applied)\n", out)
       assert.truthy(io.open(work .. "/x.db")):close()
       os.remove(work .. "/x.db")
     end)

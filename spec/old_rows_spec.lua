@@ -55,22 +55,59 @@ local function old_row(i, o)
   }
 end
 
+-- The columns a schema-5 row has.
+local COLUMNS5 = { "id", "org_id", "user_id", "platform", "template_id", "template_version", "status", "content",
+  "error", "created_at", "final_system_prompt", "final_user_prompt", "token_metrics", "performance_metrics",
+  "repair_metrics", "request_params", "replay_of" }
+
+local function literal(v)
+  if v == nil then return "NULL" end
+  return "'" .. tostring(v):gsub("'", "''") .. "'"
+end
+
+-- The INSERT statements that put the OLD rows into a schema-5 database, as
+-- that time's genaudit wrote them: today's store seals every row into a
+-- hash chain (migration 0008) and cannot write a schema-5 table, so the rows
+-- are built by the row builder in a scratch store and inserted with SQL.
+-- Returns the statements (one string) and the rows' ids.
+local function old_inserts(backend)
+  local scratch = assert(genaudit.open("sqlite::memory:"))
+  local sql, ids = {}, {}
+  for i, o in ipairs(OLD) do
+    ids[i] = assert(scratch:persist_generation(old_row(i, o)))
+    local r = assert(scratch:query("SELECT " .. table.concat(COLUMNS5, ", ")
+      .. " FROM generation_snapshots WHERE id = ?", { ids[i] }))[1]
+    local vals = {}
+    for j, c in ipairs(COLUMNS5) do
+      vals[j] = literal(r[c]) .. (c == "created_at" and backend == "postgresql" and "::timestamp AT TIME ZONE 'UTC'"
+        or "")
+    end
+    sql[#sql + 1] = "INSERT INTO generation_snapshots (" .. table.concat(COLUMNS5, ", ") .. ") VALUES ("
+      .. table.concat(vals, ", ") .. ");"
+  end
+  scratch:close()
+  return table.concat(sql, "\n"), ids
+end
+
 -- suite(name, backend, new_target, describe_fn); new_target() -> open(opts)
--- -> store, --db argument: one database, opened as often as needed.
+-- -> store, --db argument: one database, opened as often as needed; and
+-- external(sql) -> output, ok: another client's SQL on it.
 local function suite(name, backend, new_target, describe_fn)
   describe_fn(name, function()
     local store, db, ids, new_id, dir
 
     setup(function()
       dir = tmp.dir()
-      local open = new_target(dir)
+      local open, external = new_target(dir)
       local s5
       s5, db = open({ migrations_dir = schema5_migrations(backend) })
       assert.equal(5, s5:schema_version())
-      ids = {}
-      for i, o in ipairs(OLD) do ids[i] = assert(s5:persist_generation(old_row(i, o))) end
       s5:close()
-      store = open({}) -- every migration: 0006 runs over the rows above
+      local sql
+      sql, ids = old_inserts(backend)
+      local out, ok = external(sql)
+      assert(ok, out)
+      store = open({}) -- every migration: 0006 (and 0008) run over the rows above
       new_id = assert(store:persist_generation{
         org_id = "org-old", user_id = "u9", platform = "linkedin", template_id = "legacy",
         final_system_prompt = "s", final_user_prompt = "u",
@@ -94,6 +131,12 @@ local function suite(name, backend, new_target, describe_fn)
       assert.equal(latest, store:schema_version())
       assert.is_true(latest >= 6)
       assert.same({ { n = #OLD + 1 } }, store:query("SELECT count(*) AS n FROM generation_snapshots", {}))
+    end)
+
+    it("counts the old rows as the ones older than the chain (0008), and verifies", function()
+      assert.same({ { legacy_rows = #OLD } }, store:query("SELECT legacy_rows FROM chain_genesis", {}))
+      local r = assert(store:verify())
+      assert.same({ true, #OLD + 1, #OLD, 1 }, { r.ok, r.rows, r.legacy_rows, r.chains })
     end)
 
     it("gives old rows their recorded float cost in picodollars, and NULL (never 0) when unknown", function()
@@ -156,7 +199,7 @@ local function suite(name, backend, new_target, describe_fn)
 
     it("copies old and new rows to another store, keeping the exact cost", function()
       local other = assert(genaudit.open("sqlite::memory:"))
-      assert.same({ copied = #OLD + 1, skipped = 0, failed = 0, errors = {} }, copy.run(store, other))
+      assert.same({ copied = #OLD + 1, skipped = 0, failed = 0, purged = 0, errors = {} }, copy.run(store, other))
       for _, id in ipairs({ ids[1], ids[3], new_id }) do
         local sql = "SELECT token_metrics, estimated_cost_picousd FROM generation_snapshots WHERE id = ?"
         local a, b = store:query(sql, { id })[1], other:query(sql, { id })[1]
@@ -173,10 +216,12 @@ end
 
 suite("old rows (SQLite)", "sqlite", function(dir)
   local path = dir .. "/old.db"
-  return function(opts) return assert(genaudit.open("sqlite:" .. path, opts)), path end
+  return function(opts) return assert(genaudit.open("sqlite:" .. path, opts)), path end,
+    function(sql) return pg.sh("sqlite3 -bail " .. q(path) .. " " .. q(sql)) end
 end, describe)
 
 suite("old rows (PostgreSQL) #postgresql", "postgresql", function()
   local schema = pg.schema()
-  return function(opts) return assert(pg.open(schema, opts)), pg.url_for(schema) end
+  return function(opts) return assert(pg.open(schema, opts)), pg.url_for(schema) end,
+    function(sql) return pg.psql(sql, schema) end
 end, pg.describe)

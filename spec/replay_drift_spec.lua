@@ -167,11 +167,11 @@ local function suite(name, open, describe_fn)
       it("a repaired snapshot replayed against the deterministic provider: similarity 1.0 on the first draft",
         function()
           local res = assert(pipeline():generate(ctx("Anvil 1")))
-          local stored_first = res.repair_metrics.drafts[1].text
+          local stored_first = res.drafts[1].text
           assert.equal(1, res.repair_metrics.repair_count)
           srv:reset()
           local r = assert(replay.run(store, res.snapshot_id, opts()))
-          assert.same({ 1, 1, "repair_metrics.drafts[1]", stored_first }, { r.similarity_initial, r.similarity,
+          assert.same({ 1, 1, "drafts[1]", stored_first }, { r.similarity_initial, r.similarity,
             r.compared_with, r.first_draft })
           -- what replay used to report: the new first draft against the repaired content
           assert.is_true(replay.similarity(row(res.snapshot_id).content, r.first_draft) < 0.9)
@@ -184,11 +184,11 @@ local function suite(name, open, describe_fn)
 
           local rm = doc(r.snapshot_id, "repair_metrics")
           rm.replay.stored_rule_set_digest = nil -- there once the pipeline records repair_metrics.scripts
-          assert.same({ of = res.snapshot_id, kind = "initial", compared_with = "repair_metrics.drafts[1]",
+          assert.same({ of = res.snapshot_id, kind = "initial", compared_with = "drafts[1]",
                         similarity_initial = 1, rule_set_changed = "unknown",
                         rule_set_unknown = "no rules directory given" }, rm.replay)
-          assert.same({ { text = stored_first } }, rm.drafts)
           local rec = row(r.snapshot_id)
+          assert.same({ { text = stored_first, bytes = #stored_first } }, genaudit.dto.stored_drafts(rec))
           assert.same({ res.snapshot_id, "completed", stored_first }, { rec.replay_of, rec.status, rec.content })
           local pcall1 = doc(r.snapshot_id, "performance_metrics").calls[1]
           assert.same({ "replay", "stop" }, { pcall1.kind, pcall1.finish_reason })
@@ -206,7 +206,7 @@ local function suite(name, open, describe_fn)
         local rm = doc(r.snapshot_id, "repair_metrics")
         assert.same({ 1, "passed", 2, "full", 1, 1 }, { rm.repair_count, rm.stop_reason, #rm.drafts, rm.replay.kind,
           rm.replay.similarity_initial, rm.replay.similarity_final })
-        assert.same(res.repair_metrics.drafts[2].text, rm.drafts[2].text)
+        assert.same(res.drafts[2].text, genaudit.dto.stored_drafts(row(r.snapshot_id))[2].text)
         local calls = doc(r.snapshot_id, "performance_metrics").calls
         assert.same({ "replay", "repair" }, { calls[1].kind, calls[2].kind })
         assert.are_not.equal(calls[1].response_id, calls[2].response_id)
@@ -231,16 +231,16 @@ local function suite(name, open, describe_fn)
         local out, err, rc = cli(base .. " --full --rules " .. q(dir .. "/rules"), "GENAUDIT_API_KEY=" .. KEY)
         assert.same({ "", 0 }, { err, rc })
         assert.truthy(out:find("\nsimilarity: 1.00\ncompared: the new first draft with the stored"
-          .. " repair_metrics.drafts[1]\nsimilarity_final: 1.00 (the new final text with the stored content)\n", 1,
+          .. " drafts[1]\nsimilarity_final: 1.00 (the new final text with the stored content)\n", 1,
           true), out)
         assert.truthy(out:find("deltas (new - stored, whole generation): tokens +0, cost +0 USD, total latency ", 1,
           true), out)
-        assert.truthy(out:find("== stored output ==\n" .. res.repair_metrics.drafts[1].text, 1, true), out)
+        assert.truthy(out:find("== stored output ==\n" .. res.drafts[1].text, 1, true), out)
         local j
         out, err, rc = cli("--json " .. base .. " --no-record", "GENAUDIT_API_KEY=" .. KEY)
         assert.same({ "", 0 }, { err, rc })
         j = cjson.decode(out)
-        assert.same({ 1, 1, "repair_metrics.drafts[1]", false, "initial_call", 0 },
+        assert.same({ 1, 1, "drafts[1]", false, "initial_call", 0 },
           { j.similarity, j.similarity_initial, j.compared_with, j.full, j.deltas.basis, j.deltas.tokens })
         assert.equal(cjson.null, j.similarity_final)
         assert.equal(cjson.null, j.deltas.total_latency_ms)

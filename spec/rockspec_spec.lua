@@ -74,7 +74,7 @@ describe("rockspec", function()
     p:close()
     tmp.rm(tree)
     os.remove(tree .. ".log")
-    assert.equal("7 " .. tree .. "/lib/lua/5.4/genaudit/core.so 217 " .. tree ..
+    assert.equal("8 " .. tree .. "/lib/lua/5.4/genaudit/core.so 217 " .. tree ..
       "/share/lua/5.4/genaudit/data/litellm-model-prices-2026-07.json", out)
     -- Debian's lua-cjson and lua-argparse are there, just not as rocks
     assert.falsy(log:find("Missing dependencies", 1, true), log)

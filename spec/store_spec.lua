@@ -123,7 +123,7 @@ store_suite("genaudit.store (sqlite)", {
   poison = "CREATE TRIGGER poison BEFORE INSERT ON generation_snapshots WHEN NEW.template_id = 'poison'"
     .. " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
   errors = {
-    broken_migration = 'MIGRATION: migration 0099_broken failed: near ";": syntax error (database left at version 7)',
+    broken_migration = 'MIGRATION: migration 0099_broken failed: near ";": syntax error (database left at version 8)',
     syntax = 'SQLITE: cannot prepare query: near "SELEC": syntax error',
     unknown_table = "SQLITE: cannot prepare query: no such table: nope",
     code = "SQLITE",
@@ -144,14 +144,14 @@ describe("genaudit.store (sqlite only)", function()
   describe("open()", function()
     it("opens sqlite::memory: with every migration applied", function()
       local store = assert(genaudit.open("sqlite::memory:"))
-      assert.equal(7, store:schema_version())
+      assert.equal(8, store:schema_version())
       store:close()
     end)
 
     it("opens a temp file path with every migration applied", function()
       local path = temp_path()
       local store = assert(genaudit.open("sqlite:" .. path))
-      assert.equal(7, store:schema_version())
+      assert.equal(8, store:schema_version())
       assert.equal(path, store:filename())
       store:close()
     end)
@@ -447,7 +447,7 @@ describe("genaudit.store (sqlite only)", function()
       -- the bug waited 1000^2/10 ms = 100 s here; a bound that only the bug fails
       assert.is_true(waited < 20, "open() waited " .. waited .. " s")
       store = assert(genaudit.open("sqlite:" .. path, { busy_timeout = 1000 }))
-      assert.equal(7, store:schema_version())
+      assert.equal(8, store:schema_version())
       store:close()
     end)
   end)

@@ -253,7 +253,9 @@ describe("JSON output is always valid UTF-8", function()
     it("exports a row stored before this release (raw invalid UTF-8 in a document) as <column>_base64", function()
       local id = assert(store:persist_generation(nested_row()))
       local legacy = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-      tmp.write(dir .. "/legacy.sql", "INSERT INTO generation_snapshots (id, org_id, user_id, platform, template_id,"
+      -- a row of an older release: written without a seal (as before migration 0008)
+      tmp.write(dir .. "/legacy.sql", "DROP TRIGGER generation_snapshots_sealed;"
+        .. " INSERT INTO generation_snapshots (id, org_id, user_id, platform, template_id,"
         .. " final_system_prompt, final_user_prompt, token_metrics, performance_metrics, repair_metrics) VALUES ('"
         .. legacy .. "', 'o', 'u', 'p', 't', 's', 'u', CAST(X'7b226e223a22ff227d' AS TEXT),"
         .. " '{\"total_latency_ms\":1,\"provider_latency_ms\":1}', '{}');\n")

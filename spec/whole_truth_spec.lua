@@ -41,7 +41,16 @@ local function suite(name, open, describe_fn)
       return assert(store:query("SELECT * FROM generation_snapshots WHERE id = ?", { id }))[1]
     end
 
-    local function metrics(id) return json.decode(row(id).repair_metrics) end
+    -- repair_metrics with its drafts joined to their texts: the texts live in
+    -- the row's own drafts column (a payload a purge can remove), the rest in
+    -- repair_metrics.drafts, which holds no text
+    local function metrics(id)
+      local r = row(id)
+      local rm = json.decode(r.repair_metrics)
+      for _, d in ipairs(rm.drafts or {}) do assert.is_nil(d.text) end
+      rm.drafts = genaudit.dto.stored_drafts(r)
+      return rm
+    end
 
     local function rule(file, src) tmp.write(dir .. "/rules/" .. file .. ".lua", src) end
 
@@ -76,7 +85,7 @@ local function suite(name, open, describe_fn)
       local rm = metrics(id)
       assert.same({ { script = dir .. "/rules/boom.lua", slug = "boom", kind = "error", error = "kaput", draft = 1 } },
         rm.script_errors)
-      assert.same({ { text = "a fine draft", score = 90,
+      assert.same({ { text = "a fine draft", score = 90, bytes = 12,
                       issues = { { slug = "rule_error", message = "boom: kaput", penalty = 10 } } } }, rm.drafts)
       assert.same({ { slug = "boom", path = dir .. "/rules/boom.lua", runs = 1, fired = 0, errors = 1, timeouts = 0 } },
         rm.rules)
@@ -141,7 +150,7 @@ local function suite(name, open, describe_fn)
       local rm = metrics(res.snapshot_id)
       assert.same({ "completed", "ignore", 100 }, { row(res.snapshot_id).status, rm.on_rule_error,
         rm.final_validation_score })
-      assert.same({ { text = "draft", score = 100, issues = {} } }, rm.drafts)
+      assert.same({ { text = "draft", score = 100, issues = {}, bytes = 5 } }, rm.drafts)
       assert.same({ "boom", "error", "kaput" }, { rm.script_errors[1].slug, rm.script_errors[1].kind,
         rm.script_errors[1].error })
     end)
@@ -194,8 +203,9 @@ local function suite(name, open, describe_fn)
       local res = assert(pipeline():generate(ctx()))
       local rm = metrics(res.snapshot_id)
       local issue = { { slug = "no_bad", message = "remove BAD", penalty = 30 } }
-      assert.same({ { text = d1, score = 70, issues = issue }, { text = d2, score = 70, issues = issue },
-                    { text = d3, score = 100, issues = {} } }, rm.drafts)
+      assert.same({ { text = d1, score = 70, issues = issue, bytes = #d1 },
+                    { text = d2, score = 70, issues = issue, bytes = #d2 },
+                    { text = d3, score = 100, issues = {}, bytes = #d3 } }, rm.drafts)
       assert.same({ {}, 2, "count" }, { rm.script_errors, rm.repair_count, rm.on_rule_error })
       assert.same({ { slug = "no_bad", path = dir .. "/rules/no_bad.lua", runs = 3, fired = 2, errors = 0,
                       timeouts = 0 } }, rm.rules)

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.." || exit 2
 mode=${1:-run}
 FUZZ_CC=${FUZZ_CC:-clang}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
-TARGETS=${FUZZ_TARGETS:-"decimal json jsondec row ulid retry_after pgsql"}
+TARGETS=${FUZZ_TARGETS:-"decimal json jsondec row ulid retry_after pgsql sse"}
 PC=${PKG_CONFIG:-pkg-config}
 LUA54_INCDIR=${LUA54_INCDIR:-$($PC --cflags lua5.4)}
 DEPS="sqlite3 libcurl libcrypto"

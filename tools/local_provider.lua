@@ -32,7 +32,12 @@
 -- usage object verbatim; false omits it), status (200..599), headers, body
 -- (raw string sent verbatim), delay_ms, hang, reset, message (error message
 -- for an error status without body), finish_reason (OpenAI), stop_reason
--- (Anthropic) — sent as given, false omits the field. Scripts are consumed
+-- (Anthropic) — sent as given, false omits the field; tool_calls (an array
+-- of {id, name, arguments = JSON text}: OpenAI message.tool_calls with
+-- content null unless content is given, finish_reason "tool_calls";
+-- Anthropic tool_use blocks with input = the decoded arguments, after a text
+-- block only when content is given, stop_reason "tool_use"); refusal (OpenAI
+-- message.refusal, content null). Scripts are consumed
 -- only by requests that pass auth and validation (401/400 answers do not
 -- consume one).
 --
@@ -628,24 +633,41 @@ local function build_success(fmt, doc, script)
               prompt_tokens_details = { cached_tokens = 0 },
               completion_tokens_details = { reasoning_tokens = 0 } }
   end
+  local tools = script and type(script.tool_calls) == "table" and #script.tool_calls > 0 and script.tool_calls
+  local refusal = script and type(script.refusal) == "string" and script.refusal or nil
+  local own_text = script and type(script.content) == "string"
   if fmt == "anthropic" then
     local stop = script and script.stop_reason
-    if stop == nil then stop = cut and "max_tokens" or "end_turn" end
+    if stop == nil then stop = tools and "tool_use" or (cut and "max_tokens" or "end_turn") end
     if stop == false then stop = nil end
+    local content = {}
+    if not tools or own_text then content[1] = { type = "text", text = text } end
+    for _, t in ipairs(tools or {}) do
+      content[#content + 1] = { type = "tool_use", id = t.id, name = t.name, input = cjson.decode(t.arguments) }
+    end
     return cjson.encode({
       id = response_id(fmt, state.seq), type = "message", role = "assistant",
-      model = model, content = { { type = "text", text = text } },
+      model = model, content = content,
       stop_reason = stop, stop_sequence = cjson.null, usage = usage,
     })
   end
   local finish = script and script.finish_reason
-  if finish == nil then finish = cut and "length" or "stop" end
+  if finish == nil then finish = tools and "tool_calls" or (cut and "length" or "stop") end
   if finish == false then finish = nil end
+  local message = { role = "assistant", content = text }
+  if (tools or refusal) and not own_text then message.content = cjson.null end
+  message.refusal = refusal
+  if tools then
+    message.tool_calls = {}
+    for i, t in ipairs(tools) do
+      message.tool_calls[i] = { id = t.id, type = "function",
+                                ["function"] = { name = t.name, arguments = t.arguments } }
+    end
+  end
   return cjson.encode({
     id = response_id(fmt, state.seq), object = "chat.completion",
     created = os.time(), model = model,
-    choices = { { index = 0, message = { role = "assistant", content = text },
-                  finish_reason = finish } },
+    choices = { { index = 0, message = message, finish_reason = finish } },
     usage = usage,
   })
 end
@@ -757,6 +779,16 @@ local function check_script(s, i)
   if s.body ~= nil and type(s.body) ~= "string" then return where .. "body must be a string" end
   if s.content ~= nil and type(s.content) ~= "string" then return where .. "content must be a string" end
   if s.model ~= nil and type(s.model) ~= "string" then return where .. "model must be a string" end
+  if s.refusal ~= nil and type(s.refusal) ~= "string" then return where .. "refusal must be a string" end
+  if s.tool_calls ~= nil then
+    if type(s.tool_calls) ~= "table" then return where .. "tool_calls must be an array" end
+    for _, t in ipairs(s.tool_calls) do
+      if type(t) ~= "table" or type(t.id) ~= "string" or type(t.name) ~= "string" or type(t.arguments) ~= "string"
+         or not pcall(cjson.decode, t.arguments) then
+        return where .. "tool_calls[i] must be {id, name, arguments = JSON text}"
+      end
+    end
+  end
   if s.usage ~= nil and s.usage ~= false and type(s.usage) ~= "table" then
     return where .. "usage must be an object or false"
   end

@@ -74,7 +74,11 @@ local function pricing_for(pricing, served, requested)
   return key, not key and "unpriced" or nil
 end
 
--- client:complete(run, kind, messages, params) -> text | nil, err, code
+-- client:complete(run, kind, messages, params) -> text, nil, nil, answer |
+-- nil, err, code. answer = { tool_calls, refusal } (each nil when the
+-- response had none): a tool-call answer's text is its text content, "" when
+-- it had none; the call's log entry keeps tool_calls, refusal and Azure's
+-- prompt_filter_results / content_filter_results.
 -- kind: "initial", "repair" or "replay" (kept per call in token_metrics).
 -- Each call's log entry (performance_metrics.calls[i]) records the
 -- provider's finish_reason and response_id as sent, JSON null when the
@@ -157,15 +161,31 @@ function Client:complete(run, kind, messages, params)
     failed_call("no_usage", parsed.model_identifier)
     return nil, "BAD_RESPONSE: " .. tostring(merr), "BAD_RESPONSE"
   end
-  run.call_models[#run.call_models + 1] = { requested = provider.model, served = parsed.model_identifier }
-  return parsed.content
+  run.call_models[#run.call_models + 1] = { requested = provider.model, served = parsed.model_identifier,
+                                            notes = parsed.usage_notes }
+  -- the answer beyond its text, on the call's log entry as sent
+  entry.tool_calls, entry.refusal = parsed.tool_calls, parsed.refusal
+  entry.prompt_filter_results = parsed.prompt_filter_results
+  entry.content_filter_results = parsed.content_filter_results
+  return parsed.content, nil, nil, { tool_calls = parsed.tool_calls, refusal = parsed.refusal }
 end
 
 -- client:token_metrics(run) -> the token_metrics document of a run, as the
 -- meter builds it. Each call names the model it was priced as (`model`), the
 -- requested and the served one.
+-- Each call also carries what its usage normalization noted
+-- (providers.lua openai_usage / anthropic_usage: reasoning_tokens_derived,
+-- reasoning_outside_completion, cached_from, usage_from, iterations,
+-- is_byok, cost_details).
 function Client.token_metrics(_, run)
-  return run.meter:token_metrics(run.call_models)
+  local tm = run.meter:token_metrics(run.call_models)
+  for i, cm in ipairs(run.call_models) do
+    local c = type(tm) == "table" and type(tm.calls) == "table" and tm.calls[i]
+    if cm.notes and type(c) == "table" then
+      for k, v in pairs(cm.notes) do if c[k] == nil then c[k] = v end end
+    end
+  end
+  return tm
 end
 
 -- client:performance_metrics(run, total_ms) -> the performance_metrics document

@@ -43,7 +43,10 @@ local RAW_DEPTH = { token_metrics = 1, performance_metrics = 1, repair_metrics =
 
 -- the stored columns only: the generated ones (json_extract per row on
 -- SQLite) would cost more than the rest of the read
-local SELECT_SOURCE = "SELECT " .. table.concat(schema.COLUMNS, ", ") .. " FROM generation_snapshots ORDER BY id"
+-- (purged_at: a purged row has lost its payloads, so it cannot be rebuilt
+-- in another store; it is counted, not copied)
+local SELECT_SOURCE = "SELECT " .. table.concat(schema.COLUMNS, ", ")
+  .. ", purged_at FROM generation_snapshots ORDER BY id"
 
 -- Sets the decoded documents of a stored row on `g`; nil, err for one that
 -- is not JSON. (persist_generation ignores the fields it does not know, so
@@ -88,7 +91,7 @@ function M.run(from, to, opts)
   if type(batch) ~= "number" or batch < 1 or batch % 1 ~= 0 then
     error("bad argument #3 to 'copy' (batch: positive integer expected)", 2)
   end
-  local result = { copied = 0, skipped = 0, failed = 0, errors = {} }
+  local result = { copied = 0, skipped = 0, failed = 0, purged = 0, errors = {} }
   local function failed(id, err)
     result.failed = result.failed + 1
     if #result.errors < max_errors then result.errors[#result.errors + 1] = tostring(id) .. ": " .. tostring(err) end
@@ -125,7 +128,10 @@ function M.run(from, to, opts)
       buf[i] = nil
       if have[row.id] then
         result.skipped = result.skipped + 1
+      elseif row.purged_at ~= nil then
+        result.purged = result.purged + 1
       else
+        row.purged_at = nil
         local g, gerr = decode_documents(row, row) -- the row, with its documents decoded
         local id, perr
         if g then id, perr = to:persist_generation(g) else perr = "INVALID: " .. gerr end

@@ -101,4 +101,62 @@ function M.Run(t)
   }
 end
 
+-- dto.split_drafts(drafts) -> texts, meta. A repair result's drafts
+-- ({ text, score, issues } each) as a snapshot stores them: the texts in the
+-- row's own `drafts` column (a payload: hashed on its own, removed by a
+-- purge) and the rest in repair_metrics.drafts, each with the text's length
+-- in bytes. nil, nil for no drafts.
+function M.split_drafts(drafts)
+  if type(drafts) ~= "table" or #drafts == 0 then return nil, nil end
+  local texts, meta = {}, {}
+  for i, d in ipairs(drafts) do
+    local m = {}
+    for k, v in pairs(d) do
+      if k ~= "text" then m[k] = v end
+    end
+    texts[i] = type(d.text) == "string" and d.text or ""
+    m.bytes = #texts[i]
+    meta[i] = m
+  end
+  return texts, meta
+end
+
+-- dto.stored_drafts(row) -> { { text, score, issues, ... }, ... } | nil: the
+-- drafts of a stored snapshot row, their texts from the drafts column (nil
+-- once purged), or from repair_metrics.drafts[i].text for rows written before
+-- the column existed.
+function M.stored_drafts(row)
+  local json = require("genaudit.json")
+  local rm = row.repair_metrics
+  if type(rm) == "string" then rm = json.decode(rm) end
+  local meta = type(rm) == "table" and type(rm.drafts) == "table" and rm.drafts or nil
+  local texts = row.drafts
+  if type(texts) == "string" then texts = json.decode(texts) end
+  if type(texts) ~= "table" then texts = nil end
+  if not meta and not texts then return nil end
+  local out = {}
+  for i = 1, math.max(meta and #meta or 0, texts and #texts or 0) do
+    local d = {}
+    for k, v in pairs(meta and type(meta[i]) == "table" and meta[i] or {}) do d[k] = v end
+    if texts and type(texts[i]) == "string" then d.text = texts[i] end
+    out[i] = d
+  end
+  return out
+end
+
+-- dto.repair_info(rr, drafts_meta, scripts) -> the repair_info a snapshot
+-- stores for a RepairResult (repair_metrics): the result's figures, the
+-- drafts without their texts (split_drafts) and the pinned scripts.
+function M.repair_info(rr, drafts_meta, scripts)
+  return {
+    repair_count = rr.repair_count, repair_types = rr.repair_types,
+    initial_validation_score = rr.initial_validation_score,
+    final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
+    stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
+    drafts = drafts_meta, on_rule_error = rr.on_rule_error,
+    script_errors = rr.script_errors, rules = rr.rules,
+    scripts = scripts,
+  }
+end
+
 return M

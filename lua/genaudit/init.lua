@@ -27,8 +27,10 @@ function M.replay(store_obj, id, opts)
 end
 
 -- Submodules loaded on first use: genaudit.providers, genaudit.pricing,
--- genaudit.dto, genaudit.composer, genaudit.validator.
-local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true, report = true }
+-- genaudit.dto, genaudit.composer, genaudit.validator, genaudit.report,
+-- genaudit.redact, genaudit.audit.
+local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true, report = true,
+               redact = true, audit = true }
 setmetatable(M, {
   __index = function(t, k)
     if lazy[k] then

@@ -10,6 +10,7 @@ local composer_mod = require("genaudit.composer")
 local validator_mod = require("genaudit.validator")
 local store_mod = require("genaudit.store")
 local client_mod = require("genaudit.client")
+local redact_mod = require("genaudit.redact")
 local core = require("genaudit.core")
 local json = require("genaudit.json")
 
@@ -41,6 +42,11 @@ function M.new(opts)
     client = client_mod.new(opts),
     stored_scripts = {}, -- digest -> true: in the store already (put_script once per digest)
   }, Pipeline)
+  -- the redaction script: opts.redact (a path; false: none), else <rules>/redact.lua when present
+  if opts.redact ~= false then
+    self.redactor = redact_mod.new{ path = type(opts.redact) == "string" and opts.redact or opts.rules .. "/"
+      .. redact_mod.FILE, sandbox = opts.sandbox, script_timeout_ms = opts.script_timeout_ms }
+  end
   return self
 end
 
@@ -50,7 +56,7 @@ end
 -- (store:put_script, synchronous, once per digest per pipeline); a source
 -- the store could not take is listed in `unstored` with the error (and tried
 -- again next time), never silently missing.
-function Pipeline:pinned_scripts(run, rr)
+function Pipeline:pinned_scripts(run, rr, extra)
   local rec, sources = {}, {}
   local t = run.template_script
   if t then
@@ -61,6 +67,7 @@ function Pipeline:pinned_scripts(run, rr)
     rec.rules, rec.policy, rec.rule_set_digest = rr.scripts.rules, rr.scripts.policy, rr.scripts.rule_set_digest
     for _, src in ipairs(rr.script_sources or {}) do sources[#sources + 1] = src end
   end
+  if extra then sources[#sources + 1] = extra end
   local unstored = {}
   for _, src in ipairs(sources) do
     if not self.stored_scripts[src.digest] then
@@ -84,6 +91,7 @@ end
 function Pipeline:persist(run, status, err)
   local total_ms = run.sw:stop()
   local rr = run.repair or dto.RepairResult{}
+  local draft_texts, draft_meta = dto.split_drafts(rr.drafts)
   local row = {
     org_id = run.ctx.org_id, user_id = run.ctx.user_id, platform = run.ctx.platform,
     template_id = run.ctx.template_id,
@@ -92,20 +100,23 @@ function Pipeline:persist(run, status, err)
     final_user_prompt = run.prompt and run.prompt.user or "",
     token_usage = self.client:token_metrics(run),
     performance = self.client:performance_metrics(run, total_ms),
-    repair_info = {
-      repair_count = rr.repair_count, repair_types = rr.repair_types,
-      initial_validation_score = rr.initial_validation_score,
-      final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
-      stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
-      drafts = rr.drafts, on_rule_error = rr.on_rule_error,
-      script_errors = rr.script_errors, rules = rr.rules,
-      scripts = self:pinned_scripts(run, rr),
-    },
+    repair_info = dto.repair_info(rr, draft_meta, self:pinned_scripts(run, rr)),
     request_params = run.ctx.params,
+    drafts = draft_texts,
     content = run.content,
     status = status,
     error = err,
   }
+  -- redaction before storage: the stored (and hashed) payloads are the
+  -- redacted ones; the row says which script did it, and its code is pinned
+  local red = self.redactor and self.redactor:apply(row, run.ctx)
+  if red then
+    row.repair_info.redaction = { script = red.script, digest = red.digest, changed = red.changed, errors = red.errors }
+    if red.source then
+      row.repair_info.scripts = self:pinned_scripts(run, rr, red.source)
+    end
+    for i, t in ipairs(row.drafts or {}) do draft_meta[i].bytes = #t end -- the stored text's length
+  end
   local id, err2, code = self.persister:persist_generation(row)
   if not id and code == "INVALID" and tostring(err2):find("PostgreSQL text", 1, true) then
     -- The generation happened (and may have been billed): a row PostgreSQL
@@ -136,7 +147,7 @@ end
 
 -- pipeline:generate(ctx) -> result | nil, err, code, snapshot_id
 --   result = { content, snapshot_id, prompt, token_metrics,
---              performance_metrics, repair_metrics }
+--              performance_metrics, repair_metrics, drafts }
 function Pipeline:generate(input)
   local run = self.client:run() -- a dto.Run; the timer starts at the very beginning
   local ctx, err, code = dto.GenerationContext(input)
@@ -156,8 +167,8 @@ function Pipeline:generate(input)
   run.prompt = prompt -- the final strings, captured before any model call
 
   local messages = { { role = "system", content = prompt.system }, { role = "user", content = prompt.user } }
-  local draft
-  draft, err, code = self.client:complete(run, "initial", messages, ctx.params)
+  local draft, answer
+  draft, err, code, answer = self.client:complete(run, "initial", messages, ctx.params)
   if not draft then return fail(err, code) end
   run.content = draft
 
@@ -166,10 +177,10 @@ function Pipeline:generate(input)
       messages[1], messages[2],
       { role = "assistant", content = previous }, { role = "user", content = feedback },
     }
-    local text, e, c = self.client:complete(run, "repair", conversation, ctx.params)
+    local text, e, c, a = self.client:complete(run, "repair", conversation, ctx.params)
     if text then run.content = text end
-    return text, e, c
-  end)
+    return text, e, c, a
+  end, answer)
   run.repair, run.content = rr, final
 
   if not rr.passed then
@@ -191,6 +202,7 @@ function Pipeline:generate(input)
   return {
     content = final, snapshot_id = id, prompt = prompt,
     token_metrics = row.token_usage, performance_metrics = row.performance, repair_metrics = row.repair_info,
+    drafts = rr.drafts, -- every draft with its text, score and issues (stored: drafts column + repair_metrics)
   }
 end
 

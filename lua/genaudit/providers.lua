@@ -130,6 +130,16 @@ local function scrubber(secret)
   end
 end
 
+-- v with every string in it (keys too) scrubbed: the provider's own
+-- documents kept as sent (filter verdicts, cost details).
+local function scrub_deep(scrub, v, depth)
+  if type(v) == "string" then return scrub(v) end
+  if type(v) ~= "table" or v == json.null or depth > 64 then return v end
+  local out = {}
+  for k, x in pairs(v) do out[scrub_deep(scrub, k, depth + 1)] = scrub_deep(scrub, x, depth + 1) end
+  return out
+end
+
 local function decode(body)
   local doc, err = json.decode(body) -- a lone \ud800 escape becomes U+FFFD (ga_jsondec.c)
   if type(doc) ~= "table" then return nil, err or "not a JSON object" end
@@ -149,7 +159,18 @@ local function error_message(doc, body)
   return short(body, 200)
 end
 
--- OpenAI-style usage -> normalized usage.
+-- OpenAI-style usage -> normalized usage, nil | err, the billed cost (or
+-- nil), and notes: what the normalization read or derived that the
+-- normalized counts cannot say (token_metrics.calls[i] keeps them):
+--   reasoning_tokens_derived = true  the reasoning count is the gap between
+--     total_tokens and prompt + completion (Gemini's OpenAI endpoint leaves
+--     thinking out of completion_tokens and reports no reasoning_tokens);
+--     priced as output, as reasoning tokens are
+--   reasoning_outside_completion = true  completion_tokens excluded the
+--     reported reasoning_tokens (xAI: total = prompt + completion + reasoning)
+--   cached_from = "prompt_cache_hit_tokens"  DeepSeek's own field gave the
+--     cached count (no prompt_tokens_details.cached_tokens)
+--   is_byok, cost_details  OpenRouter's, as sent
 local function openai_usage(u)
   if type(u) ~= "table" then return nil, "response has no usage" end
   local p, c = int(u.prompt_tokens), int(u.completion_tokens)
@@ -158,34 +179,60 @@ local function openai_usage(u)
   local cd = type(u.completion_tokens_details) == "table" and u.completion_tokens_details or {}
   local total = int(u.total_tokens) or (p + c)
   if total < p + c then return nil, "usage.total_tokens is less than prompt_tokens + completion_tokens" end
+  local notes = {}
   local reasoning = int(cd.reasoning_tokens) or 0
   local completion = c
-  if total > p + c and reasoning == 0 then
+  local gap = total - p - c
+  if gap > 0 and reasoning == 0 then
     -- Gemini's OpenAI endpoint: thinking tokens are billed but left out of
     -- completion_tokens; they only show in total_tokens.
-    reasoning = total - p - c
+    reasoning = gap
     completion = c + reasoning
+    notes.reasoning_tokens_derived = true
+  elseif gap > 0 and gap == reasoning then
+    -- xAI: completion_tokens excludes the reasoning_tokens it reports
+    completion = c + reasoning
+    notes.reasoning_outside_completion = true
   end
-  local cached, write = int(pd.cached_tokens) or 0, int(pd.cache_write_tokens) or 0
+  local cached = int(pd.cached_tokens)
+  if cached == nil and int(u.prompt_cache_hit_tokens) then
+    cached = int(u.prompt_cache_hit_tokens) -- DeepSeek (its miss count is prompt_tokens - hits)
+    notes.cached_from = "prompt_cache_hit_tokens"
+  end
+  cached = cached or 0
+  local write = int(pd.cache_write_tokens) or 0
   if cached + write > p then return nil, "usage reports more cached tokens than prompt tokens" end
   if reasoning > completion then return nil, "usage reports more reasoning tokens than completion tokens" end
+  if type(u.is_byok) == "boolean" then notes.is_byok = u.is_byok end
+  if type(u.cost_details) == "table" then notes.cost_details = u.cost_details end
   return {
     prompt_tokens = p, completion_tokens = completion, total_tokens = total,
     cached_prompt_tokens = cached, cache_write_tokens = write, reasoning_tokens = reasoning,
-  }, nil, type(u.cost) == "number" and u.cost >= 0 and u.cost or nil
+  }, nil, type(u.cost) == "number" and u.cost >= 0 and u.cost or nil, next(notes) and notes or nil
 end
 
 -- Anthropic usage -> normalized usage (input_tokens excludes cache reads/writes).
+-- A compaction response reports, at the top, only its last iteration; the
+-- billed totals are the sums over usage.iterations[] (notes.iterations: how
+-- many were summed).
 local function anthropic_usage(u)
   if type(u) ~= "table" then return nil, "response has no usage" end
-  local i, o = int(u.input_tokens), int(u.output_tokens)
-  if not i or not o then return nil, "usage.input_tokens/output_tokens missing or not non-negative integers" end
-  local cr, cw = int(u.cache_read_input_tokens) or 0, int(u.cache_creation_input_tokens) or 0
-  local p = i + cr + cw
+  local parts, notes = { u }, nil
+  if type(u.iterations) == "table" and #u.iterations > 0 then
+    parts, notes = u.iterations, { iterations = #u.iterations }
+  end
+  local p, o, cr, cw = 0, 0, 0, 0
+  for k, it in ipairs(parts) do
+    if type(it) ~= "table" then return nil, "usage.iterations[" .. k .. "] is not an object" end
+    local i, oo = int(it.input_tokens), int(it.output_tokens)
+    if not i or not oo then return nil, "usage.input_tokens/output_tokens missing or not non-negative integers" end
+    local r, w = int(it.cache_read_input_tokens) or 0, int(it.cache_creation_input_tokens) or 0
+    p, o, cr, cw = p + i + r + w, o + oo, cr + r, cw + w
+  end
   return {
     prompt_tokens = p, completion_tokens = o, total_tokens = p + o,
     cached_prompt_tokens = cr, cache_write_tokens = cw, reasoning_tokens = 0,
-  }
+  }, nil, nil, notes
 end
 
 local function check_common(kind, opts)
@@ -317,7 +364,12 @@ function Provider:request(messages, params)
 end
 
 -- provider:parse_response(status, body) -> { content, model_identifier,
--- usage, provider_cost, finish_reason, response_id } | nil, err, code, answer
+-- usage, provider_cost, usage_notes, finish_reason, response_id, tool_calls,
+-- refusal, prompt_filter_results, content_filter_results } | nil, err, code, answer
+-- tool_calls: OpenAI-style { id, type, name, arguments (the string as sent) },
+-- Anthropic { id, type = "tool_use", name, arguments (the bytes of `input`
+-- exactly as the body spelled them) }; a
+-- tool-call answer's content is its text, "" when it had none (content null).
 -- finish_reason and response_id are the body's own strings, as sent
 -- (OpenAI-compatible: choices[1].finish_reason and id; Anthropic:
 -- stop_reason and id), nil when the body has none (or not a string): never
@@ -337,7 +389,7 @@ function Provider:parse_response(status, body)
   if not doc then
     return nil, "BAD_RESPONSE: provider body is not JSON: " .. short(self.scrub(body), 120), "BAD_RESPONSE"
   end
-  local res, err, answer = self.parse(doc)
+  local res, err, answer = self.parse(doc, body)
   if not res then
     if answer then
       answer = { content = self.scrub(answer.content), model_identifier = self.scrub(answer.model_identifier),
@@ -347,6 +399,14 @@ function Provider:parse_response(status, body)
   end
   res.content, res.model_identifier = self.scrub(res.content), self.scrub(res.model_identifier)
   res.finish_reason, res.response_id = self.scrub(res.finish_reason), self.scrub(res.response_id)
+  res.refusal = self.scrub(res.refusal)
+  for _, tc in ipairs(res.tool_calls or {}) do
+    tc.id, tc.name, tc.arguments = self.scrub(tc.id), self.scrub(tc.name), self.scrub(tc.arguments)
+    tc.type = self.scrub(tc.type)
+  end
+  res.prompt_filter_results = scrub_deep(self.scrub, res.prompt_filter_results, 0)
+  res.content_filter_results = scrub_deep(self.scrub, res.content_filter_results, 0)
+  res.usage_notes = scrub_deep(self.scrub, res.usage_notes, 0)
   return res
 end
 
@@ -361,23 +421,52 @@ local function openai_body(self, messages, params)
   return core.json_encode(req)
 end
 
+-- The tool calls of an OpenAI-style message: { id, type, name, arguments }
+-- each, arguments the string exactly as sent (JSON text, not decoded), or
+-- nil when there are none.
+local function openai_tool_calls(msg)
+  if type(msg.tool_calls) ~= "table" or #msg.tool_calls == 0 then return nil end
+  local out = {}
+  for i, tc in ipairs(msg.tool_calls) do
+    local fn = type(tc) == "table" and type(tc["function"]) == "table" and tc["function"] or {}
+    out[i] = { id = type(tc) == "table" and str(tc.id) or nil, type = type(tc) == "table" and str(tc.type) or nil,
+               name = str(fn.name), arguments = str(fn.arguments) }
+  end
+  return out
+end
+
 local function openai_parse(doc)
   local choice = type(doc.choices) == "table" and doc.choices[1]
   local msg = type(choice) == "table" and choice.message
   local model = str(doc.model)
   local finish = type(choice) == "table" and str(choice.finish_reason) or nil
-  if type(msg) ~= "table" or type(msg.content) ~= "string" then
+  local tool_calls = type(msg) == "table" and openai_tool_calls(msg) or nil
+  local refusal = type(msg) == "table" and str(msg.refusal) or nil
+  -- an answer is text, tool calls (content null or absent) or a refusal
+  if type(msg) ~= "table" or (type(msg.content) ~= "string" and not tool_calls and not refusal) then
     return nil, "response has no choices[1].message.content",
       { model_identifier = model, finish_reason = finish, response_id = str(doc.id) }
   end
-  local usage, err, cost = openai_usage(doc.usage)
+  local content = type(msg.content) == "string" and msg.content or ""
+  -- Groq sends usage at the top, or only under x_groq.usage: one of them,
+  -- never both added up
+  local u = doc.usage
+  if u == nil and type(doc.x_groq) == "table" then u = doc.x_groq.usage end
+  local usage, err, cost, notes = openai_usage(u)
   if not usage then
-    return nil, err, { content = msg.content, model_identifier = model, finish_reason = finish,
+    return nil, err, { content = content, model_identifier = model, finish_reason = finish,
                        response_id = str(doc.id) }
   end
+  if u ~= doc.usage then
+    notes = notes or {}
+    notes.usage_from = "x_groq.usage"
+  end
   return {
-    content = msg.content, model_identifier = model,
-    usage = usage, provider_cost = cost, finish_reason = finish, response_id = str(doc.id),
+    content = content, model_identifier = model, tool_calls = tool_calls, refusal = refusal,
+    usage = usage, provider_cost = cost, usage_notes = notes, finish_reason = finish, response_id = str(doc.id),
+    -- Azure's content-filter verdicts, as sent
+    prompt_filter_results = type(doc.prompt_filter_results) == "table" and doc.prompt_filter_results or nil,
+    content_filter_results = type(choice.content_filter_results) == "table" and choice.content_filter_results or nil,
   }
 end
 
@@ -523,25 +612,35 @@ local anthropic_spec = {
     if req.seed ~= nil then req.seed = nil end -- not part of the Messages API
     return core.json_encode(req)
   end,
-  parse = function(doc)
+  parse = function(doc, body)
     local model, finish, id = str(doc.model), str(doc.stop_reason), str(doc.id)
     local bare = { model_identifier = model, finish_reason = finish, response_id = id }
     if type(doc.content) ~= "table" then return nil, "response has no content", bare end
-    local parts = {}
-    for _, block in ipairs(doc.content) do
+    local parts, tool_calls = {}, {}
+    local raw -- the body again, content[i].input kept as its own bytes
+    for k, block in ipairs(doc.content) do
       if type(block) == "table" and block.type == "text" and type(block.text) == "string" then
         parts[#parts + 1] = block.text
+      elseif type(block) == "table" and block.type == "tool_use" then
+        -- input is a JSON object in the body: its bytes are kept as sent
+        -- (a decoded table would lose key order, number spelling and {})
+        raw = raw or json.decode(body, 3)
+        local r = type(raw) == "table" and type(raw.content) == "table" and raw.content[k]
+        local args = type(r) == "table" and r.input
+        if type(args) ~= "userdata" then args = block.input ~= nil and json.encode(block.input) or nil end
+        tool_calls[#tool_calls + 1] = { id = str(block.id), type = "tool_use", name = str(block.name),
+                                        arguments = args ~= nil and tostring(args) or nil }
       end
     end
-    if #parts == 0 then return nil, "response has no text content", bare end
-    local usage, err = anthropic_usage(doc.usage)
+    if #parts == 0 and #tool_calls == 0 then return nil, "response has no text content", bare end
+    local usage, err, _, notes = anthropic_usage(doc.usage)
     if not usage then
       return nil, err, { content = table.concat(parts), model_identifier = model, finish_reason = finish,
                          response_id = id }
     end
     return {
-      content = table.concat(parts), model_identifier = model,
-      usage = usage, finish_reason = finish, response_id = id,
+      content = table.concat(parts), model_identifier = model, tool_calls = #tool_calls > 0 and tool_calls or nil,
+      usage = usage, usage_notes = notes, finish_reason = finish, response_id = id,
     }
   end,
 }

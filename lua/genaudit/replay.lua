@@ -16,6 +16,7 @@ local dto = require("genaudit.dto")
 local validator_mod = require("genaudit.validator")
 local report = require("genaudit.report")
 local core = require("genaudit.core")
+local redact_mod = require("genaudit.redact")
 
 local M = {}
 
@@ -58,10 +59,11 @@ local function num(v) return type(v) == "number" and v or nil end
 -- known (a repaired row written before drafts were kept).
 function M.first_draft(row)
   local rm = decode_doc(row.repair_metrics)
-  local drafts = rm.drafts
-  if type(drafts) == "table" and type(drafts[1]) == "table" and type(drafts[1].text) == "string" then
-    return drafts[1].text, "repair_metrics.drafts[1]"
+  local drafts = dto.stored_drafts(row)
+  if drafts and drafts[1] and type(drafts[1].text) == "string" then
+    return drafts[1].text, type(row.drafts) == "string" and "drafts[1]" or "repair_metrics.drafts[1]"
   end
+  if drafts and drafts[1] and row.purged_at ~= nil then return nil, "the original's drafts were purged" end
   local repairs = num(row.repair_count) or num(rm.repair_count)
   if repairs == 0 then
     if type(row.content) == "string" then return row.content, "content" end
@@ -227,6 +229,22 @@ function M.run(store, id, opts)
   if not rows then return nil, err, code end
   local original = rows[1]
   if not original then return nil, "NOT_FOUND: no snapshot with id '" .. id .. "'", "NOT_FOUND" end
+  if original.purged_at ~= nil then
+    return nil, "PURGED: snapshot '" .. id .. "' was purged (" .. original.purged_at .. " UTC): its prompts are gone",
+      "PURGED"
+  end
+  -- a replay is stored like a generation: redacted by the same script (the
+  -- rules directory's redact.lua, or opts.redact); an original that was
+  -- stored redacted is not replayed into an unredacted row
+  local redactor
+  local rpath = opts.redact or (opts.rules and (opts.rules .. "/" .. redact_mod.FILE))
+  if opts.record ~= false and rpath and core.file_version(rpath) then
+    redactor = redact_mod.new{ path = rpath, sandbox = opts.sandbox, script_timeout_ms = opts.script_timeout_ms }
+  end
+  if opts.record ~= false and not redactor and decode_doc(original.repair_metrics).redaction ~= nil then
+    return nil, "CONFIG: snapshot '" .. id .. "' was stored redacted: give the rules directory with its redact.lua"
+      .. " (--rules DIR) so the replay is redacted too, or do not record it (--no-record)", "CONFIG"
+  end
   -- request parameters go back as sent: integers stay integers
   local params = original.request_params and json.decode(original.request_params) or {}
   if type(params) ~= "table" then params = {} end
@@ -292,32 +310,39 @@ function M.run(store, id, opts)
       rule_set_digest = rs.rule_set_digest, stored_rule_set_digest = rs.stored_rule_set_digest,
     }
     local info
+    local texts, meta
     if rr then
-      info = {
-        repair_count = rr.repair_count, repair_types = rr.repair_types,
-        initial_validation_score = rr.initial_validation_score,
-        final_validation_score = rr.final_validation_score, repair_log = rr.repair_log,
-        stop_reason = rr.stop_reason, stop_detail = rr.stop_detail,
-        drafts = rr.drafts, on_rule_error = rr.on_rule_error,
-        script_errors = rr.script_errors, rules = rr.rules,
-        scripts = pinned_scripts(store, rr),
-      }
+      texts, meta = dto.split_drafts(rr.drafts)
     else
-      info = { repair_count = 0, repair_types = {}, repair_log = {},
-               drafts = draft and { { text = draft } } or nil }
+      texts, meta = dto.split_drafts(draft and { { text = draft } })
+    end
+    if rr then
+      info = dto.repair_info(rr, meta, pinned_scripts(store, rr))
+    else
+      info = { repair_count = 0, repair_types = {}, repair_log = {}, drafts = meta }
     end
     info.replay = replay_doc
-    local sid, perr, pcode = store_mod.persister(store):persist_generation{
+    local row = {
       org_id = original.org_id, user_id = original.user_id, platform = original.platform,
       template_id = original.template_id, template_version = original.template_version,
       final_system_prompt = original.final_system_prompt or "", final_user_prompt = original.final_user_prompt or "",
       token_usage = result.token_metrics, performance = result.performance_metrics,
       repair_info = info,
       request_params = next(params) and params or nil,
+      drafts = texts,
       -- a failed replay keeps what an answer without usage held (run.content)
       content = final or run.content, status = final and "completed" or "failed", error = not final and err or nil,
       replay_of = id,
     }
+    local red = redactor and redactor:apply(row, ctx or { org_id = original.org_id, user_id = original.user_id,
+      platform = original.platform, template_id = original.template_id })
+    if red then
+      info.redaction = { script = red.script, digest = red.digest, changed = red.changed, errors = red.errors }
+      if red.source and type(store.put_script) == "function" then
+        store:put_script(red.source.path, red.source.source)
+      end
+    end
+    local sid, perr, pcode = store_mod.persister(store):persist_generation(row)
     if not sid then return nil, perr, pcode end
     result.snapshot_id = sid
   end

@@ -60,6 +60,21 @@ local DIALECTS = {
     rule_text = function(k)
       return "CASE WHEN json_type(j.value, '$." .. k .. "') = 'text' THEN json_extract(j.value, '$." .. k .. "') END"
     end,
+    -- member k of j as a number (integer or real)
+    rule_num = function(k)
+      return "CASE WHEN json_type(j.value, '$." .. k .. "') IN ('integer', 'real') THEN json_extract(j.value, '$."
+        .. k .. "') END"
+    end,
+    -- one row per element of b's document `doc` member `calls` (none when it is not an array)
+    calls_each = function(doc)
+      return "json_each(CASE WHEN json_type(b." .. doc .. ", '$.calls') = 'array' THEN json_extract(b." .. doc
+        .. ", '$.calls') END) AS j"
+    end,
+    -- top-level text member k of b's document `doc`
+    doc_text = function(doc, k)
+      return "CASE WHEN json_type(b." .. doc .. ", '$." .. k .. "') = 'text' THEN json_extract(b." .. doc .. ", '$."
+        .. k .. "') END"
+    end,
     real = function(expr) return "CAST(" .. expr .. " AS REAL)" end,
     bytewise = function(col) return col end, -- SQLite's default collation is BINARY
     -- the table's columns, generated ones included, in table order
@@ -83,6 +98,18 @@ local DIALECTS = {
     rule_text = function(k)
       return "CASE WHEN json_typeof(j.value -> '" .. k .. "') = 'string' THEN (j.value ->> '" .. k .. "') END"
     end,
+    rule_num = function(k)
+      return "CASE WHEN json_typeof(j.value -> '" .. k .. "') = 'number' THEN (j.value ->> '" .. k
+        .. "')::double precision END"
+    end,
+    calls_each = function(doc)
+      return "json_array_elements(CASE WHEN json_typeof(b." .. doc .. " -> 'calls') = 'array' THEN b." .. doc
+        .. " -> 'calls' END) AS j(value)"
+    end,
+    doc_text = function(doc, k)
+      return "CASE WHEN json_typeof(b." .. doc .. " -> '" .. k .. "') = 'string' THEN (b." .. doc .. " ->> '" .. k
+        .. "') END"
+    end,
     real = function(expr) return "CAST(" .. expr .. " AS double precision)" end,
     bytewise = function(col) return col .. ' COLLATE "C"' end,
     columns = "SELECT attname AS name FROM pg_attribute WHERE attrelid = 'generation_snapshots'::regclass"
@@ -103,6 +130,10 @@ local function dialect_of(store)
 end
 
 local TABLE = "generation_snapshots"
+
+-- report.dialect(store) -> the SQL pieces of the store's backend (for
+-- genaudit.metrics, which aggregates in SQL the same way).
+function M.dialect(store) return dialect_of(store) end
 
 -- `by` values -> { output column name, SQL expression }
 local GROUPS = {

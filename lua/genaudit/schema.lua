@@ -7,11 +7,17 @@ local M = {}
 -- The stored columns, in the order the CLI and copy read them.
 M.COLUMNS = { "id", "created_at", "org_id", "user_id", "platform", "template_id", "template_version",
               "status", "content", "error", "final_system_prompt", "final_user_prompt", "replay_of",
-              "token_metrics", "performance_metrics", "repair_metrics", "request_params" }
+              "token_metrics", "performance_metrics", "repair_metrics", "request_params", "drafts" }
 
 -- The JSON document columns -> the persist_generation field that fills each.
 M.DOCUMENTS = { token_metrics = "token_usage", performance_metrics = "performance",
-                repair_metrics = "repair_info", request_params = "request_params" }
+                repair_metrics = "repair_info", request_params = "request_params", drafts = "drafts" }
+
+-- The seal of a row (migration 0008; README, "Tamper evidence"): written by
+-- the store at insert, never by a caller (a copy is sealed again by its
+-- destination).
+M.SEAL_COLUMNS = { "final_system_prompt_sha256", "final_user_prompt_sha256", "content_sha256", "drafts_sha256",
+                   "chain_id", "chain_seq", "prev_hash", "record_hash", "purged_at", "purged_by" }
 
 -- The text columns: every column that is not a JSON document (persisted
 -- under its own name).

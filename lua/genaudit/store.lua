@@ -187,6 +187,20 @@ function Store:get_script(digest)
   return r
 end
 
+-- store:purge(older_than, what) -> rows purged | nil, err, code (C; see
+-- genaudit.audit.purge, which checks the arguments).
+function Store:purge(older_than, what)
+  if type(older_than) ~= "string" then
+    error("bad argument #1 to 'purge' (string expected, got " .. type(older_than) .. ")", 2)
+  end
+  return self._conn:purge(older_than, what or "payloads")
+end
+
+-- store:verify([opts]) -> report | nil, err, code: genaudit.audit.verify.
+function Store:verify(opts)
+  return require("genaudit.audit").verify(self, opts)
+end
+
 -- store:query(sql, params) -> array of rows keyed by column name | nil, err, code
 function Store:query(sql, params)
   if type(sql) ~= "string" then

@@ -28,6 +28,7 @@ local DEFAULT_PENALTY = 10
 local RULE_ERROR_PENALTY = 10
 M.ON_RULE_ERROR = { count = true, fail = true, ignore = true }
 local POLICY_FILE = "policy.lua"
+local REDACT_FILE = "redact.lua" -- genaudit.redact's script, not a rule
 
 -- A string a script supplies (a slug), checked raw against the size cap.
 local function short_string(v, what)
@@ -156,7 +157,7 @@ end
 function Validator:rules()
   local out = {}
   local listed = {}
-  for _, path in ipairs(self.rule_loader:dir(self.dir, { [POLICY_FILE] = true })) do
+  for _, path in ipairs(self.rule_loader:dir(self.dir, { [POLICY_FILE] = true, [REDACT_FILE] = true })) do
     if core.file_version(path) then
       listed[path] = true
       local r, err = self.rule_loader:load(path)
@@ -282,14 +283,26 @@ local function record(audit, script, slug, kind, err, draft)
   }
 end
 
--- validator:validate(draft, ctx[, audit, draft_index]) -> issues, score,
+-- A rule's own copy of ctx, with ctx.answer = { tool_calls = {...},
+-- refusal = string | nil } (the model's answer beyond its text; tool_calls
+-- [] when it made none).
+local function rule_ctx(ctx, answer)
+  local c = scripts.copy(ctx)
+  c.answer = {
+    tool_calls = scripts.copy(answer and answer.tool_calls or {}),
+    refusal = answer and answer.refusal or nil,
+  }
+  return c
+end
+
+-- validator:validate(draft, ctx[, audit, draft_index, answer]) -> issues, score,
 -- rule_error. A rule that raises, returns garbage, times out or failed to
 -- load is recorded (audit.script_errors) and, under on_rule_error "count"
 -- (the default) and "fail", becomes an issue of its own ("rule_error",
 -- penalty 10), so a broken rule never silently passes drafts; "ignore" adds
 -- no issue. Under "fail" validation stops at the first rule error, returned
 -- third as "slug: err". Each rule gets its own copy of ctx.
-function Validator:validate(draft, ctx, audit, draft_index)
+function Validator:validate(draft, ctx, audit, draft_index, answer)
   audit = audit or new_audit(self:policy().on_rule_error)
   local issues, penalty = {}, 0
   local first_error
@@ -305,7 +318,7 @@ function Validator:validate(draft, ctx, audit, draft_index)
       end
     else
       st.runs = st.runs + 1
-      local ok, res = self.rule_loader:call(rule.check, draft, scripts.copy(ctx))
+      local ok, res = self.rule_loader:call(rule.check, draft, rule_ctx(ctx, answer))
       if ok then
         list, err = issues_from(res, rule.slug)
         kind = "bad_result"
@@ -359,12 +372,20 @@ local function needs_repair(policy, issues, score, draft, ctx, audit)
   return false
 end
 
--- validator:validate_and_repair(draft, ctx, repair) -> RepairResult, final_draft
---   repair(feedback, draft, attempt) -> new_draft | nil, err, code — one
+-- validator:validate_and_repair(draft, ctx, repair[, answer]) -> RepairResult, final_draft
+--   answer: { tool_calls, refusal } of the draft (client:complete's fourth
+--   result); rules see it as ctx.answer, and each draft keeps it
+--   (repair_metrics.drafts[i].tool_calls / .refusal).
+--   repair(feedback, draft, attempt) -> new_draft, nil, nil, answer | nil, err, code — one
 --   metered model call (the pipeline's). RepairResult.passed says whether the
 --   final draft satisfies the policy; .stop_reason says why repairs stopped
 --   ("passed", "budget_exhausted", "policy_declined", "repair_failed").
-function Validator:validate_and_repair(draft, ctx, repair)
+local function draft_entry(text, score, issues, answer)
+  return { text = text, score = score, issues = issues,
+           tool_calls = answer and answer.tool_calls or nil, refusal = answer and answer.refusal or nil }
+end
+
+function Validator:validate_and_repair(draft, ctx, repair, answer)
   local policy = self:policy()
   policy.path = self.dir .. "/" .. POLICY_FILE
   local audit = new_audit(policy.on_rule_error)
@@ -375,8 +396,8 @@ function Validator:validate_and_repair(draft, ctx, repair)
   if policy.load_error then
     record(audit, policy.path, "policy", "load_error", (policy.load_error:gsub("^SCRIPT: ", "")), nil)
   end
-  local issues, score, rule_error = self:validate(draft, ctx, audit, 1)
-  local drafts = { { text = draft, score = score, issues = issues } }
+  local issues, score, rule_error = self:validate(draft, ctx, audit, 1, answer)
+  local drafts = { draft_entry(draft, score, issues, answer) }
   local rr = {
     repair_count = 0, repair_types = {}, initial_validation_score = score,
     final_validation_score = score, repair_log = {}, passed = false,
@@ -417,15 +438,16 @@ function Validator:validate_and_repair(draft, ctx, repair)
     local entry = { attempt = attempt, issues = issues, feedback = feedback, score_before = score }
     rr.repair_log[#rr.repair_log + 1] = entry
     rr.repair_count = attempt
-    local new_draft, err, code = repair(feedback, draft, attempt)
+    local new_draft, err, code, new_answer = repair(feedback, draft, attempt)
     if not new_draft then
       entry.error = err
       rr.stop_reason, rr.error, rr.error_code = "repair_failed", err, code
       break
     end
     draft = new_draft
-    issues, score, rule_error = self:validate(draft, ctx, audit, #drafts + 1)
-    drafts[#drafts + 1] = { text = draft, score = score, issues = issues }
+    answer = new_answer
+    issues, score, rule_error = self:validate(draft, ctx, audit, #drafts + 1, answer)
+    drafts[#drafts + 1] = draft_entry(draft, score, issues, answer)
     entry.score_after = score
     entry.issues_after = slugs(issues)
     rr.final_validation_score = score

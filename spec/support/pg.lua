@@ -27,7 +27,10 @@ end
 
 local pid = (io.open("/proc/self/stat") or { read = function() return tostring(os.time()) end }):read("*l")
   :match("^(%d+)")
-local prefix = "ga_spec_" .. pid .. "_"
+-- busted loads this module afresh for every spec file (insulation), so the
+-- counter below restarts: a token of this load keeps two files' schemas apart
+-- (a file whose teardown did not run must not hand its rows to the next).
+local prefix = "ga_spec_" .. pid .. "_" .. tostring({}):match("(%x+)$") .. "_"
 local counter = 0
 
 -- M.describe(name, fn): busted's describe when a server is configured; else

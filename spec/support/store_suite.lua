@@ -143,8 +143,9 @@ return function(suite_name, B)
           { version = 4, name = "add_analytics_columns_and_indexes" },
           { version = 5, name = "make_snapshots_immutable" },
           { version = 6, name = "add_exact_cost_and_report_indexes" },
-        }, { rows[1], rows[2], rows[3], rows[4], rows[5], rows[6] })
-        assert.same({ version = 7, name = "add_scripts_table" }, rows[#rows])
+          { version = 7, name = "add_scripts_table" },
+        }, { rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7] })
+        assert.same({ version = 8, name = "add_hash_chain_and_purge" }, rows[#rows])
         assert.same(expected_migrations(), rows)
         store:close()
       end)
@@ -636,10 +637,11 @@ return function(suite_name, B)
         assert.same(before, fetch(store, id))
       end)
 
-      it("still allows DELETE (retention)", function()
+      it("refuses DELETE (a purge is the retention path)", function()
         assert(store:persist_generation(valid_row()))
-        B.external(t, "DELETE FROM generation_snapshots")
-        assert.equal(0, count_rows(store))
+        local out = B.external(t, "DELETE FROM generation_snapshots")
+        assert.truthy(out:find("generation_snapshots rows are not deleted", 1, true), out)
+        assert.equal(1, count_rows(store))
       end)
 
       it("returns nil, 'READONLY: ...', 'READONLY' for an UPDATE through query()", function()
@@ -650,10 +652,22 @@ return function(suite_name, B)
       end)
 
       -- Inserts a row through another client with `text` in column `col`; returns its output.
+      -- Since migration 0008 an unsealed row is refused, so the row carries
+      -- seal columns (made up: the database checks their presence, verify()
+      -- their truth) and what is tested is the column's JSON check.
       local function external_insert(col, text)
-        return B.external(t, "INSERT INTO generation_snapshots (id, org_id, user_id, platform, template_id, " .. col
-          .. ") VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FAV', 'o', 'u', 'p', 't', '" .. text .. "')")
+        return B.external(t, "INSERT INTO generation_snapshots (id, org_id, user_id, platform, template_id, "
+          .. "chain_id, chain_seq, prev_hash, record_hash, " .. col
+          .. ") VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FAV', 'o', 'u', 'p', 't', '01ARZ3NDEKTSV4RRFFQ69G5FAW', 1, '"
+          .. ("0"):rep(64) .. "', '" .. ("0"):rep(64) .. "', '" .. text .. "')")
       end
+
+      it("refuses an unsealed row from another client", function()
+        local out = B.external(t, "INSERT INTO generation_snapshots (id, org_id, user_id, platform, template_id)"
+          .. " VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FAV', 'o', 'u', 'p', 't')")
+        assert.truthy(out:find("generation_snapshots rows must be sealed", 1, true), out)
+        assert.equal(0, count_rows(store))
+      end)
 
       for _, col in ipairs({ "token_metrics", "performance_metrics", "repair_metrics", "request_params" }) do
         it("rejects invalid JSON in " .. col .. " written by another client", function()

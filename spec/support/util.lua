@@ -35,6 +35,35 @@ function M.cli(args, env)
   return out, err, tonumber(rc)
 end
 
+-- An export without the columns that seal each row into its store's hash
+-- chain (migration 0008): chain_id, chain_seq, prev_hash, record_hash. A copy
+-- writes every row afresh into the destination's own chain, so these differ
+-- between source and copy while everything else (the payload digests too)
+-- stays byte for byte. jsonl: the text without them; csv: the records
+-- (M.parse_csv) without those columns.
+local SEAL = { chain_id = true, chain_seq = true, prev_hash = true, record_hash = true }
+function M.unsealed(text, format)
+  if format == "csv" then
+    local records = M.parse_csv(text)
+    local keep = {}
+    for i, name in ipairs(records[1] or {}) do
+      if not SEAL[name] then keep[#keep + 1] = i end
+    end
+    local out = {}
+    for r, rec in ipairs(records) do
+      local o = {}
+      for j, i in ipairs(keep) do o[j] = rec[i] end
+      out[r] = o
+    end
+    return out
+  end
+  local n
+  text, n = text:gsub('"chain_id":"[0-9A-Z]+","chain_seq":%d+,"prev_hash":"%x+","record_hash":"%x+",', "")
+  local lines = select(2, text:gsub("\n", ""))
+  assert(n == lines, "unsealed: " .. n .. " sealed rows in " .. lines .. " lines")
+  return text
+end
+
 -- Reads RFC 4180 CSV (CRLF records, quoted fields) strictly into records.
 function M.parse_csv(s)
   local records, record, i, n = {}, {}, 1, #s
