@@ -139,7 +139,7 @@ suite("genaudit metrics (SQLite)", function(dir)
   local db = dir .. "/audit.db"
   return assert(genaudit.open("sqlite:" .. db)), db
 end, describe)
-suite("genaudit metrics (PostgreSQL)", function()
+suite("genaudit metrics (PostgreSQL) #postgresql", function()
   local schema = pg.schema()
   return assert(pg.open(schema)), pg.url_for(schema)
 end, pg.describe)

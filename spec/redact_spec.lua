@@ -116,5 +116,5 @@ local function suite(name, open, describe_fn)
 end
 
 suite("redaction (SQLite)", function(dir) return assert(genaudit.open("sqlite:" .. dir .. "/audit.db")) end, describe)
-suite("redaction (PostgreSQL)", function() return assert(pg.open(pg.schema())) end,
+suite("redaction (PostgreSQL) #postgresql", function() return assert(pg.open(pg.schema())) end,
   pg.describe)
