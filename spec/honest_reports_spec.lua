@@ -237,15 +237,7 @@ local function suite(name, open, describe_fn)
   end)
 end
 
-suite("honest reports (SQLite)", function(dir)
-  local path = dir .. "/audit.db"
-  return assert(genaudit.open("sqlite:" .. path)), path
-end, describe)
-
-suite("honest reports (PostgreSQL) #postgresql", function()
-  local schema = pg.schema()
-  return assert(pg.open(schema)), pg.url_for(schema)
-end, pg.describe)
+require("spec.support.stores").both("honest reports", suite)
 
 pg.describe("honest reports on both stores #postgresql", function()
   it("gives the same cost, repairs and rules answers on SQLite and PostgreSQL, byte for byte", function()

@@ -135,11 +135,4 @@ local function suite(name, open, describe_fn)
   end)
 end
 
-suite("genaudit metrics (SQLite)", function(dir)
-  local db = dir .. "/audit.db"
-  return assert(genaudit.open("sqlite:" .. db)), db
-end, describe)
-suite("genaudit metrics (PostgreSQL) #postgresql", function()
-  local schema = pg.schema()
-  return assert(pg.open(schema)), pg.url_for(schema)
-end, pg.describe)
+require("spec.support.stores").both("genaudit metrics", suite)

@@ -359,15 +359,7 @@ local function suite(name, open, describe_fn)
   end)
 end
 
-suite("real provider bodies (SQLite)", function(dir)
-  local path = dir .. "/audit.db"
-  return assert(genaudit.open("sqlite:" .. path)), path
-end, describe)
-
-suite("real provider bodies (PostgreSQL) #postgresql", function()
-  local schema = pg.schema()
-  return assert(pg.open(schema)), pg.url_for(schema)
-end, pg.describe)
+require("spec.support.stores").both("real provider bodies", suite)
 
 describe("the fixtures", function()
   it("are the bytes the README's checksums name, and every one is replayed above", function()

@@ -115,6 +115,4 @@ local function suite(name, open, describe_fn)
   end)
 end
 
-suite("redaction (SQLite)", function(dir) return assert(genaudit.open("sqlite:" .. dir .. "/audit.db")) end, describe)
-suite("redaction (PostgreSQL) #postgresql", function() return assert(pg.open(pg.schema())) end,
-  pg.describe)
+require("spec.support.stores").both("redaction", suite)

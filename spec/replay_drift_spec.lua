@@ -388,12 +388,4 @@ local function suite(name, open, describe_fn)
   end)
 end
 
-suite("replay drift (SQLite)", function(dir)
-  local path = dir .. "/audit.db"
-  return assert(genaudit.open("sqlite:" .. path)), path
-end, describe)
-
-suite("replay drift (PostgreSQL) #postgresql", function()
-  local schema = pg.schema()
-  return assert(pg.open(schema)), pg.url_for(schema)
-end, pg.describe)
+require("spec.support.stores").both("replay drift", suite)

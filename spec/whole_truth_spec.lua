@@ -263,12 +263,4 @@ local function suite(name, open, describe_fn)
   end)
 end
 
-suite("whole truth (SQLite)", function(dir)
-  local path = dir .. "/audit.db"
-  return assert(genaudit.open("sqlite:" .. path)), path
-end, describe)
-
-suite("whole truth (PostgreSQL) #postgresql", function()
-  local schema = pg.schema()
-  return assert(pg.open(schema)), pg.url_for(schema)
-end, pg.describe)
+require("spec.support.stores").both("whole truth", suite)
