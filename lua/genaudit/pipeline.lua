@@ -100,7 +100,7 @@ function Pipeline:persist(run, status, err)
     final_user_prompt = run.prompt and run.prompt.user or "",
     token_usage = self.client:token_metrics(run),
     performance = self.client:performance_metrics(run, total_ms),
-    repair_info = dto.repair_info(rr, draft_meta, self:pinned_scripts(run, rr)),
+    repair_info = dto.repair_info(rr, draft_meta, nil),
     request_params = run.ctx.params,
     drafts = draft_texts,
     content = run.content,
@@ -112,11 +112,10 @@ function Pipeline:persist(run, status, err)
   local red = self.redactor and self.redactor:apply(row, run.ctx)
   if red then
     row.repair_info.redaction = { script = red.script, digest = red.digest, changed = red.changed, errors = red.errors }
-    if red.source then
-      row.repair_info.scripts = self:pinned_scripts(run, rr, red.source)
-    end
     for i, t in ipairs(row.drafts or {}) do draft_meta[i].bytes = #t end -- the stored text's length
   end
+  -- the code that took part, the redaction script's included, pinned once
+  row.repair_info.scripts = self:pinned_scripts(run, rr, red and red.source or nil)
   local id, err2, code = self.persister:persist_generation(row)
   if not id and code == "INVALID" and tostring(err2):find("PostgreSQL text", 1, true) then
     -- The generation happened (and may have been billed): a row PostgreSQL
