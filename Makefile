@@ -122,9 +122,10 @@ openresty-example: all
 # The main job: the example pipeline into ./genaudit.db (appended to;
 # DEMO_FRESH=1 starts a fresh one), then the reports.
 DEMO_FRESH ?=
+DEMO_STREAM ?=
 demo: deps
 	@$(MAKE) --no-print-directory all
-	DEMO_FRESH="$(DEMO_FRESH)" LUA_PATH="./lua/?.lua;./lua/?/init.lua;./?.lua;;" LUA_CPATH="./build/lua54/?.so;;" $(LUA) examples/demo.lua genaudit.db
+	DEMO_FRESH="$(DEMO_FRESH)" DEMO_STREAM="$(DEMO_STREAM)" LUA_PATH="./lua/?.lua;./lua/?/init.lua;./?.lua;;" LUA_CPATH="./build/lua54/?.so;;" $(LUA) examples/demo.lua genaudit.db
 	@echo; echo "== genaudit report cost --by template   (the Financial Test, per template)"
 	@$(LUA) bin/genaudit --db genaudit.db report cost --by template
 	@echo; echo "== genaudit report repairs --top 3 --since 7d   (the Stability Test)"

@@ -31,8 +31,25 @@
 enum { M_POST, M_GET, M_PUT, M_PATCH, M_DELETE, M_HEAD };
 static const char *const method_names[] = {"POST", "GET", "PUT", "PATCH", "DELETE", "HEAD", NULL};
 
+/* A streamed response body (client:request{on_data = fn}): while the running
+ * attempt's status is 2xx, each piece curl reads is handed to fn instead of
+ * being buffered. Lives on l_http_request's C stack; c->st points to it only
+ * during the request. The Lua function sits at stack index fn. */
+typedef struct {
+  lua_State *L;
+  int fn;                   /* stack index of on_data */
+  long long idle_ms;        /* 0: no idle limit */
+  int live;                 /* this attempt's final headers said 2xx */
+  int refused;              /* on_data said stop (or raised): msg holds why */
+  int stalled;              /* silent past idle_ms */
+  uint64_t t0_ns, first_ns, last_ns;
+  long long reads, bytes;   /* of this attempt */
+  char msg[HTTP_MSG_MAX / 2];
+} http_stream;
+
 typedef struct {
   CURL *curl; /* NULL once closed */
+  http_stream *st; /* the running request's stream, or NULL */
   long connect_timeout_ms, timeout_ms;
   long long max_response_bytes;
   uint64_t rng;                   /* xorshift64 state for backoff jitter, never 0 */
@@ -92,9 +109,49 @@ static uint64_t xorshift64(uint64_t *s) {
 
 /* ---- libcurl callbacks (no Lua in here: they must never raise) ---- */
 
+/* Hands one piece of a 2xx body to on_data (pcall'd: a raise is a refusal).
+ * Returns len, or 0 to make curl abort the transfer. */
+static size_t stream_piece(http_client *c, const char *p, size_t len) {
+  http_stream *st = c->st;
+  lua_State *L = st->L;
+  int ok, rc;
+  if (st->bytes + (long long)len > c->max_response_bytes) {
+    c->too_large = 1;
+    return 0;
+  }
+  st->last_ns = ga_monotonic_ns();
+  if (st->reads == 0) st->first_ns = st->last_ns;
+  st->reads++;
+  st->bytes += (long long)len;
+  if (!lua_checkstack(L, 4)) {
+    snprintf(st->msg, sizeof st->msg, "out of Lua stack space");
+    st->refused = 1;
+    return 0;
+  }
+  lua_pushvalue(L, st->fn);
+  lua_pushlstring(L, p, len);
+  rc = lua_pcall(L, 1, 2, 0);
+  if (rc != 0) {
+    const char *e = lua_tostring(L, -1);
+    snprintf(st->msg, sizeof st->msg, "on_data raised: %s", e ? e : "(an error object that is not a string)");
+    lua_pop(L, 1);
+    st->refused = 1;
+    return 0;
+  }
+  ok = lua_toboolean(L, -2);
+  if (!ok) {
+    const char *why = lua_tostring(L, -1);
+    snprintf(st->msg, sizeof st->msg, "%s", why ? why : "the consumer stopped the stream");
+    st->refused = 1;
+  }
+  lua_pop(L, 2);
+  return ok ? len : 0;
+}
+
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   http_client *c = (http_client *)ud;
   size_t len = size * n;
+  if (c->st && c->st->live) return stream_piece(c, p, len);
   if ((long long)(c->body.len + len) > c->max_response_bytes) {
     c->too_large = 1;
     return 0; /* != len: curl aborts with CURLE_WRITE_ERROR */
@@ -112,12 +169,36 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     c->head.len = 0;
     return len;
   }
+  if (c->st && (len == 2 || len == 1) && (p[0] == '\r' || p[0] == '\n')) {
+    /* the blank line ending a header set: a final 2xx streams from here */
+    long st = 0;
+    curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &st);
+    if (st >= 200 && st < 300) {
+      c->st->live = 1;
+      c->st->last_ns = ga_monotonic_ns();
+    }
+    return len;
+  }
   if (c->head.len + len > HTTP_MAX_HEADER_BYTES) {
     c->too_large = 2;
     return 0;
   }
   ga_buf_add(&c->head, p, len);
   return c->head.oom ? 0 : len;
+}
+
+/* The idle limit of a streamed body: libcurl calls this often while data
+ * flows and about once a second when it does not. */
+static int on_progress(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult, curl_off_t uln) {
+  http_client *c = (http_client *)ud;
+  http_stream *st = c->st;
+  (void)dlt, (void)dln, (void)ult, (void)uln;
+  if (!st || !st->live || st->idle_ms <= 0) return 0;
+  if ((ga_monotonic_ns() - st->last_ns) / 1000000u > (uint64_t)st->idle_ms) {
+    st->stalled = 1;
+    return 1; /* CURLE_ABORTED_BY_CALLBACK */
+  }
+  return 0;
 }
 
 /* ---- the request core ---- */
@@ -150,6 +231,22 @@ static void classify(http_client *c, const http_request *rq, http_attempt *a, CU
   const char *hp = rq->hostport;
   char *m = a->msg;
   size_t ml = sizeof a->msg;
+  http_stream *st = c->st;
+  if (st && st->refused) {
+    a->ecode = GA_XF_ABORTED;
+    snprintf(m, ml, "%s", st->msg);
+    return;
+  }
+  if (st && st->stalled) {
+    a->ecode = GA_XF_STALLED;
+    snprintf(m, ml, "stream stalled: no data from %s for idle_timeout_ms=%lld", hp, st->idle_ms);
+    return;
+  }
+  if (st && st->reads > 0 && rc == CURLE_OPERATION_TIMEDOUT) {
+    a->ecode = GA_XF_TIMEOUT;
+    snprintf(m, ml, "stream from %s not finished within timeout_ms=%ld", hp, rq->timeout_ms);
+    return;
+  }
   switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
       if (a->t_us[3] > 0) { /* pretransfer reached: the request went out */
@@ -240,6 +337,13 @@ static int attempt_once(http_client *c, const http_request *rq, http_attempt *a)
   c->too_large = 0;
   c->errbuf[0] = '\0';
   t0 = ga_monotonic_ns();
+  if (c->st) {
+    http_stream *st = c->st;
+    st->live = st->refused = st->stalled = 0;
+    st->reads = st->bytes = 0;
+    st->t0_ns = t0;
+    st->first_ns = st->last_ns = 0;
+  }
   rc = curl_easy_perform(c->curl);
   a->wait_us = (long long)((ga_monotonic_ns() - t0) / 1000u);
   for (i = 0; i < 6; i++) {
@@ -257,6 +361,7 @@ static int attempt_once(http_client *c, const http_request *rq, http_attempt *a)
     return 1;
   }
   classify(c, rq, a, rc);
+  if (c->st && c->st->reads > 0) return 0; /* bytes reached the consumer: never tried again */
   return ga_retry_should(0, a->ecode);
 }
 
@@ -419,6 +524,8 @@ static int l_http_client(lua_State *L) {
   curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, (void *)c);
   curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(c->curl, CURLOPT_HEADERDATA, (void *)c);
+  curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, (void *)c);
   curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(c->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)maxb);
@@ -560,9 +667,32 @@ static void push_headers(lua_State *L, const ga_buf *h) {
   }
 }
 
+/* The streamed body's figures onto the table on top: streamed = true,
+ * first_byte_us (from the attempt's start; absent when no byte came),
+ * reads, stream_bytes. */
+static void push_stream(lua_State *L, const http_stream *st) {
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "streamed");
+  if (st->reads > 0) {
+    ga_pushint64(L, (long long)((st->first_ns - st->t0_ns) / 1000u));
+    lua_setfield(L, -2, "first_byte_us");
+  }
+  ga_pushint64(L, st->reads);
+  lua_setfield(L, -2, "reads");
+  ga_pushint64(L, st->bytes);
+  lua_setfield(L, -2, "stream_bytes");
+}
+
 /* client:request{url=, method=, headers=, body=, retries=, backoff_ms=,
- *   max_backoff_ms=, timeout_ms=, connect_timeout_ms=}
+ *   max_backoff_ms=, timeout_ms=, connect_timeout_ms=, on_data=, idle_timeout_ms=}
  * -> {status, headers, body, attempts, timings, provider_wait_us, retries}
+ * on_data = function(bytes) -> true | nil, reason: a 2xx body is streamed to
+ * it piece by piece as read (body ""; streamed, first_byte_us, reads,
+ * stream_bytes added), a non-2xx one buffered as usual; a falsy return or a
+ * raise aborts (STREAM_ABORTED); idle_timeout_ms bounds the silence between
+ * reads once 2xx headers came (TIMEOUT); nothing is retried once a byte
+ * reached on_data (the failure's info then has streamed = true and those
+ * figures). See README "Streaming".
  *  | nil, "CODE: message", CODE, {attempts, provider_wait_us}; CODE is CONNECT, TIMEOUT, TLS,
  *    HTTP or TOO_LARGE (ga_xfails in ga_retry.c says which failure has which, and retries)
  * Any final HTTP status is a success. Raises on bad arguments, before any
@@ -571,6 +701,7 @@ static void push_headers(lua_State *L, const ga_buf *h) {
 static int l_http_request(lua_State *L) {
   http_client *c = check_client(L);
   http_request rq;
+  http_stream st;
   long long v;
   int hidx = 0, rc;
   size_t len;
@@ -626,6 +757,14 @@ static int l_http_request(lua_State *L) {
   v = rq.connect_timeout_ms;
   opt_int(L, 2, "connect_timeout_ms", 0, HTTP_MAX_MS, &v);
   rq.connect_timeout_ms = (long)v;
+  memset(&st, 0, sizeof st);
+  opt_int(L, 2, "idle_timeout_ms", 0, HTTP_MAX_MS, &st.idle_ms);
+  lua_getfield(L, 2, "on_data"); /* kept on the stack while curl calls it */
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_argerror(L, 2, "on_data must be a function");
+    st.L = L;
+    st.fn = lua_gettop(L);
+  }
 
   /* arguments checked: from here on nothing raises until the results */
   curl_slist_free_all(c->req_headers);
@@ -641,7 +780,10 @@ static int l_http_request(lua_State *L) {
     lua_setfield(L, -2, "provider_wait_us");
     return 4;
   }
+  c->st = st.fn ? &st : NULL;
+  curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, c->st && st.idle_ms > 0 ? 0L : 1L);
   rc = http_perform(c, &rq);
+  c->st = NULL;
   /* curl must not keep pointers to the headers or to the Lua body string */
   curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
   curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, (const char *)NULL);
@@ -655,20 +797,22 @@ static int l_http_request(lua_State *L) {
     lua_pushnil(L);
     lua_pushfstring(L, "%s: %s", ga_xfails[last->ecode].code, last->msg);
     lua_pushstring(L, ga_xfails[last->ecode].code);
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 6);
     push_attempts(L, &rq);
     lua_setfield(L, -2, "attempts");
     ga_pushint64(L, rq.wait_us);
     lua_setfield(L, -2, "provider_wait_us");
+    if (st.fn && st.reads > 0) push_stream(L, &st);
     return 4;
   }
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 11);
   lua_pushinteger(L, rq.at[rq.n - 1].status);
   lua_setfield(L, -2, "status");
   push_headers(L, &c->head);
   lua_setfield(L, -2, "headers");
   lua_pushlstring(L, c->body.buf ? c->body.buf : "", c->body.len);
   lua_setfield(L, -2, "body");
+  if (st.fn && st.live) push_stream(L, &st);
   push_attempts(L, &rq);
   lua_setfield(L, -2, "attempts");
   push_timings(L, &rq.at[rq.n - 1]);

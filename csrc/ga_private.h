@@ -337,6 +337,8 @@ enum {
   GA_XF_PROTOCOL,        /* not a well-formed HTTP response: HTTP, never retried */
   GA_XF_TOO_LARGE,       /* body or headers past their limit: TOO_LARGE, never retried */
   GA_XF_INTERNAL,        /* out of memory, transport set-up: HTTP, never retried */
+  GA_XF_ABORTED,         /* a streamed body refused by its consumer (on_data): STREAM_ABORTED, never retried */
+  GA_XF_STALLED,         /* a streamed body silent past idle_timeout_ms: TIMEOUT, never retried */
   GA_XF_COUNT
 };
 typedef struct { const char *name, *code; int retry; } ga_xfail;

@@ -25,6 +25,8 @@ const ga_xfail ga_xfails[GA_XF_COUNT] = {
     [GA_XF_PROTOCOL] = {"protocol", "HTTP", 0},
     [GA_XF_TOO_LARGE] = {"too_large", "TOO_LARGE", 0},
     [GA_XF_INTERNAL] = {"internal", "HTTP", 0},
+    [GA_XF_ABORTED] = {"aborted", "STREAM_ABORTED", 0},
+    [GA_XF_STALLED] = {"stalled", "TIMEOUT", 0},
 };
 
 /* The statuses worth another try: rate limited, and the server-side

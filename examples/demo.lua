@@ -7,7 +7,9 @@
 -- or GENAUDIT_API_KEY is set; then GENAUDIT_PROVIDER (openai|openrouter|
 -- anthropic|gemini|azure|ollama|vllm, default openai), GENAUDIT_BASE_URL and GENAUDIT_MODEL
 -- pick the real one (ollama and vllm need no key).
--- Store: appends to an existing file; DEMO_FRESH=1 starts a fresh one. Exits 1
+-- Store: appends to an existing file; DEMO_FRESH=1 starts a fresh one.
+-- DEMO_STREAM=1 streams every model call and prints its text as it arrives
+-- (README "Streaming"). Exits 1
 -- when every generation failed, 2 (one line) for a bad provider setting.
 local genaudit = require("genaudit")
 
@@ -92,6 +94,21 @@ local pipeline = genaudit.pipeline{
   pricing = assert(genaudit.pricing.default()),
 }
 
+-- DEMO_STREAM=1: each text delta is printed as it arrives (a repair's under its own heading)
+local STREAM = os.getenv("DEMO_STREAM") == "1"
+local function stream_opts(i)
+  if not STREAM then return nil end
+  local kind
+  return { on_chunk = function(text, info)
+    if info.kind ~= kind then
+      kind = info.kind
+      io.write(("\n[%d %s] "):format(i, kind))
+    end
+    io.write(text)
+    io.flush()
+  end }
+end
+
 local ok_count, failed, unpriced = 0, 0, {}
 for i = 1, N do
   local job = JOBS[(i - 1) % #JOBS + 1]
@@ -103,7 +120,14 @@ for i = 1, N do
     template_id = job.template_id, business = business, facts = job.facts,
     knowledge = { business.name .. " was founded in 1998.", "Customers mention reliability most." },
     tone_override = TONES[(i - 1) % #TONES + 1], params = { temperature = 0.7, max_tokens = 400 },
-  }
+  }, stream_opts(i)
+  if STREAM then
+    io.write("\n")
+    if result then
+      print(("[%d] time to first token %s ms, %d ms in all"):format(i,
+        tostring(result.performance_metrics.time_to_first_token_ms), result.performance_metrics.total_latency_ms))
+    end
+  end
   if result then
     ok_count = ok_count + 1
     if result.token_metrics.estimated_cost == nil then

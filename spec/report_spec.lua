@@ -56,6 +56,8 @@ local function generate(now)
     r.prompt_tokens, r.completion_tokens = rnd.int(50, 3000), rnd.int(10, 800)
     r.provider_ms = rnd.int(80, 6000) + rnd.int(0, 9) / 10
     r.total_ms = r.provider_ms + rnd.int(1, 900) + rnd.int(0, 99) / 100
+    -- about a third streamed: their time to first token, within the provider's wait
+    if rnd.int(1, 3) == 1 then r.ttft_ms = rnd.int(1, math.floor(r.provider_ms)) + rnd.int(0, 999) / 1000 end
     if r.template_id == LEGACY then
       r.repairs = age > 7 * DAY and rnd.int(6, 9) or 0
     else
@@ -89,7 +91,8 @@ local function persist(store, rows)
       final_system_prompt = "You write for business " .. i .. ".", final_user_prompt = r.user_prompt,
       token_usage = { prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
                       estimated_cost = r.cost },
-      performance = { total_latency_ms = r.total_ms, provider_latency_ms = r.provider_ms, model_identifier = r.model },
+      performance = { total_latency_ms = r.total_ms, provider_latency_ms = r.provider_ms, model_identifier = r.model,
+                      time_to_first_token_ms = r.ttft_ms, streamed = r.ttft_ms and true or nil },
       repair_info = { repair_count = r.repairs, repair_types = r.types, initial_validation_score = r.score,
                       repair_log = log },
       request_params = i % 2 == 0 and { temperature = 0.7, max_tokens = 400 } or nil,
@@ -251,13 +254,14 @@ end
 local function expected_latency(rows, opts)
   local out = {}
   for _, g in ipairs(groups(report_rows(rows, opts), opts.by)) do
-    local series = { total = {}, provider = {}, overhead = {} }
+    local series = { total = {}, provider = {}, overhead = {}, ttft = {} }
     for _, r in ipairs(g.rows) do
       table.insert(series.total, r.total_ms)
       table.insert(series.provider, r.provider_ms)
       table.insert(series.overhead, r.total_ms - r.provider_ms)
+      if r.ttft_ms then table.insert(series.ttft, r.ttft_ms) end -- streamed rows only
     end
-    local e = { posts = #g.rows, _key = g.key }
+    local e = { posts = #g.rows, _key = g.key, streamed = #series.ttft }
     if g.key ~= NONE then e[GROUP_COLUMN[opts.by]] = g.key end
     for name, values in pairs(series) do
       for _, p in ipairs({ 50, 95, 99 }) do e["p" .. p .. "_" .. name .. "_ms"] = percentile(values, p) end
@@ -292,9 +296,10 @@ end
 local COST_COLUMNS = { "posts", "priced_posts", "total_cost", "avg_cost", "p50_cost", "p95_cost", "total_tokens",
                        "avg_tokens" }
 local LATENCY_COLUMNS = { "posts" }
-for _, m in ipairs({ "total", "provider", "overhead" }) do
+for _, m in ipairs({ "total", "provider", "overhead", "ttft" }) do
   for _, p in ipairs({ 50, 95, 99 }) do LATENCY_COLUMNS[#LATENCY_COLUMNS + 1] = "p" .. p .. "_" .. m .. "_ms" end
 end
+LATENCY_COLUMNS[#LATENCY_COLUMNS + 1] = "streamed"
 local REPAIR_COLUMNS = { "template_id", "repairs", "posts", "repaired_posts", "repair_rate", "avg_initial_score",
                          "top_repair_types" }
 

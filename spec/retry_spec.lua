@@ -19,6 +19,8 @@ describe("genaudit.core retry policy", function()
       tls = { code = "TLS", retry = false }, closed = { code = "HTTP", retry = true },
       protocol = { code = "HTTP", retry = false }, too_large = { code = "TOO_LARGE", retry = false },
       internal = { code = "HTTP", retry = false },
+      -- streamed bodies (issue 15): refused by the consumer, or silent too long
+      aborted = { code = "STREAM_ABORTED", retry = false }, stalled = { code = "TIMEOUT", retry = false },
     }
     assert.same(want, core.retry_policy().failures)
     for kind, w in pairs(want) do

@@ -4,6 +4,7 @@
 local core = require("genaudit.core")
 local dto = require("genaudit.dto")
 local json = require("genaudit.json")
+local stream_mod = require("genaudit.stream")
 
 local M = {}
 
@@ -23,6 +24,7 @@ local function curl_transport(provider)
     return http:request{
       url = req.url, method = "POST", headers = req.headers, body = req.body,
       retries = req.retries, backoff_ms = req.backoff_ms, max_backoff_ms = req.max_backoff_ms,
+      on_data = req.on_data, idle_timeout_ms = req.idle_timeout_ms,
     }
   end, http
 end
@@ -74,8 +76,8 @@ local function pricing_for(pricing, served, requested)
   return key, not key and "unpriced" or nil
 end
 
--- client:complete(run, kind, messages, params) -> text, nil, nil, answer |
--- nil, err, code. answer = { tool_calls, refusal } (each nil when the
+-- client:complete(run, kind, messages, params [, sopts]) -> text, nil, nil,
+-- answer | nil, err, code. answer = { tool_calls, refusal } (each nil when the
 -- response had none): a tool-call answer's text is its text content, "" when
 -- it had none; the call's log entry keeps tool_calls, refusal and Azure's
 -- prompt_filter_results / content_filter_results.
@@ -87,12 +89,29 @@ end
 -- and cost, or, when it failed or came back without usable usage, as a call of
 -- unknown cost. An answer without usable usage keeps its content (run.content
 -- when none is set yet, else the call's log entry) and its reported model.
-function Client:complete(run, kind, messages, params)
+-- sopts = { stream = true, on_chunk = fn(text, info), idle_timeout_ms = N,
+-- max_event_bytes = N } streams the answer (so does params.stream == true):
+-- see genaudit.stream and README "Streaming". The log entry then also has
+-- streamed, time_to_first_token_ms, stream_duration_ms, chunks, events,
+-- reads, stream_bytes; a streamed answer without usage is a success whose
+-- call has unknown usage and cost (usage_missing), and a stream broken
+-- after its first byte fails with the text received so far kept (as above)
+-- and the usage fields it had sent (partial_usage, as sent).
+function Client:complete(run, kind, messages, params, sopts)
   local provider = self.provider
-  local req, rerr, rcode = provider:request(messages, params)
+  local streaming = (sopts and sopts.stream) or (type(params) == "table" and params.stream == true)
+  local req, rerr, rcode = provider:request(messages, params, streaming and { stream = true } or nil)
   if not req then return nil, rerr, rcode end -- refused before sending: nothing was billed
   req.retries, req.backoff_ms, req.max_backoff_ms = self.retries, self.backoff_ms, self.max_backoff_ms
+  local acc
+  if streaming then
+    acc = stream_mod.new{ wire = provider.wire, kind = kind, on_chunk = sopts and sopts.on_chunk,
+                          max_event_bytes = sopts and sopts.max_event_bytes }
+    req.on_data = function(bytes) return acc:feed(bytes) end
+    req.idle_timeout_ms = sopts and sopts.idle_timeout_ms
+  end
   local res, err, code, info = self.transport(req)
+  if acc then acc:close() end
   local tries = res and res.attempts or (info and info.attempts) or {}
   local wait_us = (res and res.provider_wait_us) or (info and info.provider_wait_us) or 0
   run.sw:add("provider", wait_us)
@@ -117,13 +136,31 @@ function Client:complete(run, kind, messages, params)
       ok = run.meter:add_failed_call(call)
     end
     if ok then run.call_models[#run.call_models + 1] = { requested = provider.model, served = served } end
+    return ok
+  end
+  local body = res and res.body
+  if acc and (res and res.streamed or info and info.streamed) then
+    for k, v in pairs(acc:figures(res or info)) do entry[k] = v end
+    local plain = acc:plain_body()
+    local done, serr, scode = true, nil, nil
+    if plain then body = plain else done, serr, scode = acc:complete() end
+    if not res and not acc.err then serr, scode = err, code end -- the transport's word: dropped, stalled
+    if not res or not done then
+      -- broken after its first byte: what came is kept, and why it broke
+      return self:broken_stream(run, entry, acc, serr or err, scode or code, failed_call)
+    end
+    if not plain then
+      local usage_came
+      body, usage_came = acc:body()
+      if not usage_came then entry.usage_missing = true end
+    end
   end
   if not res then
     failed_call("failed_before_usage")
     return nil, provider.scrub(err), code or "HTTP"
   end
   local parsed, answer
-  parsed, err, code, answer = provider:parse_response(res.status, res.body)
+  parsed, err, code, answer = provider:parse_response(res.status, body)
   if not parsed then
     local ok2xx = res.status >= 200 and res.status < 300
     if answer then
@@ -138,6 +175,17 @@ function Client:complete(run, kind, messages, params)
   if parsed.finish_reason ~= nil then entry.finish_reason = parsed.finish_reason end
   if parsed.response_id ~= nil then entry.response_id = parsed.response_id end
   run.model_identifier = parsed.model_identifier or run.model_identifier
+  if entry.streamed and parsed.tool_calls then -- the arguments exactly as their fragments came
+    for i, a in ipairs(acc:tool_arguments()) do
+      if parsed.tool_calls[i] then parsed.tool_calls[i].arguments = provider.scrub(a) end
+    end
+  end
+  if entry.usage_missing then
+    -- streamed without usage: a whole answer, of unknown usage and cost (never zero)
+    failed_call("no_usage", parsed.model_identifier)
+    run.call_models[#run.call_models].usage_missing = true
+    return self:answer(entry, parsed)
+  end
   local key, reason = pricing_for(self.pricing, parsed.model_identifier, provider.model)
   local u = parsed.usage
   local call = {
@@ -163,11 +211,39 @@ function Client:complete(run, kind, messages, params)
   end
   run.call_models[#run.call_models + 1] = { requested = provider.model, served = parsed.model_identifier,
                                             notes = parsed.usage_notes }
-  -- the answer beyond its text, on the call's log entry as sent
+  return self:answer(entry, parsed)
+end
+
+-- The answer beyond its text, on the call's log entry as sent; returns
+-- complete()'s success.
+function Client.answer(_, entry, parsed)
   entry.tool_calls, entry.refusal = parsed.tool_calls, parsed.refusal
   entry.prompt_filter_results = parsed.prompt_filter_results
   entry.content_filter_results = parsed.content_filter_results
   return parsed.content, nil, nil, { tool_calls = parsed.tool_calls, refusal = parsed.refusal }
+end
+
+-- A stream that broke after its first byte (dropped, stalled, refused by
+-- on_chunk, an error event, an over-long event, no end marker): a failed
+-- call of unknown cost; the text received so far is kept (run.content when
+-- none is set yet, else the log entry), with the model, id, finish reason
+-- and usage fields it had sent. Returns nil, err, code.
+function Client:broken_stream(run, entry, acc, err, code, failed_call)
+  local provider = self.provider
+  local scrub = provider.scrub
+  local text = scrub(acc:content())
+  if run.content == nil then run.content = text else entry.content = text end
+  entry.stream_broken = true
+  if acc.finish then entry.finish_reason = scrub(acc.finish) end
+  if acc.id then entry.response_id = scrub(acc.id) end
+  if acc:known_usage() then entry.partial_usage = json.decode(scrub(json.encode(acc:known_usage()))) end
+  local served = acc.model and scrub(acc.model) or nil
+  run.model_identifier = served or run.model_identifier
+  failed_call(acc.events > 0 and "no_usage" or "failed_before_usage", served)
+  err = scrub(tostring(err or "BAD_RESPONSE: the stream broke"))
+  code = code or "BAD_RESPONSE"
+  return nil, ("%s (stream broken after %d bytes, %d chunks)"):format(err, entry.stream_bytes or 0, acc.chunks),
+    code
 end
 
 -- client:token_metrics(run) -> the token_metrics document of a run, as the
@@ -184,13 +260,22 @@ function Client.token_metrics(_, run)
     if cm.notes and type(c) == "table" then
       for k, v in pairs(cm.notes) do if c[k] == nil then c[k] = v end end
     end
+    if cm.usage_missing and type(c) == "table" then -- a streamed answer that sent no usage
+      c.usage_missing = true
+      tm.usage_missing = true
+    end
   end
   return tm
 end
 
--- client:performance_metrics(run, total_ms) -> the performance_metrics document
+-- client:performance_metrics(run, total_ms) -> the performance_metrics
+-- document. A streamed generation also has time_to_first_token_ms (its
+-- first call's: what its user waited for the first text) and streamed.
 function Client:performance_metrics(run, total_ms)
+  local first = run.http[1]
   return {
+    streamed = first and first.streamed or nil,
+    time_to_first_token_ms = first and first.time_to_first_token_ms or nil,
     total_latency_ms = total_ms,
     provider_latency_ms = (run.sw:interval_ms("provider")),
     model_identifier = run.model_identifier,

@@ -144,11 +144,38 @@ function M.text_safe(v)
   return out
 end
 
--- pipeline:generate(ctx) -> result | nil, err, code, snapshot_id
+-- The streaming options of generate(ctx, opts), checked: nil (not
+-- streamed) or { stream = true, on_chunk, idle_timeout_ms, max_event_bytes }.
+local function stream_options(opts)
+  if opts == nil then return nil end
+  if type(opts) ~= "table" then error("bad argument #2 to 'generate' (table expected, got " .. type(opts) .. ")", 3) end
+  if opts.on_chunk ~= nil and type(opts.on_chunk) ~= "function" then
+    error("bad argument #2 to 'generate' (on_chunk must be a function)", 3)
+  end
+  for _, k in ipairs({ "idle_timeout_ms", "max_event_bytes" }) do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or v < 1 or v % 1 ~= 0 or v > 2 ^ 31) then
+      error("bad argument #2 to 'generate' (" .. k .. " must be a positive integer)", 3)
+    end
+  end
+  if not opts.stream and not opts.on_chunk then return nil end
+  return { stream = true, on_chunk = opts.on_chunk, idle_timeout_ms = opts.idle_timeout_ms,
+           max_event_bytes = opts.max_event_bytes }
+end
+
+-- pipeline:generate(ctx [, opts]) -> result | nil, err, code, snapshot_id
 --   result = { content, snapshot_id, prompt, token_metrics,
 --              performance_metrics, repair_metrics, drafts }
-function Pipeline:generate(input)
+-- opts = { stream = true, on_chunk = function(text, info), idle_timeout_ms,
+-- max_event_bytes }: the model calls stream (on_chunk alone implies stream);
+-- on_chunk receives each text delta as it arrives, info = { kind =
+-- "initial"|"repair", type = "text"|"refusal", index }; raising or returning
+-- false stops the generation (STREAM_ABORTED, stored as failed with the text
+-- so far). Validation and repairs run on the completed text; repair calls
+-- stream too (info.kind says which call a chunk belongs to).
+function Pipeline:generate(input, opts)
   local run = self.client:run() -- a dto.Run; the timer starts at the very beginning
+  local sopts = stream_options(opts)
   local ctx, err, code = dto.GenerationContext(input)
   if not ctx then return nil, err, code end
   run.ctx = ctx
@@ -167,7 +194,7 @@ function Pipeline:generate(input)
 
   local messages = { { role = "system", content = prompt.system }, { role = "user", content = prompt.user } }
   local draft, answer
-  draft, err, code, answer = self.client:complete(run, "initial", messages, ctx.params)
+  draft, err, code, answer = self.client:complete(run, "initial", messages, ctx.params, sopts)
   if not draft then return fail(err, code) end
   run.content = draft
 
@@ -176,7 +203,7 @@ function Pipeline:generate(input)
       messages[1], messages[2],
       { role = "assistant", content = previous }, { role = "user", content = feedback },
     }
-    local text, e, c, a = self.client:complete(run, "repair", conversation, ctx.params)
+    local text, e, c, a = self.client:complete(run, "repair", conversation, ctx.params, sopts)
     if text then run.content = text end
     return text, e, c, a
   end, answer)

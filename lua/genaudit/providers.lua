@@ -338,15 +338,32 @@ local function invalid_utf8(v, path, depth)
   return nil
 end
 
--- provider:request(messages, params) -> { url, headers, body } | nil, err, code
+-- provider:request(messages, params [, { stream = true }]) -> { url, headers,
+-- body } | nil, err, code
 -- messages: { {role="system"|"user"|"assistant", content=string}, ... }
+-- stream: the body asks for a streamed answer ("stream": true) and, on the
+-- OpenAI-compatible wire, for its usage (stream_options.include_usage, the
+-- caller's other stream_options kept).
 -- A request whose strings add up to more than max_request_bytes is refused
 -- before it is encoded, and so is one whose encoding (escapes added) does:
 -- nil, "TOO_LARGE: ...", "TOO_LARGE". Parameters JSON cannot hold (NaN, a
 -- function) or a string that is not UTF-8 give nil, "INVALID: ...", "INVALID":
 -- nothing is sent.
-function Provider:request(messages, params)
+function Provider:request(messages, params, opts)
   params = params or {}
+  if opts and opts.stream then
+    local p = {}
+    for k, v in pairs(params) do p[k] = v end
+    p.stream = true
+    if self.wire == "openai" then
+      local so = { include_usage = true }
+      if type(params.stream_options) == "table" then
+        for k, v in pairs(params.stream_options) do if k ~= "include_usage" then so[k] = v end end
+      end
+      p.stream_options = so
+    end
+    params = p
+  end
   local limit = self.max_request_bytes
   if string_bytes(messages, limit, 0) + string_bytes(params, limit, 0) > limit then
     return too_large(self, "text")

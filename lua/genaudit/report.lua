@@ -75,6 +75,11 @@ local DIALECTS = {
       return "CASE WHEN json_type(b." .. doc .. ", '$." .. k .. "') = 'text' THEN json_extract(b." .. doc .. ", '$."
         .. k .. "') END"
     end,
+    -- top-level number member k of the JSON document in column col, else NULL
+    doc_num = function(col, k)
+      return "CASE WHEN json_type(" .. col .. ", '$." .. k .. "') IN ('integer', 'real') THEN json_extract(" .. col
+        .. ", '$." .. k .. "') END"
+    end,
     real = function(expr) return "CAST(" .. expr .. " AS REAL)" end,
     bytewise = function(col) return col end, -- SQLite's default collation is BINARY
     -- the table's columns, generated ones included, in table order
@@ -109,6 +114,10 @@ local DIALECTS = {
     doc_text = function(doc, k)
       return "CASE WHEN json_typeof(b." .. doc .. " -> '" .. k .. "') = 'string' THEN (b." .. doc .. " ->> '" .. k
         .. "') END"
+    end,
+    doc_num = function(col, k)
+      return "CASE WHEN json_typeof(" .. col .. " -> '" .. k .. "') = 'number' THEN (" .. col .. " ->> '" .. k
+        .. "')::double precision END"
     end,
     real = function(expr) return "CAST(" .. expr .. " AS double precision)" end,
     bytewise = function(col) return col .. ' COLLATE "C"' end,
@@ -469,7 +478,8 @@ function builders.latency(opts, SQL)
   local where, params
   where, params, code = filters(opts, SQL, nil, counted_of("latency", opts))
   if not where then return nil, params, code end
-  local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" } }
+  -- f: time to first token, of streamed generations only (NULL for the others)
+  local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" }, { "f", "ttft" } }
   local ranks, picks, columns = {}, {}, { g[1], "posts" }
   for _, m in ipairs(measures) do
     ranks[#ranks + 1] = SQL.rank(m[1]) .. " AS r" .. m[1] .. ", " .. SQL.count(m[1]) .. " AS n" .. m[1]
@@ -481,10 +491,12 @@ function builders.latency(opts, SQL)
       columns[#columns + 1] = col
     end
   end
+  columns[#columns + 1] = "streamed"
   local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, total_latency_ms AS t, provider_latency_ms AS p,"
-    .. " total_latency_ms - provider_latency_ms AS o FROM " .. TABLE .. where .. "),"
-    .. " ranked AS (SELECT grp, t, p, o, " .. table.concat(ranks, ", ") .. " FROM base)"
-    .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ")
+    .. " total_latency_ms - provider_latency_ms AS o, "
+    .. SQL.doc_num("performance_metrics", "time_to_first_token_ms") .. " AS f FROM " .. TABLE .. where .. "),"
+    .. " ranked AS (SELECT grp, t, p, o, f, " .. table.concat(ranks, ", ") .. " FROM base)"
+    .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ") .. ", count(f) AS streamed"
     .. ", (SELECT count(*) FROM base) AS counted_rows FROM ranked GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
   return sql, params, columns
 end
