@@ -135,7 +135,7 @@ demo: deps
 # against the system SQLite and libcrypto (they seal rows as genaudit does:
 # bench/seal.h), then every benchmark at full size (bench/run.sh;
 # BENCH_SIZE=small for a quick run).
-BENCH_TOOLS := build/bench/raw_insert build/bench/gen_rows
+BENCH_TOOLS := build/bench/raw_insert build/bench/gen_rows build/bench/raw_sse
 build/bench/%: bench/%.c bench/seal.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags sqlite3 libcrypto) -o $@ $< \

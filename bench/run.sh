@@ -24,10 +24,10 @@ main() {
   start=$(date +%s)
   echo "command: make bench  (sh bench/run.sh, LUA=$LUA LUAJIT=$LUAJIT, BENCH_SIZE=${BENCH_SIZE:-full})"
   "$LUA" bench/machine.lua || return 1
-  for b in persist_sync async overhead analytics memory copy; do
+  for b in persist_sync async overhead analytics memory copy stream; do
     "$LUA" "bench/$b.lua" || { echo "bench/$b.lua failed under $LUA"; return 1; }
   done
-  for b in persist_sync async overhead; do
+  for b in persist_sync async overhead stream; do
     "$LUAJIT" "bench/$b.lua" || { echo "bench/$b.lua failed under $LUAJIT"; return 1; }
   done
   echo

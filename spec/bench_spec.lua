@@ -21,8 +21,9 @@ local EXPECTED = {
                 "analytics_stability_report", "analytics_open_analyze" },
   memory = { "memory_async", "memory_export" },
   copy = { "copy_throughput" },
+  stream = { "stream_chunk" },
 }
-local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory", "copy" }
+local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory", "copy", "stream" }
 local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -53,7 +54,7 @@ describe("bench", function()
   local dir
 
   setup(function()
-    local out, status = run("make --no-print-directory -s build/bench/raw_insert build/bench/gen_rows")
+    local out, status = run("make --no-print-directory -s build/bench/raw_insert build/bench/gen_rows build/bench/raw_sse")
     assert(status == 0, "cannot build the C helpers of bench/:\n" .. out)
     dir = tmp.dir()
   end)
