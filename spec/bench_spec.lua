@@ -54,7 +54,8 @@ describe("bench", function()
   local dir
 
   setup(function()
-    local out, status = run("make --no-print-directory -s build/bench/raw_insert build/bench/gen_rows build/bench/raw_sse")
+    local out, status = run("make --no-print-directory -s build/bench/raw_insert build/bench/gen_rows"
+      .. " build/bench/raw_sse")
     assert(status == 0, "cannot build the C helpers of bench/:\n" .. out)
     dir = tmp.dir()
   end)
