@@ -41,6 +41,63 @@
 -- only by requests that pass auth and validation (401/400 answers do not
 -- consume one).
 --
+-- Streaming: a request body with "stream": true (and a status < 400, no
+-- `body`) is answered as an event stream: 200, Content-Type:
+-- text/event-stream, Transfer-Encoding: chunked (HTTP/1.1; an HTTP/1.0
+-- request gets the raw bytes and Connection: close), carrying the same reply
+-- as the non-streamed answer (same content, finish/stop reason, tool calls,
+-- refusal, model, id, usage numbers):
+--   OpenAI (all OpenAI-compatible routes): `data: {chunk}\n\n` per
+--     chat.completion.chunk: a first delta {role "assistant", content ""}
+--     (content null for tool calls / refusal without content, refusal ""
+--     with a refusal), the content in deltas, the refusal in refusal deltas,
+--     each tool call as a delta {index, id, type, function {name, arguments
+--     ""}} then its arguments in 8-byte fragments, a last chunk with delta {}
+--     and finish_reason; with stream_options.include_usage = true every chunk
+--     has "usage": null and one more chunk has "choices": [] and the usage;
+--     then `data: [DONE]\n\n`.
+--   Anthropic: message_start (usage with output_tokens 1), per block
+--     content_block_start, a ping after the first block's start,
+--     content_block_delta (text_delta, or input_json_delta with the tool
+--     call's arguments text in 8-byte fragments), content_block_stop;
+--     message_delta (stop_reason, the full usage), message_stop.
+-- Streaming script fields (all optional):
+--   chunk_sizes       how the event stream's bytes are cut into network
+--                     writes (each one HTTP chunk, sent on its own): an array
+--                     of byte counts (cycled), an integer N (N-byte writes; 1
+--                     = one byte per write), or "random": sizes 1..chunk_max
+--                     (default 16) from the LCG s = (s * 69069 + 1) % 2^32,
+--                     size = floor(s / 65536) % chunk_max + 1, s starting at
+--                     chunk_seed (default 1). Default: one write per event.
+--   chunk_delay_ms    sleep between writes (other connections are served)
+--   deltas            array of UTF-8 strings: the content's deltas (needs
+--                     content, must concatenate to it; when a max_tokens cut
+--                     changed the text the default split is used). Default:
+--                     pieces of three whitespace-separated words.
+--   drop_after_bytes  after N bytes of the event stream, close the
+--                     connection (no chunked terminator)
+--   stall_after_bytes, stall_ms   after N bytes, silence for stall_ms, then
+--                     the rest
+--   error_event       true or a message: after the first delta event (the
+--                     first event when there is none) a provider error event
+--                     instead of the rest, then the stream ends properly
+--                     (chunked terminator; no [DONE]). Anthropic: event: error
+--                     {"type":"error","error":{"type":"overloaded_error",
+--                     "message":"Overloaded"}}; OpenAI: data: {"error":
+--                     {"message":...,"type":"server_error"}}
+--   stream_usage      false: no usage chunk (OpenAI) even when include_usage
+--                     is asked; Anthropic: no usage in message_delta and no
+--                     output_tokens in message_start
+--   sse_body          a raw string sent verbatim as the event stream (with
+--                     the script's status, headers and chunking; default one
+--                     write per event, i.e. up to each blank line), whether
+--                     or not the request asked to stream; excludes `body`
+--   azure_preamble    true: first OpenAI chunk is Azure's content-filter
+--                     preamble ("choices": [], empty id/model/object, created
+--                     0, prompt_filter_results)
+--   comments          true: ": keep-alive" comment lines before every other
+--                     event (and, Anthropic, extra ping events there)
+--
 -- Default (unscripted) replies, deterministic per request:
 --   h(s) = djb2: h = 5381; for each byte b: h = (h * 33 + b) % 2^32
 --   first turn (no assistant message before the last user message):
@@ -276,8 +333,11 @@ end
 
 local function fmt_int(n) return string.format("%d", n) end
 
--- Serialises a response. headers: array of {name, value}.
-local function serialize(status, headers, body, keep_alive)
+-- The status line and headers of a response. headers: array of {name,
+-- value}; framing: a number (Content-Length), "chunked" (Transfer-Encoding:
+-- chunked) or "close" (no length: the body ends when the connection closes).
+-- content_type is the default when the headers name none.
+local function serialize_head(status, headers, framing, keep_alive, content_type)
   local out = { "HTTP/1.1 ", fmt_int(status), " ", REASONS[status] or "Status", "\r\n" }
   local seen = {}
   for _, h in ipairs(headers) do
@@ -288,13 +348,22 @@ local function serialize(status, headers, body, keep_alive)
     end
   end
   if not seen["content-type"] then
-    out[#out + 1] = "Content-Type: application/json\r\n"
+    out[#out + 1] = "Content-Type: " .. content_type .. "\r\n"
   end
-  out[#out + 1] = "Content-Length: " .. fmt_int(#body) .. "\r\n"
+  if framing == "chunked" then
+    out[#out + 1] = "Transfer-Encoding: chunked\r\n"
+    if not seen["cache-control"] then out[#out + 1] = "Cache-Control: no-cache\r\n" end
+  elseif framing ~= "close" then
+    out[#out + 1] = "Content-Length: " .. fmt_int(framing) .. "\r\n"
+  end
   out[#out + 1] = keep_alive and "Connection: keep-alive\r\n" or "Connection: close\r\n"
   out[#out + 1] = "Server: genaudit-local-provider\r\n\r\n"
-  out[#out + 1] = body
   return table.concat(out)
+end
+
+-- Serialises a buffered response. headers: array of {name, value}.
+local function serialize(status, headers, body, keep_alive)
+  return serialize_head(status, headers, #body, keep_alive, "application/json") .. body
 end
 
 local function simple_error(status, msg)
@@ -607,7 +676,12 @@ local function cut_utf8(text, bytes)
   return text:sub(1, n)
 end
 
-local function build_success(fmt, doc, script)
+-- The successful reply for a request (and its script, or nil) as a Lua table
+-- in the request's wire format: the one source of the content, finish reason,
+-- tool calls, refusal, model, id and usage that both the JSON answer
+-- (build_success) and the event stream (stream_events) send. Advances the
+-- request counter.
+local function build_reply(fmt, doc, script)
   state.seq = state.seq + 1
   local text = script and type(script.content) == "string" and script.content
                or default_reply(doc.messages)
@@ -645,11 +719,11 @@ local function build_success(fmt, doc, script)
     for _, t in ipairs(tools or {}) do
       content[#content + 1] = { type = "tool_use", id = t.id, name = t.name, input = cjson.decode(t.arguments) }
     end
-    return cjson.encode({
+    return {
       id = response_id(fmt, state.seq), type = "message", role = "assistant",
       model = model, content = content,
       stop_reason = stop, stop_sequence = cjson.null, usage = usage,
-    })
+    }
   end
   local finish = script and script.finish_reason
   if finish == nil then finish = tools and "tool_calls" or (cut and "length" or "stop") end
@@ -664,12 +738,274 @@ local function build_success(fmt, doc, script)
                                 ["function"] = { name = t.name, arguments = t.arguments } }
     end
   end
-  return cjson.encode({
+  return {
     id = response_id(fmt, state.seq), object = "chat.completion",
     created = os.time(), model = model,
     choices = { { index = 0, message = message, finish_reason = finish } },
     usage = usage,
-  })
+  }
+end
+
+-- The non-streamed answer: the reply table as JSON text.
+local function build_success(fmt, doc, script)
+  return cjson.encode(build_reply(fmt, doc, script))
+end
+
+----------------------------------------------------------------------------
+-- streaming (SSE): the reply of build_reply as the provider's event stream
+
+local EMPTY_ARRAY = "\1ga-empty-array\1" -- placeholder: cjson has no empty-array value
+
+-- JSON text of v, with every EMPTY_ARRAY placeholder written as [].
+local function encode(v)
+  return (cjson.encode(v):gsub('"\\u0001ga%-empty%-array\\u0001"', "[]"))
+end
+
+-- True when s is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local b = s:byte(i)
+    local len, min
+    if b < 0x80 then len, min = 1, 0
+    elseif b >= 0xC2 and b <= 0xDF then len, min = 2, 0x80
+    elseif b >= 0xE0 and b <= 0xEF then len, min = 3, 0x800
+    elseif b >= 0xF0 and b <= 0xF4 then len, min = 4, 0x10000
+    else return false end
+    if i + len - 1 > n then return false end
+    local cp = len == 1 and b or (b % (2 ^ (7 - len)))
+    for k = i + 1, i + len - 1 do
+      local x = s:byte(k)
+      if x < 0x80 or x > 0xBF then return false end
+      cp = cp * 64 + (x - 0x80)
+    end
+    if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return false end
+    i = i + len
+  end
+  return true
+end
+
+-- The text cut into deltas: the script's `deltas` when they concatenate to
+-- text, else pieces of three whitespace-separated words (each piece keeps the
+-- whitespace before its words; trailing whitespace goes to the last piece).
+-- Every piece is whole UTF-8; "" gives no piece.
+local function split_deltas(text, script)
+  if script and type(script.deltas) == "table" and table.concat(script.deltas) == text then
+    return script.deltas
+  end
+  local out, start, words, pos = {}, 1, 0, 1
+  while true do
+    local _, e = text:find("^%s*%S+", pos)
+    if not e then break end
+    words, pos = words + 1, e + 1
+    if words == 3 then
+      out[#out + 1] = text:sub(start, e)
+      start, words = e + 1, 0
+    end
+  end
+  if start <= #text then out[#out + 1] = text:sub(start) end
+  return out
+end
+
+-- JSON text cut into fragments of 8 bytes (never inside a UTF-8 sequence),
+-- as providers stream tool-call arguments.
+local function split_fragments(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local piece = cut_utf8(s:sub(i), 8)
+    if piece == "" then piece = s:sub(i, i + 3):match("^[\192-\255][\128-\191]*") or s:sub(i, i) end
+    out[#out + 1] = piece
+    i = i + #piece
+  end
+  return out
+end
+
+local KEEPALIVE = ": keep-alive\n\n"
+
+local function openai_event(obj) return "data: " .. encode(obj) .. "\n\n" end
+local function anthropic_event(obj) return "event: " .. obj.type .. "\ndata: " .. encode(obj) .. "\n\n" end
+
+-- The OpenAI chat.completion.chunk stream of a reply table. Returns an array
+-- of {text, delta = true when the event carries content/refusal/arguments}.
+local function openai_stream(reply, doc, script)
+  local choice, events = reply.choices[1], {}
+  local msg = choice.message
+  local opts = type(doc.stream_options) == "table" and doc.stream_options or {}
+  local with_usage = opts.include_usage == true and reply.usage ~= nil
+                     and not (script and script.stream_usage == false)
+  local function chunk(delta, finish, is_delta)
+    local obj = { id = reply.id, object = "chat.completion.chunk", created = reply.created, model = reply.model,
+                  choices = { { index = 0, delta = delta, finish_reason = finish or cjson.null } } }
+    if with_usage then obj.usage = cjson.null end
+    events[#events + 1] = { openai_event(obj), delta = is_delta }
+  end
+  if script and script.azure_preamble then
+    events[#events + 1] = { openai_event({ choices = EMPTY_ARRAY, created = 0, id = "", model = "", object = "",
+      prompt_filter_results = { { prompt_index = 0, content_filter_results = {
+        hate = { filtered = false, severity = "safe" }, jailbreak = { filtered = false, detected = false },
+        self_harm = { filtered = false, severity = "safe" }, sexual = { filtered = false, severity = "safe" },
+        violence = { filtered = false, severity = "safe" } } } } }) }
+  end
+  local text = msg.content ~= cjson.null and msg.content or nil
+  local first = { role = "assistant", content = text and "" or cjson.null }
+  if msg.refusal then first.refusal = "" end
+  chunk(first)
+  for _, piece in ipairs(split_deltas(text or "", script)) do chunk({ content = piece }, nil, true) end
+  for _, piece in ipairs(msg.refusal and split_deltas(msg.refusal, nil) or {}) do
+    chunk({ refusal = piece }, nil, true)
+  end
+  for i, t in ipairs(msg.tool_calls or {}) do
+    chunk({ tool_calls = { { index = i - 1, id = t.id, type = "function",
+                             ["function"] = { name = t["function"].name, arguments = "" } } } }, nil, true)
+    for _, frag in ipairs(split_fragments(t["function"].arguments)) do
+      chunk({ tool_calls = { { index = i - 1, ["function"] = { arguments = frag } } } }, nil, true)
+    end
+  end
+  chunk({}, choice.finish_reason)
+  if with_usage then
+    events[#events + 1] = { openai_event({ id = reply.id, object = "chat.completion.chunk", created = reply.created,
+                                           model = reply.model, choices = EMPTY_ARRAY, usage = reply.usage }) }
+  end
+  events[#events + 1] = { "data: [DONE]\n\n", done = true }
+  return events
+end
+
+-- The Anthropic Messages event stream of a reply table (same shape of result
+-- as openai_stream).
+local function anthropic_stream(reply, script)
+  local events = {}
+  local function ev(obj, is_delta) events[#events + 1] = { anthropic_event(obj), delta = is_delta } end
+  local no_usage = script and script.stream_usage == false
+  local start_usage
+  if type(reply.usage) == "table" then
+    start_usage = {}
+    for k, v in pairs(reply.usage) do start_usage[k] = v end
+    if no_usage then start_usage.output_tokens = nil
+    elseif type(start_usage.output_tokens) == "number" then start_usage.output_tokens = 1 end
+  end
+  ev({ type = "message_start", message = { id = reply.id, type = "message", role = "assistant", model = reply.model,
+       content = EMPTY_ARRAY, stop_reason = cjson.null, stop_sequence = cjson.null, usage = start_usage } })
+  for i, block in ipairs(reply.content) do
+    local index = i - 1
+    if block.type == "text" then
+      ev({ type = "content_block_start", index = index, content_block = { type = "text", text = "" } })
+      if i == 1 then ev({ type = "ping" }) end
+      for _, piece in ipairs(split_deltas(block.text, script)) do
+        ev({ type = "content_block_delta", index = index, delta = { type = "text_delta", text = piece } }, true)
+      end
+    else
+      local args
+      for _, t in ipairs(script and script.tool_calls or {}) do
+        if t.id == block.id then args = t.arguments end
+      end
+      ev({ type = "content_block_start", index = index,
+           content_block = { type = "tool_use", id = block.id, name = block.name, input = {} } })
+      if i == 1 then ev({ type = "ping" }) end
+      for _, frag in ipairs(split_fragments(args or encode(block.input))) do
+        ev({ type = "content_block_delta", index = index, delta = { type = "input_json_delta", partial_json = frag } },
+           true)
+      end
+    end
+    ev({ type = "content_block_stop", index = index })
+  end
+  ev({ type = "message_delta", delta = { stop_reason = reply.stop_reason, stop_sequence = cjson.null },
+       usage = not no_usage and reply.usage or nil })
+  ev({ type = "message_stop" })
+  events[#events].done = true
+  return events
+end
+
+-- The SSE event texts (an array of strings) for a streamed reply, with the
+-- script's error_event and comments applied.
+local function stream_events(fmt, doc, script)
+  local reply = build_reply(fmt, doc, script)
+  local events = fmt == "anthropic" and anthropic_stream(reply, script) or openai_stream(reply, doc, script)
+  if script and script.error_event then
+    local cut = 1
+    for i, e in ipairs(events) do
+      if e.delta then cut = i break end
+    end
+    for i = #events, cut + 1, -1 do events[i] = nil end
+    local msg = type(script.error_event) == "string" and script.error_event or nil
+    if fmt == "anthropic" then
+      events[#events + 1] = { anthropic_event({ type = "error",
+        error = { type = "overloaded_error", message = msg or "Overloaded" } }) }
+    else
+      events[#events + 1] = { openai_event({ error = {
+        message = msg or "The server had an error while processing your request. Sorry about that!",
+        type = "server_error" } }) }
+    end
+  end
+  local out = {}
+  for i, e in ipairs(events) do
+    if script and script.comments and i % 2 == 1 then
+      out[#out + 1] = KEEPALIVE
+      if fmt == "anthropic" and i > 1 then out[#out + 1] = anthropic_event({ type = "ping" }) end
+    end
+    out[#out + 1] = e[1]
+  end
+  return out
+end
+
+-- The network writes of a stream: `pieces` (an array of strings making up the
+-- event stream, one per event) re-cut per the script's chunk_sizes, and cut
+-- again at stall_after_bytes and drop_after_bytes so those fall on a write
+-- boundary.
+local function plan_writes(pieces, script)
+  local bytes = table.concat(pieces)
+  local sizes = script and script.chunk_sizes
+  local writes = {}
+  if sizes == nil then
+    for _, p in ipairs(pieces) do
+      if p ~= "" then writes[#writes + 1] = p end
+    end
+  else
+    local seed = (type(script.chunk_seed) == "number" and script.chunk_seed or 1) % 4294967296
+    local max = type(script.chunk_max) == "number" and script.chunk_max or 16
+    local i, k = 1, 0
+    while i <= #bytes do
+      local n
+      if sizes == "random" then
+        seed = (seed * 69069 + 1) % 4294967296
+        n = math.floor(seed / 65536) % max + 1
+      elseif type(sizes) == "number" then
+        n = sizes
+      else
+        n = sizes[k % #sizes + 1]
+        k = k + 1
+      end
+      writes[#writes + 1] = bytes:sub(i, i + n - 1)
+      i = i + n
+    end
+  end
+  for _, at in ipairs({ script and script.stall_after_bytes, script and script.drop_after_bytes }) do
+    if type(at) == "number" then
+      local off, out = 0, {}
+      for _, w in ipairs(writes) do
+        if off < at and at < off + #w then
+          out[#out + 1] = w:sub(1, at - off)
+          out[#out + 1] = w:sub(at - off + 1)
+        else
+          out[#out + 1] = w
+        end
+        off = off + #w
+      end
+      writes = out
+    end
+  end
+  return writes
+end
+
+-- A raw event stream (sse_body) cut after each blank line: one piece per event.
+local function split_raw_events(body)
+  local pieces, i = {}, 1
+  while i <= #body do
+    local _, e = body:find("\r?\n\r?\n", i)
+    if not e then pieces[#pieces + 1] = body:sub(i) break end
+    pieces[#pieces + 1] = body:sub(i, e)
+    i = e + 1
+  end
+  return pieces
 end
 
 local REDACT = { ["authorization"] = true, ["proxy-authorization"] = true,
@@ -735,8 +1071,10 @@ local function completion(req, fmt)
   if ok then problem = validate(fmt, doc) else problem = "request body is not valid JSON" end
   if problem then return reply({ status = 400, body = error_body(fmt, 400, problem) }) end
 
+  local streaming = doc.stream == true
   local script = table.remove(state.queue, 1)
   if not script then
+    if streaming then return reply({ status = 200, stream = stream_events(fmt, doc, nil) }) end
     return reply({ status = 200, body = build_success(fmt, doc, nil) })
   end
   if type(script.delay_ms) == "number" and script.delay_ms > 0 then
@@ -747,10 +1085,14 @@ local function completion(req, fmt)
   local status = script.status or 200
   local headers = script_headers(script)
   local body
-  if type(script.body) == "string" then
+  if type(script.sse_body) == "string" then
+    return reply({ status = status, headers = headers, stream = split_raw_events(script.sse_body), script = script })
+  elseif type(script.body) == "string" then
     body = script.body
   elseif status >= 400 then
     body = error_body(fmt, status, type(script.message) == "string" and script.message or nil)
+  elseif streaming then
+    return reply({ status = status, headers = headers, stream = stream_events(fmt, doc, script), script = script })
   else
     body = build_success(fmt, doc, script)
   end
@@ -763,6 +1105,59 @@ end
 local function json_array(list)
   if #list == 0 then return "[]" end
   return cjson.encode(list)
+end
+
+local function is_count(v, min)
+  return type(v) == "number" and v % 1 == 0 and v >= min and v < 2 ^ 53
+end
+
+-- The streaming fields of a script (see the header): nil when valid, else the
+-- problem, prefixed by `where`.
+local function check_stream_fields(s, where)
+  local cs = s.chunk_sizes
+  if cs ~= nil and cs ~= "random" and not is_count(cs, 1) then
+    if type(cs) ~= "table" or #cs == 0 then
+      return where .. 'chunk_sizes must be "random", an integer >= 1 or a non-empty array of them'
+    end
+    for _, n in ipairs(cs) do
+      if not is_count(n, 1) then return where .. "chunk_sizes[i] must be integers >= 1" end
+    end
+  end
+  if s.chunk_seed ~= nil and not is_count(s.chunk_seed, 0) then
+    return where .. "chunk_seed must be an integer >= 0"
+  end
+  if s.chunk_max ~= nil and not is_count(s.chunk_max, 1) then
+    return where .. "chunk_max must be an integer >= 1"
+  end
+  for _, k in ipairs({ "chunk_delay_ms", "stall_ms" }) do
+    if s[k] ~= nil and (type(s[k]) ~= "number" or s[k] < 0) then return where .. k .. " must be a number >= 0" end
+  end
+  for _, k in ipairs({ "drop_after_bytes", "stall_after_bytes" }) do
+    if s[k] ~= nil and not is_count(s[k], 0) then return where .. k .. " must be an integer >= 0" end
+  end
+  if (s.stall_after_bytes == nil) ~= (s.stall_ms == nil) then
+    return where .. "stall_after_bytes and stall_ms go together"
+  end
+  if s.deltas ~= nil then
+    if type(s.deltas) ~= "table" or type(s.content) ~= "string" then
+      return where .. "deltas must be an array of strings, with content"
+    end
+    for _, d in ipairs(s.deltas) do
+      if type(d) ~= "string" or not valid_utf8(d) then return where .. "deltas[i] must be UTF-8 strings" end
+    end
+    if table.concat(s.deltas) ~= s.content then return where .. "deltas must concatenate to content" end
+  end
+  if s.error_event ~= nil and s.error_event ~= true and type(s.error_event) ~= "string" then
+    return where .. "error_event must be true or a message string"
+  end
+  for _, k in ipairs({ "stream_usage", "azure_preamble", "comments" }) do
+    if s[k] ~= nil and type(s[k]) ~= "boolean" then return where .. k .. " must be a boolean" end
+  end
+  if s.sse_body ~= nil then
+    if type(s.sse_body) ~= "string" then return where .. "sse_body must be a string" end
+    if s.body ~= nil then return where .. "body and sse_body exclude each other" end
+  end
+  return nil
 end
 
 local function check_script(s, i)
@@ -792,7 +1187,7 @@ local function check_script(s, i)
   if s.usage ~= nil and s.usage ~= false and type(s.usage) ~= "table" then
     return where .. "usage must be an object or false"
   end
-  return nil
+  return check_stream_fields(s, where)
 end
 
 local function control(req)
@@ -856,6 +1251,42 @@ local function abort_connection(c)
   c.sock:close()
 end
 
+-- Sends a streamed response (resp.stream: the event texts; resp.script: the
+-- script, for chunking, delays, stall and drop). HTTP/1.1 gets chunked
+-- transfer-encoding, one chunk per network write; HTTP/1.0 gets the raw bytes
+-- and Connection: close. Returns true when the connection may be reused,
+-- false when it must be closed (a drop closes it here, without the chunked
+-- terminator).
+local function send_stream(c, req, resp, keep)
+  local script = resp.script or {}
+  local chunked = req.version == "1.1"
+  if not chunked then keep = false end
+  if type(script.drop_after_bytes) == "number" then keep = false end
+  local head = serialize_head(resp.status, resp.headers or {}, chunked and "chunked" or "close", keep,
+                              "text/event-stream")
+  if not send_all(c, head) then return false end
+  local writes = plan_writes(resp.stream, script)
+  local delay = type(script.chunk_delay_ms) == "number" and script.chunk_delay_ms / 1000 or 0
+  local stall_at, drop_at = script.stall_after_bytes, script.drop_after_bytes
+  local sent = 0
+  if stall_at == 0 and type(script.stall_ms) == "number" then sleep(script.stall_ms / 1000) end
+  if drop_at == 0 then c.sock:close() return false end
+  for i, w in ipairs(writes) do
+    if i > 1 and delay > 0 then sleep(delay) end
+    local frame = chunked and (string.format("%x", #w) .. "\r\n" .. w .. "\r\n") or w
+    if not send_all(c, frame) then return false end
+    sent = sent + #w
+    if sent == stall_at and type(script.stall_ms) == "number" then sleep(script.stall_ms / 1000) end
+    if drop_at and sent >= drop_at then
+      c.sock:close()
+      return false
+    end
+  end
+  if drop_at then c.sock:close() return false end
+  if chunked and not send_all(c, "0\r\n\r\n") then return false end
+  return keep
+end
+
 local function serve(sock)
   local c = { sock = sock, buf = "" }
   while state.running do
@@ -884,7 +1315,13 @@ local function serve(sock)
       return
     end
     local keep = req.keep_alive and not resp.close and state.running
-    local sent = send_all(c, serialize(resp.status, resp.headers or {}, resp.body, keep))
+    local sent
+    if resp.stream then
+      keep = send_stream(c, req, resp, keep)
+      sent = keep
+    else
+      sent = send_all(c, serialize(resp.status, resp.headers or {}, resp.body, keep))
+    end
     logline("%s %s %d %dms", req.method, req.path, resp.status,
             math.floor((socket.gettime() - t0) * 1000 + 0.5))
     if resp.shutdown then state.running = false end
