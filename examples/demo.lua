@@ -115,16 +115,16 @@ for i = 1, N do
   local platform = PLATFORMS[(i - 1) % #PLATFORMS + 1]
   if job.template_id == "weekly-tips" and platform == "instagram" then platform = "linkedin" end
   local business = BUSINESSES[(i - 1) % #BUSINESSES + 1]
-  local result, err, _, id = pipeline:generate{
+  local result, err, _, id = pipeline:generate({
     org_id = 100 + (i - 1) % #BUSINESSES, user_id = i % 5 + 1, platform = platform,
     template_id = job.template_id, business = business, facts = job.facts,
     knowledge = { business.name .. " was founded in 1998.", "Customers mention reliability most." },
     tone_override = TONES[(i - 1) % #TONES + 1], params = { temperature = 0.7, max_tokens = 400 },
-  }, stream_opts(i)
+  }, stream_opts(i))
   if STREAM then
     io.write("\n")
     if result then
-      print(("[%d] time to first token %s ms, %d ms in all"):format(i,
+      print(("[%d] time to first token %s ms, %s ms in all"):format(i,
         tostring(result.performance_metrics.time_to_first_token_ms), result.performance_metrics.total_latency_ms))
     end
   end
