@@ -978,7 +978,8 @@ local function plan_writes(pieces, script)
       i = i + n
     end
   end
-  for _, at in ipairs({ script and script.stall_after_bytes, script and script.drop_after_bytes }) do
+  for _, key in ipairs({ "stall_after_bytes", "drop_after_bytes" }) do
+    local at = script and script[key]
     if type(at) == "number" then
       local off, out = 0, {}
       for _, w in ipairs(writes) do
