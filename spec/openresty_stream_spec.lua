@@ -165,6 +165,17 @@ describe("genaudit.openresty transport streaming #nginx", function()
     check_pieces(stream({ { chunks = TEXT, chunked = true, one_chunk = true, lockstep = true } }, { ack = 1 }), TEXT)
   end)
 
+  it("puts the connection of a fully streamed framed body back in the keepalive pool", function()
+    srv:script{ { chunks = TEXT, chunked = true }, { chunks = TEXT } }
+    for _ = 1, 2 do
+      local r = ngx_srv:load({ "/stream?port=" .. srv.port }, 1)[1]
+      assert.equal(table.concat(TEXT), table.concat(cjson.decode(r.body).pieces))
+    end
+    -- two requests, at most one new connection (the pool may hold one from an earlier spec)
+    local st = srv:stats()
+    assert.is_true(st.requests == 2 and st.connections <= 1, st.requests .. " " .. st.connections)
+  end)
+
   it("reads delayed pieces separately (at least one read per delayed piece)", function()
     local o = stream({ { chunks = { "aa", "bb", "cc", "dd" }, chunked = true, chunk_delay_ms = 100 } })
     assert.equal("aabbccdd", table.concat(o.pieces))
