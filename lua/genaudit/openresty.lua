@@ -5,6 +5,8 @@
 --     adapters, meter and stopwatch work unchanged; what is retried, the
 --     backoff, Retry-After and each failure's code come from the one policy
 --     in C (csrc/ga_retry.c: core.retry_policy, retry_delay, retry_after_ms);
+--     it streams a 2xx body to req.on_data as it arrives (STREAM.md), and
+--     client_writer() is the on_chunk that relays a stream to nginx's client;
 --   * per-worker lifecycle: init_worker() opens one store per worker in async
 --     mode (a C writer thread commits snapshots off the request path) and
 --     builds the pipeline; exit_worker() drains the queue on quit and reload.
@@ -29,6 +31,125 @@ local function parse_url(url)
 end
 
 local function now_us() return core.monotonic_us() end
+
+-- A failure's error code and whether another try may help, from the one
+-- policy (core.retry_policy). The streamed body's own kinds, "aborted" and
+-- "stalled", join ga_retry.c's table with issue 15 (main's csrc/ga_retry.c);
+-- a build without them answers STREAM.md's codes, never retried.
+local STREAM_KINDS = { aborted = "STREAM_ABORTED", stalled = "TIMEOUT" }
+local function policy(kind)
+  local ok, retry, code = pcall(core.retry_policy, kind)
+  if ok then return retry, code end
+  if STREAM_KINDS[kind] then return false, STREAM_KINDS[kind] end
+  error(retry, 2)
+end
+
+-- The most a streamed read asks for: receiveany() hands over whatever has
+-- arrived, up to this, without waiting for more.
+local PIECE = 65536
+
+-- The read timeout for the next read of a streamed body: idle_timeout_ms,
+-- bounded by what is left of timeout_ms since the attempt began. Returns
+-- what a time-out of that read means, "stalled" or "total"; "total" alone
+-- (no read) when timeout_ms is already spent.
+local function arm(sock, st)
+  local left = st.timeout_ms - math.floor((now_us() - st.t0) / 1000)
+  if left <= 0 then return "total", true end
+  if st.idle_ms > 0 and st.idle_ms <= left then
+    sock:settimeout(st.idle_ms)
+    return "stalled"
+  end
+  sock:settimeout(left)
+  return "total"
+end
+
+-- One read of a streamed body (method: sock.receive or sock.receiveany):
+-- its results, with a time-out reported as "stalled" or "total".
+local function stream_read(sock, st, method, arg)
+  local kind, spent = arm(sock, st)
+  if spent then return nil, kind end
+  local data, err = method(sock, arg)
+  if not data and err == "timeout" then return nil, kind end
+  return data, err
+end
+
+-- Hands one piece to on_data (under pcall: a raise is a refusal), counting
+-- it. Returns true | nil, "too large" | nil, "aborted" (st.msg says why).
+local function deliver(st, data)
+  if st.bytes + #data > st.limit then return nil, "too large" end
+  if st.reads == 0 then st.first_us = now_us() end
+  st.reads = st.reads + 1
+  st.bytes = st.bytes + #data
+  local ok, more, why = pcall(st.on_data, data)
+  if not ok then
+    local t = type(more)
+    st.msg = "on_data raised: " .. ((t == "string" or t == "number") and tostring(more)
+      or "(an error object that is not a string)")
+    return nil, "aborted"
+  end
+  if not more then
+    local t = type(why)
+    st.msg = (t == "string" or t == "number") and tostring(why) or "the consumer stopped the stream"
+    return nil, "aborted"
+  end
+  return true
+end
+
+-- Streams n body bytes (nil: until the peer closes) to on_data, each piece
+-- as soon as receiveany() has it. Returns true | nil, err.
+local function pump(sock, st, n)
+  while n == nil or n > 0 do
+    local data, err = stream_read(sock, st, sock.receiveany, n and math.min(n, PIECE) or PIECE)
+    if not data then
+      if n == nil and err == "closed" then return true end
+      return nil, err
+    end
+    if n then n = n - #data end
+    local ok, why = deliver(st, data)
+    if not ok then return nil, why end
+  end
+  return true
+end
+
+-- Streams a 2xx body to on_data: Content-Length, chunked (decoded; a chunk's
+-- bytes go on as they arrive, not once the chunk is whole), or until close.
+-- Returns true, framed (true when the connection can be reused) | nil, err:
+-- a receive error, "too large", "bad chunk size", "aborted", "stalled" or
+-- "total" (timeout_ms spent).
+local function stream_body(sock, headers, st)
+  local te = headers["transfer-encoding"]
+  if te and te:lower():find("chunked", 1, true) then
+    while true do
+      local line, err = stream_read(sock, st, sock.receive, "*l")
+      if not line then return nil, err end
+      local hex = line:match("^%s*(%x+)")
+      if not hex then return nil, "bad chunk size" end
+      local size = tonumber(hex, 16)
+      if size == 0 then
+        repeat line, err = stream_read(sock, st, sock.receive, "*l") until not line or line == ""
+        if not line then return nil, err end
+        return true, true
+      end
+      if st.bytes + size > st.limit then return nil, "too large" end
+      local ok
+      ok, err = pump(sock, st, size)
+      if not ok then return nil, err end
+      line, err = stream_read(sock, st, sock.receive, "*l")
+      if not line then return nil, err end
+      if line ~= "" then return nil, "bad chunk size" end
+    end
+  end
+  local len = tonumber(headers["content-length"])
+  if len then
+    if len > st.limit then return nil, "too large" end
+    local ok, err = pump(sock, st, len)
+    if not ok then return nil, err end
+    return true, true
+  end
+  local ok, err = pump(sock, st, nil)
+  if not ok then return nil, err end
+  return true, false
+end
 
 -- Reads the body: Content-Length, chunked, or until close. Returns body,
 -- framed (true when the connection can be reused) | nil, err.
@@ -79,10 +200,16 @@ local function os_error(err) return (tostring(err):gsub("^%l", string.upper)) en
 -- One HTTP exchange. Returns status, headers, body, timings | nil, err, code, timings, retry.
 -- A failure is one of core.retry_policy()'s kinds; it gives the code (and so
 -- the message prefix) and whether to retry. Messages are worded as ga_http.c's.
-local function exchange(u, req, opts)
+-- st (nil: buffered) is the attempt's stream state: a 2xx body goes to
+-- st.on_data (body ""), st.live/reads/bytes/first_us record what came.
+local function exchange(u, req, opts, st)
   local t0 = now_us()
+  if st then st.t0 = t0 end
   local timings = { dns_us = 0, tls_us = 0 }
   local sock = ngx.socket.tcp()
+  if st and not sock.receiveany then
+    error("genaudit: streaming (on_data) needs lua-nginx-module 0.10.14 or later (tcpsock:receiveany)", 3)
+  end
   sock:settimeouts(opts.connect_timeout_ms, opts.timeout_ms, opts.timeout_ms)
   -- TLS-verified and unverified connections never share a keepalive pool
   local verify = opts.verify_tls ~= false
@@ -92,7 +219,7 @@ local function exchange(u, req, opts)
     sock:close()
     timings.total_us = now_us() - t0
     timings.wait_us = timings.total_us
-    local retry, code = core.retry_policy(kind)
+    local retry, code = policy(kind)
     return nil, code .. ": " .. msg, code, timings, retry
   end
   local function no_response()
@@ -144,21 +271,43 @@ local function exchange(u, req, opts)
   line, err = sock:receive("*l")
   timings.first_byte_us = now_us() - t0
   if not line then return lost(err, unanswered) end
-  local status = tonumber(line:match("^HTTP/%d%.%d (%d%d%d)"))
-  if not status then return fail("protocol", ("malformed response from %s"):format(u.hostport)) end
   local partial = ("%s closed the connection before the whole response arrived"):format(u.hostport)
-  local headers = {}
-  while true do
-    local h, herr = sock:receive("*l")
-    if not h then return lost(herr, partial) end
-    if h == "" then break end
-    local name, value = h:match("^([^:]+):%s*(.-)%s*$")
-    if name then headers[name:lower()] = value end
+  local status, headers
+  while true do -- interim 1xx answers first, then the final one
+    status = tonumber(line:match("^HTTP/%d%.%d (%d%d%d)"))
+    if not status then return fail("protocol", ("malformed response from %s"):format(u.hostport)) end
+    headers = {}
+    while true do
+      local h, herr = sock:receive("*l")
+      if not h then return lost(herr, partial) end
+      if h == "" then break end
+      local name, value = h:match("^([^:]+):%s*(.-)%s*$")
+      if name then headers[name:lower()] = value end
+    end
+    if status >= 200 then break end
+    line, err = sock:receive("*l")
+    if not line then return lost(err, partial) end
   end
   local body, framed
-  body, framed = read_body(sock, headers, opts.max_response_bytes)
-  if not body then err = framed end
+  if status == 204 or status == 304 then
+    body, framed = "", true -- no body, whatever the headers say
+    if st and status == 204 then st.live = true end
+  elseif st and status < 300 then
+    st.live = true
+    body, framed = stream_body(sock, headers, st)
+    if body then body = "" end
+  else
+    body, framed = read_body(sock, headers, opts.max_response_bytes)
+  end
   if not body then
+    err = framed
+    if err == "aborted" then return fail("aborted", st.msg) end
+    if err == "stalled" then
+      return fail("stalled", ("stream stalled: no data from %s for idle_timeout_ms=%d"):format(u.hostport, st.idle_ms))
+    end
+    if err == "total" then
+      return fail("timeout", ("stream from %s not finished within timeout_ms=%d"):format(u.hostport, opts.timeout_ms))
+    end
     if err == "too large" then
       return fail("too_large", ("response from %s exceeds max_response_bytes=%d")
         :format(u.hostport, opts.max_response_bytes))
@@ -173,10 +322,28 @@ local function exchange(u, req, opts)
   return status, headers, body, timings
 end
 
+-- The streamed figures onto a result or a failure's info (STREAM.md).
+local function stream_fields(t, st)
+  t.streamed = true
+  t.first_byte_us = st.first_us and st.first_us - st.t0 or nil
+  t.reads = st.reads
+  t.stream_bytes = st.bytes
+  return t
+end
+
 -- openresty.transport(provider, opts) -> transport(req) with the libcurl
 -- transport's contract: res | nil, err, code, { attempts, provider_wait_us }.
 -- opts: connect_timeout_ms (10000), timeout_ms (120000), max_response_bytes
 -- (64 MiB), verify_tls (true; needs lua_ssl_trusted_certificate).
+-- req.on_data = function(bytes) -> true | nil, reason streams a 2xx body as
+-- it arrives (chunked decoded; res.body ""; res.streamed, first_byte_us,
+-- reads, stream_bytes); a falsy return or a raise aborts: nil,
+-- "STREAM_ABORTED: reason", "STREAM_ABORTED", info, the connection closed.
+-- req.idle_timeout_ms (0/nil: none) bounds the silence between reads of it:
+-- "TIMEOUT: stream stalled: …". A non-2xx body is buffered, on_data not
+-- called. Nothing is retried once a byte reached on_data (info then carries
+-- streamed and the figures). timeout_ms bounds a streamed attempt as a whole.
+-- Raises on a bad on_data / idle_timeout_ms, and outside the cosocket phases.
 function M.transport(provider, opts)
   opts = opts or {}
   local o = {
@@ -193,13 +360,24 @@ function M.transport(provider, opts)
     end
     local u = parse_url(req.url)
     if not u then error("genaudit: bad provider URL", 2) end
+    local on_data, idle = req.on_data, req.idle_timeout_ms or 0
+    if on_data ~= nil and type(on_data) ~= "function" then
+      error("bad argument #1 to 'transport' (on_data must be a function, got " .. type(on_data) .. ")", 2)
+    end
+    if type(idle) ~= "number" or idle < 0 or idle % 1 ~= 0 then
+      error("bad argument #1 to 'transport' (idle_timeout_ms must be a non-negative integer)", 2)
+    end
     local attempts, wait_us = {}, 0
     local retries = req.retries or 2
     local backoff = req.backoff_ms or 200
     local max_backoff = req.max_backoff_ms or 30000
     for i = 1, retries + 1 do
-      local status, headers, body, timings, failed_retry = exchange(u, req, o)
+      local st = on_data and { on_data = on_data, idle_ms = idle, timeout_ms = o.timeout_ms,
+                               limit = o.max_response_bytes, reads = 0, bytes = 0 } or nil
+      local status, headers, body, timings, failed_retry = exchange(u, req, o, st)
       wait_us = wait_us + timings.wait_us
+      local streamed = st and st.reads > 0
+      if streamed then failed_retry = false end -- bytes reached on_data: never tried again
       local a = { timings = timings }
       attempts[i] = a
       local retry
@@ -211,12 +389,14 @@ function M.transport(provider, opts)
         a.error, a.code = headers, body -- exchange's nil, err, code, timings, retry
         retry = failed_retry
       end
-      if not retry or i == retries + 1 then
+      if not retry or i == retries + 1 or streamed then
         if status then
-          return { status = status, headers = headers, body = body, attempts = attempts, timings = timings,
-                   provider_wait_us = wait_us, retries = i - 1 }
+          local res = { status = status, headers = headers, body = body, attempts = attempts, timings = timings,
+                        provider_wait_us = wait_us, retries = i - 1 }
+          return st and st.live and stream_fields(res, st) or res
         end
-        return nil, a.error, a.code, { attempts = attempts, provider_wait_us = wait_us }
+        local info = { attempts = attempts, provider_wait_us = wait_us }
+        return nil, a.error, a.code, streamed and stream_fields(info, st) or info
       end
       local sleep = core.retry_delay(i, backoff, max_backoff, a.retry_after_ms)
       a.slept_ms = sleep
@@ -229,6 +409,24 @@ end
 -- pipeline openresty.transport; genaudit.client itself never looks for ngx).
 function M.available()
   return ngx ~= nil and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
+end
+
+-- openresty.client_writer() -> on_chunk(text, info): relays a stream to
+-- this request's client as it comes. Each call sends text at once
+-- (ngx.print, then ngx.flush(true): returns when nginx has handed it to the
+-- socket, so a slow client slows the stream instead of filling memory) and
+-- returns true, or nil, "client went away" when either fails (the client
+-- closed its connection): the generation then aborts as STREAM_ABORTED and
+-- the provider connection is closed. Content phase only (ngx.print raises
+-- elsewhere); pass it as the pipeline's on_chunk, or as a transport's
+-- on_data to relay raw bytes. The first call sends the response headers.
+function M.client_writer()
+  return function(text)
+    local ok = ngx.print(text)
+    if ok then ok = ngx.flush(true) end
+    if not ok then return nil, "client went away" end
+    return true
+  end
 end
 
 -- ---- per-worker lifecycle ----

@@ -8,7 +8,10 @@
 --   local srv = server.start()        -- srv.port, srv.url ("http://127.0.0.1:PORT")
 --   srv:script{ {status = 429, headers = {{"Retry-After", "1"}}}, {echo = true} }
 --   srv:stats()                       -- {requests = N, connections = N} since reset
---   srv:reset()                       -- empty script, zero counters
+--   srv:streams()                     -- {sent = N, hangups = N}: streamed pieces sent, and
+--                                     --   streamed responses whose client hung up before the end
+--   srv:release()                     -- lets a lockstep stream send its next piece
+--   srv:reset()                       -- empty script, zero counters, unfinished streams dropped
 --   srv:stop()                        -- SIGTERM, waits until gone; idempotent
 --   server.closed_port()              -- a loopback port nobody listens on
 --
@@ -19,6 +22,16 @@
 -- header), delay_ms (answer later), nolength (no Content-Length: the body ends
 -- when the connection closes), close (close after answering), reset (close
 -- without answering). Control requests go to /__ctl/* on a fresh connection.
+--
+-- A streamed response: chunks = {"a", "b", ...} sends the headers, then each
+-- piece with its own send (never coalesced by us): chunked (one chunk per
+-- piece), one_chunk (with chunked: a single chunk whose bytes are the
+-- pieces, sent one by one), nolength (the body ends at close), else a
+-- Content-Length of the pieces' total. chunk_delay_ms waits before each
+-- piece; lockstep sends piece 2, 3, ... only after a /__ctl/release each (a
+-- client proves it has piece k by releasing k + 1); drop closes the
+-- connection after the last piece without the chunked terminator (a
+-- Content-Length body: one byte short).
 
 local socket = require("socket")
 
@@ -53,8 +66,11 @@ local function parse_line(line)
       spec.headers[#spec.headers + 1] = { pct_decode(n), pct_decode(v) }
     elseif key == "body" then
       spec.body = pct_decode(value)
-    elseif key == "status" or key == "size" or key == "delay" then
+    elseif key == "status" or key == "size" or key == "delay" or key == "cdelay" then
       spec[key] = tonumber(value)
+    elseif key == "chunks" then
+      spec.chunks = {}
+      for piece in value:gmatch("[^,]+") do spec.chunks[#spec.chunks + 1] = pct_decode(piece) end
     else
       spec[key] = value == "1"
     end
@@ -85,6 +101,37 @@ local function build_response(spec, req)
   if not spec.nolength then add("Content-Length", string.format("%d", #body)) end
   if req.method == "HEAD" then body = "" end
   return table.concat(lines, "\r\n") .. "\r\n\r\n" .. body, spec.nolength or spec.close
+end
+
+-- A streamed response: its head, the framed pieces (each sent on its own),
+-- the terminator (nil: none), and whether to close after it.
+local function build_stream(spec, req)
+  local status = spec.status or 200
+  local total = 0
+  for _, p in ipairs(spec.chunks) do total = total + #p end
+  local lines = { string.format("HTTP/1.1 %d %s", status, REASONS[status] or "Status") }
+  for _, h in ipairs(spec.headers) do lines[#lines + 1] = h[1] .. ": " .. h[2] end
+  local parts, final = {}, ""
+  if spec.chunked then
+    lines[#lines + 1] = "Transfer-Encoding: chunked"
+    for i, p in ipairs(spec.chunks) do
+      if spec.onechunk then
+        parts[i] = (i == 1 and string.format("%x\r\n", total) or "") .. p
+      else
+        parts[i] = string.format("%x\r\n", #p) .. p .. "\r\n"
+      end
+    end
+    final = (spec.onechunk and "\r\n" or "") .. "0\r\n\r\n"
+  else
+    if not spec.nolength then
+      lines[#lines + 1] = string.format("Content-Length: %d", total + (spec.drop and 1 or 0))
+    end
+    for i, p in ipairs(spec.chunks) do parts[i] = p end
+  end
+  if spec.nolength or spec.close then lines[#lines + 1] = "Connection: close" end
+  if spec.drop then final = nil end
+  return table.concat(lines, "\r\n") .. "\r\n\r\n", parts, final,
+    spec.drop or spec.nolength or spec.close or req.close
 end
 
 -- Parses one complete request at the start of buf: request table and the
@@ -120,6 +167,7 @@ local function serve(port_file, watch_pid)
   local conns = {}
   local queue = {}
   local stats = { requests = 0, connections = 0 }
+  local streams = { sent = 0, hangups = 0, tokens = 0 }
   local last_activity = socket.gettime()
   local next_watch = 0
 
@@ -128,11 +176,18 @@ local function serve(port_file, watch_pid)
     c.dead = true
   end
 
+  -- a client gone in the middle of a streamed response
+  local function hangup(c)
+    if c.stream then streams.hangups = streams.hangups + 1 end
+    drop(c)
+  end
+
   local function send(c, out, close_after)
     c.sock:settimeout(CTL_TIMEOUT)
     local ok = c.sock:send(out)
     c.sock:settimeout(0)
-    if not ok or close_after then drop(c) end
+    if not ok then return hangup(c) end
+    if close_after then drop(c) end
   end
 
   local function control(c, req)
@@ -142,9 +197,17 @@ local function serve(port_file, watch_pid)
       for line in req.body:gmatch("[^\n]+") do queue[#queue + 1] = parse_line(line) end
     elseif req.target == "/__ctl/stats" then
       out = string.format("requests=%d connections=%d", stats.requests, stats.connections)
+    elseif req.target == "/__ctl/streams" then
+      out = string.format("sent=%d hangups=%d", streams.sent, streams.hangups)
+    elseif req.target == "/__ctl/release" then
+      streams.tokens = streams.tokens + 1
     elseif req.target == "/__ctl/reset" then
       queue = {}
       stats = { requests = 0, connections = 0 }
+      streams = { sent = 0, hangups = 0, tokens = 0 }
+      for _, other in ipairs(conns) do
+        if other.stream and not other.dead then drop(other) end
+      end
     else
       send(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", true)
       return
@@ -161,6 +224,13 @@ local function serve(port_file, watch_pid)
     end
     local spec = table.remove(queue, 1) or { echo = true, headers = {} }
     if spec.reset then return drop(c) end
+    if spec.chunks then
+      local head, parts, final, close_after = build_stream(spec, req)
+      send(c, head)
+      c.stream = { parts = parts, i = 1, final = final, close_after = close_after, lockstep = spec.lockstep,
+                   delay = (spec.cdelay or 0) / 1000, due = socket.gettime() + (spec.cdelay or 0) / 1000 }
+      return
+    end
     local out, close_after = build_response(spec, req)
     close_after = close_after or req.close
     if spec.delay and spec.delay > 0 then
@@ -174,7 +244,12 @@ local function serve(port_file, watch_pid)
     local now = socket.gettime()
     local readers, timeout = { listener }, 0.25
     for _, c in ipairs(conns) do
-      if c.due then
+      if c.stream then
+        readers[#readers + 1] = c.sock -- only to see a hang-up
+        if not c.stream.lockstep or c.stream.i == 1 or streams.tokens > 0 then
+          timeout = math.min(timeout, math.max(0, c.stream.due - now))
+        end
+      elseif c.due then
         timeout = math.min(timeout, math.max(0, c.due - now))
       else
         readers[#readers + 1] = c.sock
@@ -196,7 +271,9 @@ local function serve(port_file, watch_pid)
         local data, err, partial = c.sock:receive(65536)
         data = data or partial or ""
         c.buf = c.buf .. data
-        if c.buf:match("^[^%u]") then
+        if c.stream then
+          if err == "closed" then hangup(c) end
+        elseif c.buf:match("^[^%u]") then
           drop(c) -- not HTTP (a TLS ClientHello): hang up
         else
           local req, rest = parse_request(c.buf)
@@ -212,6 +289,22 @@ local function serve(port_file, watch_pid)
         local out, close_after = c.out, c.close_after
         c.due, c.out = nil, nil
         send(c, out, close_after)
+      end
+    end
+    -- streamed responses: the next piece of each that is due (and released)
+    for _, c in ipairs(conns) do
+      local st = c.stream
+      if st and not c.dead and st.due <= now and (not st.lockstep or st.i == 1 or streams.tokens > 0) then
+        last_activity = now
+        if st.lockstep and st.i > 1 then streams.tokens = streams.tokens - 1 end
+        send(c, st.parts[st.i])
+        streams.sent = streams.sent + 1
+        st.i = st.i + 1
+        st.due = now + st.delay
+        if not c.dead and st.i > #st.parts then
+          c.stream = nil
+          if st.final then send(c, st.final, st.close_after) else drop(c) end
+        end
       end
     end
     local live = {}
@@ -309,11 +402,17 @@ function Server:script(list)
   local lines = {}
   for _, spec in ipairs(list) do
     local t = {}
-    for _, key in ipairs({ "status", "size", "delay_ms" }) do
-      if spec[key] then t[#t + 1] = string.format("%s=%d", key == "delay_ms" and "delay" or key, spec[key]) end
+    for _, key in ipairs({ "status", "size", "delay_ms", "chunk_delay_ms" }) do
+      local name = ({ delay_ms = "delay", chunk_delay_ms = "cdelay" })[key] or key
+      if spec[key] then t[#t + 1] = string.format("%s=%d", name, spec[key]) end
     end
-    for _, key in ipairs({ "echo", "nolength", "close", "reset" }) do
-      if spec[key] then t[#t + 1] = key .. "=1" end
+    for _, key in ipairs({ "echo", "nolength", "close", "reset", "chunked", "one_chunk", "drop", "lockstep" }) do
+      if spec[key] then t[#t + 1] = key:gsub("_", "") .. "=1" end
+    end
+    if spec.chunks then
+      local enc = {}
+      for i, p in ipairs(spec.chunks) do enc[i] = pct_encode(p) end
+      t[#t + 1] = "chunks=" .. table.concat(enc, ",")
     end
     if spec.body then t[#t + 1] = "body=" .. pct_encode(spec.body) end
     for _, h in ipairs(spec.headers or {}) do t[#t + 1] = "h=" .. pct_encode(h[1]) .. ":" .. pct_encode(h[2]) end
@@ -328,6 +427,17 @@ function Server:stats()
   local text = self:control("GET", "/__ctl/stats")
   local r, c = text:match("^requests=(%d+) connections=(%d+)$")
   return { requests = tonumber(r), connections = tonumber(c) }
+end
+
+function Server:streams()
+  local text = self:control("GET", "/__ctl/streams")
+  local s, h = text:match("^sent=(%d+) hangups=(%d+)$")
+  return { sent = tonumber(s), hangups = tonumber(h) }
+end
+
+function Server:release()
+  self:control("POST", "/__ctl/release")
+  return true
 end
 
 function Server:reset()
