@@ -33,16 +33,9 @@ end
 local function now_us() return core.monotonic_us() end
 
 -- A failure's error code and whether another try may help, from the one
--- policy (core.retry_policy). The streamed body's own kinds, "aborted" and
--- "stalled", join ga_retry.c's table with issue 15 (main's csrc/ga_retry.c);
--- a build without them answers STREAM.md's codes, never retried.
-local STREAM_KINDS = { aborted = "STREAM_ABORTED", stalled = "TIMEOUT" }
-local function policy(kind)
-  local ok, retry, code = pcall(core.retry_policy, kind)
-  if ok then return retry, code end
-  if STREAM_KINDS[kind] then return false, STREAM_KINDS[kind] end
-  error(retry, 2)
-end
+-- policy (core.retry_policy; the streamed body's kinds "aborted" and
+-- "stalled" included).
+local function policy(kind) return core.retry_policy(kind) end
 
 -- The most a streamed read asks for: receiveany() hands over whatever has
 -- arrived, up to this, without waiting for more.
@@ -482,17 +475,18 @@ function M.init_worker(opts)
   return true
 end
 
--- openresty.generate(ctx) -> the pipeline's result | nil, err, code, snapshot_id.
+-- openresty.generate(ctx [, opts]) -> the pipeline's result | nil, err, code, snapshot_id.
+-- opts as pipeline:generate's (stream, on_chunk = openresty.client_writer(), …).
 -- UNAVAILABLE when init_worker() failed (err says why; it names server
 -- paths: log it, do not send it to clients), NOT_READY when it never ran.
-function M.generate(ctx)
+function M.generate(ctx, opts)
   if not worker.pipeline then
     if worker.init_error then
       return nil, "UNAVAILABLE: genaudit.openresty.init_worker() failed: " .. worker.init_error, "UNAVAILABLE"
     end
     return nil, "NOT_READY: genaudit.openresty.init_worker() has not run", "NOT_READY"
   end
-  return worker.pipeline:generate(ctx)
+  return worker.pipeline:generate(ctx, opts)
 end
 
 -- The worker's store and pipeline (for reports or custom handlers).
