@@ -90,7 +90,8 @@ end
 -- unknown cost. An answer without usable usage keeps its content (run.content
 -- when none is set yet, else the call's log entry) and its reported model.
 -- sopts = { stream = true, on_chunk = fn(text, info), idle_timeout_ms = N,
--- max_event_bytes = N } streams the answer (so does params.stream == true):
+-- max_event_bytes = N } streams the answer (so do on_chunk alone and
+-- params.stream == true):
 -- see genaudit.stream and README "Streaming". The log entry then also has
 -- streamed, time_to_first_token_ms, stream_duration_ms, chunks, events,
 -- reads, stream_bytes; a streamed answer without usage is a success whose
@@ -99,7 +100,7 @@ end
 -- and the usage fields it had sent (partial_usage, as sent).
 function Client:complete(run, kind, messages, params, sopts)
   local provider = self.provider
-  local streaming = (sopts and sopts.stream) or (type(params) == "table" and params.stream == true)
+  local streaming = (sopts and (sopts.stream or sopts.on_chunk)) or (type(params) == "table" and params.stream == true)
   local req, rerr, rcode = provider:request(messages, params, streaming and { stream = true } or nil)
   if not req then return nil, rerr, rcode end -- refused before sending: nothing was billed
   req.retries, req.backoff_ms, req.max_backoff_ms = self.retries, self.backoff_ms, self.max_backoff_ms
@@ -152,7 +153,10 @@ function Client:complete(run, kind, messages, params, sopts)
     if not plain then
       local usage_came
       body, usage_came = acc:body()
-      if not usage_came then entry.usage_missing = true end
+      if not usage_came then
+        entry.usage_missing = true
+        if acc:known_usage() then entry.partial_usage = json.decode(provider.scrub(json.encode(acc:known_usage()))) end
+      end
     end
   end
   if not res then

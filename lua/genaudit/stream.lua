@@ -25,6 +25,7 @@
 -- ignored "stream": true) is kept as it came and parsed as a normal body.
 local core = require("genaudit.core")
 local json = require("genaudit.json")
+local providers = require("genaudit.providers")
 
 local M = {}
 
@@ -290,6 +291,12 @@ end
 -- fragments concatenated exactly as sent (acc:tool_arguments()).
 function Acc:body()
   local has_usage = self.usage ~= nil or self.groq_usage ~= nil
+  local normalize = providers.normalize[self.wire == "anthropic" and "anthropic" or "openai"]
+  if has_usage and not normalize(self:known_usage()) then
+    -- usage fields that do not make a usage (Anthropic's input_tokens
+    -- without output_tokens): missing, what came kept as partial usage
+    self.usage, self.groq_usage, self.partial_usage, has_usage = nil, nil, self:known_usage(), false
+  end
   if self.wire == "anthropic" then
     local content = {}
     local idx = {}
@@ -348,7 +355,7 @@ function Acc:tool_arguments()
 end
 
 -- acc:known_usage() -> the usage fields read so far (as sent, merged), or nil
-function Acc:known_usage() return self.usage or self.groq_usage end
+function Acc:known_usage() return self.usage or self.groq_usage or self.partial_usage end
 
 -- acc:figures(res_or_info) -> the call's stream figures for its log entry:
 -- time_to_first_token_ms (the transport's first byte plus the time from
