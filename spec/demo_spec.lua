@@ -14,7 +14,7 @@ local q = require("spec.support.util").q
 local function demo(db, env)
   local errfile = os.tmpname()
   local cmd = "env -u LD_PRELOAD -u GENAUDIT_API_KEY -u GENAUDIT_PROVIDER -u GENAUDIT_BASE_URL -u GENAUDIT_MODEL"
-    .. " -u DEMO_FRESH " ..
+    .. " -u DEMO_FRESH -u DEMO_STREAM " ..
     (env or "") .. " LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua54/?.so;;' " ..
     "lua5.4 examples/demo.lua " .. q(db) .. " 2>" .. q(errfile) .. '; echo "rc=$?"'
   local p = assert(io.popen(cmd))
@@ -70,6 +70,28 @@ describe("examples/demo.lua", function()
     assert.is_true(r.repaired > 0)
     assert.is_true(r.sys > 50 and r.usr > 50)
     assert.is_true(r.pmin > 0)
+  end)
+
+  it("streams with DEMO_STREAM=1: prints each text as it came, stores the same text", function()
+    local out, err, rc = demo(db, "GENAUDIT_DEMO_N=4 DEMO_STREAM=1")
+    assert.same({ "", 0 }, { err, rc })
+    assert.truthy(out:find("4 generations: 4 completed, 0 failed", 1, true), out)
+    local store = assert(genaudit.open("sqlite:" .. db))
+    local rows = store:query("SELECT content, performance_metrics FROM generation_snapshots ORDER BY id")
+    store:close()
+    assert.equal(4, #rows)
+    for i, r in ipairs(rows) do
+      -- the last streamed text printed for generation i is its stored content
+      local last
+      for pos in out:gmatch("()\n%[" .. i .. " %a+%] ") do last = pos end
+      assert.is_number(last, "generation " .. i .. " printed no streamed text")
+      local printed = out:sub(last):match("^\n%[%d+ %a+%] (.-)\n%[" .. i .. "%] time to first token ")
+      assert.equal(r.content, printed)
+      local pm = require("cjson").decode(r.performance_metrics)
+      assert.is_true(pm.streamed)
+      assert.is_true(pm.time_to_first_token_ms > 0)
+      assert.truthy(out:find("[" .. i .. "] time to first token ", 1, true))
+    end
   end)
 
   it("says it starts fresh, then that it appends, and starts over with DEMO_FRESH=1", function()
