@@ -139,7 +139,7 @@ BENCH_TOOLS := build/bench/raw_insert build/bench/gen_rows build/bench/raw_sse
 build/bench/%: bench/%.c bench/seal.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags sqlite3 libcrypto) -o $@ $< \
-	  $(shell $(PKG_CONFIG) --libs sqlite3 libcrypto) -lm
+	  $(shell $(PKG_CONFIG) --libs sqlite3 libcrypto) -lm -pthread
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_TOOLS)

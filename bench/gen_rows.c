@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
   static double tcum[NTEMPLATES], ocum[NORGS], repair_rate[NTEMPLATES];
   sqlite3 *db = NULL;
   sqlite3_stmt *ins = NULL, *reg = NULL;
-  bs_hasher h = {NULL, NULL};
+  bs_hasher h = {0};
   char chain_id[27], prev[65], record[65], sys_digest[NTEMPLATES][65], dig_user[65], dig_content[65];
   buf user = {0}, tok = {0}, perf = {0}, rep = {0}, calls = {0}, pcalls = {0};
   long rows, i;

@@ -17,15 +17,24 @@
  *   hash   the seal computed per row in plain C with libcrypto (bench/seal.h,
  *          the same encoding as csrc/ga_chain.c): the SHA-256 of the four
  *          payloads, prev_hash = the previous row's record_hash, record_hash
- *          over the canonical encoding — the floor for a sealed store;
+ *          over the canonical encoding — the floor for a sealed store written
+ *          by one thread (genaudit's synchronous persist);
+ *   ahead  the same seal, the payloads' SHA-256 computed by a second thread
+ *          ahead of the insert loop (a ring of RING rows), the record hash
+ *          (which needs prev_hash) by the inserting thread — the floor for a
+ *          sealed store written as genaudit's async writer writes it (its
+ *          hasher thread digests queued rows while the writer thread inserts);
+ *          the second thread starts with the timer and its CPU time counts;
  *   plain  the same bytes with no hashing in the loop: the payload digests
  *          computed once per source row before the timer starts, prev_hash 64
  *          zeros and a constant record_hash — the floor without the chain's
  *          work (the rows do not verify).
  * WAL, synchronous=NORMAL. Only the insert loop is timed. Prints one line:
  *   rows=N seconds=S rows_per_s=R cpu_us_per_row=C mode=M
- * (C: this process's CPU time, user + system, over the loop, per row).
+ * (C: this process's CPU time, user + system, every thread, over the loop,
+ * per row).
  * Exit status 0, 2 on a usage error, or 1 with a message on stderr. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +72,8 @@ static const int PAYLOAD[4] = {S_SYSTEM, S_USER, S_CONTENT, S_DRAFTS};
 static const int FROM_SRC[BS_NFIELDS] = {
     -1, -1, -1, -1, -1, S_ORG_ID, S_USER_ID, S_PLATFORM, S_TEMPLATE_ID, S_TEMPLATE_VERSION, S_STATUS, S_ERROR,
     S_REPLAY_OF, S_REQUEST_PARAMS, S_TOKEN_METRICS, S_PERFORMANCE_METRICS, S_REPAIR_METRICS, -1, -1, -1, -1};
+
+#define RING 256   /* ahead mode: rows whose digests the second thread may compute ahead */
 
 /* plain mode's record_hash: any 64 hex digits (nothing checks it at insert) */
 static const char PLAIN_HASH[] = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
@@ -164,6 +175,75 @@ cleanup:
   return rc;
 }
 
+/* The digests of r's payloads that are set (the system prompt's through the
+ * hasher's prompt cache, as genaudit's chain does): 0 or -1. */
+static int row_digests(bs_hasher *h, const src_row *r, char d[4][65]) {
+  int k;
+  for (k = 0; k < 4; k++) {
+    const char *pp = r->p[PAYLOAD[k]];
+    size_t pn = (size_t)r->n[PAYLOAD[k]];
+    if (r->n[PAYLOAD[k]] < 0) continue;
+    if ((k == 0 ? bs_system_digest(h, pp, pn, d[k]) : bs_sha256_hex(h, pp, pn, d[k])) != 0) return -1;
+  }
+  return 0;
+}
+
+/* ahead mode: the second thread's digests, rows [consumed, produced) ready
+ * in ring[row % RING]. */
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  const src_row *src;
+  int nsrc, failed, stop, producer_waiting, consumer_waiting;
+  long rows, produced, consumed;
+  char ring[RING][4][65];
+  bs_hasher h;
+} ahead;
+
+static void *ahead_main(void *arg) {
+  ahead *a = (ahead *)arg;
+  long i;
+  for (i = 0; i < a->rows; i++) {
+    int ok, stop;
+    pthread_mutex_lock(&a->mu);
+    while (i - a->consumed >= RING && !a->stop) {
+      a->producer_waiting = 1;
+      pthread_cond_wait(&a->cv, &a->mu);
+      a->producer_waiting = 0;
+    }
+    stop = a->stop;
+    pthread_mutex_unlock(&a->mu);
+    if (stop) break;
+    ok = row_digests(&a->h, &a->src[i % a->nsrc], a->ring[i % RING]) == 0;
+    pthread_mutex_lock(&a->mu);
+    if (ok) a->produced = i + 1;
+    else a->failed = 1;
+    if (a->consumer_waiting) pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    if (!ok) break;
+  }
+  return NULL;
+}
+
+/* ahead mode: copies row i's digests out of the ring (waiting for them): 0,
+ * or -1 when the second thread failed. */
+static int ahead_take(ahead *a, long i, char d[4][65]) {
+  int rc = 0;
+  pthread_mutex_lock(&a->mu);
+  while (a->produced <= i && !a->failed) {
+    a->consumer_waiting = 1;
+    pthread_cond_wait(&a->cv, &a->mu);
+    a->consumer_waiting = 0;
+  }
+  if (a->produced > i) memcpy(d, a->ring[i % RING], sizeof a->ring[0]);
+  else rc = -1;
+  a->consumed = i + 1;
+  /* one wake-up per half ring, not per row */
+  if (a->producer_waiting && a->produced - a->consumed <= RING / 2) pthread_cond_broadcast(&a->cv);
+  pthread_mutex_unlock(&a->mu);
+  return rc;
+}
+
 /* Registers the chain (as csrc/ga_store_writer.c does), inside the open transaction. */
 static int register_chain(sqlite3 *db, const char chain_id[27]) {
   sqlite3_stmt *st = NULL;
@@ -187,21 +267,25 @@ int main(int argc, char **argv) {
   static src_row src[MAX_SRC];
   sqlite3 *db = NULL;
   sqlite3_stmt *ins = NULL;
-  bs_hasher h = {NULL, NULL};
+  static ahead ah; /* ~66 KB: static, zeroed */
+  bs_hasher h = {0};
   long rows, batch, i;
-  int nsrc = 0, rc = 1, c, hash;
+  int nsrc = 0, rc = 1, c, hash, use_ahead = 0, started = 0;
+  pthread_t thread;
   uint64_t counter = 0;
-  char id[26], created[24], chain_id[27], prev[65], record[65], digest[4][65], last_sys_digest[65];
-  char *last_sys = NULL;
-  size_t last_sys_n = 0;
+  const char *mode = argc == 6 ? argv[5] : "hash";
+  char id[26], created[24], chain_id[27], prev[65], record[65], digest[4][65];
   double t0, t1, c0, c1;
   if (argc < 5 || argc > 6 || (rows = atol(argv[3])) <= 0 || (batch = atol(argv[4])) <= 0 ||
-      (argc == 6 && strcmp(argv[5], "hash") != 0 && strcmp(argv[5], "plain") != 0)) {
-    fprintf(stderr, "usage: raw_insert SRC DST ROWS BATCH [hash|plain]\n");
+      (strcmp(mode, "hash") != 0 && strcmp(mode, "ahead") != 0 && strcmp(mode, "plain") != 0)) {
+    fprintf(stderr, "usage: raw_insert SRC DST ROWS BATCH [hash|ahead|plain]\n");
     return 2;
   }
-  hash = argc < 6 || strcmp(argv[5], "hash") == 0;
-  if (bs_hasher_open(&h) != 0) {
+  hash = strcmp(mode, "plain") != 0;
+  use_ahead = strcmp(mode, "ahead") == 0;
+  pthread_mutex_init(&ah.mu, NULL);
+  pthread_cond_init(&ah.cv, NULL);
+  if (bs_hasher_open(&h) != 0 || bs_hasher_open(&ah.h) != 0) {
     fprintf(stderr, "raw_insert: libcrypto has no SHA-256\n");
     goto cleanup;
   }
@@ -220,8 +304,18 @@ int main(int argc, char **argv) {
   make_id(chain_id, now_ms(), (uint64_t)getpid() << 20);
   chain_id[26] = '\0';
   memcpy(prev, BS_ZERO_HASH, 65);
+  ah.src = src;
+  ah.nsrc = nsrc;
+  ah.rows = rows;
   t0 = clock_s(CLOCK_MONOTONIC);
   c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  if (use_ahead) {
+    if (pthread_create(&thread, NULL, ahead_main, &ah) != 0) {
+      fprintf(stderr, "raw_insert: cannot start the digest thread\n");
+      goto cleanup;
+    }
+    started = 1;
+  }
   for (i = 0; i < rows; i++) {
     const src_row *r = &src[i % nsrc];
     int64_t ms = now_ms();
@@ -240,30 +334,9 @@ int main(int argc, char **argv) {
       bs_text f[BS_NFIELDS];
       char seq[24];
       int k;
-      for (k = 0; k < 4; k++) {
-        const char *pp = r->p[PAYLOAD[k]];
-        size_t pn = (size_t)r->n[PAYLOAD[k]];
-        if (r->n[PAYLOAD[k]] < 0) continue;
-        /* as genaudit's chain does: the system prompt's digest is reused
-         * while the bytes are the same as the last row's */
-        if (k == 0 && last_sys && last_sys_n == pn && memcmp(last_sys, pp, pn) == 0) {
-          memcpy(digest[0], last_sys_digest, 65);
-          continue;
-        }
-        if (bs_sha256_hex(&h, pp, pn, digest[k]) != 0) {
-          fprintf(stderr, "raw_insert: libcrypto failed\n");
-          goto cleanup;
-        }
-        if (k == 0) {
-          char *copy = (char *)malloc(pn ? pn : 1);
-          if (copy) {
-            memcpy(copy, pp, pn);
-            free(last_sys);
-            last_sys = copy;
-            last_sys_n = pn;
-            memcpy(last_sys_digest, digest[0], 65);
-          }
-        }
+      if ((use_ahead ? ahead_take(&ah, i, digest) : row_digests(&h, r, digest)) != 0) {
+        fprintf(stderr, "raw_insert: libcrypto failed\n");
+        goto cleanup;
       }
       for (k = 0; k < BS_NFIELDS; k++) {
         int s = FROM_SRC[k];
@@ -312,10 +385,17 @@ int main(int argc, char **argv) {
   t1 = clock_s(CLOCK_MONOTONIC);
   c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
   printf("rows=%ld seconds=%.6f rows_per_s=%.1f cpu_us_per_row=%.2f mode=%s\n", rows, t1 - t0,
-         (double)rows / (t1 - t0), (c1 - c0) * 1e6 / (double)rows, hash ? "hash" : "plain");
+         (double)rows / (t1 - t0), (c1 - c0) * 1e6 / (double)rows, mode);
   rc = 0;
 cleanup:
-  free(last_sys);
+  if (started) { /* done, or failed: the digest thread stops */
+    pthread_mutex_lock(&ah.mu);
+    ah.stop = 1;
+    pthread_cond_broadcast(&ah.cv);
+    pthread_mutex_unlock(&ah.mu);
+    pthread_join(thread, NULL);
+  }
+  bs_hasher_close(&ah.h);
   sqlite3_finalize(ins);
   sqlite3_close(db);
   bs_hasher_close(&h);

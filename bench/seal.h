@@ -10,15 +10,20 @@
  *
  * over the fields of BS_FIELDS in that order; a payload field (prompts,
  * content, drafts) enters as the 64 hex digits of its own SHA-256 under the
- * name "<field>.sha256". One digest context and one fetched SHA-256 are kept
- * for every hash (the least a program can do per row).
- *   bs_hasher_open(h) / bs_hasher_close(h)
+ * name "<field>.sha256". The least a program can do per row: SHA-256
+ * fetched once and one digest context reused for every hash; E built in one
+ * buffer and hashed in one call; the digests of the last BS_SYS_CACHE system
+ * prompts kept (a template's prompt repeats, several templates interleave:
+ * a prompt whose bytes equal a kept one's, compared in full, has its digest).
+ *   bs_hasher_open(h) / bs_hasher_close(h)   (h zeroed before open)
  *   bs_sha256_hex(h, p, n, out)      64 hex digits + NUL
+ *   bs_system_digest(h, p, n, out)   the same, through the prompt cache
  *   bs_record_hash(h, fields, out)   fields in BS_FIELDS order
- * Each returns 0, or -1 (libcrypto failed). */
+ * Each returns 0, or -1 (libcrypto failed, out of memory). */
 #ifndef BENCH_SEAL_H
 #define BENCH_SEAL_H
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <openssl/evp.h>
 
@@ -39,9 +44,15 @@ enum { BS_ID, BS_CHAIN_ID, BS_CHAIN_SEQ, BS_PREV_HASH, BS_CREATED_AT, BS_ORG_ID,
 
 typedef struct { const char *p; size_t n; } bs_text; /* p == NULL: SQL NULL */
 
+#define BS_SYS_CACHE 8
+
 typedef struct {
   EVP_MD_CTX *ctx;
   EVP_MD *md;
+  char *enc; /* E of the last record hashed */
+  size_t enc_cap;
+  struct { char *p; size_t n; char digest[65]; } sys[BS_SYS_CACHE];
+  unsigned sys_next; /* the slot the next new prompt takes */
 } bs_hasher;
 
 static inline int bs_hasher_open(bs_hasher *h) {
@@ -51,8 +62,11 @@ static inline int bs_hasher_open(bs_hasher *h) {
 }
 
 static inline void bs_hasher_close(bs_hasher *h) {
+  int i;
   EVP_MD_CTX_free(h->ctx);
   EVP_MD_free(h->md);
+  free(h->enc);
+  for (i = 0; i < BS_SYS_CACHE; i++) free(h->sys[i].p);
 }
 
 static inline void bs_hex(const unsigned char md[32], char out[65]) {
@@ -75,24 +89,71 @@ static inline int bs_sha256_hex(bs_hasher *h, const void *p, size_t n, char out[
   return 0;
 }
 
+static inline int bs_system_digest(bs_hasher *h, const char *p, size_t n, char out[65]) {
+  unsigned i;
+  char *copy;
+  for (i = 0; i < BS_SYS_CACHE; i++)
+    if (h->sys[i].p && h->sys[i].n == n && memcmp(h->sys[i].p, p, n) == 0) {
+      memcpy(out, h->sys[i].digest, 65);
+      return 0;
+    }
+  if (bs_sha256_hex(h, p, n, out) != 0) return -1;
+  if (!(copy = (char *)malloc(n ? n : 1))) return 0; /* no cache: only slower */
+  memcpy(copy, p, n);
+  i = h->sys_next;
+  h->sys_next = (i + 1) % BS_SYS_CACHE;
+  free(h->sys[i].p);
+  h->sys[i].p = copy;
+  h->sys[i].n = n;
+  memcpy(h->sys[i].digest, out, 65);
+  return 0;
+}
+
+/* Room for need more bytes after len in h->enc: 0 or -1. */
+static inline int bs_enc_room(bs_hasher *h, size_t len, size_t need) {
+  size_t cap = h->enc_cap ? h->enc_cap : 4096;
+  char *p;
+  if (len + need <= h->enc_cap) return 0;
+  while (cap < len + need) cap *= 2;
+  if (!(p = (char *)realloc(h->enc, cap))) return -1;
+  h->enc = p;
+  h->enc_cap = cap;
+  return 0;
+}
+
 static inline int bs_record_hash(bs_hasher *h, const bs_text f[BS_NFIELDS], char out[65]) {
   static const char magic[] = "genaudit-record/1\n";
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
+  size_t len = 0;
   int i;
-  if (EVP_DigestInit_ex(h->ctx, h->md, NULL) != 1 || EVP_DigestUpdate(h->ctx, magic, sizeof magic - 1) != 1)
-    return -1;
+  if (bs_enc_room(h, 0, sizeof magic - 1) != 0) return -1;
+  memcpy(h->enc, magic, sizeof magic - 1);
+  len = sizeof magic - 1;
   for (i = 0; i < BS_NFIELDS; i++) {
-    char head[96];
-    int k = f[i].p ? snprintf(head, sizeof head, "%s%s=%zu:", BS_FIELDS[i].name,
-                              BS_FIELDS[i].payload ? ".sha256" : "", f[i].n)
-                   : snprintf(head, sizeof head, "%s%s=~\n", BS_FIELDS[i].name, BS_FIELDS[i].payload ? ".sha256" : "");
-    if (k < 0 || (size_t)k >= sizeof head || EVP_DigestUpdate(h->ctx, head, (size_t)k) != 1) return -1;
-    if (f[i].p && (EVP_DigestUpdate(h->ctx, f[i].p, f[i].n) != 1 || EVP_DigestUpdate(h->ctx, "\n", 1) != 1))
-      return -1;
+    /* name [".sha256"] "=" ("~\n" | decimal length ":" value "\n") */
+    size_t nn = strlen(BS_FIELDS[i].name), k = 0;
+    char dec[24];
+    size_t v = f[i].n;
+    if (f[i].p) do dec[sizeof dec - ++k] = (char)('0' + v % 10); while ((v /= 10) != 0);
+    if (bs_enc_room(h, len, nn + 7 + 3 + k + (f[i].p ? f[i].n + 1 : 0)) != 0) return -1;
+    memcpy(h->enc + len, BS_FIELDS[i].name, nn);
+    len += nn;
+    if (BS_FIELDS[i].payload) {
+      memcpy(h->enc + len, ".sha256", 7);
+      len += 7;
+    }
+    if (!f[i].p) {
+      memcpy(h->enc + len, "=~\n", 3);
+      len += 3;
+      continue;
+    }
+    h->enc[len++] = '=';
+    memcpy(h->enc + len, dec + sizeof dec - k, k);
+    len += k;
+    h->enc[len++] = ':';
+    memcpy(h->enc + len, f[i].p, f[i].n);
+    len += f[i].n;
+    h->enc[len++] = '\n';
   }
-  if (EVP_DigestFinal_ex(h->ctx, md, &len) != 1 || len != 32) return -1;
-  bs_hex(md, out);
-  return 0;
+  return bs_sha256_hex(h, h->enc, len, out);
 }
 #endif

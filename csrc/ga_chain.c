@@ -8,9 +8,13 @@
  * Fields in the fixed order of ga_record_fields. A payload field (prompts,
  * content, drafts) enters as the 64 hex digits of its own SHA-256 under the
  * name "<field>.sha256", so a purged payload keeps its row verifiable.
- *   ga_record_hash(fields, out)        plain C, fields in that order
+ *   ga_record_hash(fields, out, enc)   plain C, fields in that order
  *   core.record_hash(t) -> hex, E      t keyed by field name (see below)
- *   core.record_fields() -> { {name, payload}, ... } */
+ *   core.record_fields() -> { {name, payload}, ... }
+ * E is built in one buffer and hashed in one call. A writer seals rows with
+ * its own ga_hasher (SHA-256 fetched once, one reused context, a cache of
+ * the last system prompts' digests); the payload digests may come computed
+ * ahead, by the async writer's hasher thread (ga_writer.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,31 +31,6 @@ const ga_record_field ga_record_fields[GA_REC_NFIELDS] = {
 
 #define MAGIC "genaudit-record/1\n"
 
-/* Appends F(name, v) to the digest, or to buf when buf is not NULL. */
-static int put_field(EVP_MD_CTX *c, ga_buf *buf, const char *name, int payload, const ga_text *v) {
-  char head[96];
-  int n;
-  if (!v->set)
-    n = snprintf(head, sizeof head, "%s%s=~\n", name, payload ? ".sha256" : "");
-  else
-    n = snprintf(head, sizeof head, "%s%s=%zu:", name, payload ? ".sha256" : "", v->n);
-  if (n < 0 || (size_t)n >= sizeof head) return -1;
-  if (buf) {
-    ga_buf_add(buf, head, (size_t)n);
-    if (v->set) {
-      ga_buf_add(buf, v->p, v->n);
-      ga_buf_addc(buf, '\n');
-    }
-    return buf->oom ? -1 : 0;
-  }
-  if (EVP_DigestUpdate(c, head, (size_t)n) != 1) return -1;
-  if (v->set && (EVP_DigestUpdate(c, v->p, v->n) != 1 || EVP_DigestUpdate(c, "\n", 1) != 1)) return -1;
-  return 0;
-}
-
-/* The record hash of fields (ga_record_fields order; payload fields hold
- * their digest's 64 hex digits, or are unset). When enc is not NULL the
- * encoding E is also written to it. 0, or -1. */
 static void to_hex(const unsigned char md[32], char out[65]) {
   static const char hex[] = "0123456789abcdef";
   unsigned i;
@@ -62,46 +41,114 @@ static void to_hex(const unsigned char md[32], char out[65]) {
   out[64] = '\0';
 }
 
-/* SHA-256 of p[0..n) through the reusable context c: 0 or -1. */
-static int digest_ctx(EVP_MD_CTX *c, const void *p, size_t n, char out[65]) {
+/* Appends the decimal digits of n. */
+static void put_decimal(ga_buf *b, size_t n) {
+  char d[24];
+  int k = (int)sizeof d;
+  do {
+    d[--k] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n);
+  ga_buf_add(b, d + k, sizeof d - (size_t)k);
+}
+
+/* Appends E of fields (ga_record_fields order; payload fields hold their
+ * digest's 64 hex digits, or are unset) to enc: 0, or -1 (out of memory, or
+ * a payload field that is not 64 characters long). */
+static int encode(const ga_text fields[GA_REC_NFIELDS], ga_buf *enc) {
+  unsigned i;
+  ga_buf_add(enc, MAGIC, sizeof MAGIC - 1);
+  for (i = 0; i < GA_REC_NFIELDS; i++) {
+    const ga_record_field *f = &ga_record_fields[i];
+    const ga_text *v = &fields[i];
+    if (f->payload && v->set && v->n != 64) return -1;
+    ga_buf_addstr(enc, f->name);
+    if (f->payload) ga_buf_add(enc, ".sha256", 7);
+    if (!v->set) {
+      ga_buf_add(enc, "=~\n", 3);
+      continue;
+    }
+    ga_buf_addc(enc, '=');
+    put_decimal(enc, v->n);
+    ga_buf_addc(enc, ':');
+    ga_buf_add(enc, v->p, v->n);
+    ga_buf_addc(enc, '\n');
+  }
+  return enc->oom ? -1 : 0;
+}
+
+int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
+  ga_buf own;
+  int rc;
+  ga_buf_init(&own);
+  if (!enc) enc = &own;
+  enc->len = 0;
+  rc = encode(fields, enc) == 0 && ga_sha256_hex(enc->buf, enc->len, out) == 0 ? 0 : -1;
+  ga_buf_free(&own);
+  return rc;
+}
+
+/* ---- a thread's own hasher ---- */
+
+void ga_hasher_init(ga_hasher *h) { memset(h, 0, sizeof *h); }
+
+void ga_hasher_free(ga_hasher *h) {
+  int i;
+  EVP_MD_CTX_free((EVP_MD_CTX *)h->ctx);
+  EVP_MD_free((EVP_MD *)h->md);
+  ga_buf_free(&h->enc);
+  for (i = 0; i < GA_SYS_CACHE; i++) free(h->sys[i].p);
+  ga_hasher_init(h);
+}
+
+int ga_hasher_sha256(ga_hasher *h, const void *p, size_t n, char out[65]) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  if (EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, p, n) != 1 ||
-      EVP_DigestFinal_ex(c, md, &len) != 1 || len != 32)
+  if (!h->md && !(h->md = EVP_MD_fetch(NULL, "SHA256", NULL))) return -1;
+  if (!h->ctx && !(h->ctx = EVP_MD_CTX_new())) return -1;
+  if (EVP_DigestInit_ex((EVP_MD_CTX *)h->ctx, (const EVP_MD *)h->md, NULL) != 1 ||
+      EVP_DigestUpdate((EVP_MD_CTX *)h->ctx, p, n) != 1 || EVP_DigestFinal_ex((EVP_MD_CTX *)h->ctx, md, &len) != 1 ||
+      len != 32)
     return -1;
   to_hex(md, out);
   return 0;
 }
 
-static int record_hash_ctx(EVP_MD_CTX *c, const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
-
-int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
-  EVP_MD_CTX *c = EVP_MD_CTX_new();
-  int rc;
-  if (!c) return -1;
-  rc = record_hash_ctx(c, fields, out, enc);
-  EVP_MD_CTX_free(c);
-  return rc;
+/* The digest of a system prompt: a cached one's when the bytes are the
+ * same (compared in full), else computed and cached. 0 or -1. */
+static int system_digest(ga_hasher *h, const ga_text *t, char out[65]) {
+  unsigned i;
+  char *copy;
+  for (i = 0; i < GA_SYS_CACHE; i++) {
+    const char *p = h->sys[i].p;
+    if (p && h->sys[i].n == t->n && memcmp(p, t->p, t->n) == 0) {
+      memcpy(out, h->sys[i].digest, 65);
+      return 0;
+    }
+  }
+  if (ga_hasher_sha256(h, t->p, t->n, out) != 0) return -1;
+  if (t->n > GA_SYS_CACHE_MAX || !(copy = (char *)malloc(t->n ? t->n : 1))) return 0; /* only slower */
+  memcpy(copy, t->p, t->n);
+  i = h->sys_next;
+  h->sys_next = (i + 1) % GA_SYS_CACHE;
+  free(h->sys[i].p);
+  h->sys[i].p = copy;
+  h->sys[i].n = t->n;
+  memcpy(h->sys[i].digest, out, 65);
+  return 0;
 }
 
-static int record_hash_ctx(EVP_MD_CTX *c, const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0, i;
-  int ok;
-  ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(c, MAGIC, sizeof MAGIC - 1) == 1;
-  if (ok && enc) {
-    ga_buf_add(enc, MAGIC, sizeof MAGIC - 1);
-    ok = !enc->oom;
+/* the payload columns, in the order of the digest columns */
+static const int payload_cols[4] = {GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_CONTENT,
+                                    GA_COL_DRAFTS};
+
+int ga_hasher_payloads(ga_hasher *h, const ga_text cols[], ga_digests *d) {
+  int i;
+  for (i = 0; i < 4; i++) {
+    const ga_text *t = &cols[payload_cols[i]];
+    if (!t->set) continue;
+    if ((i == 0 ? system_digest(h, t, (*d)[i]) : ga_hasher_sha256(h, t->p, t->n, (*d)[i])) != 0) return -1;
   }
-  for (i = 0; ok && i < GA_REC_NFIELDS; i++) {
-    const ga_record_field *f = &ga_record_fields[i];
-    if (f->payload && fields[i].set && fields[i].n != 64) ok = 0;
-    if (ok) ok = put_field(c, NULL, f->name, f->payload, &fields[i]) == 0;
-    if (ok && enc) ok = put_field(NULL, enc, f->name, f->payload, &fields[i]) == 0;
-  }
-  ok = ok && EVP_DigestFinal_ex(c, md, &len) == 1 && len == 32;
-  if (!ok) return -1;
-  to_hex(md, out);
   return 0;
 }
 
@@ -219,38 +266,10 @@ void ga_chain_init(ga_chain *ch) {
   memset(ch, 0, sizeof *ch);
   memcpy(ch->head, ZERO_HASH, 65);
   memcpy(ch->pend_head, ZERO_HASH, 65);
+  ga_hasher_init(&ch->h);
 }
 
-void ga_chain_free(ga_chain *ch) {
-  EVP_MD_CTX_free((EVP_MD_CTX *)ch->md);
-  ch->md = NULL;
-  free(ch->sys_p);
-  ch->sys_p = NULL;
-  ch->sys_n = 0;
-}
-
-/* The digest of payload t into out, through the chain's context; the
- * system prompt's is remembered (the same template's, row after row) and
- * reused while the bytes are the same. 0 or -1. */
-static int payload_digest(ga_chain *ch, int i, const ga_text *t, char out[65]) {
-  if (!ch->md && !(ch->md = EVP_MD_CTX_new())) return -1;
-  if (i == 0 && ch->sys_p && ch->sys_n == t->n && memcmp(ch->sys_p, t->p, t->n) == 0) {
-    memcpy(out, ch->sys_digest, 65);
-    return 0;
-  }
-  if (digest_ctx((EVP_MD_CTX *)ch->md, t->p, t->n, out) != 0) return -1;
-  if (i == 0) {
-    char *copy = (char *)malloc(t->n ? t->n : 1);
-    if (copy) { /* no cache on out of memory: only slower */
-      memcpy(copy, t->p, t->n);
-      free(ch->sys_p);
-      ch->sys_p = copy;
-      ch->sys_n = t->n;
-      memcpy(ch->sys_digest, out, 65);
-    }
-  }
-  return 0;
-}
+void ga_chain_free(ga_chain *ch) { ga_hasher_free(&ch->h); }
 
 void ga_chain_begin(ga_chain *ch) {
   ch->pend_seq = ch->seq;
@@ -271,27 +290,21 @@ int ga_chain_ensure_id(ga_chain *ch) {
   return 0;
 }
 
-int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out) {
+int ga_chain_seal(ga_chain *ch, const ga_text cols[], const ga_digests *pre, ga_seal *out) {
   /* the record's fields, from the row's columns and the seal's own */
   static const int from_row[GA_REC_NFIELDS] = {
       GA_COL_ID, -1, -1, -1, GA_COL_CREATED_AT, GA_COL_ORG_ID, GA_COL_USER_ID, GA_COL_PLATFORM,
       GA_COL_TEMPLATE_ID, GA_COL_TEMPLATE_VERSION, GA_COL_STATUS, GA_COL_ERROR, GA_COL_REPLAY_OF,
       GA_COL_REQUEST_PARAMS, GA_COL_TOKEN_METRICS, GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS,
       -1, -1, -1, -1};
-  static const int payloads[4] = {GA_COL_FINAL_SYSTEM_PROMPT, GA_COL_FINAL_USER_PROMPT, GA_COL_CONTENT,
-                                  GA_COL_DRAFTS};
   ga_text f[GA_REC_NFIELDS];
   int i;
   if (ch->stale || ga_chain_ensure_id(ch) != 0) return -1;
   memset(out->col, 0, sizeof out->col);
-  for (i = 0; i < 4; i++) {
-    const ga_text *t = &cols[payloads[i]];
-    if (!t->set) continue;
-    if (payload_digest(ch, i, t, out->digest[i]) != 0) return -1;
-    out->col[i].p = out->digest[i];
-    out->col[i].n = 64;
-    out->col[i].set = 1;
-  }
+  if (pre) memcpy(out->digest, *pre, sizeof out->digest);
+  else if (ga_hasher_payloads(&ch->h, cols, &out->digest) != 0) return -1;
+  for (i = 0; i < 4; i++)
+    if (cols[payload_cols[i]].set) out->col[i] = (ga_text){out->digest[i], 64, 1};
   snprintf(out->seq, sizeof out->seq, "%lld", ch->pend_seq + 1);
   memcpy(out->prev, ch->pend_head, 65);
   out->col[GA_SEAL_CHAIN_ID] = (ga_text){ch->id, 26, 1};
@@ -302,8 +315,10 @@ int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out) {
   f[2] = out->col[GA_SEAL_CHAIN_SEQ];
   f[3] = out->col[GA_SEAL_PREV_HASH];
   for (i = 0; i < 4; i++) f[17 + i] = out->col[i];
-  if (!ch->md && !(ch->md = EVP_MD_CTX_new())) return -1;
-  if (record_hash_ctx((EVP_MD_CTX *)ch->md, f, out->hash, NULL) != 0) return -1;
+  if (ch->h.enc.oom) ga_buf_free(&ch->h.enc); /* a failed growth: start afresh */
+  ch->h.enc.len = 0;
+  if (encode(f, &ch->h.enc) != 0 || ga_hasher_sha256(&ch->h, ch->h.enc.buf, ch->h.enc.len, out->hash) != 0)
+    return -1;
   out->col[GA_SEAL_RECORD_HASH] = (ga_text){out->hash, 64, 1};
   return 0;
 }

@@ -320,7 +320,7 @@ int pg_insert(lua_State *L, ga_store_base *b, const ga_row *row) {
       s->insert_ready = 1;
     }
     ga_chain_begin(&s->chain);
-    if (ga_chain_seal(&s->chain, row->col, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
+    if (ga_chain_seal(&s->chain, row->col, NULL, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
     insert_params(row->col, &seal, &pp);
     reg = ga_chain_needs_register(&s->chain);
     if (reg) host_params(&pp, NPARAMS);
@@ -530,7 +530,7 @@ static int pgw_copy(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
     int k;
     if (!batch[i]) continue;
     ga_writer_item_cols(batch[i], cols);
-    if (ga_chain_seal(&c->chain, cols, &seal) != 0) {
+    if (ga_chain_seal(&c->chain, cols, ga_writer_item_digests(batch[i]), &seal) != 0) {
       rc = -1;
       break;
     }
@@ -611,7 +611,7 @@ static int pgw_rows(pgwriter *c, ga_writer *w, ga_writer_item **batch, int n) {
       if (pg_exec_ok(c->conn, c->cfg, "RELEASE SAVEPOINT ga_row", err, sizeof err) != 0) goto interrupted;
       continue;
     }
-    if (ga_chain_seal(&c->chain, cols, &seal) != 0) goto interrupted;
+    if (ga_chain_seal(&c->chain, cols, ga_writer_item_digests(batch[i]), &seal) != 0) goto interrupted;
     insert_params(cols, &seal, &pp);
     r = PQexecPrepared(c->conn, INSERT_NAME, NPARAMS, pp.values, pp.lengths, pp.formats, 0);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {

@@ -134,6 +134,37 @@ extern const ga_record_field ga_record_fields[GA_REC_NFIELDS];
 int ga_record_hash(const ga_text fields[GA_REC_NFIELDS], char out[65], ga_buf *enc);
 void ga_open_chain(lua_State *L);
 
+/* A SHA-256 hasher one thread owns (no lock): SHA-256 fetched once, one
+ * digest context reused for every digest, the buffer the canonical encoding
+ * E is built in (one digest call per record), and the digests of the last
+ * GA_SYS_CACHE system prompts: a template's prompt repeats row after row,
+ * several templates' interleave, and a prompt whose bytes equal a cached
+ * one's has its digest (compared in full: the cache never guesses). */
+#define GA_SYS_CACHE 8
+#define GA_SYS_CACHE_MAX (64u * 1024u) /* larger prompts are hashed, not kept */
+typedef struct {
+  void *md;   /* EVP_MD *: SHA-256, fetched at first use */
+  void *ctx;  /* EVP_MD_CTX * */
+  ga_buf enc; /* E of the last record hashed */
+  struct {
+    char *p; /* NULL: slot empty */
+    size_t n;
+    char digest[65];
+  } sys[GA_SYS_CACHE];
+  unsigned sys_next; /* the slot the next new prompt takes (round robin) */
+} ga_hasher;
+/* The four payload digests of a row (GA_SEAL_SYSTEM_SHA.. order), each 64
+ * hex digits + NUL where the payload is set. */
+typedef char ga_digests[4][65];
+void ga_hasher_init(ga_hasher *h);
+void ga_hasher_free(ga_hasher *h); /* reusable after ga_hasher_init */
+/* SHA-256 of p[0..n) as 64 hex digits + NUL: 0, or -1 (libcrypto failed). */
+int ga_hasher_sha256(ga_hasher *h, const void *p, size_t n, char out[65]);
+/* The digests of the payloads of cols (GA_NCOLS columns, ga_col_names
+ * order) that are set, into d: 0 or -1. Any thread may compute them ahead
+ * of the row's seal, with its own hasher. */
+int ga_hasher_payloads(ga_hasher *h, const ga_text cols[], ga_digests *d);
+
 /* The hash chain one writer (a store's own connection, or its async writer
  * thread) appends to. Positions are assigned as rows are bound inside a
  * transaction (`pend_*`) and become the chain's (`seq`, `head`) only when
@@ -148,10 +179,7 @@ typedef struct {
   char pend_head[65];
   int pend_registered;
   int stale;              /* head unknown: resync before the next row */
-  void *md;               /* the writer's own EVP_MD_CTX, reused for every digest (NULL until used) */
-  char *sys_p;            /* the last final_system_prompt hashed (a template's repeats row after row) */
-  size_t sys_n;
-  char sys_digest[65];
+  ga_hasher h;            /* the writer's own hasher */
 } ga_chain;
 /* The columns a sealed row adds to its 18: payload digests, chain_id,
  * chain_seq, prev_hash, record_hash (GA_SEAL_NCOLS of them, in that order). */
@@ -165,7 +193,7 @@ typedef struct {
   ga_text col[GA_SEAL_NCOLS];
 } ga_seal;
 void ga_chain_init(ga_chain *ch);
-void ga_chain_free(ga_chain *ch); /* frees the digest context and cache; the chain is reusable after init */
+void ga_chain_free(ga_chain *ch); /* frees its hasher; the chain is reusable after init */
 int ga_chain_ensure_id(ga_chain *ch); /* makes the chain's ULID on first use: 0, or -1 (no random source) */
 /* Starts a transaction's positions from the committed ones. */
 void ga_chain_begin(ga_chain *ch);
@@ -173,9 +201,11 @@ void ga_chain_begin(ga_chain *ch);
 int ga_chain_needs_register(const ga_chain *ch);
 void ga_chain_registered(ga_chain *ch); /* the chains row is in the open transaction */
 /* Seals the row (cols: GA_NCOLS columns, ga_col_names order) at the next
- * pending position: 0, or -1 (out of memory, no random source). The
- * position is taken only by ga_chain_taken, once the row's INSERT went in. */
-int ga_chain_seal(ga_chain *ch, const ga_text cols[], ga_seal *out);
+ * pending position: 0, or -1 (out of memory, no random source). pre: NULL,
+ * or the payload digests ga_hasher_payloads computed over these very cols
+ * (then only the record hash is computed here). The position is taken only
+ * by ga_chain_taken, once the row's INSERT went in. */
+int ga_chain_seal(ga_chain *ch, const ga_text cols[], const ga_digests *pre, ga_seal *out);
 void ga_chain_taken(ga_chain *ch, const ga_seal *s);
 void ga_chain_commit(ga_chain *ch);   /* the transaction committed */
 /* The head as the database has it (seq 0 / hash NULL: no row yet). */
@@ -252,6 +282,9 @@ typedef struct {
 ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, const ga_writer_opts *o, char *err,
                                   size_t errlen);
 void ga_writer_item_cols(const ga_writer_item *it, ga_text cols[GA_NCOLS]); /* pointers into the item */
+/* The payload digests the hasher thread computed for the item, or NULL (the
+ * backend's chain then computes them): ga_chain_seal's `pre`. */
+const ga_digests *ga_writer_item_digests(const ga_writer_item *it);
 /* Counts batch[i] failed with msg as the last error; frees it, sets it NULL. */
 void ga_writer_refuse(ga_writer *w, ga_writer_item **batch, int i, const char *msg);
 void ga_writer_error(ga_writer *w, const char *what, const char *msg); /* last_error = "what: msg" */

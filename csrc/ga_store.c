@@ -425,7 +425,7 @@ static int insert_row(lua_State *L, ga_store_base *b, const ga_row *row) {
       sqlite3_prepare_v3(s->db, ga_sql_insert, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL) != SQLITE_OK)
     return ga_sqlite_fail(L, s, "cannot prepare insert (is the store migrated?)");
   ga_chain_begin(&s->chain);
-  if (ga_chain_seal(&s->chain, row->col, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
+  if (ga_chain_seal(&s->chain, row->col, NULL, &seal) != 0) return ga_fail(L, "NOMEM", "cannot seal the row");
   rc = bind_row(s->insert, row, &seal);
   if (rc != SQLITE_OK) { /* a value SQLite refuses: never stored as NULL */
     sqlite3_clear_bindings(s->insert);

@@ -47,7 +47,7 @@ static int bind_item(sqlite3_stmt *st, const ga_writer_item *it, ga_chain *ch, g
   ga_text cols[GA_NCOLS];
   int rc;
   ga_writer_item_cols(it, cols);
-  if (ga_chain_seal(ch, cols, seal) != 0) return SQLITE_NOMEM;
+  if (ga_chain_seal(ch, cols, ga_writer_item_digests(it), seal) != 0) return SQLITE_NOMEM;
   rc = ga_sqlite_bind_cols(st, 1, cols, GA_NCOLS);
   if (rc == SQLITE_OK) rc = ga_sqlite_bind_cols(st, GA_NCOLS + 1, seal->col, GA_SEAL_NCOLS);
   return rc;

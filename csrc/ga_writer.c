@@ -3,6 +3,11 @@
  * the queue in batched transactions over its own connection, through a
  * backend (SQLite's in ga_store_writer.c, PostgreSQL's in ga_pg_writer.c). This file
  * knows no database: no SQL, no driver header.
+ * A second thread, the hasher, computes the SHA-256 digests of queued rows'
+ * payloads (prompts, content, drafts: most of the bytes a seal hashes) ahead
+ * of the writer while the writer is busy with a batch, so that on two cores
+ * the chain's hashing overlaps the database's work; the writer seals a row
+ * the hasher has not reached with its own hasher (the digests are the same).
  * Acknowledged rows are never dropped silently: a batch that cannot commit is
  * retried with backoff; a row the database refuses is counted as failed and
  * its error kept (flush/stats report it). Pure C: no lua_State in this file. */
@@ -33,9 +38,14 @@ static unsigned id_hash(const char *id) {
   for (i = 0; i < 26; i++) h = (h ^ (unsigned char)id[i]) * 16777619u;
   return h % IDSET_BUCKETS;
 }
+/* an item's payload digests: not computed yet, being computed by the
+ * hasher, computed (ga_writer_item_digests gives them) */
+enum { HASH_NONE, HASH_BUSY, HASH_DONE };
 struct ga_writer_item {
   struct ga_writer_item *next;
   int explicit_id; /* the row brought its id: it sits in the writer's id set while queued */
+  int hstate;      /* HASH_*, under the writer's mutex */
+  ga_digests digest; /* HASH_DONE: the payloads' digests (written by the hasher while HASH_BUSY) */
   size_t len[GA_NCOLS];
   unsigned char set[GA_NCOLS];
   size_t total;
@@ -45,7 +55,16 @@ struct ga_writer_item {
 struct ga_writer {
   pthread_mutex_t mu;
   pthread_cond_t not_empty, not_full, idle;
-  pthread_t thread;
+  pthread_cond_t to_hash; /* the hasher waits here for rows to digest */
+  pthread_cond_t hashed;  /* an item left HASH_BUSY */
+  pthread_t thread, hasher;
+  int has_hasher;         /* the hasher thread runs (without it the writer digests every row) */
+  int hasher_waiting;     /* the hasher is waiting on to_hash */
+  int hasher_busy;        /* the hasher holds an item (HASH_BUSY) */
+  int writing;            /* the writer thread is inside a batch */
+  item *hnext;            /* the first queued item the hasher has not taken (those after it neither) */
+  size_t unhashed;        /* queued items from hnext on */
+  ga_hasher hh;           /* the hasher thread's own */
   item *head, *tail;
   ga_writer_opts o;
   ga_writer_stats st;
@@ -99,6 +118,10 @@ void ga_writer_refuse(ga_writer *w, item **batch, int i, const char *msg) {
   batch[i] = NULL;
 }
 
+const ga_digests *ga_writer_item_digests(const item *it) {
+  return it->hstate == HASH_DONE ? &it->digest : NULL;
+}
+
 void ga_writer_item_cols(const item *it, ga_text cols[GA_NCOLS]) {
   const char *p = it->data;
   int i;
@@ -129,6 +152,58 @@ static int is_stopping(ga_writer *w) {
 #define YIELD_AFTER_NS 10000000u
 #define YIELD_MS 3
 #define PERMANENT_RETRIES 5
+/* The caller wakes a waiting hasher once this many rows wait for it while
+ * the writer is inside a batch (one wake-up per few rows, not per row); the
+ * writer wakes it whenever rows remain queued behind the batch it took. */
+#define HASH_WAKE_ROWS 4
+
+/* Takes the queue's head off (the caller holds w->mu and the queue is not
+ * empty): the writer's now, digested or not. */
+static item *take_head(ga_writer *w) {
+  item *it = w->head;
+  w->head = it->next;
+  if (!w->head) w->tail = NULL;
+  if (w->hnext == it) { /* the hasher had not reached it: the writer digests it */
+    w->hnext = it->next;
+    w->unhashed--;
+  }
+  return it;
+}
+
+/* The hasher thread: digests the payloads of queued rows, oldest first,
+ * while there are some it has not taken; waits on to_hash otherwise. An item
+ * is HASH_BUSY while its digests are being written (outside the lock; the
+ * writer waits on `hashed` before it uses such an item), HASH_DONE after, or
+ * back to HASH_NONE if libcrypto failed (the writer then digests it). */
+static void *hasher_main(void *arg) {
+  ga_writer *w = (ga_writer *)arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    item *it;
+    ga_text cols[GA_NCOLS];
+    int ok;
+    while (!w->hnext && !w->stopping) {
+      w->hasher_waiting = 1;
+      pthread_cond_wait(&w->to_hash, &w->mu);
+      w->hasher_waiting = 0;
+    }
+    if (!w->hnext) break; /* stopping, and nothing left to digest */
+    it = w->hnext;
+    w->hnext = it->next;
+    w->unhashed--;
+    it->hstate = HASH_BUSY;
+    w->hasher_busy = 1;
+    pthread_mutex_unlock(&w->mu);
+    ga_writer_item_cols(it, cols);
+    ok = ga_hasher_payloads(&w->hh, cols, &it->digest) == 0;
+    pthread_mutex_lock(&w->mu);
+    it->hstate = ok ? HASH_DONE : HASH_NONE;
+    w->hasher_busy = 0;
+    pthread_cond_broadcast(&w->hashed);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
 
 static void *writer_main(void *arg) {
   ga_writer *w = (ga_writer *)arg;
@@ -137,6 +212,9 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&w->mu);
     snprintf(w->st.last_error, sizeof w->st.last_error, "writer thread: out of memory");
     w->dead = 1;
+    w->hnext = NULL; /* the hasher takes no more, and gives back the one it holds */
+    w->unhashed = 0;
+    while (w->hasher_busy) pthread_cond_wait(&w->hashed, &w->mu);
     while (w->head) {
       item *it = w->head;
       w->head = it->next;
@@ -166,12 +244,15 @@ static void *writer_main(void *arg) {
       break;
     }
     while (w->head && n < w->o.batch && (n == 0 || bytes + w->head->total <= BATCH_BYTES)) {
-      item *it = w->head;
-      w->head = it->next;
-      if (!w->head) w->tail = NULL;
+      item *it = take_head(w);
       batch[n++] = it;
       bytes += it->total;
     }
+    /* rows behind this batch: the hasher digests them while it is written */
+    if (w->unhashed > 0 && w->hasher_waiting) pthread_cond_signal(&w->to_hash);
+    for (i = 0; i < n; i++) /* at most one, the hasher's current item */
+      while (batch[i]->hstate == HASH_BUSY) pthread_cond_wait(&w->hashed, &w->mu);
+    w->writing = 1;
     pthread_mutex_unlock(&w->mu);
     t0 = ga_monotonic_ns();
     while ((ok = w->be->write_batch(w->conn, w, batch, n)) != 0) {
@@ -184,6 +265,7 @@ static void *writer_main(void *arg) {
       if (backoff < 1000) backoff *= 2;
     }
     pthread_mutex_lock(&w->mu);
+    w->writing = 0;
     for (i = 0; i < n; i++) {
       if (!batch[i]) continue;
       written++;
@@ -240,10 +322,15 @@ ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, cons
   pthread_cond_init(&w->not_empty, NULL);
   pthread_cond_init(&w->not_full, NULL);
   pthread_cond_init(&w->idle, NULL);
-  /* the thread must never take the host's signals (nginx relies on them) */
+  pthread_cond_init(&w->to_hash, NULL);
+  pthread_cond_init(&w->hashed, NULL);
+  ga_hasher_init(&w->hh);
+  /* the threads must never take the host's signals (nginx relies on them) */
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   rc = pthread_create(&w->thread, NULL, writer_main, w);
+  /* no hasher: the writer digests every row itself (only slower) */
+  if (rc == 0) w->has_hasher = pthread_create(&w->hasher, NULL, hasher_main, w) == 0;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc != 0) {
     snprintf(err, errlen, "cannot start writer thread: %s", strerror(rc));
@@ -251,6 +338,8 @@ ga_writer *ga_writer_start_backend(const ga_writer_backend *be, void *conn, cons
     pthread_cond_destroy(&w->not_empty);
     pthread_cond_destroy(&w->not_full);
     pthread_cond_destroy(&w->idle);
+    pthread_cond_destroy(&w->to_hash);
+    pthread_cond_destroy(&w->hashed);
     be->close(conn);
     free(w->ids);
     free(w);
@@ -326,6 +415,7 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
   }
   it->next = NULL;
   it->explicit_id = explicit_id != 0;
+  it->hstate = HASH_NONE;
   it->total = total;
   p = it->data;
   for (i = 0; i < GA_NCOLS; i++) {
@@ -376,6 +466,9 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
   if (w->tail) w->tail->next = it;
   else w->head = it;
   w->tail = it;
+  if (!w->hnext) w->hnext = it;
+  w->unhashed++;
+  if (w->writing && w->hasher_waiting && w->unhashed >= HASH_WAKE_ROWS) pthread_cond_signal(&w->to_hash);
   w->pushed++;
   w->st.queued++;
   w->st.pending++;
@@ -424,8 +517,11 @@ void ga_writer_stop(ga_writer *w) {
   w->stopping = 1;
   pthread_cond_broadcast(&w->not_empty);
   pthread_cond_broadcast(&w->not_full);
+  pthread_cond_broadcast(&w->to_hash);
   pthread_mutex_unlock(&w->mu);
   pthread_join(w->thread, NULL);
+  if (w->has_hasher) pthread_join(w->hasher, NULL);
+  ga_hasher_free(&w->hh);
   while (w->head) { /* only if the thread could not allocate its batch array */
     item *it = w->head;
     w->head = it->next;
@@ -444,5 +540,7 @@ void ga_writer_stop(ga_writer *w) {
   pthread_cond_destroy(&w->not_empty);
   pthread_cond_destroy(&w->not_full);
   pthread_cond_destroy(&w->idle);
+  pthread_cond_destroy(&w->to_hash);
+  pthread_cond_destroy(&w->hashed);
   free(w);
 }

@@ -13,7 +13,7 @@ local INTERP = provider.interpreter()
 
 local EXPECTED = {
   persist_sync = { "persist_sync", "persist_sync_vs_lua", "persist_sync_chain" },
-  async = { "async_caller", "async_throughput", "async_chain", "async_stats", "async_queue_full",
+  async = { "async_caller", "async_throughput", "async_chain", "verify", "async_stats", "async_queue_full",
             "async_close_drain" },
   overhead = { "overhead", "overhead_split", "overhead_linear_rule", "overhead_linear_rule_split",
                "overhead_linear_rule_async", "overhead_linear_rule_async_split" },
