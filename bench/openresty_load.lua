@@ -18,7 +18,9 @@
 -- and GET /bare for DURATION each, ROUNDS times alternating, and once the
 -- provider directly (its ceiling: it must be well above the floor's rate).
 -- Printed: requests/s of each side (medians), the ratio (median of each
--- round's genaudit/bare), p50/p99 latencies and the p99 genaudit adds; then
+-- round's genaudit/bare), p50/p99 latencies and the p99 genaudit adds, the
+-- nginx worker's CPU time per answer on each side (its writer thread
+-- included: on a shared machine this moves less than requests/s); then
 -- the checks: no non-2xx answer, no socket error, and after a graceful stop
 -- every answered generation has its row in the store.
 -- Runs from the checkout (make bench does; the spec runs it at BENCH_SIZE=small).
@@ -126,7 +128,8 @@ local function inject(prefix)
   local bare = (LOCATIONS_ADD:gsub("@BARE@", function() return pwd .. "/bench/openresty_bare.lua" end))
   local n1, n2
   text, n1 = text:gsub("\n    server {\n", function() return "\n" .. HTTP_ADD .. "    server {\n" end, 1)
-  text, n2 = text:gsub("\n        location = /generate ", function() return "\n" .. bare .. "        location = /generate " end, 1)
+  local generate = "\n        location = /generate "
+  text, n2 = text:gsub(generate, function() return "\n" .. bare .. generate:sub(2) end, 1)
   assert(n1 == 1 and n2 == 1, "examples/openresty/nginx.conf changed shape: no `server {` or `location = /generate`")
   local f = assert(io.open(path, "wb"))
   f:write(text)
@@ -136,7 +139,8 @@ end
 -- Parses wrk's output: { rps, requests, non2xx, errors, p50_ms, p90_ms, p99_ms }.
 local UNIT = { us = 0.001, ms = 1, s = 1000, m = 60000 }
 local function parse_wrk(out)
-  local r = { rps = tonumber(out:match("Requests/sec:%s*([%d.]+)")), requests = tonumber(out:match("(%d+) requests in")),
+  local r = { rps = tonumber(out:match("Requests/sec:%s*([%d.]+)")),
+              requests = tonumber(out:match("(%d+) requests in")),
               non2xx = tonumber(out:match("Non%-2xx or 3xx responses:%s*(%d+)")) or 0, errors = 0 }
   local c, rd, w, t = out:match("Socket errors: connect (%d+), read (%d+), write (%d+), timeout (%d+)")
   if c then r.errors = tonumber(c) + tonumber(rd) + tonumber(w) + tonumber(t) end
@@ -145,11 +149,28 @@ local function parse_wrk(out)
   return r
 end
 
--- One wrk run of `seconds` against url (script: a wrk Lua script or nil).
-local function wrk(url, seconds, script)
+-- CPU seconds (user + system, all threads: the writer's too) the processes
+-- in pids have used.
+local TICK = tonumber(common.run("getconf CLK_TCK"):match("%d+")) or 100
+local function cpu_s(pids)
+  local t = 0
+  for _, pid in ipairs(pids) do
+    local stat = common.read_file("/proc/" .. pid .. "/stat") or ""
+    local utime, stime = stat:match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
+    t = t + ((tonumber(utime) or 0) + (tonumber(stime) or 0)) / TICK
+  end
+  return t
+end
+
+-- One wrk run of `seconds` against url (script: a wrk Lua script or nil);
+-- with pids, also the CPU microseconds those processes spent per answer.
+local function wrk(url, seconds, script, pids)
   local cmd = ("%s -t1 -c%d -d%ds --timeout 10s --latency %s%s 2>&1"):format(WRK, CONCURRENCY, seconds,
     script and ("-s " .. common.quote(script) .. " ") or "", common.quote(url))
-  return parse_wrk(common.run(cmd))
+  local c0 = pids and cpu_s(pids)
+  local r = parse_wrk(common.run(cmd))
+  if pids then r.cpu_us = (cpu_s(pids) - c0) * 1e6 / r.requests end
+  return r
 end
 
 common.title(("OpenResty under load: wrk -t1 -c%d, %d s per run, %d rounds alternating; nginx worker_processes 1")
@@ -189,12 +210,18 @@ local ok, err = pcall(function()
     wrk(handler.url .. "/generate", WARMUP)
     wrk(handler.url .. "/bare", WARMUP)
   end
-  local ga, bare, ratios, added99, added50 = {}, {}, {}, {}, {}
+  local workers = {}
+  for pid in common.run("pgrep -P " .. string.format("%d", handler.pid)):gmatch("%d+") do
+    workers[#workers + 1] = pid
+  end
+  assert(#workers == 1, "expected one nginx worker, found " .. #workers)
+  local ga, bare, ratios, added99, added50, cpu_ratios = {}, {}, {}, {}, {}, {}
   local served, bad = 1, 0 -- generations answered (the first one included); bad answers and socket errors
   for i = 1, ROUNDS do
-    ga[i] = wrk(handler.url .. "/generate", DURATION)
-    bare[i] = wrk(handler.url .. "/bare", DURATION)
+    ga[i] = wrk(handler.url .. "/generate", DURATION, nil, workers)
+    bare[i] = wrk(handler.url .. "/bare", DURATION, nil, workers)
     ratios[i] = ga[i].rps / bare[i].rps
+    cpu_ratios[i] = ga[i].cpu_us / bare[i].cpu_us
     added99[i] = ga[i].p99_ms - bare[i].p99_ms
     added50[i] = ga[i].p50_ms - bare[i].p50_ms
     served = served + ga[i].requests
@@ -220,13 +247,16 @@ local ok, err = pcall(function()
     { "ratio", string.format("%.3f", common.median(ratios)) }, { "target", ">=0.80" },
     { "p99_added_ms", common.median(added99) }, { "p50_added_ms", common.median(added50) },
     { "genaudit_p99_ms", med(ga, "p99_ms") }, { "bare_p99_ms", med(bare, "p99_ms") },
-    { "provider_direct", direct.rps }, { "concurrency", CONCURRENCY }, { "workers", 1 },
+    { "genaudit_cpu_us", med(ga, "cpu_us") }, { "bare_cpu_us", med(bare, "cpu_us") },
+    { "cpu_ratio", string.format("%.3f", common.median(cpu_ratios)) }, { "provider_direct", direct.rps },
+    { "concurrency", CONCURRENCY }, { "workers", 1 },
     { "rows", stored }, { "bad_answers", bad }, { "errors_logged", errors_logged },
   })
   for i = 1, ROUNDS do
-    common.say("round %d: genaudit %s req/s (p50 %s ms, p99 %s ms, %d answers), bare %s req/s (p50 %s ms, p99 %s ms):"
-      .. " ratio %.3f", i, common.num(ga[i].rps), common.num(ga[i].p50_ms), common.num(ga[i].p99_ms), ga[i].requests,
-      common.num(bare[i].rps), common.num(bare[i].p50_ms), common.num(bare[i].p99_ms), ratios[i])
+    common.say("round %d: genaudit %s req/s (p50 %s ms, p99 %s ms, %d answers, %s us worker CPU each), bare %s req/s"
+      .. " (p50 %s ms, p99 %s ms, %s us CPU each): ratio %.3f", i, common.num(ga[i].rps), common.num(ga[i].p50_ms),
+      common.num(ga[i].p99_ms), ga[i].requests, common.num(ga[i].cpu_us), common.num(bare[i].rps),
+      common.num(bare[i].p50_ms), common.num(bare[i].p99_ms), common.num(bare[i].cpu_us), ratios[i])
   end
   common.say("provider alone (wrk POSTing the same body): %s req/s, p99 %s ms — the floor's ceiling",
     common.num(direct.rps), common.num(direct.p99_ms))
