@@ -17,6 +17,8 @@
 -- wrk (Debian, one thread, 50 connections, --latency) drives GET /generate
 -- and GET /bare for DURATION each, ROUNDS times alternating, and once the
 -- provider directly (its ceiling: it must be well above the floor's rate).
+-- Then one more round with the provider answering after DELAY_MS (a fast
+-- real provider; the rate is then bound by concurrency / latency, not CPU).
 -- Printed: requests/s of each side (medians), the ratio (median of each
 -- round's genaudit/bare), p50/p99 latencies and the p99 genaudit adds, the
 -- nginx worker's CPU time per answer on each side (its writer thread
@@ -37,6 +39,7 @@ local DURATION = common.size{ small = 1, full = 10 } -- seconds per wrk run
 local ROUNDS = common.size{ small = 1, full = 3 }
 local WARMUP = common.size{ small = 0, full = 3 } -- seconds per side, not measured (none when 0)
 local CONCURRENCY = 50
+local DELAY_MS = 100 -- the second measurement's provider answer time
 local KEY = "sk-bench-openresty-0123456789"
 
 -- An answer that passes the example rules on linkedin (under 80 words, a
@@ -71,6 +74,8 @@ http {
         location = /v1/chat/completions {
             content_by_lua_block {
                 ngx.req.read_body()
+                local delay = ngx.shared.bench_provider:get("delay_ms")
+                if delay and delay > 0 then ngx.sleep(delay / 1000) end
                 local body = ngx.req.get_body_data()
                 if body then ngx.shared.bench_provider:add("first", body) end
                 local reply = @REPLY@
@@ -80,6 +85,12 @@ http {
             }
         }
         location = /first { content_by_lua_block { ngx.print(ngx.shared.bench_provider:get("first") or "") } }
+        location = /delay {
+            content_by_lua_block {
+                ngx.shared.bench_provider:set("delay_ms", tonumber(ngx.var.arg_ms) or 0)
+                ngx.say("ok")
+            }
+        }
     }
 }
 ]]
@@ -149,27 +160,38 @@ local function parse_wrk(out)
   return r
 end
 
--- CPU seconds (user + system, all threads: the writer's too) the processes
--- in pids have used.
+-- CPU seconds (user + system) the processes in pids have used: all their
+-- threads, and apart the threads other than the main one (the store's writer).
 local TICK = tonumber(common.run("getconf CLK_TCK"):match("%d+")) or 100
+local function ticks(path)
+  local stat = common.read_file(path) or ""
+  local utime, stime = stat:match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
+  return ((tonumber(utime) or 0) + (tonumber(stime) or 0)) / TICK
+end
 local function cpu_s(pids)
-  local t = 0
+  local all, others = 0, 0
   for _, pid in ipairs(pids) do
-    local stat = common.read_file("/proc/" .. pid .. "/stat") or ""
-    local utime, stime = stat:match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
-    t = t + ((tonumber(utime) or 0) + (tonumber(stime) or 0)) / TICK
+    all = all + ticks("/proc/" .. pid .. "/stat")
+    for tid in common.run("ls /proc/" .. pid .. "/task"):gmatch("%d+") do
+      if tid ~= pid then others = others + ticks("/proc/" .. pid .. "/task/" .. tid .. "/stat") end
+    end
   end
-  return t
+  return all, others
 end
 
 -- One wrk run of `seconds` against url (script: a wrk Lua script or nil);
--- with pids, also the CPU microseconds those processes spent per answer.
+-- with pids, also the CPU microseconds those processes spent per answer
+-- (cpu_us; thread_cpu_us: in threads other than the main one).
 local function wrk(url, seconds, script, pids)
   local cmd = ("%s -t1 -c%d -d%ds --timeout 10s --latency %s%s 2>&1"):format(WRK, CONCURRENCY, seconds,
     script and ("-s " .. common.quote(script) .. " ") or "", common.quote(url))
-  local c0 = pids and cpu_s(pids)
+  local c0, t0
+  if pids then c0, t0 = cpu_s(pids) end
   local r = parse_wrk(common.run(cmd))
-  if pids then r.cpu_us = (cpu_s(pids) - c0) * 1e6 / r.requests end
+  if pids then
+    local c1, t1 = cpu_s(pids)
+    r.cpu_us, r.thread_cpu_us = (c1 - c0) * 1e6 / r.requests, (t1 - t0) * 1e6 / r.requests
+  end
   return r
 end
 
@@ -215,23 +237,33 @@ local ok, err = pcall(function()
     workers[#workers + 1] = pid
   end
   assert(#workers == 1, "expected one nginx worker, found " .. #workers)
-  local ga, bare, ratios, added99, added50, cpu_ratios = {}, {}, {}, {}, {}, {}
   local served, bad = 1, 0 -- generations answered (the first one included); bad answers and socket errors
-  for i = 1, ROUNDS do
-    ga[i] = wrk(handler.url .. "/generate", DURATION, nil, workers)
-    bare[i] = wrk(handler.url .. "/bare", DURATION, nil, workers)
-    ratios[i] = ga[i].rps / bare[i].rps
-    cpu_ratios[i] = ga[i].cpu_us / bare[i].cpu_us
-    added99[i] = ga[i].p99_ms - bare[i].p99_ms
-    added50[i] = ga[i].p50_ms - bare[i].p50_ms
-    served = served + ga[i].requests
-    bad = bad + ga[i].non2xx + ga[i].errors + bare[i].non2xx + bare[i].errors
-  end
   local function med(runs, key)
     local v = {}
     for i, r in ipairs(runs) do v[i] = r[key] end
     return common.median(v)
   end
+  -- n rounds of `seconds` per side, alternating: { ga, bare, ratio, cpu_ratio, added99, added50 } (medians
+  -- of the rounds' paired figures)
+  local function rounds(n, seconds)
+    local t = { ga = {}, bare = {}, ratios = {}, cpu = {}, added99 = {}, added50 = {} }
+    for i = 1, n do
+      local g = wrk(handler.url .. "/generate", seconds, nil, workers)
+      local b = wrk(handler.url .. "/bare", seconds, nil, workers)
+      t.ga[i], t.bare[i] = g, b
+      t.ratios[i], t.cpu[i] = g.rps / b.rps, g.cpu_us / b.cpu_us
+      t.added99[i], t.added50[i] = g.p99_ms - b.p99_ms, g.p50_ms - b.p50_ms
+      served = served + g.requests
+      bad = bad + g.non2xx + g.errors + b.non2xx + b.errors
+    end
+    t.ratio, t.cpu_ratio = common.median(t.ratios), common.median(t.cpu)
+    t.p99_added, t.p50_added = common.median(t.added99), common.median(t.added50)
+    return t
+  end
+  local instant = rounds(ROUNDS, DURATION)
+  -- the same with a provider that takes DELAY_MS per answer (a fast real one)
+  curl(common.quote(provider.url .. "/delay?ms=" .. DELAY_MS))
+  local delayed = rounds(1, DURATION)
   handler:stop() -- graceful: the writer commits every acknowledged row first
   local log = handler:error_log()
   local store = assert(genaudit.open("sqlite:" .. db, { readonly = true }))
@@ -242,22 +274,34 @@ local ok, err = pcall(function()
   -- and stores the ones in flight), and the warm-up's are not counted: at least
   local errors_logged = select(2, log:gsub("%[error%]", ""))
 
-  common.bench("openresty_load", "req/s", {
-    { "genaudit", med(ga, "rps") }, { "baseline", "bare_cosocket:" .. common.num(med(bare, "rps")) },
-    { "ratio", string.format("%.3f", common.median(ratios)) }, { "target", ">=0.80" },
-    { "p99_added_ms", common.median(added99) }, { "p50_added_ms", common.median(added50) },
-    { "genaudit_p99_ms", med(ga, "p99_ms") }, { "bare_p99_ms", med(bare, "p99_ms") },
-    { "genaudit_cpu_us", med(ga, "cpu_us") }, { "bare_cpu_us", med(bare, "cpu_us") },
-    { "cpu_ratio", string.format("%.3f", common.median(cpu_ratios)) }, { "provider_direct", direct.rps },
-    { "concurrency", CONCURRENCY }, { "workers", 1 },
-    { "rows", stored }, { "bad_answers", bad }, { "errors_logged", errors_logged },
-  })
-  for i = 1, ROUNDS do
-    common.say("round %d: genaudit %s req/s (p50 %s ms, p99 %s ms, %d answers, %s us worker CPU each), bare %s req/s"
-      .. " (p50 %s ms, p99 %s ms, %s us CPU each): ratio %.3f", i, common.num(ga[i].rps), common.num(ga[i].p50_ms),
-      common.num(ga[i].p99_ms), ga[i].requests, common.num(ga[i].cpu_us), common.num(bare[i].rps),
-      common.num(bare[i].p50_ms), common.num(bare[i].p99_ms), common.num(bare[i].cpu_us), ratios[i])
+  local function line(name, t, extra)
+    local fields = {
+      { "genaudit", med(t.ga, "rps") }, { "baseline", "bare_cosocket:" .. common.num(med(t.bare, "rps")) },
+      { "ratio", string.format("%.3f", t.ratio) }, { "target", ">=0.80" },
+      { "p99_added_ms", t.p99_added }, { "p50_added_ms", t.p50_added },
+      { "genaudit_p99_ms", med(t.ga, "p99_ms") }, { "bare_p99_ms", med(t.bare, "p99_ms") },
+      { "genaudit_cpu_us", med(t.ga, "cpu_us") }, { "writer_cpu_us", med(t.ga, "thread_cpu_us") },
+      { "bare_cpu_us", med(t.bare, "cpu_us") }, { "cpu_ratio", string.format("%.3f", t.cpu_ratio) },
+    }
+    for _, e in ipairs(extra) do fields[#fields + 1] = e end
+    common.bench(name, "req/s", fields)
   end
+  line("openresty_load", instant, { { "provider_direct", direct.rps }, { "concurrency", CONCURRENCY },
+    { "workers", 1 }, { "rows", stored }, { "bad_answers", bad }, { "errors_logged", errors_logged } })
+  line("openresty_load_delay" .. DELAY_MS, delayed,
+    { { "provider_delay_ms", DELAY_MS }, { "concurrency", CONCURRENCY } })
+  local function detail(label, t)
+    for i, g in ipairs(t.ga) do
+      local b = t.bare[i]
+      common.say("%s %d: genaudit %s req/s (p50 %s ms, p99 %s ms, %d answers, %s us worker CPU each, %s of them in"
+        .. " the writer thread), bare %s req/s (p50 %s ms, p99 %s ms, %s us CPU each): ratio %.3f", label, i,
+        common.num(g.rps), common.num(g.p50_ms), common.num(g.p99_ms), g.requests, common.num(g.cpu_us),
+        common.num(g.thread_cpu_us), common.num(b.rps), common.num(b.p50_ms), common.num(b.p99_ms),
+        common.num(b.cpu_us), t.ratios[i])
+    end
+  end
+  detail("instant provider, round", instant)
+  detail("provider taking " .. DELAY_MS .. " ms, round", delayed)
   common.say("provider alone (wrk POSTing the same body): %s req/s, p99 %s ms — the floor's ceiling",
     common.num(direct.rps), common.num(direct.p99_ms))
   common.say("request body %d bytes; %d rows stored (%d completed) for %d generations wrk counted (+ warm-up)",
