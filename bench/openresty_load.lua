@@ -34,6 +34,7 @@ local common = require("bench.common")
 local genaudit = require("genaudit")
 local socket = require("socket")
 local nginx = require("spec.support.nginx")
+local tmp = require("spec.support.tmp")
 
 local DURATION = common.size{ small = 1, full = 10 } -- seconds per wrk run
 local ROUNDS = common.size{ small = 1, full = 3 }
@@ -198,8 +199,10 @@ end
 common.title(("OpenResty under load: wrk -t1 -c%d, %d s per run, %d rounds alternating; nginx worker_processes 1")
   :format(CONCURRENCY, DURATION, ROUNDS))
 local dir = common.tmpdir("openresty")
-local db = dir .. "/audit.db"
-if common.run("id -u"):match("^0") then assert(os.execute("chmod 755 " .. common.quote(dir))) end
+-- the store in a directory of its own under /tmp, as spec/nginx_spec.lua has
+-- it: as root the workers run as nobody, who cannot enter $BENCH_TMPDIR (0700)
+local dbdir = tmp.dir()
+local db = dbdir .. "/audit.db"
 
 local provider = nginx.start{ port = free_port(),
   config = PROVIDER_CONF:gsub("@REPLY@", function() return ("%q"):format(REPLY):gsub("\\\n", "\\n") end) }
@@ -315,4 +318,5 @@ if handler then handler:stop() handler:cleanup() end
 provider:stop()
 provider:cleanup()
 common.rm(dir)
+tmp.rm(dbdir)
 if not ok then error(err, 0) end
