@@ -2,7 +2,8 @@
 # bench/run.sh — what `make bench` runs once the C helpers are built: the
 # machine facts, then every benchmark in bench/ under $LUA (default lua5.4),
 # then the persist, async and overhead benchmarks again under $LUAJIT (copy
-# runs under $LUA only: bin/genaudit is a lua5.4 script). Each
+# runs under $LUA only: bin/genaudit is a lua5.4 script; openresty_load too:
+# its load runs inside nginx's LuaJIT whatever drives it). Each
 # prints "BENCH name=... k=v ..." lines followed by human-readable detail;
 # BENCH_SIZE=small gives the quick run the specs use. The whole output is also
 # kept in build/bench/last-run.txt. Scratch stores live in a temporary
@@ -24,7 +25,7 @@ main() {
   start=$(date +%s)
   echo "command: make bench  (sh bench/run.sh, LUA=$LUA LUAJIT=$LUAJIT, BENCH_SIZE=${BENCH_SIZE:-full})"
   "$LUA" bench/machine.lua || return 1
-  for b in persist_sync async overhead analytics memory copy stream; do
+  for b in persist_sync async overhead analytics memory copy stream openresty_load; do
     "$LUA" "bench/$b.lua" || { echo "bench/$b.lua failed under $LUA"; return 1; }
   done
   for b in persist_sync async overhead stream; do

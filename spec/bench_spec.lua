@@ -22,8 +22,9 @@ local EXPECTED = {
   memory = { "memory_async", "memory_export" },
   copy = { "copy_throughput" },
   stream = { "stream_chunk" },
+  openresty_load = { "openresty_load", "openresty_load_delay100" },
 }
-local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory", "copy", "stream" }
+local ORDER = { "persist_sync", "async", "overhead", "analytics", "memory", "copy", "stream", "openresty_load" }
 local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end

@@ -7,7 +7,7 @@ lua-filesystem lua-argparse lua-check luajit2 libluajit2-5.1-dev libsqlite3-dev 
 libcurl4-openssl-dev libssl-dev openssl python3 luarocks valgrind curl
 nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache
 postgresql libpq-dev
-lua-sql-sqlite3 time prometheus
+lua-sql-sqlite3 time prometheus wrk
 clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
