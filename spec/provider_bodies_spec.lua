@@ -67,6 +67,22 @@ local BODIES = {
                      arguments = '{"password": "mellon"}' },
                    { id = "call_J8hE6f1cZ8sJIzw3FCswowSI", type = "function", name = "secret_retrieval_tool",
                      arguments = '{"password": "radiance"}' } } },
+  -- OpenRouter (served by OpenAI): the body starts with "\n\n         \n"
+  -- (OpenRouter's keep-alive whitespace); cost and is_byok in usage
+  { file = "mirascope_openrouter-openai-gpt-4o.json", provider = "openrouter", model = "openai/gpt-4o",
+    served = "openai/gpt-4o", id = "gen-1769672415-IZfpP2WAlINOOT5hLvOW", finish = "stop",
+    tokens = { 12, 2, 14, 0, 0 }, text = "Hello!", notes = { provider_cost = 0.00005, is_byok = false } },
+  -- OpenRouter (served by Amazon Bedrock): more leading whitespace,
+  -- cache_write_tokens 0 in prompt_tokens_details
+  { file = "mirascope_openrouter-anthropic-claude-3-5-sonnet.json", provider = "openrouter",
+    model = "anthropic/claude-3.5-sonnet", served = "anthropic/claude-3.5-sonnet",
+    id = "gen-1769672416-yEuepkmzIsakryTdH9Mu", finish = "stop", tokens = { 12, 5, 17, 0, 0 }, text = "Hello!",
+    notes = { provider_cost = 0.000222, is_byok = false } },
+  -- Ollama's OpenAI-compatible /v1: no details in usage, content ending in
+  -- a line break, the body ending in one too
+  { file = "mirascope_ollama-gemma3-4b.json", provider = "ollama", model = "gemma3:4b",
+    served = "gemma3:4b", id = "chatcmpl-674", finish = "stop",
+    tokens = { 21, 16, 37, 0, 0 }, text = "4200 + 42 = 4242\n" },
   { file = "vercel-ai_anthropic-text.json", provider = "anthropic", model = "claude-sonnet-4-5",
     served = "claude-sonnet-4-5-20250929", id = "msg_01VdEjxAP5ahtHKrrRdNBteQ", finish = "end_turn",
     tokens = { 12, 29, 41, 0, 0 },
