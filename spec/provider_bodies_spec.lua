@@ -3,11 +3,12 @@
 -- the local provider server (a real HTTP server; the `body` script field)
 -- through the real pipeline and client, on SQLite and PostgreSQL. Each case
 -- compares what is stored — usage, model, finish reason, response id,
--- content and tool calls — with values written down by hand from the body.
--- Then the usage quirks without a recorded body here (Gemini's thinking gap,
--- DeepSeek's prompt_cache_hit_tokens alone, Groq's x_groq.usage, OpenRouter's
--- leading whitespace, cost, is_byok and served model, a missing
--- finish_reason) in their real shapes, and tool calls judged by a rule.
+-- content, tool calls and refusal — with values written down by hand from
+-- the body. Then the usage quirks without a recorded body here (Gemini's
+-- thinking gap, DeepSeek's prompt_cache_hit_tokens alone, Groq's
+-- x_groq.usage, OpenRouter's served model differing from the requested one
+-- and its cost_details, a missing finish_reason) in their real shapes, and
+-- tool calls judged by a rule.
 local genaudit = require("genaudit")
 local json = require("genaudit.json")
 local cjson = require("cjson")
@@ -67,6 +68,28 @@ local BODIES = {
                      arguments = '{"password": "mellon"}' },
                    { id = "call_J8hE6f1cZ8sJIzw3FCswowSI", type = "function", name = "secret_retrieval_tool",
                      arguments = '{"password": "radiance"}' } } },
+  -- OpenAI itself, as OpenAI pretty-prints it (Mirascope cassettes): text
+  -- with backslashes escaped
+  { file = "mirascope_openai-gpt-4o-text.json", provider = "openai", model = "gpt-4o",
+    served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkJFgcA6BuMrBur38ZHUXgT6zRjg", finish = "stop",
+    tokens = { 16, 12, 28, 0, 0 }, text = "\\(4200 + 42 = 4242\\)." },
+  -- content null, two parallel calls
+  { file = "mirascope_openai-gpt-4o-tool-calls.json", provider = "openai", model = "gpt-4o",
+    served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkQLoUbXLK7jHgn0ahxbdvo6XWOD", finish = "tool_calls",
+    tokens = { 75, 53, 128, 0, 0 }, bytes = 0,
+    tool_calls = { { id = "call_v6LacIrChvs6ITVpIZqy5tFc", type = "function", name = "secret_retrieval_tool",
+                     arguments = '{"password": "mellon"}' },
+                   { id = "call_onyWzk4mLTGKzW9cthmf4Llq", type = "function", name = "secret_retrieval_tool",
+                     arguments = '{"password": "radiance"}' } } },
+  -- content null, the answer a refusal
+  { file = "mirascope_openai-gpt-4o-refusal.json", provider = "openai", model = "gpt-4o",
+    served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkRkic1yC57Px3ahQq6yQbltDlWK", finish = "stop",
+    tokens = { 64, 13, 77, 0, 0 }, bytes = 0, refusal = "I'm very sorry, but I can't assist with that request." },
+  -- gpt-5-mini cut at max tokens while reasoning: content "", all 50
+  -- completion tokens reasoning, system_fingerprint null
+  { file = "mirascope_openai-gpt-5-mini-length.json", provider = "openai", model = "gpt-5-mini",
+    served = "gpt-5-mini-2025-08-07", id = "chatcmpl-CpaLHgmC7LxzicBE9T45Vp9hyIjK1", finish = "length",
+    tokens = { 13, 50, 63, 0, 50 }, bytes = 0 },
   -- OpenRouter (served by OpenAI): the body starts with "\n\n         \n"
   -- (OpenRouter's keep-alive whitespace); cost and is_byok in usage
   { file = "mirascope_openrouter-openai-gpt-4o.json", provider = "openrouter", model = "openai/gpt-4o",
@@ -190,6 +213,7 @@ local function suite(name, open, describe_fn)
           if b.starts then assert.equal(b.starts, content:sub(1, #b.starts)) end
           if b.ends then assert.equal(b.ends, content:sub(-#b.ends)) end
           if b.has then assert.truthy(content:find(b.has, 1, true)) end
+          assert.equal(b.refusal, call.refusal)
           -- tool calls: on the call's log entry and on the draft, byte-exact
           assert.same(b.tool_calls or json.null, call.tool_calls or json.null)
           local rm = doc(res.snapshot_id, "repair_metrics")
