@@ -245,6 +245,8 @@ local function suite(name, open, describe_fn)
         ["gemini-2.5-flash"] = { input_cost_per_token = 3e-07, output_cost_per_token = 2.5e-06 },
         ["google/gemini-2.0-flash-exp:free"] = { input_cost_per_token = 0, output_cost_per_token = 0 },
         ["x-ai/grok-4-fast"] = { input_cost_per_token = 2e-07, output_cost_per_token = 5e-07 },
+        ["x-ai/grok-4"] = { input_cost_per_token = 3e-06, output_cost_per_token = 1.5e-05,
+                            cache_read_input_token_cost = 7.5e-07 },
       }
 
       it("Gemini: total_tokens above prompt + completion is thinking, flagged derived, priced as output", function()
@@ -310,6 +312,32 @@ local function suite(name, open, describe_fn)
         assert.is_false(tm.calls[1].is_byok)
         assert.equal(0.00002, tm.calls[1].cost_details.upstream_inference_prompt_cost)
         assert.equal("Hello there.", r.content)
+      end)
+
+      it("OpenRouter, a recorded stream: requested a free Gemini, served x-ai/grok-4, priced as served", function()
+        -- spec/fixtures/provider_streams/pydantic-ai_openrouter-served-grok-4.sse
+        local f = assert(io.open("spec/fixtures/provider_streams/pydantic-ai_openrouter-served-grok-4.sse", "rb"))
+        local bytes = f:read("a")
+        f:close()
+        srv:queue{ { sse_body = bytes, chunk_sizes = "random", chunk_seed = 7 } }
+        local res = assert(pipeline(provider("openrouter", "google/gemini-2.0-flash-exp:free"), nil, PRICES)
+          :generate(ctx(), { stream = true }))
+        local r = row(res.snapshot_id)
+        assert.equal("completed", r.status)
+        assert.equal("x-ai/grok-4", r.model_identifier)
+        assert.is_true(doc(res.snapshot_id, "performance_metrics").calls[1].streamed)
+        assert.is_true(cjson.decode(srv:requests()[1].body).stream)
+        local tm = doc(res.snapshot_id, "token_metrics")
+        assert.same({ "x-ai/grok-4", "google/gemini-2.0-flash-exp:free" },
+          { tm.calls[1].served_model, tm.calls[1].requested_model })
+        assert.same({ 687, 187, 874, 679, 118 }, { tm.prompt_tokens, tm.completion_tokens, tm.total_tokens,
+                                                  tm.cached_prompt_tokens, tm.reasoning_tokens })
+        -- 8 x 3 µ$ + 679 cached x 0.75 µ$ + 187 x 15 µ$ = 3338.25 µ$: the very
+        -- sum OpenRouter billed (usage.cost 0.00333825)
+        assert.equal(3338250000, tm.estimated_cost_picousd)
+        assert.equal(0.00333825, tm.calls[1].provider_cost)
+        assert.is_false(tm.calls[1].is_byok)
+        assert.equal(0.002805, tm.calls[1].cost_details.upstream_inference_completions_cost)
       end)
 
       it("a missing finish_reason stays unknown (JSON null)", function()
