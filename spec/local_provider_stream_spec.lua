@@ -575,6 +575,7 @@ describe("tools/local_provider.lua streaming", function()
           assert.equal(1, #keys(f.ids), e.file)
         end
         assert.equal(e.content, f.content, e.file)
+        assert.equal(e.refusal, f.refusal, e.file)
         assert.equal(e.model, f.model, e.file)
         assert.equal(e.response_id, f.id, e.file)
         assert.equal(e.finish_reason, f.finish, e.file)

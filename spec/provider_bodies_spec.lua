@@ -3,11 +3,12 @@
 -- the local provider server (a real HTTP server; the `body` script field)
 -- through the real pipeline and client, on SQLite and PostgreSQL. Each case
 -- compares what is stored — usage, model, finish reason, response id,
--- content and tool calls — with values written down by hand from the body.
--- Then the usage quirks without a recorded body here (Gemini's thinking gap,
--- DeepSeek's prompt_cache_hit_tokens alone, Groq's x_groq.usage, OpenRouter's
--- leading whitespace, cost, is_byok and served model, a missing
--- finish_reason) in their real shapes, and tool calls judged by a rule.
+-- content, tool calls and refusal — with values written down by hand from
+-- the body. Then the usage quirks without a recorded body here (Gemini's
+-- thinking gap, DeepSeek's prompt_cache_hit_tokens alone, Groq's
+-- x_groq.usage, OpenRouter's served model differing from the requested one
+-- and its cost_details, a missing finish_reason) in their real shapes, and
+-- tool calls judged by a rule.
 local genaudit = require("genaudit")
 local json = require("genaudit.json")
 local cjson = require("cjson")
@@ -67,6 +68,44 @@ local BODIES = {
                      arguments = '{"password": "mellon"}' },
                    { id = "call_J8hE6f1cZ8sJIzw3FCswowSI", type = "function", name = "secret_retrieval_tool",
                      arguments = '{"password": "radiance"}' } } },
+  -- OpenAI itself, as OpenAI pretty-prints it (Mirascope cassettes): text
+  -- with backslashes escaped
+  { file = "mirascope_openai-gpt-4o-text.json", provider = "openai", model = "gpt-4o",
+    served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkJFgcA6BuMrBur38ZHUXgT6zRjg", finish = "stop",
+    tokens = { 16, 12, 28, 0, 0 }, text = "\\(4200 + 42 = 4242\\)." },
+  -- content null, two parallel calls
+  { file = "mirascope_openai-gpt-4o-tool-calls.json", provider = "openai", model = "gpt-4o",
+    served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkQLoUbXLK7jHgn0ahxbdvo6XWOD", finish = "tool_calls",
+    tokens = { 75, 53, 128, 0, 0 }, bytes = 0,
+    tool_calls = { { id = "call_v6LacIrChvs6ITVpIZqy5tFc", type = "function", name = "secret_retrieval_tool",
+                     arguments = '{"password": "mellon"}' },
+                   { id = "call_onyWzk4mLTGKzW9cthmf4Llq", type = "function", name = "secret_retrieval_tool",
+                     arguments = '{"password": "radiance"}' } } },
+  -- content null, the answer a refusal
+  { file = "mirascope_openai-gpt-4o-refusal.json", provider = "openai", model = "gpt-4o",
+    served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkRkic1yC57Px3ahQq6yQbltDlWK", finish = "stop",
+    tokens = { 64, 13, 77, 0, 0 }, bytes = 0, refusal = "I'm very sorry, but I can't assist with that request." },
+  -- gpt-5-mini cut at max tokens while reasoning: content "", all 50
+  -- completion tokens reasoning, system_fingerprint null
+  { file = "mirascope_openai-gpt-5-mini-length.json", provider = "openai", model = "gpt-5-mini",
+    served = "gpt-5-mini-2025-08-07", id = "chatcmpl-CpaLHgmC7LxzicBE9T45Vp9hyIjK1", finish = "length",
+    tokens = { 13, 50, 63, 0, 50 }, bytes = 0 },
+  -- OpenRouter (served by OpenAI): the body starts with "\n\n         \n"
+  -- (OpenRouter's keep-alive whitespace); cost and is_byok in usage
+  { file = "mirascope_openrouter-openai-gpt-4o.json", provider = "openrouter", model = "openai/gpt-4o",
+    served = "openai/gpt-4o", id = "gen-1769672415-IZfpP2WAlINOOT5hLvOW", finish = "stop",
+    tokens = { 12, 2, 14, 0, 0 }, text = "Hello!", notes = { provider_cost = 0.00005, is_byok = false } },
+  -- OpenRouter (served by Amazon Bedrock): more leading whitespace,
+  -- cache_write_tokens 0 in prompt_tokens_details
+  { file = "mirascope_openrouter-anthropic-claude-3-5-sonnet.json", provider = "openrouter",
+    model = "anthropic/claude-3.5-sonnet", served = "anthropic/claude-3.5-sonnet",
+    id = "gen-1769672416-yEuepkmzIsakryTdH9Mu", finish = "stop", tokens = { 12, 5, 17, 0, 0 }, text = "Hello!",
+    notes = { provider_cost = 0.000222, is_byok = false } },
+  -- Ollama's OpenAI-compatible /v1: no details in usage, content ending in
+  -- a line break, the body ending in one too
+  { file = "mirascope_ollama-gemma3-4b.json", provider = "ollama", model = "gemma3:4b",
+    served = "gemma3:4b", id = "chatcmpl-674", finish = "stop",
+    tokens = { 21, 16, 37, 0, 0 }, text = "4200 + 42 = 4242\n" },
   { file = "vercel-ai_anthropic-text.json", provider = "anthropic", model = "claude-sonnet-4-5",
     served = "claude-sonnet-4-5-20250929", id = "msg_01VdEjxAP5ahtHKrrRdNBteQ", finish = "end_turn",
     tokens = { 12, 29, 41, 0, 0 },
@@ -174,6 +213,7 @@ local function suite(name, open, describe_fn)
           if b.starts then assert.equal(b.starts, content:sub(1, #b.starts)) end
           if b.ends then assert.equal(b.ends, content:sub(-#b.ends)) end
           if b.has then assert.truthy(content:find(b.has, 1, true)) end
+          assert.equal(b.refusal, call.refusal)
           -- tool calls: on the call's log entry and on the draft, byte-exact
           assert.same(b.tool_calls or json.null, call.tool_calls or json.null)
           local rm = doc(res.snapshot_id, "repair_metrics")
@@ -205,6 +245,8 @@ local function suite(name, open, describe_fn)
         ["gemini-2.5-flash"] = { input_cost_per_token = 3e-07, output_cost_per_token = 2.5e-06 },
         ["google/gemini-2.0-flash-exp:free"] = { input_cost_per_token = 0, output_cost_per_token = 0 },
         ["x-ai/grok-4-fast"] = { input_cost_per_token = 2e-07, output_cost_per_token = 5e-07 },
+        ["x-ai/grok-4"] = { input_cost_per_token = 3e-06, output_cost_per_token = 1.5e-05,
+                            cache_read_input_token_cost = 7.5e-07 },
       }
 
       it("Gemini: total_tokens above prompt + completion is thinking, flagged derived, priced as output", function()
@@ -270,6 +312,32 @@ local function suite(name, open, describe_fn)
         assert.is_false(tm.calls[1].is_byok)
         assert.equal(0.00002, tm.calls[1].cost_details.upstream_inference_prompt_cost)
         assert.equal("Hello there.", r.content)
+      end)
+
+      it("OpenRouter, a recorded stream: requested a free Gemini, served x-ai/grok-4, priced as served", function()
+        -- spec/fixtures/provider_streams/pydantic-ai_openrouter-served-grok-4.sse
+        local f = assert(io.open("spec/fixtures/provider_streams/pydantic-ai_openrouter-served-grok-4.sse", "rb"))
+        local bytes = f:read("a")
+        f:close()
+        srv:queue{ { sse_body = bytes, chunk_sizes = "random", chunk_seed = 7 } }
+        local res = assert(pipeline(provider("openrouter", "google/gemini-2.0-flash-exp:free"), nil, PRICES)
+          :generate(ctx(), { stream = true }))
+        local r = row(res.snapshot_id)
+        assert.equal("completed", r.status)
+        assert.equal("x-ai/grok-4", r.model_identifier)
+        assert.is_true(doc(res.snapshot_id, "performance_metrics").calls[1].streamed)
+        assert.is_true(cjson.decode(srv:requests()[1].body).stream)
+        local tm = doc(res.snapshot_id, "token_metrics")
+        assert.same({ "x-ai/grok-4", "google/gemini-2.0-flash-exp:free" },
+          { tm.calls[1].served_model, tm.calls[1].requested_model })
+        assert.same({ 687, 187, 874, 679, 118 }, { tm.prompt_tokens, tm.completion_tokens, tm.total_tokens,
+                                                  tm.cached_prompt_tokens, tm.reasoning_tokens })
+        -- 8 x 3 µ$ + 679 cached x 0.75 µ$ + 187 x 15 µ$ = 3338.25 µ$: the very
+        -- sum OpenRouter billed (usage.cost 0.00333825)
+        assert.equal(3338250000, tm.estimated_cost_picousd)
+        assert.equal(0.00333825, tm.calls[1].provider_cost)
+        assert.is_false(tm.calls[1].is_byok)
+        assert.equal(0.002805, tm.calls[1].cost_details.upstream_inference_completions_cost)
       end)
 
       it("a missing finish_reason stays unknown (JSON null)", function()

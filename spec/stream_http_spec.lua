@@ -292,12 +292,15 @@ describe("streamed generations over libcurl", function()
         srv:queue{ { sse_body = body, chunk_sizes = "random", chunk_seed = #body } }
         local client = require("genaudit.client").new{ provider = provider(e.wire) }
         local run = client:run()
-        local got = {}
+        local got = { text = {}, refusal = {} }
         local text, err, _, answer = client:complete(run, "initial", { { role = "user", content = "hi" } }, {},
-          { on_chunk = function(t) got[#got + 1] = t end })
+          { on_chunk = function(t, info) table.insert(got[info.type], t) end })
         assert(text, err)
         assert.equal(e.content, text)
-        assert.equal(e.content, table.concat(got))
+        assert.equal(e.content, table.concat(got.text))
+        -- a refusal comes in its own deltas, handed to on_chunk as such
+        assert.equal(e.refusal or "", table.concat(got.refusal))
+        assert.equal(e.refusal, answer.refusal)
         local tm = client:token_metrics(run)
         assert.same({ e.usage.prompt, e.usage.completion, e.usage.total, e.usage.cached, e.usage.reasoning },
           { tm.prompt_tokens, tm.completion_tokens, tm.total_tokens, tm.cached_prompt_tokens, tm.reasoning_tokens })
