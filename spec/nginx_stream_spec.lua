@@ -215,7 +215,7 @@ for _, wire in ipairs({ "openai", "anthropic" }) do
     end
 
     it("reaches the client as it is generated while another generation on the worker is answered", function()
-      srv:queue{ { content = TEXT, deltas = DELTAS, chunk_delay_ms = 150, usage = USAGE }, { content = SECOND } }
+      srv:queue{ { content = TEXT, deltas = DELTAS, chunk_delay_ms = 300, usage = USAGE }, { content = SECOND } }
       local c, read_until, got = client("/stream?tag=s1")
       local events = {}
       assert.is_true(read_until(DELTAS[1]), got())
