@@ -8,6 +8,32 @@ local nginx = require("spec.support.nginx")
 local tmp = require("spec.support.tmp")
 
 local KEY = "sk-nginx-test-0123456789"
+local RS = "\030" -- the example's record separator in a streamed answer (handler.lua)
+
+-- The payload of a chunked HTTP/1.1 body.
+local function unchunk(raw)
+  local out, i = {}, 1
+  while true do
+    local hex, after = raw:match("^(%x+)\r\n()", i)
+    if not hex then return nil, "bad chunk at " .. i end
+    local n = tonumber(hex, 16)
+    if n == 0 then return table.concat(out) end
+    out[#out + 1] = raw:sub(after, after + n - 1)
+    i = after + n + 2
+  end
+end
+
+-- GET path from nginx over HTTP/1.1, whole: status, head, body (chunked decoded).
+local function get(port, path)
+  local c = assert(require("socket").connect("127.0.0.1", port))
+  c:settimeout(30)
+  assert(c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+  local raw = c:receive("*a")
+  c:close()
+  local head, body = raw:match("^(.-\r\n)\r\n(.*)$")
+  if head:lower():find("transfer%-encoding: chunked") then body = assert(unchunk(body)) end
+  return tonumber(head:match("^HTTP/1%.1 (%d+)")), head, body
+end
 
 describe("genaudit in nginx #nginx", function()
   local srv, dir, db, port_base
@@ -218,6 +244,66 @@ describe("genaudit in nginx #nginx", function()
     local row = snapshots()[doc.snapshot_id]
     assert.same({ "failed", "PROVIDER_ERROR" }, { row.status, doc.code })
     assert.equal(doc.error, row.error)
+  end)
+
+  describe("?stream=1", function()
+    -- 9 words, a hashtag line, no banned word: passes the example's rules as it is
+    local POST = "Meet the Anvil 2: forged for decades, tested in Lyon.\n\n#launch"
+    local DELTAS = { "Meet the Anvil 2: ", "forged for decades, ", "tested in Lyon.", "\n\n#launch" }
+
+    it("streams the text as it comes, then a last record with the snapshot id; a repair is announced", function()
+      local ngx_srv = start{ workers = 1 }
+      local draft = "Meet the Anvil 2, forged for decades."
+      srv:queue{ { content = POST, deltas = DELTAS, chunk_delay_ms = 20 },
+                 { content = draft }, { content = POST, deltas = DELTAS } }
+      local code, head, body = get(ngx_srv.port, "/generate?stream=1&user_id=s1")
+      local code2, _, body2 = get(ngx_srv.port, "/generate?stream=1&user_id=s2")
+      ngx_srv:stop()
+      ngx_srv:cleanup()
+      assert.equal(200, code, body)
+      assert.truthy(head:find("Content-Type: text/plain; charset=utf-8", 1, true), head)
+      local text, last = body:match("^(.-)" .. RS .. "([^" .. RS .. "]*)\n$")
+      assert.equal(POST, text)
+      local doc = cjson.decode(last)
+      assert.same({ 0, "gpt-4o-mini-2024-07-18" }, { doc.repairs, doc.model })
+      assert.is_nil(doc.content) -- the text came streamed, not again in the record
+      local rows = snapshots()
+      local row = rows[doc.snapshot_id]
+      assert.equal(text, row.content)
+      assert.is_true(cjson.decode(row.performance_metrics).calls[1].streamed)
+      -- the first draft lacks its hashtag line: its text, the repair record, the repaired text
+      assert.equal(200, code2, body2)
+      local t1, rec, t2, last2 = body2:match("^(.-)" .. RS .. "(%b{})\n(.-)" .. RS .. "([^" .. RS .. "]*)\n$")
+      assert.same({ draft, { repair = 1 }, POST }, { t1, cjson.decode(rec), t2 })
+      local doc2 = cjson.decode(last2)
+      assert.equal(1, doc2.repairs)
+      assert.same({ "completed", POST, 1 }, { rows[doc2.snapshot_id].status, rows[doc2.snapshot_id].content,
+                                               rows[doc2.snapshot_id].repair_count })
+    end)
+
+    it("answers a failure before the first piece as JSON, and one after it as the last record", function()
+      local ngx_srv = start{ workers = 1 }
+      srv:queue{ { status = 500 }, { status = 500 }, { status = 500 },
+                 { content = POST, chunk_sizes = 5, drop_after_bytes = 700 } }
+      local code, head, body = get(ngx_srv.port, "/generate?stream=1&user_id=f1")
+      local code2, _, body2 = get(ngx_srv.port, "/generate?stream=1&user_id=f2")
+      ngx_srv:stop()
+      local log = ngx_srv:error_log()
+      ngx_srv:cleanup()
+      assert.equal(502, code, body)
+      assert.truthy(head:find("Content-Type: application/json", 1, true), head)
+      local doc = cjson.decode(body)
+      assert.equal("PROVIDER_ERROR", doc.code)
+      assert.equal(200, code2, body2) -- the text had gone out with its 200
+      local text, last = body2:match("^(.-)" .. RS .. "([^" .. RS .. "]*)\n$")
+      local doc2 = cjson.decode(last)
+      assert.equal("HTTP", doc2.code)
+      assert.is_true(#text > 0 and #text < #POST and POST:sub(1, #text) == text, text)
+      local rows = snapshots()
+      assert.same({ "failed", "failed" }, { rows[doc.snapshot_id].status, rows[doc2.snapshot_id].status })
+      assert.equal(text, rows[doc2.snapshot_id].content) -- what the client read is what is stored
+      assert.falsy(log:find("[error]", 1, true), log)
+    end)
   end)
 
   it("picks up an edited template in every worker without a reload", function()

@@ -408,16 +408,17 @@ end
 -- this request's client as it comes. Each call sends text at once
 -- (ngx.print, then ngx.flush(true): returns when nginx has handed it to the
 -- socket, so a slow client slows the stream instead of filling memory) and
--- returns true, or nil, "client went away" when either fails (the client
+-- returns true, or false, "client went away" when either fails (the client
 -- closed its connection): the generation then aborts as STREAM_ABORTED and
--- the provider connection is closed. Content phase only (ngx.print raises
+-- the provider connection is closed. false, not nil: an on_chunk returning
+-- nothing (nil) goes on, only false (or a raise) stops the pipeline. Content phase only (ngx.print raises
 -- elsewhere); pass it as the pipeline's on_chunk, or as a transport's
 -- on_data to relay raw bytes. The first call sends the response headers.
 function M.client_writer()
   return function(text)
     local ok = ngx.print(text)
     if ok then ok = ngx.flush(true) end
-    if not ok then return nil, "client went away" end
+    if not ok then return false, "client went away" end
     return true
   end
 end
