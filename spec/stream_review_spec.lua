@@ -30,6 +30,72 @@ describe("streaming, hostile review", function()
     }
   end
 
+  -- One streamed client:complete() of the raw event stream sse (OpenAI
+  -- wire unless wire says otherwise): text, err, code, answer, the run.
+  local function complete(sse, wire)
+    srv:queue{ { sse_body = sse } }
+    local make = wire == "anthropic" and genaudit.providers.anthropic or genaudit.providers.openai
+    local client = require("genaudit.client").new{ provider = make{ base_url = srv.url, api_key = KEY, model = "m" } }
+    local run = client:run()
+    local text, err, code, answer = client:complete(run, "initial", { { role = "user", content = "x" } }, {},
+      { stream = true })
+    client:close()
+    return text, err, code, answer, run
+  end
+
+  local function data(chunks)
+    local out = {}
+    for _, c in ipairs(chunks) do out[#out + 1] = "data: " .. c .. "\n\n" end
+    return table.concat(out)
+  end
+
+  local USAGE = '"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}'
+
+  describe("OpenAI-compatible tool calls", function()
+    it("keeps a tool-call name sent again with every fragment (Mistral) once, not doubled", function()
+      local text, err, _, answer = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"id":"c1","index":0,"type":"function",'
+          .. '"function":{"name":"get_weather","arguments":"{\\"city\\""}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"id":"c1","index":0,"type":"function",'
+          .. '"function":{"name":"get_weather","arguments":":\\"Lyon\\"}"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}],' .. USAGE .. '}',
+        "[DONE]" })
+      assert(text, err)
+      assert.equal(1, #answer.tool_calls)
+      assert.equal("get_weather", answer.tool_calls[1].name)
+      assert.equal("c1", answer.tool_calls[1].id)
+      assert.equal('{"city":"Lyon"}', answer.tool_calls[1].arguments)
+    end)
+
+    it("keeps tool calls sent whole without index (older Ollama) apart, by their ids", function()
+      local text, err, _, answer = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":'
+          .. '[{"id":"call_a","type":"function","function":{"name":"f1","arguments":"{}"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":'
+          .. '[{"id":"call_b","type":"function","function":{"name":"f2","arguments":"{\\"x\\":1}"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":""},"finish_reason":"tool_calls"}]}',
+        '{"id":"a","model":"m","choices":[],' .. USAGE .. '}',
+        "[DONE]" })
+      assert(text, err)
+      assert.equal(2, #answer.tool_calls)
+      assert.same({ "call_a", "f1", "{}" }, { answer.tool_calls[1].id, answer.tool_calls[1].name, answer.tool_calls[1].arguments })
+      assert.same({ "call_b", "f2", '{"x":1}' }, { answer.tool_calls[2].id, answer.tool_calls[2].name, answer.tool_calls[2].arguments })
+    end)
+  end)
+
+  describe("OpenAI-compatible errors", function()
+    it("reads `event: error` as the provider's error, with its words", function()
+      local text, err, code, _, run = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":"Hello"}}]}' }
+        .. 'event: error\ndata: {"message":"upstream overloaded"}\n\n')
+      assert.is_nil(text)
+      assert.equal("PROVIDER_ERROR", code)
+      assert.matches("^PROVIDER_ERROR: the provider sent an error event: upstream overloaded %(stream broken after", err)
+      assert.equal("Hello", run.content) -- the partial text kept
+    end)
+  end)
+
   describe("core.http_client on_data", function()
     it("refuses a request on the same client from inside on_data, and the stream goes on", function()
       srv:queue{ { content = "one two three four five six", chunk_sizes = 7 }, { content = "inner" } }
