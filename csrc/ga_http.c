@@ -698,7 +698,8 @@ static void push_stream(lua_State *L, const http_stream *st) {
  * raise aborts (STREAM_ABORTED); idle_timeout_ms bounds the silence between
  * reads once 2xx headers came (TIMEOUT); nothing is retried once a byte
  * reached on_data (the failure's info then has streamed = true and those
- * figures). See README "Streaming".
+ * figures). on_data must not use or close this client: both raise there.
+ * See README "Streaming".
  *  | nil, "CODE: message", CODE, {attempts, provider_wait_us}; CODE is CONNECT, TIMEOUT, TLS,
  *    HTTP or TOO_LARGE (ga_xfails in ga_retry.c says which failure has which, and retries)
  * Any final HTTP status is a success. Raises on bad arguments, before any
