@@ -68,7 +68,7 @@ describe("streaming, hostile review", function()
       assert.equal('{"city":"Lyon"}', answer.tool_calls[1].arguments)
     end)
 
-    it("keeps tool calls sent whole without index (older Ollama) apart, by their ids", function()
+    it("keeps tool calls sent whole without index (Ollama before 0.4.7) apart, by their ids", function()
       local text, err, _, answer = complete(data{
         '{"id":"a","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":'
           .. '[{"id":"call_a","type":"function","function":{"name":"f1","arguments":"{}"}}]}}]}',
@@ -81,6 +81,24 @@ describe("streaming, hostile review", function()
       assert.equal(2, #answer.tool_calls)
       assert.same({ "call_a", "f1", "{}" }, { answer.tool_calls[1].id, answer.tool_calls[1].name, answer.tool_calls[1].arguments })
       assert.same({ "call_b", "f2", '{"x":1}' }, { answer.tool_calls[2].id, answer.tool_calls[2].name, answer.tool_calls[2].arguments })
+    end)
+
+    it("keeps tool calls that all say index 0 (Ollama >= 0.4.7) apart, by their ids", function()
+      local text, err, _, answer = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":'
+          .. '[{"id":"call_a","index":0,"type":"function","function":{"name":"file_write","arguments":"{\\"path\\":\\"a\\"}"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":'
+          .. '[{"id":"call_b","index":0,"type":"function","function":{"name":"file_write","arguments":"{\\"path\\":"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\\"b\\"}"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":""},"finish_reason":"tool_calls"}]}',
+        '{"id":"a","model":"m","choices":[],' .. USAGE .. '}',
+        "[DONE]" })
+      assert(text, err)
+      assert.equal(2, #answer.tool_calls)
+      assert.same({ "call_a", "file_write", '{"path":"a"}' },
+        { answer.tool_calls[1].id, answer.tool_calls[1].name, answer.tool_calls[1].arguments })
+      assert.same({ "call_b", "file_write", '{"path":"b"}' },
+        { answer.tool_calls[2].id, answer.tool_calls[2].name, answer.tool_calls[2].arguments })
     end)
   end)
 

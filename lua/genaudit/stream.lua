@@ -11,7 +11,8 @@
 --   content-filter preamble) adds only its prompt_filter_results; a chunk
 --   `{"error": ...}` or an `event: error` is the provider's error; a tool
 --   call's name repeated with every fragment (Mistral) is kept once, and
---   tool calls without index (older Ollama) are told apart by their ids.
+--   tool calls without index or all with index 0 (Ollama) are told apart by
+--   their ids.
 --   Anthropic Messages: message_start (id, model, usage), content_block_start
 --   / _delta (text_delta, input_json_delta partial_json) / _stop,
 --   message_delta (stop_reason; its usage fields replace message_start's:
@@ -105,14 +106,25 @@ local function tool_slot(self, i)
 end
 
 -- The position (1-based) of the tool call a tool_calls[k] delta belongs
--- to: its index; without one (older Ollama sends each call whole, without
--- index), a new id opens a new call and a fragment without id continues
--- the last one.
+-- to: its index, unless that call has another id (Ollama >= 0.4.7 sends
+-- index 0 for every call, ollama/ollama#15457): then a new call, which
+-- that index means from then on. Without index (Ollama before 0.4.7, each
+-- call whole), a new id opens a new call and a fragment without id
+-- continues the last one.
 function Acc:tool_position(tc, k)
   local n = tc.index
-  if type(n) == "number" and n >= 0 and n % 1 == 0 and n < 1024 then return n + 1 end
   local id = str(tc.id) ~= "" and str(tc.id) or nil
   local last = #self.tools
+  if type(n) == "number" and n >= 0 and n % 1 == 0 and n < 1024 then
+    self.tool_at = self.tool_at or {}
+    local i = self.tool_at[n] or n + 1
+    local t = self.tools[i]
+    if id and t and t.id and t.id ~= id then
+      i = last + 1
+      self.tool_at[n] = i
+    end
+    return i
+  end
   if id then
     for i = 1, last do if self.tools[i].id == id then return i end end
     return last + 1
