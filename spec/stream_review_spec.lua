@@ -114,6 +114,64 @@ describe("streaming, hostile review", function()
     end)
   end)
 
+  describe("pipeline", function()
+    local tmp = require("spec.support.tmp")
+    local cjson = require("cjson")
+    local dir, store
+
+    before_each(function()
+      dir = tmp.dir()
+      os.execute("mkdir -p " .. dir .. "/templates " .. dir .. "/rules")
+      tmp.write(dir .. "/templates/launch.lua", [[return {
+        version = "7", voice_signature = "You are {{business.name}}.",
+        constraints = { "At most 5 words." }, task = "Announce {{facts.product}}." }]])
+      tmp.write(dir .. "/rules/length.lua", [[return { slug = "length_exceeded", check = function(d)
+        local n = select(2, d:gsub("%S+", ""))
+        if n > 5 then return { message = n .. " words, limit 5", penalty = 30 } end end }]])
+      tmp.write(dir .. "/rules/policy.lua", [[return { budget = 2 }]])
+      store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db"))
+    end)
+
+    after_each(function()
+      store:close()
+      tmp.rm(dir)
+    end)
+
+    local function pipeline()
+      return genaudit.pipeline{
+        store = store, provider = genaudit.providers.openai{ base_url = srv.url, api_key = KEY, model = "gpt-4o-mini" },
+        templates = dir .. "/templates", rules = dir .. "/rules", backoff_ms = 10,
+      }
+    end
+
+    local function ctx()
+      return { org_id = 42, user_id = 7, platform = "linkedin", template_id = "launch",
+               business = { name = "Acme" }, facts = { product = "Anvil 2" } }
+    end
+
+    it("keeps the initial draft as content when a repair's stream breaks, the repair's partial text on its call", function()
+      local DRAFT = "one two three four five six seven eight"
+      srv:queue{ { content = DRAFT }, { content = "short fixed text here now", chunk_sizes = 5, drop_after_bytes = 900 } }
+      local seen = { initial = {}, repair = {} }
+      local r, err, code, id = pipeline():generate(ctx(), { on_chunk = function(t, info)
+        local k = seen[info.kind]
+        k[#k + 1] = t
+      end })
+      assert.is_nil(r)
+      assert.equal("HTTP", code)
+      assert.matches("stream broken after", err)
+      local row = assert(store:query("SELECT * FROM generation_snapshots WHERE id = ?", { id }))[1]
+      assert.equal("failed", row.status)
+      assert.equal(DRAFT, row.content)
+      assert.equal(DRAFT, table.concat(seen.initial))
+      local calls = cjson.decode(row.performance_metrics).calls
+      assert.equal(2, #calls)
+      assert.is_true(calls[2].stream_broken)
+      assert.equal(table.concat(seen.repair), calls[2].content)
+      assert.is_true(#calls[2].content > 0, "a partial repair text")
+    end)
+  end)
+
   describe("core.http_client on_data", function()
     it("refuses a request on the same client from inside on_data, and the stream goes on", function()
       srv:queue{ { content = "one two three four five six", chunk_sizes = 7 }, { content = "inner" } }
