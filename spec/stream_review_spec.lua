@@ -194,6 +194,63 @@ describe("streaming, hostile review", function()
       http:close()
     end)
 
+    it("stops cleanly when on_data yields (coroutine around the request) or raises a non-string", function()
+      srv:queue{ { content = "one two three" }, { content = "one two three" } }
+      local http = core.http_client{}
+      local co = coroutine.wrap(function()
+        return stream_request(http, function() coroutine.yield("never") return true end)
+      end)
+      local res, err, code = co()
+      assert.is_nil(res)
+      assert.equal("STREAM_ABORTED", code)
+      assert.matches("^STREAM_ABORTED: on_data raised: .*attempt to yield across a? ?C%-call boundary", err)
+      res, err, code = stream_request(http, function() error({ reason = "a table" }) end)
+      assert.is_nil(res)
+      assert.equal("STREAM_ABORTED", code)
+      assert.equal("STREAM_ABORTED: on_data raised: (an error object that is not a string)", err)
+      assert.equal(2, #srv:requests()) -- neither tried again
+      http:close()
+    end)
+
+    it("streams 1-byte reads with a full collection in every on_data call, every byte once", function()
+      srv:queue{ { content = string.rep("tick ", 400), chunk_sizes = 1 } }
+      local http = core.http_client{}
+      local pieces = {}
+      local res = assert(stream_request(http, function(b)
+        collectgarbage()
+        pieces[#pieces + 1] = b
+        return true
+      end))
+      assert.equal(res.reads, #pieces)
+      assert.is_true(res.reads > 2000, "one read per byte")
+      local body = table.concat(pieces)
+      assert.equal(res.stream_bytes, #body)
+      local text = {}
+      for c in body:gmatch('"content":"([^"]*)"') do text[#text + 1] = c end
+      assert.equal(string.rep("tick ", 400), table.concat(text))
+      http:close()
+    end)
+
+    it("streams the 2xx after a retried 503 and keeps none of the 503's body", function()
+      srv:queue{ { status = 503, body = "overloaded, try later" }, { content = "after the retry" } }
+      local http = core.http_client{}
+      local pieces = {}
+      local res = assert(http:request{
+        url = srv.url .. "/v1/chat/completions",
+        headers = { Authorization = "Bearer " .. KEY, ["Content-Type"] = "application/json" },
+        body = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+        retries = 1, backoff_ms = 1, on_data = function(b) pieces[#pieces + 1] = b return true end,
+      })
+      assert.equal(200, res.status)
+      assert.equal(1, res.retries)
+      assert.equal("", res.body)
+      assert.is_true(res.streamed)
+      local body = table.concat(pieces)
+      assert.is_nil(body:find("overloaded", 1, true))
+      assert.matches("after the retry", body, 1, true)
+      http:close()
+    end)
+
     it("refuses to close the client from inside on_data (it would free the running transfer)", function()
       srv:queue{ { content = "one two three four five six", chunk_sizes = 7 } }
       local http = core.http_client{}
