@@ -31,7 +31,8 @@ describe("streaming, hostile review", function()
   end
 
   -- One streamed client:complete() of the raw event stream sse (OpenAI
-  -- wire unless wire says otherwise): text, err, code, answer, the run.
+  -- wire unless wire says otherwise): text, err, code, answer, the run,
+  -- its token_metrics.
   local function complete(sse, wire)
     srv:queue{ { sse_body = sse } }
     local make = wire == "anthropic" and genaudit.providers.anthropic or genaudit.providers.openai
@@ -39,8 +40,9 @@ describe("streaming, hostile review", function()
     local run = client:run()
     local text, err, code, answer = client:complete(run, "initial", { { role = "user", content = "x" } }, {},
       { stream = true })
+    local tm = client:token_metrics(run)
     client:close()
-    return text, err, code, answer, run
+    return text, err, code, answer, run, tm
   end
 
   local function data(chunks)
@@ -111,6 +113,82 @@ describe("streaming, hostile review", function()
       assert.equal("PROVIDER_ERROR", code)
       assert.matches("^PROVIDER_ERROR: the provider sent an error event: upstream overloaded %(stream broken after", err)
       assert.equal("Hello", run.content) -- the partial text kept
+    end)
+  end)
+
+  describe("usage and ends", function()
+    it("takes cumulative usage sent on every chunk (vLLM continuous_usage_stats) once, the last, and skips usage null", function()
+      local text, err, _, _, _, tm = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":"lo"}}],'
+          .. '"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":null},"finish_reason":"stop"}],'
+          .. '"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}',
+        '{"id":"a","model":"m","choices":[],"usage":null}',
+        "[DONE]" })
+      assert.equal("Hello", text, err)
+      assert.same({ 3, 2, 5 }, { tm.prompt_tokens, tm.completion_tokens, tm.total_tokens })
+      assert.is_nil(tm.usage_missing)
+    end)
+
+    it("reads Anthropic thinking and server tool blocks without their text, usage nulls skipped", function()
+      local function ev(name, d) return "event: " .. name .. "\ndata: " .. d .. "\n\n" end
+      local text, err, _, answer, _, tm = complete(table.concat{
+        ev("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+          .. '"model":"claude","content":[],"usage":{"input_tokens":10,"cache_creation_input_tokens":null,'
+          .. '"cache_read_input_tokens":null,"output_tokens":1}}}'),
+        ev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}'),
+        ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}'),
+        ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQB"}}'),
+        ev("content_block_stop", '{"type":"content_block_stop","index":0}'),
+        ev("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"server_tool_use",'
+          .. '"id":"srvtoolu_1","name":"web_search","input":{}}}'),
+        ev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta",'
+          .. '"partial_json":"{\\"query\\":\\"x\\"}"}}'),
+        ev("content_block_stop", '{"type":"content_block_stop","index":1}'),
+        ev("content_block_start", '{"type":"content_block_start","index":2,"content_block":{"type":"text","text":""}}'),
+        ev("content_block_delta", '{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"Answer."}}'),
+        ev("content_block_stop", '{"type":"content_block_stop","index":2}'),
+        ev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":null,'
+          .. '"output_tokens":15}}'),
+        ev("message_stop", '{"type":"message_stop"}') }, "anthropic")
+      assert.equal("Answer.", text, err)
+      assert.is_nil(answer.tool_calls) -- a server tool is the provider's, not a call for the host
+      assert.same({ 10, 15 }, { tm.prompt_tokens, tm.completion_tokens })
+    end)
+
+    it("accepts a stream that sent its finish reason and ended cleanly without [DONE]", function()
+      local text, err = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":"Done"},"finish_reason":"stop"}],' .. USAGE .. '}' })
+      assert.equal("Done", text, err)
+    end)
+
+    it("fails a 2xx with an empty body as a stream that held no event", function()
+      local text, err, code = complete("")
+      assert.is_nil(text)
+      assert.equal("BAD_RESPONSE", code)
+      assert.equal("BAD_RESPONSE: the stream held no event (stream broken after 0 bytes, 0 chunks)", err)
+    end)
+
+    it("stores no API key a streamed delta, tool call, model or error echoes", function()
+      local text, err, _, answer, run = complete(data{
+        '{"id":"a","model":"m-' .. KEY .. '","choices":[{"index":0,"delta":{"content":"key ' .. KEY .. ' end",'
+          .. '"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{\\"k\\":\\"'
+          .. KEY:sub(1, 12) .. '"}}]}}]}',
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"'
+          .. KEY:sub(13) .. '\\"}"}}]},"finish_reason":"stop"}],' .. USAGE .. '}',
+        "[DONE]" })
+      assert(text, err)
+      assert.is_nil(text:find(KEY, 1, true))
+      assert.is_nil(answer.tool_calls[1].arguments:find(KEY:sub(5, 20), 1, true))
+      assert.is_nil(require("cjson").encode(run.http):find(KEY:sub(5, 20), 1, true))
+      assert.is_nil((run.model_identifier or ""):find(KEY, 1, true))
+      local _, err2, _, _, run2 = complete(data{
+        '{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":"' .. KEY .. '"}}]}',
+        '{"error":{"message":"bad key ' .. KEY .. '","type":"invalid_request_error"}}' })
+      assert.is_nil(err2:find(KEY:sub(5, 20), 1, true))
+      assert.is_nil(require("cjson").encode(run2.http):find(KEY:sub(5, 20), 1, true))
+      assert.is_nil(run2.content:find(KEY:sub(5, 20), 1, true))
     end)
   end)
 
@@ -212,13 +290,13 @@ describe("streaming, hostile review", function()
       http:close()
     end)
 
-    it("streams 1-byte reads with a full collection in every on_data call, every byte once", function()
+    it("streams 1-byte reads with full collections inside on_data, every byte once", function()
       srv:queue{ { content = string.rep("tick ", 400), chunk_sizes = 1 } }
       local http = core.http_client{}
       local pieces = {}
       local res = assert(stream_request(http, function(b)
-        collectgarbage()
         pieces[#pieces + 1] = b
+        if #pieces % 16 == 0 then collectgarbage() end
         return true
       end))
       assert.equal(res.reads, #pieces)
