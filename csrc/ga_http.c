@@ -50,6 +50,7 @@ typedef struct {
 typedef struct {
   CURL *curl; /* NULL once closed */
   http_stream *st; /* the running request's stream, or NULL */
+  int busy;        /* a request is running: on_data must not reenter this client */
   long connect_timeout_ms, timeout_ms;
   long long max_response_bytes;
   uint64_t rng;                   /* xorshift64 state for backoff jitter, never 0 */
@@ -425,6 +426,7 @@ static int http_perform(http_client *c, http_request *rq) {
 static http_client *check_client(lua_State *L) {
   http_client *c = (http_client *)luaL_checkudata(L, 1, HTTP_MT);
   if (!c->curl) luaL_error(L, "attempt to use a closed http_client");
+  if (c->busy) luaL_error(L, "attempt to use an http_client inside its own running request (on_data)");
   return c;
 }
 
@@ -458,8 +460,12 @@ static const char *opt_cstr(lua_State *L, int idx, const char *name) {
   return s;
 }
 
+/* close(), __gc and __close. Raises when called from the client's own
+ * on_data (the transfer is running on the handle it would free); __gc never
+ * meets that case, the running request holds the client on its stack. */
 static int l_http_close(lua_State *L) {
   http_client *c = (http_client *)luaL_checkudata(L, 1, HTTP_MT);
+  if (c->busy) return luaL_error(L, "attempt to close an http_client inside its own running request (on_data)");
   if (c->curl) {
     curl_easy_cleanup(c->curl);
     c->curl = NULL;
@@ -692,7 +698,8 @@ static void push_stream(lua_State *L, const http_stream *st) {
  * raise aborts (STREAM_ABORTED); idle_timeout_ms bounds the silence between
  * reads once 2xx headers came (TIMEOUT); nothing is retried once a byte
  * reached on_data (the failure's info then has streamed = true and those
- * figures). See README "Streaming".
+ * figures). on_data must not use or close this client: both raise there.
+ * See README "Streaming".
  *  | nil, "CODE: message", CODE, {attempts, provider_wait_us}; CODE is CONNECT, TIMEOUT, TLS,
  *    HTTP or TOO_LARGE (ga_xfails in ga_retry.c says which failure has which, and retries)
  * Any final HTTP status is a success. Raises on bad arguments, before any
@@ -782,7 +789,9 @@ static int l_http_request(lua_State *L) {
   }
   c->st = st.fn ? &st : NULL;
   curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, c->st && st.idle_ms > 0 ? 0L : 1L);
+  c->busy = 1; /* on_data may run Lua: check_client and close refuse this client until done */
   rc = http_perform(c, &rq);
+  c->busy = 0;
   c->st = NULL;
   /* curl must not keep pointers to the headers or to the Lua body string */
   curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);

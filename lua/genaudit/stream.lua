@@ -9,7 +9,10 @@
 --   finish_reason, usage on a final chunk (or under x_groq.usage), ending in
 --   `data: [DONE]`; a chunk with empty id and model and no choices (Azure's
 --   content-filter preamble) adds only its prompt_filter_results; a chunk
---   `{"error": ...}` is the provider's error.
+--   `{"error": ...}` or an `event: error` is the provider's error; a tool
+--   call's name repeated with every fragment (Mistral) is kept once, and
+--   tool calls without index or all with index 0 (Ollama) are told apart by
+--   their ids.
 --   Anthropic Messages: message_start (id, model, usage), content_block_start
 --   / _delta (text_delta, input_json_delta partial_json) / _stop,
 --   message_delta (stop_reason; its usage fields replace message_start's:
@@ -102,6 +105,33 @@ local function tool_slot(self, i)
   return t
 end
 
+-- The position (1-based) of the tool call a tool_calls[k] delta belongs
+-- to: its index, unless that call has another id (Ollama >= 0.4.7 sends
+-- index 0 for every call, ollama/ollama#15457): then a new call, which
+-- that index means from then on. Without index (Ollama before 0.4.7, each
+-- call whole), a new id opens a new call and a fragment without id
+-- continues the last one.
+function Acc:tool_position(tc, k)
+  local n = tc.index
+  local id = str(tc.id) ~= "" and str(tc.id) or nil
+  local last = #self.tools
+  if type(n) == "number" and n >= 0 and n % 1 == 0 and n < 1024 then
+    self.tool_at = self.tool_at or {}
+    local i = self.tool_at[n] or n + 1
+    local t = self.tools[i]
+    if id and t and t.id and t.id ~= id then
+      i = last + 1
+      self.tool_at[n] = i
+    end
+    return i
+  end
+  if id then
+    for i = 1, last do if self.tools[i].id == id then return i end end
+    return last + 1
+  end
+  return last > 0 and last or k
+end
+
 -- One OpenAI-compatible chunk.
 function Acc:openai_event(ev)
   if ev.data == "[DONE]" then
@@ -109,6 +139,11 @@ function Acc:openai_event(ev)
     return true
   end
   local doc = json.decode(ev.data)
+  if ev.event == "error" then -- an `event: error` (vLLM, TGI, proxies) whatever its data's shape
+    local e = type(doc) == "table" and (doc.error ~= nil and doc.error ~= json.null and doc or { error = doc })
+      or { error = ev.data:sub(1, 200) }
+    return self:fail("PROVIDER_ERROR: the provider sent an error event: " .. error_text(e), "PROVIDER_ERROR")
+  end
   if type(doc) ~= "table" then
     return self:fail("BAD_RESPONSE: a stream event is not a JSON object", "BAD_RESPONSE")
   end
@@ -144,12 +179,13 @@ function Acc:openai_event(ev)
       if type(d.tool_calls) == "table" then
         for k, tc in ipairs(d.tool_calls) do
           if type(tc) == "table" then
-            local n = tc.index
-            local slot = tool_slot(self, type(n) == "number" and n >= 0 and n % 1 == 0 and n < 1024 and n + 1 or k)
+            local slot = tool_slot(self, self:tool_position(tc, k))
             slot.id = slot.id or (str(tc.id) ~= "" and str(tc.id) or nil)
             slot.type = slot.type or str(tc.type)
             local fn = type(tc["function"]) == "table" and tc["function"] or {}
-            if str(fn.name) and fn.name ~= "" then slot.name = (slot.name or "") .. fn.name end
+            -- name fragments are appended; the whole name sent again with every
+            -- fragment (Mistral) is the same name, not a longer one
+            if str(fn.name) and fn.name ~= "" and fn.name ~= slot.name then slot.name = (slot.name or "") .. fn.name end
             if str(fn.arguments) then
               slot.args[#slot.args + 1] = fn.arguments
               local ok, e = self:emit("", "tool_call")
