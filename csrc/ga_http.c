@@ -168,6 +168,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
     c->head.len = 0;
+    if (c->st) c->st->live = 0; /* a new response: 2xx or not is decided at its blank line */
     return len;
   }
   if (c->st && (len == 2 || len == 1) && (p[0] == '\r' || p[0] == '\n')) {

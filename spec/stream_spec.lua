@@ -248,6 +248,10 @@ describe("genaudit.stream", function()
       if n == 2 then return false, "enough" end
     end)
     assert.equal("STREAM_ABORTED: enough", err2)
+    local _, err3 = feed("openai", OPENAI, 0, function() return nil, "closed" end) -- Lua's nil, err
+    assert.equal("STREAM_ABORTED: closed", err3)
+    local kept = feed("openai", OPENAI, 0, function() end) -- returning nothing goes on
+    assert.is_true(kept:complete())
     assert.equal(2, n)
     assert.equal("Ship faster \240\159\152\128 ", acc:content()) -- what came before the stop
     assert.equal("STREAM_ABORTED", select(3, acc:complete()))
@@ -281,6 +285,12 @@ describe("genaudit.stream", function()
     local doc = json.decode(req.body)
     assert.equal(true, doc.stream)
     assert.same({ include_usage = true, x = 1 }, doc.stream_options)
+    local quiet = providers.azure{ resource = "r", deployment = "d", api_key = "sk-spec-0123456789abcdef",
+                                   api_version = "2024-06-01", stream_usage = false }
+    local qdoc = json.decode(assert(quiet:request({ { role = "user", content = "hi" } }, {}, { stream = true })).body)
+    assert.equal(true, qdoc.stream)
+    assert.is_nil(qdoc.stream_options) -- an api-version that refuses the field is not sent it
+    assert.has_error(function() providers.openai{ model = "m", stream_usage = "no" } end)
     local a = providers.anthropic{ model = "claude-3-5-haiku", api_key = "sk-spec-0123456789abcdef" }
     local adoc = json.decode(assert(a:request({ { role = "user", content = "hi" } }, {}, { stream = true })).body)
     assert.equal(true, adoc.stream)

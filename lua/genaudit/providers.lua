@@ -249,6 +249,9 @@ local function check_common(kind, opts)
   if mrb ~= nil and (type(mrb) ~= "number" or mrb < 1 or mrb % 1 ~= 0) then
     error("bad argument #1 to '" .. kind .. "' (max_request_bytes: positive integer expected)", 3)
   end
+  if opts.stream_usage ~= nil and type(opts.stream_usage) ~= "boolean" then
+    error("bad argument #1 to '" .. kind .. "' (stream_usage: boolean expected)", 3)
+  end
 end
 
 -- The endpoint URL for a base URL: `base` ending in /vN (or any of
@@ -288,6 +291,9 @@ local function new_provider(name, opts, spec)
     wire = spec.wire, timeout_ms = opts.timeout_ms, connect_timeout_ms = opts.connect_timeout_ms,
     retries = opts.retries, verify_tls = opts.verify_tls, max_response_bytes = opts.max_response_bytes,
     max_request_bytes = opts.max_request_bytes or M.MAX_REQUEST_BYTES,
+    -- false: a streamed request does not ask for stream_options.include_usage
+    -- (a server that refuses the field, e.g. an Azure api-version before 2024-09-01)
+    stream_usage = opts.stream_usage,
   }, Provider)
   local extra_headers = opts.headers or {}
   -- headers are built on demand so the key is never stored on the object
@@ -355,7 +361,7 @@ function Provider:request(messages, params, opts)
     local p = {}
     for k, v in pairs(params) do p[k] = v end
     p.stream = true
-    if self.wire == "openai" then
+    if self.wire == "openai" and self.stream_usage ~= false then
       local so = { include_usage = true }
       if type(params.stream_options) == "table" then
         for k, v in pairs(params.stream_options) do if k ~= "include_usage" then so[k] = v end end

@@ -77,7 +77,7 @@ function Acc:emit(text, what)
   if not ok then
     return self:fail("STREAM_ABORTED: on_chunk raised: " .. tostring(r), "STREAM_ABORTED")
   end
-  if r == false then
+  if r == false or (r == nil and type(why) == "string") then -- false[, why], or Lua's nil, err
     return self:fail("STREAM_ABORTED: " .. (type(why) == "string" and why or "on_chunk stopped the stream"),
       "STREAM_ABORTED")
   end
