@@ -51,6 +51,32 @@ static const char SQL_ANALYZE[] = "PRAGMA analysis_limit=400; ANALYZE generation
  * persist() lost the lock to other processes' writers that take it back to
  * back (spec/concurrency_spec.lua); frequent, jittered polling finds the gaps
  * they leave. Returns 0 to give up (the caller gets BUSY). */
+/* SQL genaudit_sha256(x): the SHA-256 of x's bytes (text as stored, UTF-8;
+ * a blob's bytes), 64 lower-case hex digits; NULL for NULL. verify() asks for
+ * a payload's digest instead of the payload itself (csrc/ga_chain.c's
+ * hasher of this connection's thread), so its bytes never become a Lua
+ * string. Not usable from triggers or views (SQLITE_DIRECTONLY). */
+static void sql_sha256(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  store *s = (store *)sqlite3_user_data(ctx);
+  const void *p;
+  int n;
+  char hex[65];
+  (void)argc;
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return; /* NULL */
+  if (sqlite3_value_type(argv[0]) == SQLITE_BLOB) p = sqlite3_value_blob(argv[0]);
+  else p = sqlite3_value_text(argv[0]);
+  n = sqlite3_value_bytes(argv[0]);
+  if (!p && n > 0) {
+    sqlite3_result_error_nomem(ctx);
+    return;
+  }
+  if (ga_hasher_sha256(&s->chain.h, p ? p : "", (size_t)n, hex) != 0) {
+    sqlite3_result_error(ctx, "genaudit_sha256: libcrypto could not compute a SHA-256", -1);
+    return;
+  }
+  sqlite3_result_text(ctx, hex, 64, SQLITE_TRANSIENT);
+}
+
 static int busy_wait(void *arg, int count) {
   store *s = (store *)arg;
   uint64_t now = ga_monotonic_ns(), x;
@@ -224,6 +250,15 @@ static int l_sqlite_open(lua_State *L) {
   ga_chain_init(&s->chain);
   sqlite3_busy_handler(s->db, busy_wait, s);
   sqlite3_set_authorizer(s->db, ga_sqlite_authorize, s);
+  rc = sqlite3_create_function_v2(s->db, "genaudit_sha256", 1,
+                                  SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_sha256, NULL, NULL,
+                                  NULL);
+  if (rc != SQLITE_OK) {
+    lua_pushfstring(L, "cannot open database '%s': %s", path, sqlite3_errmsg(s->db));
+    sqlite3_close_v2(s->db);
+    s->db = NULL;
+    return ga_fail(L, "OPEN", "%s", lua_tostring(L, -1));
+  }
   if (s->query_ms > 0) sqlite3_progress_handler(s->db, 1000, ga_sqlite_query_progress, s);
   if (length_limit > 0) sqlite3_limit(s->db, SQLITE_LIMIT_LENGTH, (int)length_limit);
   /* every wait for a lock below ends by busy_timeout after open began: one

@@ -34,6 +34,29 @@ local function columns()
 end
 local COLUMNS = columns()
 
+-- The chained rows' columns for verify(): each payload comes as its digest
+-- computed by the database (p__calc) and whether it is there (p__null = 1:
+-- NULL), never as its bytes: SQLite through genaudit's own SQL function
+-- (csrc/ga_store.c), PostgreSQL through its built-in sha256() over the text's
+-- UTF-8 bytes. What verify hashes is the same; it only no longer copies
+-- every prompt and draft into Lua.
+local function chained_columns(backend)
+  local cols = {}
+  for _, c in ipairs(FIELDS) do cols[#cols + 1] = c end
+  for _, p in ipairs(PAYLOADS) do
+    local calc = backend == "postgresql" and ("encode(sha256(convert_to(" .. p .. "::text, 'UTF8')), 'hex')")
+      or ("genaudit_sha256(" .. p .. ")")
+    cols[#cols + 1] = calc .. " AS " .. p .. "__calc"
+    cols[#cols + 1] = "CASE WHEN " .. p .. " IS NULL THEN 1 ELSE 0 END AS " .. p .. "__null"
+    cols[#cols + 1] = p .. "_sha256"
+  end
+  cols[#cols + 1] = "record_hash"
+  cols[#cols + 1] = "purged_at"
+  cols[#cols + 1] = "purged_by"
+  return table.concat(cols, ", ")
+end
+local CHAINED = { sqlite = chained_columns("sqlite"), postgresql = chained_columns("postgresql") }
+
 -- SQLite keeps a value's type beside its bytes: the same bytes stored as a
 -- BLOB hash alike but compare unlike (a report's WHERE org_id = '42' skips
 -- them). So on SQLite verify also reads whether every hashed column holds
@@ -63,13 +86,16 @@ local function check_row(r, fields, legacy)
   end
   for _, p in ipairs(PAYLOADS) do
     local v, d = r[p], r[p .. "_sha256"]
+    local present = v ~= nil
+    if not legacy and v == nil then present = tonumber(r[p .. "__null"]) == 0 end
     fields[p], fields[p .. "_sha256"] = nil, nil
     if legacy then
       fields[p] = v
-    elseif v ~= nil then
+    elseif present then
       if r.purged_at ~= nil then return p .. " is present on a purged row" end
       if d == nil then return p .. " has no digest" end
-      if core.sha256(v) ~= d then return p .. " does not match its digest (edited)" end
+      local calc = v ~= nil and core.sha256(v) or r[p .. "__calc"]
+      if calc ~= d then return p .. " does not match its digest (edited)" end
       fields[p .. "_sha256"] = d
     elseif d ~= nil then
       if r.purged_at == nil then return p .. " is missing without a purge" end
@@ -187,7 +213,8 @@ function M.verify(store, opts)
     end
     local from = since[cid]
     local expect_seq, expect_prev = 1, ZERO
-    local sql = "SELECT " .. COLUMNS .. extra .. " FROM generation_snapshots WHERE chain_id = ?"
+    local sql = "SELECT " .. (CHAINED[store.backend] or CHAINED.sqlite) .. extra
+      .. " FROM generation_snapshots WHERE chain_id = ?"
     local params = { cid }
     if from then
       sql = sql .. " AND chain_seq >= ?"
@@ -228,7 +255,7 @@ function M.verify(store, opts)
           p.seen = p.seen + 1
         end
         for _, name in ipairs(PAYLOADS) do
-          if r[name] ~= nil then
+          if r[name] ~= nil or tonumber(r[name .. "__null"]) == 0 then
             problem{ id = r.id, chain_id = cid, seq = seq, what = "purged, but " .. name .. " is still there" }
           end
         end
