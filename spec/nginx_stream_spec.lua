@@ -21,24 +21,7 @@ local KEY = "sk-nginx-stream-0123456789"
 local RS = "\030" -- the trailer record's separator (RFC 7464): never in the JSON after it
 
 -- @WIRE@ and @DIR@ are filled in here; @PREFIX@, @ROOT@, @PORT@ by spec.support.nginx.
-local CONFIG = [[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
-pid       @PREFIX@/nginx.pid;
-error_log @PREFIX@/error.log info;
-env GENAUDIT_API_KEY;
-env GENAUDIT_BASE_URL;
-events { worker_connections 64; }
-http {
-    access_log            @PREFIX@/access.log;
-    client_body_temp_path @PREFIX@/tmp/body;
-    proxy_temp_path       @PREFIX@/tmp/proxy;
-    fastcgi_temp_path     @PREFIX@/tmp/fastcgi;
-    uwsgi_temp_path       @PREFIX@/tmp/uwsgi;
-    scgi_temp_path        @PREFIX@/tmp/scgi;
-    lua_package_path  "@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;";
-    lua_package_cpath "@ROOT@/build/luajit/?.so;;";
+local CONFIG = nginx.config_head({ env = { "GENAUDIT_API_KEY", "GENAUDIT_BASE_URL" } }) .. [[
     lua_shared_dict generations 1m;
     init_by_lua_block { require("genaudit") require("genaudit.openresty") }
     init_worker_by_lua_block {

@@ -9,22 +9,7 @@ local socket = require("socket")
 local server = require("spec.support.http_server")
 local nginx = require("spec.support.nginx")
 
-local CONFIG = [[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
-pid       @PREFIX@/nginx.pid;
-error_log @PREFIX@/error.log info;
-events { worker_connections 64; }
-http {
-    access_log            @PREFIX@/access.log;
-    client_body_temp_path @PREFIX@/tmp/body;
-    proxy_temp_path       @PREFIX@/tmp/proxy;
-    fastcgi_temp_path     @PREFIX@/tmp/fastcgi;
-    uwsgi_temp_path       @PREFIX@/tmp/uwsgi;
-    scgi_temp_path        @PREFIX@/tmp/scgi;
-    lua_package_path  "@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;";
-    lua_package_cpath "@ROOT@/build/luajit/?.so;;";
+local CONFIG = nginx.config_head() .. [[
     init_by_lua_block {
         -- lets the upstream send its next lockstep piece
         function _G.release(port)

@@ -10,22 +10,7 @@ local nginx = require("spec.support.nginx")
 
 -- a test-only nginx: /health, and /transport running openresty.transport()
 -- once against 127.0.0.1:<port> with the query's settings, answering JSON
-local CONFIG = [[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
-pid       @PREFIX@/nginx.pid;
-error_log @PREFIX@/error.log info;
-events { worker_connections 64; }
-http {
-    access_log            @PREFIX@/access.log;
-    client_body_temp_path @PREFIX@/tmp/body;
-    proxy_temp_path       @PREFIX@/tmp/proxy;
-    fastcgi_temp_path     @PREFIX@/tmp/fastcgi;
-    uwsgi_temp_path       @PREFIX@/tmp/uwsgi;
-    scgi_temp_path        @PREFIX@/tmp/scgi;
-    lua_package_path  "@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;";
-    lua_package_cpath "@ROOT@/build/luajit/?.so;;";
+local CONFIG = nginx.config_head() .. [[
     server {
         listen 127.0.0.1:@PORT@;
         location = /health { content_by_lua_block { ngx.say("ok") } }

@@ -40,6 +40,26 @@ function M.render(opts)
   return prefix
 end
 
+-- M.config_head{ env = { NAME, ... } } -> the opening of a test-only config
+-- (for render_config): the lua module loaded, one worker, pid, error log and
+-- temp paths under @PREFIX@, the env names passed through, and `http {` open
+-- with genaudit's package paths (@ROOT@/lua, the LuaJIT build); the caller
+-- adds its directives and servers and closes the block.
+function M.config_head(opts)
+  local env = {}
+  for _, name in ipairs(opts and opts.env or {}) do env[#env + 1] = "env " .. name .. ";\n" end
+  return "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
+    .. "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
+    .. "worker_processes 1;\npid       @PREFIX@/nginx.pid;\nerror_log @PREFIX@/error.log info;\n"
+    .. table.concat(env) .. "events { worker_connections 64; }\nhttp {\n"
+    .. "    access_log            @PREFIX@/access.log;\n"
+    .. "    client_body_temp_path @PREFIX@/tmp/body;\n    proxy_temp_path       @PREFIX@/tmp/proxy;\n"
+    .. "    fastcgi_temp_path     @PREFIX@/tmp/fastcgi;\n    uwsgi_temp_path       @PREFIX@/tmp/uwsgi;\n"
+    .. "    scgi_temp_path        @PREFIX@/tmp/scgi;\n"
+    .. "    lua_package_path  \"@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;\";\n"
+    .. "    lua_package_cpath \"@ROOT@/build/luajit/?.so;;\";\n"
+end
+
 -- M.render_config{ port, config } -> prefix: a test-only config (text with
 -- @PREFIX@, @ROOT@ and @PORT@ filled in) instead of the shipped example; it
 -- must answer GET /health.
