@@ -113,3 +113,19 @@ describe("core.record_hash", function()
     assert.has_error(function() core.record_hash{ chain_seq = 0 } end)
   end)
 end)
+
+-- verify() reads payload digests from the database: SQLite's
+-- genaudit_sha256() (csrc/ga_store.c) must be the same SHA-256 as core.sha256
+-- over the stored bytes, NUL bytes, multi-byte text and blobs included.
+describe("genaudit_sha256() on SQLite", function()
+  it("is core.sha256 of the value's bytes, NULL for NULL", function()
+    local store = assert(require("genaudit").open("sqlite::memory:"))
+    for _, v in ipairs({ "", "abc", "d\195\169j\195\160 \240\159\152\128", ("x"):rep(100000) }) do
+      assert.equal(core.sha256(v), store:query("SELECT genaudit_sha256(?) AS h", { v })[1].h)
+    end
+    local r = store:query("SELECT genaudit_sha256(x'610062') AS b, genaudit_sha256(NULL) AS n")[1]
+    assert.equal(core.sha256("a\0b"), r.b)
+    assert.is_nil(r.n)
+    store:close()
+  end)
+end)
