@@ -109,7 +109,7 @@ local function run_async(url)
   local st = store:stats()
   store:close()
   assert(st.written == N_ASYNC and st.failed == 0, "the async writer lost rows")
-  return N_ASYNC / ((t1 - t0) / 1e6)
+  return N_ASYNC / ((t1 - t0) / 1e6), st.batches
 end
 
 local function main()
@@ -122,7 +122,7 @@ local function main()
     for i = 1, K do assert(store:persist_generation(rows[i])) end
     store:close()
   end
-  local ga_s, raw_s, ga_a, raw_a, cpu_s, cpu_a = {}, {}, {}, {}, {}, {}
+  local ga_s, raw_s, ga_a, raw_a, cpu_s, cpu_a, batches = {}, {}, {}, {}, {}, {}, nil
   for round = 1, ROUNDS do
     local u1, n1 = fresh("ga_sync")
     local u2, n2 = fresh("raw_sync")
@@ -130,7 +130,7 @@ local function main()
     local u4, n4 = fresh("raw_async")
     local function ga_sync() ga_s[round] = run_sync(u1) end
     local function raw_sync() raw_s[round], cpu_s[round] = run_raw(src, u2, N_SYNC, 1) end
-    local function ga_async() ga_a[round] = run_async(u3) end
+    local function ga_async() ga_a[round], batches = run_async(u3) end
     local function raw_async() raw_a[round], cpu_a[round] = run_raw(src, u4, N_ASYNC, BATCH) end
     if round % 2 == 1 then
       ga_sync() raw_sync() ga_async() raw_async()
@@ -165,7 +165,8 @@ local function main()
     { "genaudit", ga }, { "baseline", "raw_libpq_copy" .. BATCH .. ":" .. common.num(ra) },
     { "ratio", string.format("%.3f", common.median(ra_ratio)) }, { "target", ">=0.90" },
   })
-  common.say("ratio = median over the rounds of genaudit / raw (each round's pair back to back)")
+  common.say("ratio = median over the rounds of genaudit / raw (each round's pair back to back); genaudit's writer"
+    .. " committed %d rows in %d batches (%.1f rows per batch; raw: %d)", N_ASYNC, batches, N_ASYNC / batches, BATCH)
   common.say("per row: sync genaudit %.1f us, raw %.1f us (raw client CPU %.1f us); async genaudit %.1f us, raw COPY"
     .. " %.1f us (raw client CPU %.1f us)", 1e6 / gs, 1e6 / rs, common.median(cpu_s), 1e6 / ga, 1e6 / ra,
     common.median(cpu_a))

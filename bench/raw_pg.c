@@ -216,17 +216,16 @@ static int buf_add(buf *b, const char *p, size_t n) {
   return 0;
 }
 
+/* The bytes COPY's text format escapes, as the letter after the backslash. */
+static const char COPY_ESCAPE[256] = {['\\'] = '\\', ['\t'] = 't', ['\n'] = 'n', ['\r'] = 'r'};
+
 /* One column in COPY's text format: \N for NULL; backslash, tab, newline, CR escaped. */
 static int copy_field(buf *b, const char *p, size_t n) {
   size_t i, run = 0;
   if (!p) return buf_add(b, "\\N", 2);
   for (i = 0; i < n; i++) {
-    char esc[2] = {'\\', 0};
-    if (p[i] == '\\') esc[1] = '\\';
-    else if (p[i] == '\t') esc[1] = 't';
-    else if (p[i] == '\n') esc[1] = 'n';
-    else if (p[i] == '\r') esc[1] = 'r';
-    else continue;
+    char esc[2] = {'\\', COPY_ESCAPE[(unsigned char)p[i]]};
+    if (!esc[1]) continue;
     if (buf_add(b, p + run, i - run) != 0 || buf_add(b, esc, 2) != 0) return -1;
     run = i + 1;
   }

@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/run.sh — what `make bench` runs once the C helpers are built: the
 # machine facts, then every benchmark in bench/ under $LUA (default lua5.4),
-# then the persist, async and overhead benchmarks again under $LUAJIT (copy
+# then the persist, async, pg_persist and overhead benchmarks again under $LUAJIT (copy
 # runs under $LUA only: bin/genaudit is a lua5.4 script). Each
 # prints "BENCH name=... k=v ..." lines followed by human-readable detail;
 # BENCH_SIZE=small gives the quick run the specs use. The whole output is also
