@@ -135,11 +135,16 @@ demo: deps
 # against the system SQLite and libcrypto (they seal rows as genaudit does:
 # bench/seal.h), then every benchmark at full size (bench/run.sh;
 # BENCH_SIZE=small for a quick run).
-BENCH_TOOLS := build/bench/raw_insert build/bench/gen_rows build/bench/raw_sse
+BENCH_TOOLS := build/bench/raw_insert build/bench/gen_rows build/bench/raw_sse build/bench/raw_pg
 build/bench/%: bench/%.c bench/seal.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags sqlite3 libcrypto) -o $@ $< \
 	  $(shell $(PKG_CONFIG) --libs sqlite3 libcrypto) -lm -pthread
+# the PostgreSQL baseline (bench/pg_persist.lua) links libpq instead of SQLite
+build/bench/raw_pg: bench/raw_pg.c bench/seal.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags libpq libcrypto) -o $@ $< \
+	  $(shell $(PKG_CONFIG) --libs libpq libcrypto) -lm -pthread
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_TOOLS)

@@ -276,6 +276,10 @@ typedef struct ga_writer_item ga_writer_item;
 typedef struct {
   int (*write_batch)(void *conn, ga_writer *w, ga_writer_item **batch, int n);
   void (*close)(void *conn);
+  /* 1: after a long batch the writer pauses (YIELD_MS in ga_writer.c) so that
+   * other writers waiting for the database's one write lock get it (SQLite);
+   * 0: no such lock, no pause (PostgreSQL locks rows). */
+  int yields;
 } ga_writer_backend;
 /* Starts the thread over conn, which it owns from now on (closed through the
  * backend even when starting fails). NULL + err on failure. */

@@ -134,7 +134,7 @@ static void sqlite_close(void *conn) {
   free(c);
 }
 
-static const ga_writer_backend sqlite_backend = {sqlite_write_batch, sqlite_close};
+static const ga_writer_backend sqlite_backend = {sqlite_write_batch, sqlite_close, 1};
 
 ga_writer *ga_sqlite_writer_start(const ga_sqlite_writer_conf *conf, const ga_writer_opts *o, char *err,
                                   size_t errlen) {

@@ -147,7 +147,8 @@ static int is_stopping(ga_writer *w) {
 #define STOP_RETRIES 20
 /* A batch ends at BATCH_BYTES (or `batch` rows, whichever comes first; one
  * row at least): large rows do not hold the write lock for long. After a
- * batch that held it YIELD_AFTER_NS or more, the writer waits YIELD_MS. */
+ * batch that held it YIELD_AFTER_NS or more, the writer waits YIELD_MS
+ * (backends that have such a lock: ga_writer_backend.yields). */
 #define BATCH_BYTES (1024u * 1024u)
 #define YIELD_AFTER_NS 10000000u
 #define YIELD_MS 3
@@ -289,8 +290,8 @@ static void *writer_main(void *arg) {
     /* a long batch: leave the lock free for a moment before the next one, so
      * other writers polling for it (a sync persist's busy handler polls every
      * 0.5-1.5 ms) get it within their busy_timeout instead of the writer
-     * taking it back at once */
-    if (more && ok == 0 && ga_monotonic_ns() - t0 >= YIELD_AFTER_NS) ga_sleep_ns(YIELD_MS * 1000000u);
+     * taking it back at once (only where there is such a lock: SQLite) */
+    if (w->be->yields && more && ok == 0 && ga_monotonic_ns() - t0 >= YIELD_AFTER_NS) ga_sleep_ns(YIELD_MS * 1000000u);
   }
   free(batch);
   return NULL;
