@@ -52,7 +52,6 @@ static const char SQL_CHAIN[] = "INSERT INTO chains (chain_id, host, pid) VALUES
 static const char REQUEST_PARAMS[] = "{\"max_tokens\":400,\"temperature\":0.7}";
 static const char REPAIR_ERROR[] = "REPAIR_EXHAUSTED: draft still fails validation after 2 repair(s)";
 
-static const char B32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 static const char *const WORDS[] = {
     "today", "we", "are", "launching", "a", "new", "way", "to", "ship", "faster", "with", "less",
     "stress", "our", "team", "built", "this", "for", "builders", "who", "care", "about", "quality",
@@ -109,31 +108,6 @@ static void b_printf(buf *b, const char *fmt, ...) {
     exit(1);
   }
   b_add(b, tmp, (size_t)n);
-}
-
-static void make_id(char out[26], int64_t ms, uint64_t counter) {
-  int i;
-  for (i = 9; i >= 0; i--, ms >>= 5) out[i] = B32[ms & 31];
-  for (i = 25; i >= 10; i--, counter >>= 5) out[i] = B32[counter & 31];
-}
-
-static void make_time(char out[24], int64_t ms) {
-  time_t s = (time_t)(ms / 1000);
-  struct tm tm;
-  int frac = (int)(ms % 1000);
-  gmtime_r(&s, &tm);
-  strftime(out, 20, "%Y-%m-%d %H:%M:%S", &tm);
-  out[19] = '.';
-  out[20] = (char)('0' + frac / 100);
-  out[21] = (char)('0' + frac / 10 % 10);
-  out[22] = (char)('0' + frac % 10);
-  out[23] = '\0';
-}
-
-static int64_t now_wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static double mono_s(void) {
@@ -225,7 +199,7 @@ int main(int argc, char **argv) {
   {
     char host[256];
     int b;
-    make_id(chain_id, now_wall_ms(), (uint64_t)getpid() << 20);
+    bs_make_id(chain_id, bs_now_ms(), (uint64_t)getpid() << 20);
     chain_id[26] = '\0';
     if (gethostname(host, sizeof host) != 0) host[0] = '\0';
     host[sizeof host - 1] = '\0';
@@ -263,8 +237,8 @@ int main(int argc, char **argv) {
       rc = die(db, "cannot register the chain");
       goto cleanup;
     }
-    make_id(id, ms, (uint64_t)i + 1);
-    make_time(created, ms);
+    bs_make_id(id, ms, (uint64_t)i + 1);
+    bs_make_time(created, ms);
     snprintf(org, sizeof org, "%d", 1000 + o);
     snprintf(usr, sizeof usr, "%d", (1000 + o) * 10 + rnd_int(0, 9));
     snprintf(ver, sizeof ver, "%d", 1 + tpl % 4);

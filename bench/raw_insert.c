@@ -84,44 +84,9 @@ typedef struct {
   char digest[4][65];    /* plain mode: the payloads' digests, computed before the timer */
 } src_row;
 
-static const char B32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
 static int die(sqlite3 *db, const char *what) {
   fprintf(stderr, "raw_insert: %s: %s\n", what, db ? sqlite3_errmsg(db) : "out of memory");
   return 1;
-}
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static double clock_s(clockid_t which) {
-  struct timespec ts;
-  clock_gettime(which, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* 10 chars of ms time, 16 chars of a counter: unique and sortable. */
-static void make_id(char out[26], int64_t ms, uint64_t counter) {
-  int i;
-  for (i = 9; i >= 0; i--, ms >>= 5) out[i] = B32[ms & 31];
-  for (i = 25; i >= 10; i--, counter >>= 5) out[i] = B32[counter & 31];
-}
-
-/* "YYYY-MM-DD HH:MM:SS.mmm" UTC, as genaudit stamps rows. */
-static void make_time(char out[24], int64_t ms) {
-  time_t s = (time_t)(ms / 1000);
-  struct tm tm;
-  int frac = (int)(ms % 1000);
-  gmtime_r(&s, &tm);
-  strftime(out, 20, "%Y-%m-%d %H:%M:%S", &tm);
-  out[19] = '.';
-  out[20] = (char)('0' + frac / 100);
-  out[21] = (char)('0' + frac / 10 % 10);
-  out[22] = (char)('0' + frac % 10);
-  out[23] = '\0';
 }
 
 static int load_source(const char *path, src_row *rows, int *count, bs_hasher *h) {
@@ -301,14 +266,14 @@ int main(int argc, char **argv) {
     rc = die(db, "cannot prepare DST (is it a migrated genaudit store?)");
     goto cleanup;
   }
-  make_id(chain_id, now_ms(), (uint64_t)getpid() << 20);
+  bs_make_id(chain_id, bs_now_ms(), (uint64_t)getpid() << 20);
   chain_id[26] = '\0';
   memcpy(prev, BS_ZERO_HASH, 65);
   ah.src = src;
   ah.nsrc = nsrc;
   ah.rows = rows;
-  t0 = clock_s(CLOCK_MONOTONIC);
-  c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  t0 = bs_clock_s(CLOCK_MONOTONIC);
+  c0 = bs_clock_s(CLOCK_PROCESS_CPUTIME_ID);
   if (use_ahead) {
     if (pthread_create(&thread, NULL, ahead_main, &ah) != 0) {
       fprintf(stderr, "raw_insert: cannot start the digest thread\n");
@@ -318,7 +283,7 @@ int main(int argc, char **argv) {
   }
   for (i = 0; i < rows; i++) {
     const src_row *r = &src[i % nsrc];
-    int64_t ms = now_ms();
+    int64_t ms = bs_now_ms();
     int b = SQLITE_OK, first = i == 0, own_txn = batch > 1 || first;
     if (own_txn && (batch == 1 || i % batch == 0) && sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
       rc = die(db, "cannot begin");
@@ -328,8 +293,8 @@ int main(int argc, char **argv) {
       rc = die(db, "cannot register the chain");
       goto cleanup;
     }
-    make_id(id, ms, ++counter);
-    make_time(created, ms);
+    bs_make_id(id, ms, ++counter);
+    bs_make_time(created, ms);
     if (hash) {
       bs_text f[BS_NFIELDS];
       char seq[24];
@@ -382,8 +347,8 @@ int main(int argc, char **argv) {
       goto cleanup;
     }
   }
-  t1 = clock_s(CLOCK_MONOTONIC);
-  c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  t1 = bs_clock_s(CLOCK_MONOTONIC);
+  c1 = bs_clock_s(CLOCK_PROCESS_CPUTIME_ID);
   printf("rows=%ld seconds=%.6f rows_per_s=%.1f cpu_us_per_row=%.2f mode=%s\n", rows, t1 - t0,
          (double)rows / (t1 - t0), (c1 - c0) * 1e6 / (double)rows, mode);
   rc = 0;

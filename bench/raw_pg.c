@@ -83,44 +83,9 @@ typedef struct {
   size_t len, cap;
 } buf;
 
-static const char B32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
 static int die(PGconn *conn, const char *what) {
   fprintf(stderr, "raw_pg: %s: %s", what, conn ? PQerrorMessage(conn) : "out of memory\n");
   return 1;
-}
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static double clock_s(clockid_t which) {
-  struct timespec ts;
-  clock_gettime(which, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* 10 chars of ms time, 16 chars of a counter: unique and sortable. */
-static void make_id(char out[26], int64_t ms, uint64_t counter) {
-  int i;
-  for (i = 9; i >= 0; i--, ms >>= 5) out[i] = B32[ms & 31];
-  for (i = 25; i >= 10; i--, counter >>= 5) out[i] = B32[counter & 31];
-}
-
-/* "YYYY-MM-DD HH:MM:SS.mmm" UTC, as genaudit stamps rows. */
-static void make_time(char out[24], int64_t ms) {
-  time_t s = (time_t)(ms / 1000);
-  struct tm tm;
-  int frac = (int)(ms % 1000);
-  gmtime_r(&s, &tm);
-  strftime(out, 20, "%Y-%m-%d %H:%M:%S", &tm);
-  out[19] = '.';
-  out[20] = (char)('0' + frac / 100);
-  out[21] = (char)('0' + frac / 10 % 10);
-  out[22] = (char)('0' + frac % 10);
-  out[23] = '\0';
 }
 
 /* Connects and sets the session as genaudit's (UTC, ISO dates). NULL on failure (message printed). */
@@ -261,14 +226,14 @@ int main(int argc, char **argv) {
   if (gethostname(host, sizeof host) != 0) host[0] = '\0';
   host[sizeof host - 1] = '\0';
   snprintf(pid, sizeof pid, "%ld", (long)getpid());
-  make_id(chain_id, now_ms(), (uint64_t)getpid() << 20);
+  bs_make_id(chain_id, bs_now_ms(), (uint64_t)getpid() << 20);
   chain_id[26] = '\0';
   memcpy(prev, BS_ZERO_HASH, 65);
-  t0 = clock_s(CLOCK_MONOTONIC);
-  c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  t0 = bs_clock_s(CLOCK_MONOTONIC);
+  c0 = bs_clock_s(CLOCK_PROCESS_CPUTIME_ID);
   for (i = 0; i < rows; i++) {
     const src_row *r = &src[i % nsrc];
-    int64_t ms = now_ms();
+    int64_t ms = bs_now_ms();
     bs_text f[BS_NFIELDS];
     int k;
     if (batch > 1 && i % batch == 0) { /* a batch begins: its transaction, the chain's row, the COPY */
@@ -293,8 +258,8 @@ int main(int argc, char **argv) {
       }
       PQclear(res);
     }
-    make_id(id, ms, ++counter);
-    make_time(created, ms);
+    bs_make_id(id, ms, ++counter);
+    bs_make_time(created, ms);
     for (k = 0; k < 4; k++) {
       const char *pp = r->p[PAYLOAD[k]];
       size_t pn = (size_t)r->n[PAYLOAD[k]];
@@ -396,8 +361,8 @@ int main(int argc, char **argv) {
       if (exec_ok(conn, "COMMIT") != 0) goto cleanup;
     }
   }
-  t1 = clock_s(CLOCK_MONOTONIC);
-  c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  t1 = bs_clock_s(CLOCK_MONOTONIC);
+  c1 = bs_clock_s(CLOCK_PROCESS_CPUTIME_ID);
   printf("rows=%ld seconds=%.6f rows_per_s=%.1f cpu_us_per_row=%.2f batch=%ld\n", rows, t1 - t0,
          (double)rows / (t1 - t0), (c1 - c0) * 1e6 / (double)rows, batch);
   rc = 0;

@@ -19,12 +19,18 @@
  *   bs_sha256_hex(h, p, n, out)      64 hex digits + NUL
  *   bs_system_digest(h, p, n, out)   the same, through the prompt cache
  *   bs_record_hash(h, fields, out)   fields in BS_FIELDS order
- * Each returns 0, or -1 (libcrypto failed, out of memory). */
+ * Each returns 0, or -1 (libcrypto failed, out of memory).
+ * And the stamps genaudit puts on a row, for the helpers that make rows:
+ *   bs_make_id(out, ms, counter)   26 chars: 10 of ms time, 16 of a counter
+ *   bs_make_time(out, ms)          "YYYY-MM-DD HH:MM:SS.mmm" UTC + NUL
+ *   bs_now_ms(), bs_clock_s(clock) wall ms; a clock in seconds */
 #ifndef BENCH_SEAL_H
 #define BENCH_SEAL_H
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <time.h>
 #include <openssl/evp.h>
 
 #define BS_NFIELDS 21
@@ -156,4 +162,39 @@ static inline int bs_record_hash(bs_hasher *h, const bs_text f[BS_NFIELDS], char
   }
   return bs_sha256_hex(h, h->enc, len, out);
 }
+static const char bs_b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+static inline int64_t bs_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline double bs_clock_s(clockid_t which) {
+  struct timespec ts;
+  clock_gettime(which, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* 10 chars of ms time, 16 chars of a counter: unique and sortable. */
+static inline void bs_make_id(char out[26], int64_t ms, uint64_t counter) {
+  int i;
+  for (i = 9; i >= 0; i--, ms >>= 5) out[i] = bs_b32[ms & 31];
+  for (i = 25; i >= 10; i--, counter >>= 5) out[i] = bs_b32[counter & 31];
+}
+
+/* "YYYY-MM-DD HH:MM:SS.mmm" UTC, as genaudit stamps rows. */
+static inline void bs_make_time(char out[24], int64_t ms) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  int frac = (int)(ms % 1000);
+  gmtime_r(&s, &tm);
+  strftime(out, 20, "%Y-%m-%d %H:%M:%S", &tm);
+  out[19] = '.';
+  out[20] = (char)('0' + frac / 100);
+  out[21] = (char)('0' + frac / 10 % 10);
+  out[22] = (char)('0' + frac % 10);
+  out[23] = '\0';
+}
+
 #endif
