@@ -1,5 +1,5 @@
 -- spec/openresty_stream_spec.lua — the cosocket transport's streamed bodies
--- (STREAM.md "Transport level") in real nginx (one worker): pieces reach
+-- (README "Streaming", "Transports") in real nginx (one worker): pieces reach
 -- on_data as they arrive, aborts, stalls, drops, and openresty.client_writer()
 -- relaying a stream to nginx's own client while the worker serves others.
 -- Pacing is by events, not times: a "lockstep" upstream sends piece k + 1

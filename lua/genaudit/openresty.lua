@@ -5,7 +5,7 @@
 --     adapters, meter and stopwatch work unchanged; what is retried, the
 --     backoff, Retry-After and each failure's code come from the one policy
 --     in C (csrc/ga_retry.c: core.retry_policy, retry_delay, retry_after_ms);
---     it streams a 2xx body to req.on_data as it arrives (STREAM.md), and
+--     it streams a 2xx body to req.on_data as it arrives (README "Streaming"), and
 --     client_writer() is the on_chunk that relays a stream to nginx's client;
 --   * per-worker lifecycle: init_worker() opens one store per worker in async
 --     mode (a C writer thread commits snapshots off the request path) and
@@ -315,7 +315,7 @@ local function exchange(u, req, opts, st)
   return status, headers, body, timings
 end
 
--- The streamed figures onto a result or a failure's info (STREAM.md).
+-- The streamed figures onto a result or a failure's info (README "Streaming").
 local function stream_fields(t, st)
   t.streamed = true
   t.first_byte_us = st.first_us and st.first_us - st.t0 or nil
