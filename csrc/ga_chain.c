@@ -116,6 +116,13 @@ int ga_hasher_sha256(ga_hasher *h, const void *p, size_t n, char out[65]) {
 
 /* The digest of a system prompt: a cached one's when the bytes are the
  * same (compared in full), else computed and cached. 0 or -1. */
+/* The record hash of fields with h's reused context and encoding buffer. */
+int ga_hasher_record_hash(ga_hasher *h, const ga_text fields[GA_REC_NFIELDS], char out[65]) {
+  if (h->enc.oom) ga_buf_free(&h->enc); /* a failed growth: start afresh */
+  h->enc.len = 0;
+  return encode(fields, &h->enc) == 0 && ga_hasher_sha256(h, h->enc.buf, h->enc.len, out) == 0 ? 0 : -1;
+}
+
 static int system_digest(ga_hasher *h, const ga_text *t, char out[65]) {
   unsigned i;
   char *copy;

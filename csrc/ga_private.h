@@ -158,6 +158,7 @@ typedef struct {
 typedef char ga_digests[4][65];
 void ga_hasher_init(ga_hasher *h);
 void ga_hasher_free(ga_hasher *h); /* reusable after ga_hasher_init */
+int ga_hasher_record_hash(ga_hasher *h, const ga_text fields[GA_REC_NFIELDS], char out[65]);
 /* SHA-256 of p[0..n) as 64 hex digits + NUL: 0, or -1 (libcrypto failed). */
 int ga_hasher_sha256(ga_hasher *h, const void *p, size_t n, char out[65]);
 /* The digests of the payloads of cols (GA_NCOLS columns, ga_col_names

@@ -77,6 +77,52 @@ static void sql_sha256(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   sqlite3_result_text(ctx, hex, 64, SQLITE_TRANSIENT);
 }
 
+/* SQL genaudit_record_hash(f1, ..., f21): the record hash of a row whose
+ * fields come in ga_record_fields order (csrc/ga_chain.c), each payload as
+ * its stored digest column; NULL is an unset field, an integer (chain_seq)
+ * enters as its decimal digits, text and blobs as their bytes. NULL when a
+ * payload digest is not 64 characters long or an integer stands outside
+ * chain_seq (the row cannot be hashed as written).
+ * verify() compares it with the row's record_hash on SQLite, so a row's
+ * twenty fields never become Lua strings. SQLITE_DIRECTONLY as above. */
+static void sql_record_hash(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  store *s = (store *)sqlite3_user_data(ctx);
+  ga_text f[GA_REC_NFIELDS];
+  char seq[32], out[65];
+  int i;
+  if (argc != GA_REC_NFIELDS) {
+    sqlite3_result_error(ctx, "genaudit_record_hash: wrong number of fields", -1);
+    return;
+  }
+  memset(f, 0, sizeof f);
+  for (i = 0; i < argc; i++) {
+    int t = sqlite3_value_type(argv[i]);
+    if (t == SQLITE_NULL) continue;
+    if (t == SQLITE_INTEGER) {
+      snprintf(seq, sizeof seq, "%lld", (long long)sqlite3_value_int64(argv[i]));
+      if (i != 2) return; /* NULL: only chain_seq is an integer (verify names a changed type) */
+      f[i].p = seq;
+    } else if (t == SQLITE_BLOB) {
+      f[i].p = (const char *)sqlite3_value_blob(argv[i]);
+    } else {
+      f[i].p = (const char *)sqlite3_value_text(argv[i]);
+    }
+    f[i].n = t == SQLITE_INTEGER ? strlen(seq) : (size_t)sqlite3_value_bytes(argv[i]);
+    if (!f[i].p && f[i].n > 0) {
+      sqlite3_result_error_nomem(ctx);
+      return;
+    }
+    if (!f[i].p) f[i].p = "";
+    f[i].set = 1;
+    if (ga_record_fields[i].payload && f[i].n != 64) return; /* NULL: not a digest */
+  }
+  if (ga_hasher_record_hash(&s->chain.h, f, out) != 0) {
+    sqlite3_result_error_nomem(ctx);
+    return;
+  }
+  sqlite3_result_text(ctx, out, 64, SQLITE_TRANSIENT);
+}
+
 static int busy_wait(void *arg, int count) {
   store *s = (store *)arg;
   uint64_t now = ga_monotonic_ns(), x;
@@ -253,6 +299,10 @@ static int l_sqlite_open(lua_State *L) {
   rc = sqlite3_create_function_v2(s->db, "genaudit_sha256", 1,
                                   SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_sha256, NULL, NULL,
                                   NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_create_function_v2(s->db, "genaudit_record_hash", GA_REC_NFIELDS,
+                                    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_record_hash, NULL,
+                                    NULL, NULL);
   if (rc != SQLITE_OK) {
     lua_pushfstring(L, "cannot open database '%s': %s", path, sqlite3_errmsg(s->db));
     sqlite3_close_v2(s->db);

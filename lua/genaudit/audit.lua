@@ -34,22 +34,47 @@ local function columns()
 end
 local COLUMNS = columns()
 
--- The chained rows' columns for verify(): each payload comes as its digest
--- computed by the database (p__calc) and whether it is there (p__null = 1:
--- NULL), never as its bytes: SQLite through genaudit's own SQL function
--- (csrc/ga_store.c), PostgreSQL through its built-in sha256() over the text's
--- UTF-8 bytes. What verify hashes is the same; it only no longer copies
--- every prompt and draft into Lua.
+-- The chained rows' columns for verify(). A payload never reaches Lua: the
+-- database compares its digest with the stored one and answers with a
+-- status (p__st, below): SQLite through genaudit's own SQL function
+-- (csrc/ga_store.c), PostgreSQL through its built-in sha256() over the
+-- text's UTF-8 bytes. On SQLite the record hash itself is computed in the
+-- query too (genaudit_record_hash over the fields in core.record_fields()
+-- order, each payload as its stored digest: what core.record_hash computes
+-- from them), so only the columns the walk compares reach Lua. What verify
+-- hashes is the same either way.
+--   p__st: 0 no payload, no digest; 1 payload matching its digest;
+--          2 payload without a digest; 3 payload not matching its digest;
+--          4 no payload, a digest (purged); 5 no payload, a digest column
+--          that is not 64 lower-case hex digits
+local WALKED = { id = true, chain_id = true, chain_seq = true, prev_hash = true, created_at = true }
+local function payload_status(backend, p)
+  local d = p .. "_sha256"
+  local calc, isdigest
+  if backend == "postgresql" then
+    calc = "encode(sha256(convert_to(" .. p .. "::text, 'UTF8')), 'hex')"
+    isdigest = d .. " ~ '^[0-9a-f]{64}$'"
+  else
+    calc = "genaudit_sha256(" .. p .. ")"
+    isdigest = "typeof(" .. d .. ") = 'text' AND length(" .. d .. ") = 64 AND " .. d .. " NOT GLOB '*[^0-9a-f]*'"
+  end
+  return ("CASE WHEN %s IS NULL THEN (CASE WHEN %s IS NULL THEN 0 WHEN %s THEN 4 ELSE 5 END)"
+    .. " WHEN %s IS NULL THEN 2 WHEN %s = %s THEN 1 ELSE 3 END AS %s__st"):format(p, d, isdigest, d, calc, d, p)
+end
 local function chained_columns(backend)
   local cols = {}
-  for _, c in ipairs(FIELDS) do cols[#cols + 1] = c end
-  for _, p in ipairs(PAYLOADS) do
-    local calc = backend == "postgresql" and ("encode(sha256(convert_to(" .. p .. "::text, 'UTF8')), 'hex')")
-      or ("genaudit_sha256(" .. p .. ")")
-    cols[#cols + 1] = calc .. " AS " .. p .. "__calc"
-    cols[#cols + 1] = "CASE WHEN " .. p .. " IS NULL THEN 1 ELSE 0 END AS " .. p .. "__null"
-    cols[#cols + 1] = p .. "_sha256"
+  if backend == "postgresql" then
+    for _, c in ipairs(FIELDS) do cols[#cols + 1] = c end
+    for _, p in ipairs(PAYLOADS) do cols[#cols + 1] = p .. "_sha256" end
+  else
+    local args = {}
+    for _, f in ipairs(core.record_fields()) do
+      args[#args + 1] = f.payload and (f.name .. "_sha256") or f.name
+      if WALKED[f.name] then cols[#cols + 1] = f.name end
+    end
+    cols[#cols + 1] = "genaudit_record_hash(" .. table.concat(args, ", ") .. ") AS record__calc"
   end
+  for _, p in ipairs(PAYLOADS) do cols[#cols + 1] = payload_status(backend, p) end
   cols[#cols + 1] = "record_hash"
   cols[#cols + 1] = "purged_at"
   cols[#cols + 1] = "purged_by"
@@ -75,42 +100,63 @@ local function sqlite_types()
 end
 local SQLITE_TYPES = sqlite_types()
 
--- What is wrong with one row's payloads and hash (nil: nothing), and its
--- hash. Fills `fields` (reused across rows) with what core.record_hash reads.
-local function check_row(r, fields, legacy)
-  if tonumber(r.bad_types) == 1 then return "a column holds a value that is not text (its type was changed)" end
+local BAD_TYPES = "a column holds a value that is not text (its type was changed)"
+
+-- Whether a chained row's payload p is there (its p__st).
+local function present(r, p)
+  local st = tonumber(r[p .. "__st"])
+  return st == 1 or st == 2 or st == 3
+end
+
+-- What is wrong with one chained row's payloads and hash (nil: nothing),
+-- and its hash. On PostgreSQL fills `fields` (reused across rows) with what
+-- core.record_hash reads; on SQLite (in_sql) the query hashed the row.
+local function check_chained(r, fields, in_sql)
+  if tonumber(r.bad_types) == 1 then return BAD_TYPES end
+  if not in_sql then
+    for _, c in ipairs(FIELDS) do
+      local v = r[c]
+      if v ~= nil and type(v) ~= "string" then v = c == "chain_seq" and v or tostring(v) end
+      fields[c] = v
+    end
+  end
+  for _, p in ipairs(PAYLOADS) do
+    local st, d = tonumber(r[p .. "__st"]), p .. "_sha256"
+    fields[d] = nil
+    if st == 1 or st == 2 or st == 3 then
+      if r.purged_at ~= nil then return p .. " is present on a purged row" end
+      if st == 2 then return p .. " has no digest" end
+      if st == 3 then return p .. " does not match its digest (edited)" end
+      fields[d] = r[d]
+    elseif st == 4 or st == 5 then
+      if r.purged_at == nil then return p .. " is missing without a purge" end
+      if st == 5 then return d .. " is not a digest" end
+      fields[d] = r[d]
+    end
+  end
+  local ok, h
+  if in_sql then
+    ok, h = r.record__calc ~= nil, r.record__calc or "a payload digest or chain_seq is not as written"
+  else
+    ok, h = pcall(core.record_hash, fields)
+  end
+  if not ok then return "cannot be hashed (" .. tostring(h):gsub("^record_hash: ", "") .. ")" end
+  if h ~= r.record_hash then return "record hash does not match the row (a field was edited)" end
+  return nil, h
+end
+
+-- A row written before the chain (legacy): what is wrong with it (nil:
+-- nothing) and its record hash, from its bytes.
+local function check_legacy(r, fields)
+  if tonumber(r.bad_types) == 1 then return BAD_TYPES end
   for _, c in ipairs(FIELDS) do
     local v = r[c]
     if v ~= nil and type(v) ~= "string" then v = c == "chain_seq" and v or tostring(v) end
     fields[c] = v
   end
-  for _, p in ipairs(PAYLOADS) do
-    local v, d = r[p], r[p .. "_sha256"]
-    local present = v ~= nil
-    if not legacy and v == nil then present = tonumber(r[p .. "__null"]) == 0 end
-    fields[p], fields[p .. "_sha256"] = nil, nil
-    if legacy then
-      fields[p] = v
-    elseif present then
-      if r.purged_at ~= nil then return p .. " is present on a purged row" end
-      if d == nil then return p .. " has no digest" end
-      local calc = v ~= nil and core.sha256(v) or r[p .. "__calc"]
-      if calc ~= d then return p .. " does not match its digest (edited)" end
-      fields[p .. "_sha256"] = d
-    elseif d ~= nil then
-      if r.purged_at == nil then return p .. " is missing without a purge" end
-      if type(d) ~= "string" or not d:match("^%x+$") or #d ~= 64 then return p .. "_sha256 is not a digest" end
-      fields[p .. "_sha256"] = d
-    end
-  end
-  if legacy then
-    local ok, h = pcall(core.record_hash, fields)
-    if not ok then return "cannot be hashed: " .. tostring(h) end
-    return nil, h
-  end
+  for _, p in ipairs(PAYLOADS) do fields[p], fields[p .. "_sha256"] = r[p], nil end
   local ok, h = pcall(core.record_hash, fields)
-  if not ok then return "cannot be hashed (" .. tostring(h):gsub("^record_hash: ", "") .. ")" end
-  if h ~= r.record_hash then return "record hash does not match the row (a field was edited)" end
+  if not ok then return "cannot be hashed: " .. tostring(h) end
   return nil, h
 end
 
@@ -204,6 +250,7 @@ function M.verify(store, opts)
     for _, c in ipairs(opts.since.chains) do since[c.chain_id] = c end
   end
   local extra = store.backend == "postgresql" and "" or SQLITE_TYPES
+  local in_sql = store.backend ~= "postgresql" -- the record hash computed by the query
   local heads, fields = {}, {}
   local progress = opts.progress
   for _, cid in ipairs(ids) do
@@ -255,12 +302,12 @@ function M.verify(store, opts)
           p.seen = p.seen + 1
         end
         for _, name in ipairs(PAYLOADS) do
-          if r[name] ~= nil or tonumber(r[name .. "__null"]) == 0 then
+          if present(r, name) then
             problem{ id = r.id, chain_id = cid, seq = seq, what = "purged, but " .. name .. " is still there" }
           end
         end
       end
-      local bad = check_row(r, fields, false)
+      local bad = check_chained(r, fields, in_sql)
       if bad then problem{ id = r.id, chain_id = cid, seq = seq, what = bad } end
       expect_seq, expect_prev = seq + 1, r.record_hash
       last = r
@@ -295,7 +342,7 @@ function M.verify(store, opts)
     .. " WHERE chain_id IS NULL ORDER BY id", {}, function(r)
     report.legacy_rows = report.legacy_rows + 1
     report.rows = report.rows + 1
-    local bad, h = check_row(r, fields, true)
+    local bad, h = check_legacy(r, fields)
     if bad then
       problem{ id = r.id, what = bad }
       h = ZERO
