@@ -59,4 +59,7 @@ int ga_sqlite_query_progress(void *arg);
 int ga_sqlite_query(lua_State *L); /* store:query(sql, params) */
 int ga_sqlite_each(lua_State *L);  /* store:each(sql, params, fn) */
 
+/* ga_sqlagg.c: genaudit_percentiles, genaudit_sum_ordered on db */
+int ga_sqlite_register_aggregates(sqlite3 *db);
+
 #endif

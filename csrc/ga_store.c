@@ -299,6 +299,7 @@ static int l_sqlite_open(lua_State *L) {
   rc = sqlite3_create_function_v2(s->db, "genaudit_sha256", 1,
                                   SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_sha256, NULL, NULL,
                                   NULL);
+  if (rc == SQLITE_OK) rc = ga_sqlite_register_aggregates(s->db);
   if (rc == SQLITE_OK)
     rc = sqlite3_create_function_v2(s->db, "genaudit_record_hash", GA_REC_NFIELDS,
                                     SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_record_hash, NULL,

@@ -20,20 +20,37 @@ local M = {}
 -- (store.backend). Percentiles are nearest-rank: the value at rank
 -- ceil(p * n / 100) among the n non-NULL values in ascending order, computed
 -- as (n * p + 99) / 100 in integer arithmetic (SQLite 3.40 may lack ceil()).
--- Sums of floats are taken in one order on both stores (ascending, by a
--- window over the whole group), and averages divided out explicitly, so both
--- give the same last digit; text keys sort bytewise on both.
-local function rank(col) -- 1.. over the non-NULL values of col within its group (NULLs ranked last)
-  return "row_number() OVER (PARTITION BY grp ORDER BY (" .. col .. ") IS NULL, " .. col .. ")"
+-- Sums of floats are taken in one order on both stores (ascending), and
+-- averages divided out explicitly, so both give the same last digit; text
+-- keys sort bytewise on both. Both are plain aggregates of the group (no
+-- window sorting every row): SQLite through genaudit's own aggregate
+-- functions (csrc/ga_sqlagg.c: quickselect over the group's values),
+-- PostgreSQL through a sorted array_agg and sum(... ORDER BY ...).
+--   percentiles(col, {p, ...}): text "v1,v2,..." (NULL: no value), split by
+--   split_percentiles; sum_asc(col): the REAL sum of col in ascending order.
+local function pg_percentiles(col, ps)
+  local arr = "(array_agg(" .. col .. " ORDER BY " .. col .. ") FILTER (WHERE " .. col .. " IS NOT NULL))"
+  local parts = {}
+  for i, p in ipairs(ps) do
+    parts[i] = string.format("CAST(%s[(count(%s) * %d + 99) / 100] AS text)", arr, col, p)
+  end
+  return "NULLIF(concat_ws(',', " .. table.concat(parts, ", ") .. "), '')"
 end
-local function count(col) return "count(" .. col .. ") OVER (PARTITION BY grp)" end
-local function pick(rnk, n, p, col)
-  return string.format("max(CASE WHEN %s = (%s * %d + 99) / 100 THEN %s END)", rnk, n, p, col)
+local function sqlite_percentiles(col, ps)
+  return "genaudit_percentiles(" .. col .. ", " .. table.concat(ps, ", ") .. ")"
 end
--- the sum of col over its partition, added up in ascending order
-local function sum_ordered(col, part)
-  return "sum(" .. col .. ") OVER (PARTITION BY " .. part .. " ORDER BY " .. col
-    .. " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+
+-- Sets r[names[i]] to the i-th value of the text r[key] (genaudit_percentiles'
+-- "v1,v2,..."), as text (as_text: exact integers such as picodollars) or as
+-- numbers; all nil when r[key] is NULL. Removes r[key].
+local function split_percentiles(r, key, names, as_text)
+  local v, i = r[key], 0
+  r[key] = nil
+  if v == nil then return end
+  for part in tostring(v):gmatch("[^,]+") do
+    i = i + 1
+    if names[i] then r[names[i]] = as_text and part or tonumber(part) end
+  end
 end
 local function desc_nulls_last(col) return col .. " DESC NULLS LAST" end
 local function asc_nulls_last(col) return col .. " ASC NULLS LAST" end
@@ -126,8 +143,13 @@ local DIALECTS = {
     explain = "EXPLAIN ", explain_column = "QUERY PLAN",
   },
 }
+DIALECTS.sqlite.percentiles = sqlite_percentiles
+DIALECTS.sqlite.sum_asc = function(col) return "genaudit_sum_ordered(" .. col .. ")" end
+DIALECTS.postgresql.percentiles = pg_percentiles
+DIALECTS.postgresql.sum_asc = function(col)
+  return "sum(CAST(" .. col .. " AS double precision) ORDER BY " .. col .. ")"
+end
 for _, d in pairs(DIALECTS) do
-  d.rank, d.count, d.pick, d.sum_ordered = rank, count, pick, sum_ordered
   d.desc_nulls_last, d.asc_nulls_last = desc_nulls_last, asc_nulls_last
 end
 
@@ -139,6 +161,9 @@ local function dialect_of(store)
 end
 
 local TABLE = "generation_snapshots"
+-- The rows a grouped report read (every group's rows: the sum of the
+-- groups' counts), on every result row, without reading them twice.
+local COUNTED = "CAST(sum(count(*)) OVER () AS bigint) AS counted_rows"
 
 -- report.dialect(store) -> the SQL pieces of the store's backend (for
 -- genaudit.metrics, which aggregates in SQL the same way).
@@ -344,15 +369,15 @@ function builders.cost(opts, SQL)
   if not where then return nil, params, code end
   local name = g[1]
   local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, estimated_cost_picousd AS cost, total_tokens AS tokens FROM "
-    .. TABLE .. where .. "), ranked AS (SELECT grp, cost, tokens, " .. SQL.rank("cost") .. " AS rc, "
-    .. SQL.count("cost") .. " AS nc FROM base)"
+    .. TABLE .. where .. ")"
     .. " SELECT grp AS " .. name .. ", count(*) AS posts, count(cost) AS priced_posts,"
-    .. " CAST(sum(cost) AS TEXT) AS total_pico, CAST(" .. SQL.pick("rc", "nc", 50, "cost") .. " AS TEXT) AS p50_pico, "
-    .. "CAST(" .. SQL.pick("rc", "nc", 95, "cost") .. " AS TEXT) AS p95_pico, sum(tokens) AS total_tokens, "
-    .. SQL.real("sum(tokens)") .. " / count(tokens) AS avg_tokens, (SELECT count(*) FROM base) AS counted_rows"
-    .. " FROM ranked GROUP BY grp ORDER BY " .. SQL.desc_nulls_last("sum(cost)") .. ", " .. SQL.asc_nulls_last("grp")
+    .. " CAST(sum(cost) AS TEXT) AS total_pico, " .. SQL.percentiles("cost", { 50, 95 }) .. " AS pcts,"
+    .. " sum(tokens) AS total_tokens, " .. SQL.real("sum(tokens)") .. " / count(tokens) AS avg_tokens,"
+    .. " " .. COUNTED .. " FROM base GROUP BY grp ORDER BY " .. SQL.desc_nulls_last("sum(cost)") .. ", "
+    .. SQL.asc_nulls_last("grp")
   local function fold(rows)
     for _, r in ipairs(rows) do
+      split_percentiles(r, "pcts", { "p50_pico", "p95_pico" }, true)
       r.total_cost, r.p50_cost, r.p95_cost = usd(r.total_pico), usd(r.p50_pico), usd(r.p95_pico)
       if r.total_cost ~= nil then r.avg_cost = r.total_cost / r.priced_posts end
       r.total_pico, r.p50_pico, r.p95_pico = nil, nil, nil
@@ -380,12 +405,11 @@ local function repairs_by_rule_set(opts, SQL, top)
   params[#params + 1] = math.floor(top)
   local sql = "WITH base AS (SELECT coalesce(" .. RULE_SET_DIGEST[SQL] .. ", 'unknown') AS grp, created_at,"
     .. " repair_count, initial_validation_score, repair_metrics FROM " .. TABLE .. where .. "),"
-    .. " scored AS (SELECT grp, created_at, repair_count, initial_validation_score, "
-    .. SQL.sum_ordered("initial_validation_score", "grp") .. " AS ss FROM base),"
     .. " top AS (SELECT grp, coalesce(sum(repair_count), 0) AS repairs, count(*) AS posts,"
     .. " count(CASE WHEN repair_count > 0 THEN 1 END) AS repaired_posts,"
-    .. " max(ss) / count(initial_validation_score) AS avg_initial_score,"
-    .. " min(created_at) AS first_created_at, max(created_at) AS last_created_at FROM scored GROUP BY grp"
+    .. " " .. SQL.sum_asc("initial_validation_score") .. " / count(initial_validation_score) AS avg_initial_score,"
+    .. " min(created_at) AS first_created_at, max(created_at) AS last_created_at, " .. COUNTED
+    .. " FROM base GROUP BY grp"
     .. " ORDER BY repairs DESC, " .. SQL.bytewise("grp") .. " LIMIT ?),"
     .. " types AS (SELECT b.grp, j.value AS slug, count(*) AS n FROM base b JOIN top t ON t.grp = b.grp, "
     .. SQL.repair_types .. " WHERE b.repair_count > 0 GROUP BY b.grp, j.value),"
@@ -393,7 +417,7 @@ local function repairs_by_rule_set(opts, SQL, top)
     .. SQL.bytewise("slug") .. ") AS r FROM types)"
     .. " SELECT t.grp AS rule_set_digest, t.repairs, t.posts, t.repaired_posts, "
     .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, t.first_created_at,"
-    .. " t.last_created_at, k.slug, k.n, (SELECT count(*) FROM base) AS counted_rows"
+    .. " t.last_created_at, k.slug, k.n, t.counted_rows"
     .. " FROM top t LEFT JOIN ranked k ON k.grp = t.grp AND k.r <= 3"
     .. " ORDER BY t.repairs DESC, " .. SQL.bytewise("t.grp") .. ", k.r"
   local columns = { "rule_set_digest", "repairs", "posts", "repaired_posts", "repair_rate", "avg_initial_score",
@@ -438,11 +462,10 @@ function builders.repairs(opts, SQL)
   -- JSON of repair_types is read only for repaired rows of the top templates
   local sql = "WITH base AS (SELECT template_id, repair_count, initial_validation_score FROM "
     .. TABLE .. where .. "),"
-    .. " scored AS (SELECT template_id, repair_count, initial_validation_score, "
-    .. SQL.sum_ordered("initial_validation_score", "template_id") .. " AS ss FROM base),"
     .. " top AS (SELECT template_id, coalesce(sum(repair_count), 0) AS repairs, count(*) AS posts,"
     .. " count(CASE WHEN repair_count > 0 THEN 1 END) AS repaired_posts,"
-    .. " max(ss) / count(initial_validation_score) AS avg_initial_score FROM scored GROUP BY template_id"
+    .. " " .. SQL.sum_asc("initial_validation_score") .. " / count(initial_validation_score) AS avg_initial_score, "
+    .. COUNTED .. " FROM base GROUP BY template_id"
     .. " ORDER BY repairs DESC, template_id LIMIT ?),"
     .. " types AS (SELECT b.template_id, j.value AS slug, count(*) AS n FROM " .. TABLE .. " b"
     .. " JOIN top t ON t.template_id = b.template_id, " .. SQL.repair_types
@@ -453,7 +476,7 @@ function builders.repairs(opts, SQL)
     .. " AS r FROM types)"
     .. " SELECT t.template_id, t.repairs, t.posts, t.repaired_posts, "
     .. SQL.real("t.repaired_posts") .. " / t.posts AS repair_rate, t.avg_initial_score, k.slug, k.n,"
-    .. " (SELECT count(*) FROM base) AS counted_rows"
+    .. " t.counted_rows"
     .. " FROM top t LEFT JOIN ranked k ON k.template_id = t.template_id AND k.r <= 3"
     .. " ORDER BY t.repairs DESC, t.template_id, k.r"
   local function fold(rows)
@@ -480,25 +503,29 @@ function builders.latency(opts, SQL)
   if not where then return nil, params, code end
   -- f: time to first token, of streamed generations only (NULL for the others)
   local measures = { { "t", "total" }, { "p", "provider" }, { "o", "overhead" }, { "f", "ttft" } }
-  local ranks, picks, columns = {}, {}, { g[1], "posts" }
+  local picks, columns, names = {}, { g[1], "posts" }, {}
   for _, m in ipairs(measures) do
-    ranks[#ranks + 1] = SQL.rank(m[1]) .. " AS r" .. m[1] .. ", " .. SQL.count(m[1]) .. " AS n" .. m[1]
-  end
-  for _, m in ipairs(measures) do
+    picks[#picks + 1] = SQL.percentiles(m[1], { 50, 95, 99 }) .. " AS pct_" .. m[1]
+    names[m[1]] = {}
     for _, p in ipairs({ 50, 95, 99 }) do
       local col = "p" .. p .. "_" .. m[2] .. "_ms"
-      picks[#picks + 1] = SQL.pick("r" .. m[1], "n" .. m[1], p, m[1]) .. " AS " .. col
+      names[m[1]][#names[m[1]] + 1] = col
       columns[#columns + 1] = col
     end
   end
   columns[#columns + 1] = "streamed"
   local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, total_latency_ms AS t, provider_latency_ms AS p,"
     .. " total_latency_ms - provider_latency_ms AS o, "
-    .. SQL.doc_num("performance_metrics", "time_to_first_token_ms") .. " AS f FROM " .. TABLE .. where .. "),"
-    .. " ranked AS (SELECT grp, t, p, o, f, " .. table.concat(ranks, ", ") .. " FROM base)"
-    .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ") .. ", count(f) AS streamed"
-    .. ", (SELECT count(*) FROM base) AS counted_rows FROM ranked GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
-  return sql, params, columns
+    .. SQL.doc_num("performance_metrics", "time_to_first_token_ms") .. " AS f FROM " .. TABLE .. where .. ")"
+    .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ") .. ", count(f) AS streamed, "
+    .. COUNTED .. " FROM base GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
+  local function fold(rows)
+    for _, r in ipairs(rows) do
+      for _, m in ipairs(measures) do split_percentiles(r, "pct_" .. m[1], names[m[1]]) end
+    end
+    return rows
+  end
+  return sql, params, columns, fold
 end
 
 -- Per rule slug, from repair_metrics.rules (one element per rule that judged
