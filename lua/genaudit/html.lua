@@ -214,24 +214,63 @@ end
 
 -- ---- the sections ----
 
+-- report cost_daily's rows as a grid: the days (oldest first), the
+-- templates (bytewise) and the row of each day "\0" template.
+local function by_day(result)
+  local days, templates, seen_d, seen_t, at = {}, {}, {}, {}, {}
+  for _, r in ipairs(result.rows) do
+    local d, t = cell(r.day), r.template_id == nil and "(none)" or tostring(r.template_id)
+    if not seen_d[d] then seen_d[d], days[#days + 1] = true, d end
+    if not seen_t[t] then seen_t[t], templates[#templates + 1] = true, t end
+    at[d .. "\0" .. t] = r
+  end
+  table.sort(templates)
+  return days, templates, at
+end
+
 -- Each section: id, title, the report function and its extra options, a
--- caption, and chart(id, result) -> SVG text.
+-- caption, chart(id, result) -> SVG text and, when the table is not the
+-- report's own columns, table(id, result) -> its <table>.
 local SECTIONS = {
   {
     id = "cost-daily", title = "Cost per template per day", run = "cost_daily",
-    caption = "Total cost (USD) of the priced generations, per UTC day, stacked by template.",
+    caption = "Total cost (USD) of the priced generations, per UTC day and template (-: generations, none"
+      .. " priced; empty: no generations).",
     chart = function(id, result)
-      local days, templates, seen_d, seen_t, v = {}, {}, {}, {}, {}
-      for _, r in ipairs(result.rows) do
-        local d, t = tostring(r.day), label_of(r.template_id)
-        if not seen_d[d] then seen_d[d], days[#days + 1] = true, d end
-        if not seen_t[t] then seen_t[t], templates[#templates + 1] = true, t end
-        v[d .. "\0" .. t] = r.total_cost
-      end
-      table.sort(templates)
+      local days, templates, at = by_day(result)
       local series = {}
       for i, t in ipairs(templates) do series[i] = { key = t, name = t, color = color(i) } end
-      return stacked_columns(id, days, series, function(d, t) return v[d .. "\0" .. t] end, " USD")
+      return stacked_columns(id, days, series, function(d, t)
+        local r = at[d .. "\0" .. t]
+        return r and r.total_cost
+      end, " USD")
+    end,
+    table = function(id, result)
+      local days, templates, at = by_day(result)
+      local out = { '<div class="scroll"><table id="' .. id .. '-table" class="data"><thead><tr>'
+        .. '<th scope="col" data-column="day">day</th>' }
+      for _, t in ipairs(templates) do
+        out[#out + 1] = '<th scope="col" data-column="template">' .. esc(t) .. "</th>"
+      end
+      out[#out + 1] = "</tr></thead><tbody>"
+      for _, d in ipairs(days) do
+        out[#out + 1] = '<tr><th scope="row">' .. esc(d) .. "</th>"
+        for _, t in ipairs(templates) do
+          local r = at[d .. "\0" .. t]
+          if not r then
+            out[#out + 1] = '<td class="none" title="no generations"></td>'
+          elseif r.total_cost == nil then
+            out[#out + 1] = '<td class="null" title="' .. esc(cell(r.posts)) .. ' generations, none priced">-</td>'
+          else
+            out[#out + 1] = '<td class="num" data-value="' .. esc(format.report_value(r.total_cost)) .. '" title="'
+              .. esc(cell(r.priced_posts)) .. " of " .. esc(cell(r.posts)) .. ' generations priced">'
+              .. esc(cell(r.total_cost)) .. "</td>"
+          end
+        end
+        out[#out + 1] = "</tr>"
+      end
+      out[#out + 1] = "</tbody></table></div>"
+      return table.concat(out)
     end,
   },
   {
@@ -327,7 +366,7 @@ function M.sections(store, opts)
     for k, v in pairs(s.options and s.options() or {}) do o[k] = v end
     local result, err, code = report[s.run](store, o)
     if not result then return nil, err, code end
-    out[i] = { id = s.id, title = s.title, caption = s.caption, result = result, chart = s.chart }
+    out[i] = { id = s.id, title = s.title, caption = s.caption, result = result, chart = s.chart, table = s.table }
   end
   return out
 end
@@ -419,7 +458,7 @@ function M.render(sections, opts, generated_at)
       else
         out[#out + 1] = '<figure id="' .. s.id .. '-figure">\n<figcaption id="' .. s.id .. '-caption">'
           .. esc(s.caption) .. "</figcaption>\n" .. s.chart(s.id, s.result) .. "\n"
-          .. data_table(s.id, s.result) .. "\n</figure>\n"
+          .. (s.table or data_table)(s.id, s.result) .. "\n</figure>\n"
       end
       out[#out + 1] = "</section>\n"
     end

@@ -40,6 +40,7 @@ async function inspect(context, file) {
       svg: f.querySelectorAll('svg').length,
       bars: f.querySelectorAll('svg rect.bar').length,
       columns: [...f.querySelectorAll('table thead th')].map((th) => th.dataset.column),
+      heads: [...f.querySelectorAll('table thead th')].map((th) => th.textContent),
       rows: [...f.querySelectorAll('table tbody tr')].map((tr) =>
         [...tr.children].map((c) => ({ text: c.textContent, value: c.dataset.value === undefined ? null : c.dataset.value }))),
     }));
