@@ -3,7 +3,9 @@
 // playwright-core) and prints, as one JSON document on stdout, what a reader
 // would get from each page: its console errors and page errors, every request
 // it made (all but the file itself are blocked), dialogs opened, the number
-// of <script> elements, and per <figure> its SVG marks and its table's cells.
+// of <script> elements, per <figure> its SVG marks and its table's cells,
+// and how it prints (print media: the navigation, the table wrappers, the
+// figures shown; the size and pages of the PDF Chromium prints).
 //
 //   node spec/support/html_check.js NODE_MODULES_DIR [--screenshot OUT.png] FILE...
 //
@@ -55,6 +57,20 @@ async function inspect(context, file) {
     };
   }));
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  // as printed: the @media print rules, and the PDF Chromium makes of the page
+  await page.emulateMedia({ media: 'print' });
+  out.print = await page.evaluate(() => {
+    const nav = document.querySelector('nav');
+    const scroll = document.querySelector('.scroll');
+    return {
+      nav: nav ? getComputedStyle(nav).display : null,
+      scroll_overflow: scroll ? getComputedStyle(scroll).overflowX : null,
+      figures_shown: [...document.querySelectorAll('figure')].filter((f) => f.getBoundingClientRect().height > 0).length,
+    };
+  });
+  const pdf = await page.pdf({ format: 'A4' });
+  out.print.pdf_bytes = pdf.length;
+  out.print.pdf_pages = (pdf.toString('latin1').match(/\/Type\s*\/Page[^s]/g) || []).length;
   await page.close();
   return out;
 }
