@@ -493,6 +493,27 @@ describe("genaudit report html, failures and an empty store", function()
       { out, err, rc })
   end)
 
+  it("fails with one line and exit 2 given --json or --csv", function()
+    local s = assert(genaudit.open("sqlite:" .. dir .. "/a.db"))
+    s:close()
+    for _, flag in ipairs({ "--json", "--csv" }) do
+      local out, err, rc = cli("--db " .. q(dir .. "/a.db") .. " " .. flag .. " report html")
+      assert.same({ "", "genaudit: report html writes HTML: --json and --csv do not apply\n", 2 }, { out, err, rc })
+    end
+  end)
+
+  it("fails with one line and exit 1 when --out is a directory, leaving no temporary file", function()
+    local s = assert(genaudit.open("sqlite:" .. dir .. "/a.db"))
+    s:close()
+    os.execute("mkdir " .. q(dir .. "/d"))
+    local out, err, rc = cli("--db " .. q(dir .. "/a.db") .. " report html --out " .. q(dir .. "/d"))
+    assert.same({ "", "genaudit: cannot write " .. dir .. "/d (Is a directory)\n", 1 }, { out, err, rc })
+    local p = assert(io.popen("ls -a " .. q(dir)))
+    local listing = p:read("a")
+    p:close()
+    assert.is_nil(listing:find(".tmp", 1, true))
+  end)
+
   it("fails with one line and exit 1 when there is no database", function()
     local out, err, rc = cli("--db " .. q(dir .. "/none.db") .. " report html")
     assert.same({ "", "genaudit: no database at " .. dir .. "/none.db (run 'genaudit migrate' to create one)\n", 1 },

@@ -119,7 +119,7 @@ local function hbars(id, rows, series, unit)
       local v = s.value(r.row)
       local by = y + (i - 1) * BAR
       if v then
-        local w = max > 0 and v / max * plot or 0
+        local w = max > 0 and math.max(v, 0) / max * plot or 0 -- a negative value (bad data) draws no bar
         parts[#parts + 1] = string.format('<rect class="bar" x="%d" y="%s" width="%s" height="%d" fill="%s">'
           .. "<title>%s, %s: %s%s</title></rect>", LEFT, num(by), num(w), BAR - 2, s.color, esc(r.label),
           esc(s.name), esc(cell(v)), unit)
@@ -164,7 +164,7 @@ local function stacked_columns(id, xs, series, value, unit)
     for _, s in ipairs(series) do
       local v = value(x, s.key)
       if v then
-        local h = max > 0 and v / max * plot_h or 0
+        local h = max > 0 and math.max(v, 0) / max * plot_h or 0
         top = top - h
         parts[#parts + 1] = string.format('<rect class="bar" x="%s" y="%s" width="%s" height="%s" fill="%s">'
           .. "<title>%s, %s: %s%s</title></rect>", num(cx), num(top), num(bw), num(h), s.color, esc(x),
