@@ -68,6 +68,7 @@ build = {
     ["genaudit.client"] = "lua/genaudit/client.lua",
     ["genaudit.replay"] = "lua/genaudit/replay.lua",
     ["genaudit.report"] = "lua/genaudit/report.lua",
+    ["genaudit.html"] = "lua/genaudit/html.lua",
     ["genaudit.copy"] = "lua/genaudit/copy.lua",
     ["genaudit.openresty"] = "lua/genaudit/openresty.lua",
     ["genaudit.json"] = "lua/genaudit/json.lua",

@@ -274,7 +274,7 @@ end
 -- export show every row.
 local COUNTED_DEFAULT = {
   cost = { status = "completed" }, repairs = { status = "completed" }, latency = { status = "completed" },
-  rules = { status = "all" },
+  rules = { status = "all" }, cost_daily = { status = "completed" }, unpriced = { status = "completed" },
 }
 
 -- The status and replays a report counts under opts: { status =
@@ -386,6 +386,52 @@ function builders.cost(opts, SQL)
   end
   return sql, params, { name, "posts", "priced_posts", "total_cost", "avg_cost", "p50_cost", "p95_cost",
     "total_tokens", "avg_tokens" }, fold
+end
+
+-- Cost per template per day (UTC), oldest day first, templates bytewise
+-- within a day: posts, priced_posts and the exact total_cost (picodollars
+-- summed in SQL, converted once), as builders.cost counts them.
+function builders.cost_daily(opts, SQL)
+  local where, params, code = filters(opts, SQL, nil, counted_of("cost_daily", opts))
+  if not where then return nil, params, code end
+  local sql = "WITH base AS (SELECT template_id, " .. SQL.day .. " AS day, estimated_cost_picousd AS cost FROM "
+    .. TABLE .. where .. ")"
+    .. " SELECT day, template_id, count(*) AS posts, count(cost) AS priced_posts,"
+    .. " CAST(sum(cost) AS TEXT) AS total_pico, (SELECT count(*) FROM base) AS counted_rows"
+    .. " FROM base GROUP BY day, template_id ORDER BY day, " .. SQL.bytewise("template_id") .. " NULLS LAST"
+  local function fold(rows)
+    for _, r in ipairs(rows) do
+      r.total_cost, r.total_pico = usd(r.total_pico), nil
+    end
+    return rows
+  end
+  return sql, params, { "day", "template_id", "posts", "priced_posts", "total_cost" }, fold
+end
+
+-- The counted generations whose cost is unknown (estimated_cost NULL), per
+-- template, model and token_metrics.cost_source (why: unpriced, no_usage,
+-- ...), most first: the posts the cost report leaves out of its sums.
+function builders.unpriced(opts, SQL)
+  local where, params, code = filters(opts, SQL, "b.", counted_of("unpriced", opts))
+  if not where then return nil, params, code end
+  local source = SQL.doc_text("token_metrics", "cost_source")
+  -- one row even when every cost is known (counted_rows: the rows read); fold drops it
+  local sql = "WITH base AS (SELECT b.template_id, b.model_identifier, b.estimated_cost_picousd AS cost, " .. source
+    .. " AS cost_source FROM " .. TABLE .. " b" .. where .. "),"
+    .. " agg AS (SELECT template_id, model_identifier, cost_source, count(*) AS unpriced_posts FROM base"
+    .. " WHERE cost IS NULL GROUP BY template_id, model_identifier, cost_source)"
+    .. " SELECT agg.template_id, agg.model_identifier, agg.cost_source, agg.unpriced_posts,"
+    .. " (SELECT count(*) FROM base) AS counted_rows FROM (SELECT 1 AS one) x LEFT JOIN agg ON 1 = 1"
+    .. " ORDER BY agg.unpriced_posts DESC, " .. SQL.bytewise("agg.template_id") .. " NULLS LAST, "
+    .. SQL.bytewise("agg.model_identifier") .. " NULLS LAST, " .. SQL.bytewise("agg.cost_source") .. " NULLS LAST"
+  local function fold(rows)
+    local out = {}
+    for _, r in ipairs(rows) do
+      if r.unpriced_posts ~= nil then out[#out + 1] = r end
+    end
+    return out
+  end
+  return sql, params, { "template_id", "model_identifier", "cost_source", "unpriced_posts" }, fold
 end
 
 -- report repairs --by rule_set: repair_metrics.scripts.rule_set_digest of a
@@ -646,6 +692,17 @@ function M.latency(store, opts) return run("latency", store, opts) end
 -- repair_metrics.rules. Counts every status by default (a broken rule fails
 -- drafts: those generations are the ones to see), replays excluded.
 function M.rules(store, opts) return run("rules", store, opts) end
+
+-- M.cost_daily(store, { <filters>, include_replays }) -> result | nil, err, code.
+-- Per UTC day and template (oldest day first): posts, priced_posts and the
+-- exact total_cost of the priced ones, counted as M.cost counts.
+function M.cost_daily(store, opts) return run("cost_daily", store, opts) end
+
+-- M.unpriced(store, { <filters>, include_replays }) -> result | nil, err, code.
+-- The counted generations without a known cost, per template_id,
+-- model_identifier and cost_source (unpriced_posts, most first); counted as
+-- M.cost counts, so its unpriced_posts add up to posts - priced_posts there.
+function M.unpriced(store, opts) return run("unpriced", store, opts) end
 
 -- M.list(store, { limit = 20, <filters> }) -> result | nil, err, code: the
 -- newest snapshots (id, created_at, template_id, status, estimated_cost,
