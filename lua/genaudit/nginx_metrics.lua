@@ -55,17 +55,17 @@ for _, f in ipairs(FAMILIES) do BY_NAME[f[1]] = f end
 
 local DROPPED = "genaudit_metrics_dropped_total|"
 
--- The dict key of a series: the family name, then each label value as
--- <length>:<bytes> (any bytes, unambiguous), then "|" and a suffix (a
--- histogram's bucket index or "s" for its sum; a cost's "u" or "p").
-local function key(name, suffix, ...)
-  local parts = { name, "|" }
-  for i = 1, select("#", ...) do
-    local v = select(i, ...)
-    parts[#parts + 1] = #v .. ":" .. v
-  end
-  if suffix then parts[#parts + 1] = "|" .. suffix end
-  return table.concat(parts)
+-- The dict key of a series: the family name, "|", then each label value as
+-- <length>:<bytes> (any bytes, unambiguous); a histogram's bucket index or
+-- "s" (its sum), or a cost's "u" or "p", follows as "|" .. suffix. At most
+-- four labels, given in the family's order (no varargs: this is the hot path).
+local function key(name, a, b, c, d)
+  local k = name .. "|"
+  if a then k = k .. #a .. ":" .. a end
+  if b then k = k .. #b .. ":" .. b end
+  if c then k = k .. #c .. ":" .. c end
+  if d then k = k .. #d .. ":" .. d end
+  return k
 end
 
 -- key() backwards: name, { values }, suffix | nil for a key that is not ours.
@@ -127,17 +127,19 @@ local function picousd(tu)
   return nil
 end
 
--- One observation of histogram name: its bucket (non-cumulative: one incr)
--- and its sum (sum_units: the value in the family's stored units).
-function Recorder:observe(name, v, sum_units, ...)
+-- One observation of histogram name with labels a.. d: its bucket
+-- (non-cumulative: one incr) and its sum (sum_units: the value in the
+-- family's stored units).
+function Recorder:observe(name, v, sum_units, a, b, c, d)
   local f = BY_NAME[name]
   local bounds, per = f[4], f.per
   local i = #bounds + 1
-  for b = 1, #bounds do
-    if v <= bounds[b] * per then i = b break end -- the comparison genaudit.metrics' SQL makes
+  for j = 1, #bounds do
+    if v <= bounds[j] * per then i = j break end -- the comparison genaudit.metrics' SQL makes
   end
-  self:bump(key(name, tostring(i), ...), 1)
-  self:bump(key(name, "s", ...), sum_units)
+  local k = key(name, a, b, c, d)
+  self:bump(k .. "|" .. i, 1)
+  self:bump(k .. "|s", sum_units)
 end
 
 local function us(ms) return math.floor(ms * 1000 + 0.5) end
@@ -147,7 +149,7 @@ local function us(ms) return math.floor(ms * 1000 + 0.5) end
 function Recorder:generation(row)
   local tmpl, status = str(row.template_id), str(row.status)
   local replay = type(row.replay_of) == "string"
-  self:bump(key(replay and "genaudit_replays_total" or "genaudit_generations_total", nil, status, tmpl), 1)
+  self:bump(key(replay and "genaudit_replays_total" or "genaudit_generations_total", status, tmpl), 1)
   local tu, perf, ri = tab(row.token_usage), tab(row.performance), tab(row.repair_info)
   local model = str(perf.model_identifier)
   local pico = picousd(tu)
@@ -156,21 +158,22 @@ function Recorder:generation(row)
     -- whole microdollars, and the picodollars below one microdollar
     local lo = tonumber(pico:sub(-6))
     local hi = #pico > 6 and tonumber(pico:sub(1, -7)) or 0
-    self:bump(key("genaudit_cost_usd_total", "u", tmpl, model), hi)
-    self:bump(key("genaudit_cost_usd_total", "p", tmpl, model), lo)
+    local k = key("genaudit_cost_usd_total", tmpl, model)
+    self:bump(k .. "|u", hi)
+    self:bump(k .. "|p", lo)
   else
-    self:bump(key("genaudit_unpriced_generations_total", nil, tmpl, model), 1)
+    self:bump(key("genaudit_unpriced_generations_total", tmpl, model), 1)
   end
   if integer(ri.repair_count) and ri.repair_count > 0 then
-    self:bump(key("genaudit_repairs_total", nil, tmpl), ri.repair_count)
+    self:bump(key("genaudit_repairs_total", tmpl), ri.repair_count)
   end
   for _, t in ipairs(tab(ri.repair_types)) do
-    if type(t) == "string" then self:bump(key("genaudit_repair_types_total", nil, tmpl, t), 1) end
+    if type(t) == "string" then self:bump(key("genaudit_repair_types_total", tmpl, t), 1) end
   end
   for _, r in ipairs(tab(ri.rules)) do
     if type(r) == "table" and type(r.slug) == "string" then
-      self:bump(key("genaudit_rule_errors_total", nil, r.slug, "error"), integer(r.errors) and r.errors or 0)
-      self:bump(key("genaudit_rule_errors_total", nil, r.slug, "timeout"), integer(r.timeouts) and r.timeouts or 0)
+      self:bump(key("genaudit_rule_errors_total", r.slug, "error"), integer(r.errors) and r.errors or 0)
+      self:bump(key("genaudit_rule_errors_total", r.slug, "timeout"), integer(r.timeouts) and r.timeouts or 0)
     end
   end
   local provider = str(perf.provider)
@@ -198,7 +201,7 @@ end
 
 -- recorder:persist_failed(code): a snapshot the store did not take.
 function Recorder:persist_failed(code)
-  self:bump(key("genaudit_persist_failures_total", nil, type(code) == "string" and code or "UNKNOWN"), 1)
+  self:bump(key("genaudit_persist_failures_total", type(code) == "string" and code or "UNKNOWN"), 1)
 end
 
 local WRITER = { written = "genaudit_writer_rows_written_total", failed = "genaudit_writer_rows_failed_total",
@@ -209,12 +212,12 @@ local WRITER = { written = "genaudit_writer_rows_written_total", failed = "genau
 -- by since the last call (so they keep growing across worker restarts).
 function Recorder:writer(stats, worker)
   local w = tostring(worker)
-  local ok, err = self.dict:safe_set(key("genaudit_writer_queue_depth", nil, w), tonumber(stats.pending) or 0)
+  local ok, err = self.dict:safe_set(key("genaudit_writer_queue_depth", w), tonumber(stats.pending) or 0)
   if not ok and err then self.dict:incr(DROPPED, 1) end
   for field, name in pairs(WRITER) do
     local now = tonumber(stats[field]) or 0
     local delta = now - (self.published[field] or 0)
-    if delta >= 0 and self:bump(key(name, nil, w), delta) then self.published[field] = now end
+    if delta >= 0 and self:bump(key(name, w), delta) then self.published[field] = now end
   end
 end
 
