@@ -6,8 +6,10 @@
 -- failed ones) go through it; its /metrics passes the real `promtool check
 -- metrics`, equals `genaudit metrics` over the same store sample for sample
 -- and what SQL says; a real Prometheus server scrapes it on loopback and its
--- query API returns the same counters. A full shared dict drops updates,
--- counts them and fails no request.
+-- query API returns the same counters. The counters go on across a
+-- reload; a writer held up by a lock shows its queue's depth, and the
+-- snapshots its full queue refused are counted. A full shared dict drops
+-- updates, counts them and fails no request.
 local cjson = require("cjson")
 local socket = require("socket")
 local http = require("socket.http")
@@ -344,5 +346,121 @@ describe("genaudit metrics in nginx with a full shared dict #nginx", function()
     assert.same({ "", 0 }, { sh("promtool check metrics < " .. q(dir .. "/full.prom")) })
     assert.is_true(samples(body).genaudit_metrics_dropped_total > 0, body)
     assert.falsy(server:error_log():find("[error]", 1, true), server:error_log())
+  end)
+end)
+
+describe("genaudit metrics in nginx across a reload and a held-up writer #nginx", function()
+  local srv, dir, server
+
+  local function start(workers, prepare)
+    server = nginx.start{ port = free_port(), workers = workers, db = dir .. "/audit.db", prepare = prepare,
+      env = { GENAUDIT_API_KEY = KEY, GENAUDIT_BASE_URL = srv.url, GENAUDIT_MODEL = "gpt-4o-mini" } }
+    return server
+  end
+
+  -- /metrics' samples once cond(samples) holds (bounded: 30 s, then a clear failure)
+  local function metrics_when(what, cond)
+    local s, last = poll(30, function()
+      local _, _, body = get(server.port, "/metrics")
+      local sm = samples(body)
+      return cond(sm) and sm, body
+    end)
+    assert(s, "no /metrics with " .. what .. " within 30 s; the last one:\n" .. tostring(last))
+    return s
+  end
+
+  local function stored()
+    local store = assert(genaudit.open("sqlite:" .. dir .. "/audit.db", { readonly = true }))
+    local n = store:query("SELECT count(*) AS n FROM generation_snapshots", {})[1].n
+    store:close()
+    return n
+  end
+
+  before_each(function()
+    srv = provider_server.start{ api_key = KEY, quiet = true }
+    dir = tmp.dir()
+  end)
+  after_each(function()
+    if server then
+      server:stop()
+      server:cleanup()
+      server = nil
+    end
+    srv:stop()
+    tmp.rm(dir)
+  end)
+
+  local function requests(n, offset)
+    local ps = {}
+    for i = 1, n do ps[i] = "/generate?user_id=" .. (i + (offset or 0)) end
+    return ps
+  end
+
+  it("keeps counting across nginx -s reload (the dict outlives the workers)", function()
+    start(2)
+    for _, r in ipairs(server:load(requests(10), 4)) do assert.equal(200, r.code, r.body) end
+    metrics_when("10 rows written", function(sm) return sum_of(sm, "genaudit_writer_rows_written_total{") == 10 end)
+    server:reload()
+    for _, r in ipairs(server:load(requests(10, 10), 4)) do assert.equal(200, r.code, r.body) end
+    local sm = metrics_when("20 rows written",
+      function(m) return sum_of(m, "genaudit_writer_rows_written_total{") == 20 end)
+    assert.equal(20, stored())
+    assert.equal(20, sm['genaudit_generations_total{status="completed",template="launch-post"}'])
+    local cli = samples((util.cli("--db " .. q(dir .. "/audit.db") .. " metrics")))
+    for k, v in pairs(cli) do
+      if family_of(k) and not k:find("_seconds_sum{", 1, true) then assert.equal(v, sm[k], k) end
+    end
+    assert.truthy(server:error_log():find("reconfiguring", 1, true))
+  end)
+
+  it("shows a held-up writer's queue depth and counts the snapshots its full queue refused", function()
+    start(1, function(prefix) -- the example as shipped, its queue cut to 3 rows
+      local conf = tmp.read(prefix .. "/nginx.conf")
+      local small, n = conf:gsub("queue = 20000,", "queue = 3,")
+      assert.equal(1, n)
+      tmp.write(prefix .. "/nginx.conf", small)
+    end)
+    assert.equal(200, server:load(requests(1), 1)[1].code)
+    metrics_when("1 row written", function(sm) return sm['genaudit_writer_rows_written_total{worker="0"}'] == 1 end)
+    -- another process holds SQLite's write lock until the fifo is written
+    local db, ready, fifo = dir .. "/audit.db", dir .. "/locked", dir .. "/release"
+    assert(os.execute("mkfifo " .. q(fifo)))
+    assert(os.execute(("(echo 'BEGIN IMMEDIATE;'; echo '.shell touch %s'; cat %s; echo 'COMMIT;') | sqlite3 %s"
+      .. " > /dev/null 2>&1 &"):format(q(ready), q(fifo), q(db))))
+    assert(poll(30, function()
+      local f = io.open(ready)
+      if f then f:close() end
+      return f ~= nil
+    end), "sqlite3 did not take the lock")
+    local released = false
+    local function release()
+      if released then return end
+      released = true
+      local f = assert(io.open(fifo, "w")) -- cat reads EOF: sqlite3 commits and exits
+      f:close()
+    end
+    finally(release)
+    local responses = server:load(requests(10, 1), 1)
+    local ok, refused = 0, 0
+    for _, r in ipairs(responses) do
+      if r.code == 200 then ok = ok + 1
+      else
+        assert.same({ 500, "INTERNAL" }, { r.code, cjson.decode(r.body).code })
+        refused = refused + 1
+      end
+    end
+    assert.same({ 3, 7 }, { ok, refused }) -- the queue holds 3; the writer cannot commit them
+    local sm = metrics_when("the queue at 3", function(m) return m['genaudit_writer_queue_depth{worker="0"}'] == 3 end)
+    assert.equal(refused, sm['genaudit_persist_failures_total{code="FULL"}'])
+    assert.equal(1, sm['genaudit_writer_rows_written_total{worker="0"}'])
+    release()
+    sm = metrics_when("4 rows written, the queue empty", function(m)
+      return m['genaudit_writer_rows_written_total{worker="0"}'] == 4
+        and m['genaudit_writer_queue_depth{worker="0"}'] == 0
+    end)
+    assert.equal(4, stored())
+    assert.equal(4, sm['genaudit_generations_total{status="completed",template="launch-post"}']) -- persisted ones only
+    assert.equal(0, sm['genaudit_writer_rows_failed_total{worker="0"}'])
+    assert.truthy(server:error_log():find("FULL: ", 1, true))
   end)
 end)
