@@ -155,7 +155,8 @@ function Recorder:generation(row)
   local pico = picousd(tu)
   if pico then
     -- kept in two parts, each an exact double for any realistic total:
-    -- whole microdollars, and the picodollars below one microdollar
+    -- whole microdollars (exact up to 2^53 of them, 9e9 USD), and the
+    -- picodollars below one microdollar (each add < 1e6: exact for 9e9 rows)
     local lo = tonumber(pico:sub(-6))
     local hi = #pico > 6 and tonumber(pico:sub(1, -7)) or 0
     local k = key("genaudit_cost_usd_total", tmpl, model)
