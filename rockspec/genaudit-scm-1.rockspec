@@ -78,6 +78,7 @@ build = {
     ["genaudit.redact"] = "lua/genaudit/redact.lua",
     ["genaudit.stream"] = "lua/genaudit/stream.lua",
     ["genaudit.metrics"] = "lua/genaudit/metrics.lua",
+    ["genaudit.nginx_metrics"] = "lua/genaudit/nginx_metrics.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },

@@ -9,8 +9,12 @@
 --     client_writer() is the on_chunk that relays a stream to nginx's client;
 --   * per-worker lifecycle: init_worker() opens one store per worker in async
 --     mode (a C writer thread commits snapshots off the request path) and
---     builds the pipeline; exit_worker() drains the queue on quit and reload.
+--     builds the pipeline; exit_worker() drains the queue on quit and reload;
+--   * metrics: with a lua_shared_dict (genaudit_metrics by default), every
+--     persisted snapshot and the writer's figures are counted there across
+--     workers (genaudit.nginx_metrics), and serve_metrics() answers /metrics.
 local core = require("genaudit.core")
+local nginx_metrics = require("genaudit.nginx_metrics")
 
 local M = {}
 
@@ -446,17 +450,71 @@ local function worker_user()
   return (name or "uid") .. " (uid " .. uid .. ")"
 end
 
+-- The metrics options of init_worker: nil (the dict genaudit_metrics when
+-- nginx.conf declares it, else none), false (none), a dict name, or
+-- { dict = name, interval = seconds (1) }. Returns dict, name, interval | nil.
+-- Raises when a dict is named but not declared (a configuration mistake).
+local function metrics_options(m)
+  if m == false then return nil end
+  if m ~= nil and type(m) ~= "string" and type(m) ~= "table" then
+    error("bad argument #1 to 'init_worker' (metrics must be false, a dict name or a table)", 3)
+  end
+  local name = type(m) == "string" and m or type(m) == "table" and m.dict or nginx_metrics.DICT
+  local interval = type(m) == "table" and m.interval or 1
+  if type(name) ~= "string" then error("bad argument #1 to 'init_worker' (metrics.dict must be a string)", 3) end
+  if type(interval) ~= "number" or interval <= 0 then
+    error("bad argument #1 to 'init_worker' (metrics.interval must be a positive number of seconds)", 3)
+  end
+  local dict = ngx.shared[name]
+  if not dict then
+    if m == nil then return nil end
+    error("genaudit: no lua_shared_dict " .. name .. " (declare it in the http block: lua_shared_dict " .. name
+      .. " 1m;)", 3)
+  end
+  return dict, name, interval
+end
+
+-- What the pipeline persists through when metrics are on: the store, and
+-- each persisted row counted (a counting failure is logged, never the
+-- request's failure).
+local function counting_persister(store, rec)
+  return {
+    persist_generation = function(_, row)
+      local id, err, code, extra = store:persist_generation(row)
+      local ok, e
+      if id then ok, e = pcall(rec.generation, rec, row) else ok, e = pcall(rec.persist_failed, rec, code) end
+      if not ok then ngx.log(ngx.ERR, "genaudit: metrics: ", tostring(e)) end
+      return id, err, code, extra
+    end,
+  }
+end
+
+-- Publishes this worker's writer figures (premature: the worker is exiting,
+-- exit_worker publishes the last ones).
+local function publish_writer(premature)
+  if premature or not worker.metrics or not worker.store then return end
+  local ok, e = pcall(function() worker.metrics:writer(worker.store:stats(), ngx.worker.id() or 0) end)
+  if not ok then ngx.log(ngx.ERR, "genaudit: metrics: ", tostring(e)) end
+end
+
 -- openresty.init_worker{ store = "sqlite:/var/lib/genaudit/audit.db",
 --   async = { queue = 10000, batch = 100, on_full = "error" }, provider = <provider>,
---   templates = dir, rules = dir, pricing = <pricing> } — call from
+--   templates = dir, rules = dir, pricing = <pricing>,
+--   metrics = nil | false | dict name | { dict = name, interval = 1 } } — call from
 -- init_worker_by_lua*. Opens this worker's store (migrations are safe with
 -- several workers at once) with a writer thread, and builds the pipeline.
+-- With metrics (the lua_shared_dict genaudit_metrics, when declared, by
+-- default) every persisted snapshot is counted in the dict, and the writer's
+-- figures are published every interval seconds (ngx.timer.every).
 -- A failure is logged as one line naming the store and the worker's user,
 -- and returned as nil, err; generate() then answers UNAVAILABLE with it.
+-- Raises when metrics names a dict nginx.conf does not declare.
 function M.init_worker(opts)
   local genaudit = require("genaudit")
   local async = opts.async or { queue = 10000, batch = 100, on_full = "error" }
   worker.init_error = nil
+  local dict, dict_name, interval = metrics_options(opts.metrics)
+  worker.metrics, worker.metrics_dict = dict and nginx_metrics.recorder(dict) or nil, dict_name
   local store, err = genaudit.open(opts.store, { async = async, busy_timeout = opts.busy_timeout or 10000 })
   if not store then
     local user = worker_user()
@@ -472,7 +530,13 @@ function M.init_worker(opts)
     pricing = opts.pricing, retries = opts.retries, backoff_ms = opts.backoff_ms,
     -- cosockets, never a blocking libcurl call on a worker
     transport = type(opts.provider) == "table" and M.transport(opts.provider) or nil,
+    persister = worker.metrics and counting_persister(store, worker.metrics) or nil,
   }
+  if worker.metrics then
+    publish_writer() -- the worker's series exist from the start, at 0
+    local ok, terr = ngx.timer.every(interval, publish_writer)
+    if not ok then ngx.log(ngx.ERR, "genaudit: metrics: cannot start the writer figures' timer: ", terr) end
+  end
   return true
 end
 
@@ -501,9 +565,27 @@ function M.exit_worker()
   if worker.store then
     local ok, err = worker.store:flush()
     if not ok then ngx.log(ngx.ERR, "genaudit: ", err) end
+    publish_writer() -- the drained queue's last figures
     worker.store:close()
   end
-  worker.store, worker.pipeline = nil, nil
+  worker.store, worker.pipeline, worker.metrics = nil, nil, nil
+end
+
+-- openresty.serve_metrics([dict_name]) — content handler of a /metrics
+-- location: the shared dict's figures (every worker's) in the Prometheus
+-- text format 0.0.4. The dict is the one init_worker counts into (or
+-- dict_name, or genaudit_metrics); 404 when there is none.
+function M.serve_metrics(dict_name)
+  local name = dict_name or worker.metrics_dict or nginx_metrics.DICT
+  local dict = ngx.shared[name]
+  if not dict then
+    ngx.status = 404
+    ngx.header["Content-Type"] = "text/plain; charset=utf-8"
+    ngx.say("no lua_shared_dict ", name, ": genaudit metrics are off")
+    return
+  end
+  ngx.header["Content-Type"] = nginx_metrics.CONTENT_TYPE
+  ngx.print(nginx_metrics.render(dict))
 end
 
 return M

@@ -21,7 +21,9 @@ Pipeline.__index = Pipeline
 
 -- genaudit.pipeline{ store, provider, templates = dir, rules = dir, pricing,
 --   transport = fn (optional), sandbox = true, script_timeout_ms = 1000,
---   retries = 2, backoff_ms = 200, max_backoff_ms = 30000 } -> pipeline
+--   retries = 2, backoff_ms = 200, max_backoff_ms = 30000,
+--   persister = obj (optional: what persist_generation(row) is called on;
+--   the store by default) } -> pipeline
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected, got " .. type(opts) .. ")", 2) end
   if type(opts.store) ~= "table" then error("bad argument #1 to 'pipeline' (store expected)", 2) end
@@ -32,7 +34,7 @@ function M.new(opts)
   if type(opts.rules) ~= "string" then error("bad argument #1 to 'pipeline' (rules directory expected)", 2) end
   local self = setmetatable({
     store = opts.store,
-    persister = store_mod.persister(opts.store),
+    persister = store_mod.persister(opts.persister or opts.store),
     provider = opts.provider,
     pricing = opts.pricing,
     composer = composer_mod.new{ templates = opts.templates, sandbox = opts.sandbox,
