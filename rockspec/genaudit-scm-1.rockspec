@@ -75,6 +75,7 @@ build = {
     ["genaudit.format"] = "lua/genaudit/format.lua",
     ["genaudit.audit"] = "lua/genaudit/audit.lua",
     ["genaudit.redact"] = "lua/genaudit/redact.lua",
+    ["genaudit.budget"] = "lua/genaudit/budget.lua",
     ["genaudit.stream"] = "lua/genaudit/stream.lua",
     ["genaudit.metrics"] = "lua/genaudit/metrics.lua",
   },
