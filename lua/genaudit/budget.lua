@@ -198,17 +198,9 @@ end
 
 local function scope_key(l) return (l.org and ("o" .. #l.org .. ":" .. l.org) or "") .. "|" .. (l.template or "") end
 
--- The spend of a scope this day and this month: one query (an index on
--- org_id or template_id, then created_at, covers it), cached for
--- cache_ttl_ms. -> entry | nil, err, code
-function Budget:spend(l, starts)
-  local key = scope_key(l)
-  local e = self.cache[key]
-  local now_us = core.monotonic_us()
-  if e and e.since.day == starts.day and e.since.month == starts.month
-     and now_us - e.at_us < self.cache_ttl_ms * 1000 then
-    return e, true
-  end
+-- budget:spend_sql(limit, starts) -> the spend query of a limit's scope and
+-- its parameters: the sums since the day's and the month's start.
+function Budget:spend_sql(l, starts)
   local SQL = require("genaudit.report").dialect(self.store)
   local day = SQL.at_or_after
   local conds, params = {}, { SQL.at_arg(starts.day), SQL.at_arg(starts.day) }
@@ -221,6 +213,21 @@ function Budget:spend(l, starts)
     .. " count(CASE WHEN " .. day .. " AND estimated_cost_picousd IS NULL THEN 1 END) AS day_unknown,"
     .. " count(*) - count(estimated_cost_picousd) AS month_unknown"
     .. " FROM generation_snapshots WHERE " .. table.concat(conds, " AND ")
+  return sql, params
+end
+
+-- The spend of a scope this day and this month: one query (an index on
+-- org_id or template_id, then created_at, covers it), cached for
+-- cache_ttl_ms. -> entry | nil, err, code
+function Budget:spend(l, starts)
+  local key = scope_key(l)
+  local e = self.cache[key]
+  local now_us = core.monotonic_us()
+  if e and e.since.day == starts.day and e.since.month == starts.month
+     and now_us - e.at_us < self.cache_ttl_ms * 1000 then
+    return e, true
+  end
+  local sql, params = self:spend_sql(l, starts)
   self.queries = self.queries + 1
   local rows, err, code = self.store:query(sql, params)
   if not rows then return nil, err, code end
