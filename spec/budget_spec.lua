@@ -23,7 +23,8 @@ local PRICES = {
   ["claude-3-5-haiku"] = { input_cost_per_token = 8e-07, output_cost_per_token = 4e-06 },
 }
 local IN_PICO, OUT_PICO = 150000, 600000 -- gpt-4o-mini, picodollars per token
-local TEXT = "Meet the Anvil 2: forged for decades, tested in Lyon \240\159\148\168 d\195\169j\195\160 ready.\n\n#launch"
+local TEXT = "Meet the Anvil 2: forged for decades, tested in Lyon \240\159\148\168 d\195\169j\195\160 ready."
+  .. "\n\n#launch"
 
 local function ctx(extra)
   local c = { org_id = 42, user_id = 7, platform = "linkedin", template_id = "launch",
@@ -41,7 +42,8 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
 
     local function provider(wire)
       local make = wire == "anthropic" and genaudit.providers.anthropic or genaudit.providers.openai
-      return make{ base_url = srv.url, api_key = KEY, model = wire == "anthropic" and "claude-3-5-haiku" or "gpt-4o-mini" }
+      return make{ base_url = srv.url, api_key = KEY,
+                   model = wire == "anthropic" and "claude-3-5-haiku" or "gpt-4o-mini" }
     end
 
     local function pipeline(opts)
@@ -236,7 +238,7 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
       assert.equal("0.000001", row(id).repair_metrics.budget.checks[1].limit_usd)
       -- a broken edit keeps the last good version in force, and says so
       tmp.write(path, [[return { { org = 42, period = "fortnight", limit_usd = "1" } }]])
-      r, _, code = pl:generate(ctx())
+      _, _, code = pl:generate(ctx())
       assert.equal("BUDGET_EXCEEDED", code)
       assert.matches("period must be 'day' or 'month'", pl:script_errors()[path])
       -- a limit for another org does not apply
@@ -273,7 +275,8 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
       function()
         local b = genaudit.budget.new{ path = dir .. "/none.lua", store = store }
         local pgsql = store.backend == "postgresql"
-        for _, case in ipairs({ { { org = "42" }, "snapshots_org_time" }, { { template = "launch" }, "snapshots_template_time" },
+        for _, case in ipairs({ { { org = "42" }, "snapshots_org_time" },
+                                { { template = "launch" }, "snapshots_template_time" },
                                 { { org = "42", template = "launch" }, "snapshots_" } }) do
           local sql, params = b:spend_sql(case[1], b:period_starts())
           local plan = {}
@@ -287,11 +290,13 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
             assert(ok, out)
             plan = out
           else
-            for _, l in ipairs(assert(store:query("EXPLAIN QUERY PLAN " .. sql, params))) do plan[#plan + 1] = l.detail end
+            for _, l in ipairs(assert(store:query("EXPLAIN QUERY PLAN " .. sql, params))) do
+              plan[#plan + 1] = l.detail
+            end
             plan = table.concat(plan, "\n")
           end
-          assert.matches(pgsql and ("Index [%a ]*Scan using " .. case[2]) or ("SEARCH generation_snapshots USING [%a ]*INDEX "
-            .. case[2]), plan)
+          assert.matches(pgsql and ("Index [%a ]*Scan using " .. case[2])
+            or ("SEARCH generation_snapshots USING [%a ]*INDEX " .. case[2]), plan)
         end
       end)
 
@@ -308,7 +313,8 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
         assert(pipeline{ wire = "anthropic" }:generate(ctx()))
         -- the expected figures, from the stored documents
         local want = {}
-        for _, r in ipairs(assert(store:query("SELECT token_metrics, performance_metrics FROM generation_snapshots"))) do
+        local all = assert(store:query("SELECT token_metrics, performance_metrics FROM generation_snapshots"))
+        for _, r in ipairs(all) do
           local tm, pm = cjson.decode(r.token_metrics), cjson.decode(r.performance_metrics)
           for _, c in ipairs(tm.calls) do
             local key = pm.provider .. "|" .. (c.served_model or c.model)
@@ -332,7 +338,8 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
         for _, r in ipairs(rep.rows) do
           local w = assert(want[r.provider .. "|" .. r.model], r.provider .. "|" .. r.model)
           seen = seen + 1
-          assert.same({ w.calls, w.compared, w.differing, w.estimated }, { r.calls, r.compared, r.differing, r.estimated })
+          assert.same({ w.calls, w.compared, w.differing, w.estimated },
+            { r.calls, r.compared, r.differing, r.estimated })
           if w.compared > 0 then
             assert.same({ w.billed, w.loc, w.billed - w.loc }, { r.billed_input_tokens, r.local_input_tokens,
               r.diff_tokens })
