@@ -97,6 +97,7 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
       local tm = row(r.snapshot_id).token_metrics
       local call = tm.calls[1]
       assert.equal(tokens.count_messages(sent_messages(), "gpt-4o-mini"), call.local_input_tokens)
+      assert.equal(call.local_input_tokens, tm.local_input_tokens)
       assert.equal("provider", call.usage_source)
       assert.equal("provider", tm.usage_source)
       assert.is_number(call.prompt_tokens) -- the local provider's own (byte-based) count, as billed
@@ -204,9 +205,13 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
       local pinned = stored.repair_metrics.scripts.budget
       assert.equal(core.sha256(tmp.read(path)), pinned.digest)
       assert.equal(tmp.read(path), assert(store:get_script(pinned.digest)).source)
-      -- the reports do not count it as a call or a cost
+      -- the reports do not count it as a call or a cost: every call billing counts reached the provider,
+      -- and the failed rows' cost is 0
+      local billing = assert(genaudit.report.billing(store))
+      assert.equal(#srv:requests(), billing.rows[1].calls)
       local cost = assert(genaudit.report.cost(store, { status = "failed" }))
-      assert.equal(0, #cost.rows == 0 and 0 or (cost.rows[1].total_cost or 0))
+      assert.same({ 1, 0 }, { cost.rows[1].posts, cost.rows[1].total_cost })
+      assert.equal(#srv:requests(), assert(genaudit.report.cost(store)).rows[1].posts)
     end)
 
     it("warns and goes on when the budget says warn; the warning is stored and returned", function()

@@ -329,14 +329,19 @@ end
 -- (providers.lua openai_usage / anthropic_usage: reasoning_tokens_derived,
 -- reasoning_outside_completion, cached_from, usage_from, iterations,
 -- is_byok, cost_details).
--- Each call has local_input_tokens (see complete) and, when its usage is
--- known, usage_source: "provider" (as billed) or "estimated" (local counts);
+-- Each call has local_input_tokens (see complete; the document has their sum
+-- when every call has one) and, when its usage is known, usage_source: "provider" (as billed) or "estimated" (local counts);
 -- the document's usage_source says the same of its totals ("mixed": some
 -- of each).
 function Client.token_metrics(_, run)
   local tm = run.meter:token_metrics(run.call_models)
-  local sources = {}
+  local sources, local_sum = {}, #run.call_models > 0 and 0 or nil
   for i, cm in ipairs(run.call_models) do
+    if local_sum and type(cm.local_input_tokens) == "number" then
+      local_sum = local_sum + cm.local_input_tokens
+    else
+      local_sum = nil
+    end
     local c = type(tm) == "table" and type(tm.calls) == "table" and tm.calls[i]
     if cm.notes and type(c) == "table" then
       for k, v in pairs(cm.notes) do if c[k] == nil then c[k] = v end end
@@ -356,6 +361,7 @@ function Client.token_metrics(_, run)
   if type(tm) == "table" and next(sources) then
     tm.usage_source = (sources.estimated and sources.provider) and "mixed" or next(sources)
   end
+  if type(tm) == "table" and local_sum then tm.local_input_tokens = local_sum end
   return tm
 end
 
