@@ -330,7 +330,8 @@ end
 -- reasoning_outside_completion, cached_from, usage_from, iterations,
 -- is_byok, cost_details).
 -- Each call has local_input_tokens (see complete; the document has their sum
--- when every call has one) and, when its usage is known, usage_source: "provider" (as billed) or "estimated" (local counts);
+  local sources = {}
+  local local_sum = #run.call_models > 0 and 0 or nil
 -- the document's usage_source says the same of its totals ("mixed": some
 -- of each).
 function Client.token_metrics(_, run)
