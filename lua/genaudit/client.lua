@@ -330,13 +330,13 @@ end
 -- reasoning_outside_completion, cached_from, usage_from, iterations,
 -- is_byok, cost_details).
 -- Each call has local_input_tokens (see complete; the document has their sum
-  local sources = {}
-  local local_sum = #run.call_models > 0 and 0 or nil
--- the document's usage_source says the same of its totals ("mixed": some
--- of each).
+-- when every call has one) and, when its usage is known, usage_source:
+-- "provider" (as billed) or "estimated" (local counts); the document's
+-- usage_source says the same of its totals ("mixed": some of each).
 function Client.token_metrics(_, run)
   local tm = run.meter:token_metrics(run.call_models)
-  local sources, local_sum = {}, #run.call_models > 0 and 0 or nil
+  local sources = {}
+  local local_sum = #run.call_models > 0 and 0 or nil
   for i, cm in ipairs(run.call_models) do
     if local_sum and type(cm.local_input_tokens) == "number" then
       local_sum = local_sum + cm.local_input_tokens
