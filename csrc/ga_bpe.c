@@ -30,6 +30,7 @@
 #include <string.h>
 #include <stdio.h>
 #include "ga_private.h"
+#include "ga_bpe_unicode.h"
 
 #define BPE_MT "genaudit.bpe"
 #define BPE_IDS_MT "genaudit.bpe_ids" /* a malloc'd id array held during encode */
@@ -39,14 +40,24 @@
 /* Unicode White_Space, which is what Rust's regex means by \s. */
 #define WS "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 
-/* tiktoken's (npm 1.0.22, encoders/<name>.json "pat_str") patterns. */
+/* Rust's regex (tiktoken) knows Unicode 16.0, PCRE2 10.42 Unicode 14.0: the
+ * letters, digits and marks added since are spelled out (ga_bpe_unicode.h,
+ * tools/bpe-unicode.py). Class contents: */
+#define C_L "\\p{L}" GA_U16_L
+#define C_N "\\p{N}" GA_U16_N
+#define C_UP "\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}" GA_U16_U /* o200k's "upper" letters */
+#define C_LO "\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}" GA_U16_W         /* o200k's "lower" letters */
+#define CONTRACTIONS "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+
+/* tiktoken's patterns (npm 1.0.22, encoders/<name>.json "pat_str"), with
+ * \s, \p{..} written as the classes above. */
 static const char PAT_CL100K[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*"
+    CONTRACTIONS "|[^\\r\\n" C_L C_N "]?[" C_L "]+|[" C_N "]{1,3}| ?[^" WS C_L C_N "]+[\\r\\n]*"
     "|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 static const char PAT_O200K[] =
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|\\p{N}{1,3}| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n/]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
+    "[^\\r\\n" C_L C_N "]?[" C_UP "]*[" C_LO "]+" CONTRACTIONS "?"
+    "|[^\\r\\n" C_L C_N "]?[" C_UP "]+[" C_LO "]*" CONTRACTIONS "?"
+    "|[" C_N "]{1,3}| ?[^" WS C_L C_N "]+[\\r\\n/]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
 typedef struct { const char *text; uint32_t rank; } special_tok;
 static const special_tok SPECIAL_CL100K[] = {{"<|endoftext|>", 100257}, {"<|fim_prefix|>", 100258},
