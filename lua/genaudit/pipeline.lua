@@ -53,8 +53,7 @@ function M.new(opts)
   if opts.budgets ~= nil and opts.budgets ~= false then
     if type(opts.budgets) ~= "string" then error("bad argument #1 to 'pipeline' (budgets: path expected)", 2) end
     self.budget = budget_mod.new{ path = opts.budgets, store = opts.store, sandbox = opts.sandbox,
-                                  script_timeout_ms = opts.script_timeout_ms, cache_ttl_ms = opts.budget_cache_ttl_ms,
-                                  now = opts.budget_clock }
+                                  script_timeout_ms = opts.script_timeout_ms, cache_ttl_ms = opts.budget_cache_ttl_ms }
   end
   return self
 end
