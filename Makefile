@@ -22,8 +22,8 @@ LUACHECK       ?= luacheck
 
 LUA54_INCDIR   ?= $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null)
 LUAJIT_INCDIR  ?= $(shell $(PKG_CONFIG) --cflags luajit 2>/dev/null)
-DEP_CFLAGS     ?= $(shell $(PKG_CONFIG) --cflags sqlite3 libcurl libpq libcrypto 2>/dev/null)
-DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl libpq libcrypto 2>/dev/null) -lm -pthread
+DEP_CFLAGS     ?= $(shell $(PKG_CONFIG) --cflags sqlite3 libcurl libpq libcrypto libpcre2-8 2>/dev/null)
+DEP_LIBS       ?= $(shell $(PKG_CONFIG) --libs sqlite3 libcurl libpq libcrypto libpcre2-8 2>/dev/null) -lm -pthread
 
 SRCS    := $(wildcard csrc/*.c)
 HDRS    := $(wildcard csrc/*.h)
@@ -58,7 +58,8 @@ lint: deps
 # What install copies, per Lua tree (the same Lua files, price map and
 # migrations go into the 5.4 and the 5.1/LuaJIT tree; each gets its own core.so).
 LUA_FILES   := $(wildcard lua/genaudit/*.lua)
-DATA_FILES  := $(wildcard lua/genaudit/data/*.json) lua/genaudit/data/LICENSE.litellm-model-prices
+DATA_FILES  := $(wildcard lua/genaudit/data/*.json) lua/genaudit/data/LICENSE.litellm-model-prices \
+               lua/genaudit/data/LICENSE.tiktoken
 MIG_SQLITE  := $(wildcard migrations/sqlite/*.sql)
 MIG_PG      := $(wildcard migrations/postgresql/*.sql)
 MAN_PAGE    := $(wildcard man/genaudit.1)

@@ -38,7 +38,7 @@ main() {
   start=$(date +%s)
   echo "command: make bench  (sh bench/run.sh, LUA=$LUA LUAJIT=$LUAJIT, BENCH_SIZE=${BENCH_SIZE:-full})"
   "$LUA" bench/machine.lua || return 1
-  for b in persist_sync async pg_persist overhead analytics memory copy stream openresty_load; do
+  for b in persist_sync async pg_persist overhead analytics memory copy stream openresty_load tokens; do
     "$LUA" "bench/$b.lua" || { echo "bench/$b.lua failed under $LUA"; return 1; }
   done
   for b in persist_sync async pg_persist overhead stream; do

@@ -20,7 +20,7 @@
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse, ga_bpe -> (ga_aux only)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
@@ -33,7 +33,7 @@
  *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
- *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse)
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse, bpe)
  */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
@@ -457,5 +457,24 @@ int ga_sse_feed(ga_sse *p, const char *s, size_t n, ga_sse_cb cb, void *ud);
  * reconnection). */
 int ga_sse_finish(ga_sse *p);
 void ga_open_sse(lua_State *L);
+
+/* ---- BPE token counting (ga_bpe.c) ---- */
+/* An immutable loaded encoding (o200k_base, cl100k_base): rank table,
+ * reverse table, JIT-compiled pre-tokeniser. Thread-compatible: calls only
+ * read it. */
+typedef struct ga_bpe ga_bpe;
+/* Builds an encoding from the npm tiktoken package's encoders/<name>.json
+ * text; NULL with a message in err on failure. */
+ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, size_t errlen);
+void ga_bpe_free(ga_bpe *e);
+size_t ga_bpe_memory(const ga_bpe *e);
+const char *ga_bpe_name(const ga_bpe *e);
+/* Token count / ids of text[0..n) (any bytes; ill-formed UTF-8 counts as
+ * U+FFFD per maximal subpart). 0, -1 on out of memory, < -1 a PCRE2 error. */
+int ga_bpe_count(const ga_bpe *e, const char *text, size_t n, size_t *count);
+int ga_bpe_encode(const ga_bpe *e, const char *text, size_t n, uint32_t **ids, size_t *nids);
+/* The bytes of token id (specials included), or NULL. */
+const unsigned char *ga_bpe_token(const ga_bpe *e, uint32_t id, size_t *len);
+void ga_open_bpe(lua_State *L);
 
 #endif

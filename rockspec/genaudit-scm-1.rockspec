@@ -35,6 +35,7 @@ external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
   PQ = { header = "libpq-fe.h", library = "pq" },
   CRYPTO = { header = "openssl/evp.h", library = "crypto" },
+  PCRE2 = { header = "pcre2.h", library = "pcre2-8" },
 }
 build = {
   type = "builtin",
@@ -48,12 +49,12 @@ build = {
         "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
         "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
         "csrc/ga_ulid.c", "csrc/ga_writer.c", "csrc/ga_store_writer.c",
-        "csrc/ga_retry.c", "csrc/ga_sse.c",
+        "csrc/ga_retry.c", "csrc/ga_sse.c", "csrc/ga_bpe.c",
       },
       defines = {},
-      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)", "$(CRYPTO_INCDIR)" },
-      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)", "$(PQ_LIBDIR)", "$(CRYPTO_LIBDIR)" },
-      libraries = { "sqlite3", "curl", "pq", "crypto", "m", "pthread" },
+      incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)", "$(CRYPTO_INCDIR)", "$(PCRE2_INCDIR)" },
+      libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)", "$(PQ_LIBDIR)", "$(CRYPTO_LIBDIR)", "$(PCRE2_LIBDIR)" },
+      libraries = { "sqlite3", "curl", "pq", "crypto", "pcre2-8", "m", "pthread" },
     },
     ["genaudit"] = "lua/genaudit/init.lua",
     ["genaudit.store"] = "lua/genaudit/store.lua",
@@ -76,9 +77,11 @@ build = {
     ["genaudit.format"] = "lua/genaudit/format.lua",
     ["genaudit.audit"] = "lua/genaudit/audit.lua",
     ["genaudit.redact"] = "lua/genaudit/redact.lua",
+    ["genaudit.budget"] = "lua/genaudit/budget.lua",
     ["genaudit.stream"] = "lua/genaudit/stream.lua",
     ["genaudit.metrics"] = "lua/genaudit/metrics.lua",
     ["genaudit.nginx_metrics"] = "lua/genaudit/nginx_metrics.lua",
+    ["genaudit.tokens"] = "lua/genaudit/tokens.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },
@@ -86,6 +89,10 @@ build = {
     lua = {
       ["genaudit.data.prices"] = "lua/genaudit/data/litellm-model-prices-2026-07.json",
       ["genaudit.data.prices_license"] = "lua/genaudit/data/LICENSE.litellm-model-prices",
+      -- the tokenizer rank files (genaudit.tokens), named as tokens.lua looks for them
+      ["genaudit.data.tiktoken-o200k_base"] = "lua/genaudit/data/tiktoken-o200k_base.json",
+      ["genaudit.data.tiktoken-cl100k_base"] = "lua/genaudit/data/tiktoken-cl100k_base.json",
+      ["genaudit.data.tiktoken_license"] = "lua/genaudit/data/LICENSE.tiktoken",
     },
   },
   copy_directories = { "migrations" },

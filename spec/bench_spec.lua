@@ -26,9 +26,11 @@ local EXPECTED = {
   copy = { "copy_throughput" },
   stream = { "stream_chunk" },
   openresty_load = { "openresty_load", "openresty_load_delay100" },
+  tokens = { "tokens_o200k_base", "tokens_cl100k_base", "tokens_memory_o200k_base", "tokens_memory_cl100k_base",
+             "tokens_linear" },
 }
 local ORDER = { "persist_sync", "async", "pg_persist", "overhead", "analytics", "memory", "copy", "stream",
-                "openresty_load" }
+                "openresty_load", "tokens" }
 local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end

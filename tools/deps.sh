@@ -8,7 +8,7 @@ PKGS="build-essential pkg-config lua5.4 liblua5.4-dev lua-busted lua-cjson lua-s
 lua-filesystem lua-argparse lua-check luajit2 libluajit2-5.1-dev libsqlite3-dev sqlite3
 libcurl4-openssl-dev libssl-dev openssl python3 luarocks valgrind curl
 nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache
-postgresql libpq-dev
+postgresql libpq-dev libpcre2-dev
 lua-sql-sqlite3 time prometheus wrk
 clang libclang-rt-14-dev
 chromium"

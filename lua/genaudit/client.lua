@@ -98,7 +98,76 @@ end
 -- call has unknown usage and cost (usage_missing), and a stream broken
 -- after its first byte fails with the text received so far kept (as above)
 -- and the usage fields it had sent (partial_usage, as sent).
+--
+-- Each call also carries the local count of the prompt it sent
+-- (local_input_tokens in token_metrics.calls[i], genaudit.tokens'
+-- count_messages of `messages` for the requested model; JSON null when the
+-- model has no exact local encoding: every non-OpenAI model), and a streamed
+-- answer without usage from a model that has one gets its usage from local
+-- counts (prompt: that count; completion: the returned text counted), priced
+-- as usual, flagged usage_source = "estimated" (README "Token counts on
+-- every snapshot").
 function Client:complete(run, kind, messages, params, sopts)
+  local local_in = M.local_prompt_tokens(self.provider.model, messages)
+  local before = #run.call_models
+  local text, err, code, answer = self:complete_call(run, kind, messages, params, sopts, local_in)
+  if #run.call_models > before then
+    run.call_models[#run.call_models].local_input_tokens = local_in or json.null
+  end
+  return text, err, code, answer
+end
+
+-- client.local_prompt_tokens(model, messages) -> the exact token count of the
+-- chat messages for model (genaudit.tokens.count_messages, chat overhead
+-- included), or nil when the model has no exact local encoding.
+function M.local_prompt_tokens(model, messages)
+  local tokens = require("genaudit.tokens")
+  if type(model) ~= "string" or not tokens.encoding_for(model) then return nil end
+  return (tokens.count_messages(messages, model))
+end
+
+-- The text of an answer as a local count reads it: content, refusal and the
+-- tool calls' names and arguments.
+local function answer_text(parsed)
+  local parts = { type(parsed.content) == "string" and parsed.content or "" }
+  if type(parsed.refusal) == "string" then parts[#parts + 1] = parsed.refusal end
+  for _, tc in ipairs(type(parsed.tool_calls) == "table" and parsed.tool_calls or {}) do
+    if type(tc) == "table" then
+      local fn = type(tc["function"]) == "table" and tc["function"] or tc
+      if type(fn.name) == "string" then parts[#parts + 1] = fn.name end
+      if type(fn.arguments) == "string" then parts[#parts + 1] = fn.arguments end
+    end
+  end
+  return table.concat(parts)
+end
+
+-- A whole answer that came without usage: a call of the meter with usage
+-- from local counts when the model has an exact local encoding (true), else
+-- nil (the caller records a call of unknown usage).
+function Client:estimated_call(run, kind, parsed, wait_us, local_in)
+  if not local_in then return nil end
+  local tokens = require("genaudit.tokens")
+  local provider = self.provider
+  local served = parsed.model_identifier
+  local counted_as = served and tokens.encoding_for(served) and served or provider.model
+  local completion = tokens.count(answer_text(parsed), counted_as)
+  if not completion then return nil end
+  local key, reason = pricing_for(self.pricing, served, provider.model)
+  local call = { kind = kind, model = key or served or provider.model,
+                 prices = key and self.pricing:price_table() or nil, unpriced_reason = reason,
+                 prompt_tokens = local_in, completion_tokens = completion, provider_wait_us = wait_us }
+  local ok = run.meter:add_call(call)
+  if not ok and not key then
+    call.model = nil
+    ok = run.meter:add_call(call)
+  end
+  if not ok then return nil end
+  run.call_models[#run.call_models + 1] = { requested = provider.model, served = served, usage_missing = true,
+                                            estimated = true }
+  return true
+end
+
+function Client:complete_call(run, kind, messages, params, sopts, local_in)
   local provider = self.provider
   local streaming = (sopts and (sopts.stream or sopts.on_chunk)) or (type(params) == "table" and params.stream == true)
   local req, rerr, rcode = provider:request(messages, params, streaming and { stream = true } or nil)
@@ -185,7 +254,10 @@ function Client:complete(run, kind, messages, params, sopts)
     end
   end
   if entry.usage_missing then
-    -- streamed without usage: a whole answer, of unknown usage and cost (never zero)
+    -- streamed without usage: a whole answer, its usage counted locally
+    -- when the model has an exact local encoding ...
+    if self:estimated_call(run, kind, parsed, wait_us, local_in) then return self:answer(entry, parsed) end
+    -- ... else of unknown usage and cost (never zero)
     failed_call("no_usage", parsed.model_identifier)
     run.call_models[#run.call_models].usage_missing = true
     return self:answer(entry, parsed)
@@ -257,9 +329,20 @@ end
 -- (providers.lua openai_usage / anthropic_usage: reasoning_tokens_derived,
 -- reasoning_outside_completion, cached_from, usage_from, iterations,
 -- is_byok, cost_details).
+-- Each call has local_input_tokens (see complete; the document has their sum
+-- when every call has one) and, when its usage is known, usage_source:
+-- "provider" (as billed) or "estimated" (local counts); the document's
+-- usage_source says the same of its totals ("mixed": some of each).
 function Client.token_metrics(_, run)
   local tm = run.meter:token_metrics(run.call_models)
+  local sources = {}
+  local local_sum = #run.call_models > 0 and 0 or nil
   for i, cm in ipairs(run.call_models) do
+    if local_sum and type(cm.local_input_tokens) == "number" then
+      local_sum = local_sum + cm.local_input_tokens
+    else
+      local_sum = nil
+    end
     local c = type(tm) == "table" and type(tm.calls) == "table" and tm.calls[i]
     if cm.notes and type(c) == "table" then
       for k, v in pairs(cm.notes) do if c[k] == nil then c[k] = v end end
@@ -268,7 +351,18 @@ function Client.token_metrics(_, run)
       c.usage_missing = true
       tm.usage_missing = true
     end
+    if type(c) == "table" then
+      if cm.local_input_tokens ~= nil then c.local_input_tokens = cm.local_input_tokens end
+      if c.prompt_tokens ~= nil then
+        c.usage_source = cm.estimated and "estimated" or "provider"
+        sources[c.usage_source] = true
+      end
+    end
   end
+  if type(tm) == "table" and next(sources) then
+    tm.usage_source = (sources.estimated and sources.provider) and "mixed" or next(sources)
+  end
+  if type(tm) == "table" and local_sum then tm.local_input_tokens = local_sum end
   return tm
 end
 

@@ -28,9 +28,9 @@ end
 
 -- Submodules loaded on first use: genaudit.providers, genaudit.pricing,
 -- genaudit.dto, genaudit.composer, genaudit.validator, genaudit.report,
--- genaudit.redact, genaudit.audit.
+-- genaudit.redact, genaudit.audit, genaudit.budget.
 local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true, report = true,
-               redact = true, audit = true }
+               redact = true, audit = true, budget = true }
 setmetatable(M, {
   __index = function(t, k)
     if lazy[k] then

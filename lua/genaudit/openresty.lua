@@ -528,6 +528,7 @@ function M.init_worker(opts)
   worker.pipeline = genaudit.pipeline{
     store = store, provider = opts.provider, templates = opts.templates, rules = opts.rules,
     pricing = opts.pricing, retries = opts.retries, backoff_ms = opts.backoff_ms,
+    budgets = opts.budgets, budget_cache_ttl_ms = opts.budget_cache_ttl_ms,
     -- cosockets, never a blocking libcurl call on a worker
     transport = type(opts.provider) == "table" and M.transport(opts.provider) or nil,
     persister = worker.metrics and counting_persister(store, worker.metrics) or nil,

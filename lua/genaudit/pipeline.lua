@@ -11,6 +11,7 @@ local validator_mod = require("genaudit.validator")
 local store_mod = require("genaudit.store")
 local client_mod = require("genaudit.client")
 local redact_mod = require("genaudit.redact")
+local budget_mod = require("genaudit.budget")
 local core = require("genaudit.core")
 local json = require("genaudit.json")
 
@@ -23,7 +24,9 @@ Pipeline.__index = Pipeline
 --   transport = fn (optional), sandbox = true, script_timeout_ms = 1000,
 --   retries = 2, backoff_ms = 200, max_backoff_ms = 30000,
 --   persister = obj (optional: what persist_generation(row) is called on;
---   the store by default) } -> pipeline
+--   the store by default),
+--   budgets = path (a budget script, README "Budgets"; none by default),
+--   budget_cache_ttl_ms = 5000 } -> pipeline
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected, got " .. type(opts) .. ")", 2) end
   if type(opts.store) ~= "table" then error("bad argument #1 to 'pipeline' (store expected)", 2) end
@@ -49,6 +52,11 @@ function M.new(opts)
     self.redactor = redact_mod.new{ path = type(opts.redact) == "string" and opts.redact or opts.rules .. "/"
       .. redact_mod.FILE, sandbox = opts.sandbox, script_timeout_ms = opts.script_timeout_ms }
   end
+  if opts.budgets ~= nil and opts.budgets ~= false then
+    if type(opts.budgets) ~= "string" then error("bad argument #1 to 'pipeline' (budgets: path expected)", 2) end
+    self.budget = budget_mod.new{ path = opts.budgets, store = opts.store, sandbox = opts.sandbox,
+                                  script_timeout_ms = opts.script_timeout_ms, cache_ttl_ms = opts.budget_cache_ttl_ms }
+  end
   return self
 end
 
@@ -70,6 +78,11 @@ function Pipeline:pinned_scripts(run, rr, extra)
     for _, src in ipairs(rr.script_sources or {}) do sources[#sources + 1] = src end
   end
   if extra then sources[#sources + 1] = extra end
+  local b = run.budget_script
+  if b then
+    rec.budget = { path = b.path, digest = b.digest }
+    sources[#sources + 1] = b
+  end
   local unstored = {}
   for _, src in ipairs(sources) do
     if not self.stored_scripts[src.digest] then
@@ -109,6 +122,9 @@ function Pipeline:persist(run, status, err)
     status = status,
     error = err,
   }
+  -- the budget check (README "Budgets"): the limits checked, the spend seen,
+  -- the estimate and the decision
+  if run.budget then row.repair_info.budget = run.budget end
   -- redaction before storage: the stored (and hashed) payloads are the
   -- redacted ones; the row says which script did it, and its code is pinned
   local red = self.redactor and self.redactor:apply(row, run.ctx)
@@ -119,6 +135,7 @@ function Pipeline:persist(run, status, err)
   -- the code that took part, the redaction script's included, pinned once
   row.repair_info.scripts = self:pinned_scripts(run, rr, red and red.source or nil)
   local id, err2, code = self.persister:persist_generation(row)
+  if id and self.budget then self.budget:add_spend(run.ctx, row.token_usage.estimated_cost_picousd) end
   if not id and code == "INVALID" and tostring(err2):find("PostgreSQL text", 1, true) then
     -- The generation happened (and may have been billed): a row PostgreSQL
     -- text cannot hold (a NUL byte, bytes that are not UTF-8, from the
@@ -144,6 +161,93 @@ function M.text_safe(v)
   local out = {}
   for k, x in next, v do out[M.text_safe(k)] = M.text_safe(x) end
   return out
+end
+
+-- The pre-flight estimate of a request of `messages` with params, before
+-- any call (README "Pre-flight estimate"): { model, encoding, prompt_tokens
+-- (exact: genaudit.tokens.count_messages), max_tokens (params.max_tokens or
+-- max_completion_tokens, nil when neither is set), min_cost_usd (the prompt
+-- alone: no output), max_cost_usd (with max_tokens of output; nil without
+-- max_tokens), and both as exact picodollar digit strings (min_cost_picousd,
+-- max_cost_picousd), cost_source ("local_estimate", or "unpriced" with no
+-- cost) } | nil, err, code (UNKNOWN_ENCODING: the model has no exact local
+-- encoding). Repair calls are not foreseen.
+function Pipeline:estimate_messages(messages, params)
+  local tokens = require("genaudit.tokens")
+  local model = self.provider.model
+  local enc = type(model) == "string" and tokens.encoding_for(model) or nil
+  if not enc then
+    return nil, "UNKNOWN_ENCODING: no exact local token encoding for model '" .. tostring(model) .. "'",
+      "UNKNOWN_ENCODING"
+  end
+  local n, err, code = tokens.count_messages(messages, model)
+  if not n then return nil, err, code end
+  local est = { model = model, encoding = enc, prompt_tokens = n, cost_source = "unpriced" }
+  params = type(params) == "table" and params or {}
+  local max = params.max_tokens
+  if max == nil then max = params.max_completion_tokens end
+  if type(max) == "number" and max >= 0 and max % 1 == 0 and max < 2 ^ 53 then est.max_tokens = json.integer(max) end
+  local key = self.pricing and self.pricing:resolve(model)
+  if key then
+    local function cost(completion)
+      local m = core.meter()
+      local ok = m:add_call{ kind = "estimate", model = key, prices = self.pricing:price_table(), prompt_tokens = n,
+                             completion_tokens = completion }
+      local t = ok and m:totals()
+      m:close()
+      return t and t.estimated_cost_picousd
+    end
+    est.min_cost_picousd = cost(0)
+    est.max_cost_picousd = est.max_tokens and cost(est.max_tokens) or nil
+    if est.min_cost_picousd then
+      est.cost_source = "local_estimate"
+      est.min_cost_usd = core.usd_from_picousd(est.min_cost_picousd)
+      est.max_cost_usd = est.max_cost_picousd and core.usd_from_picousd(est.max_cost_picousd) or nil
+    end
+  end
+  return est
+end
+
+local function messages_of(prompt)
+  return { { role = "system", content = prompt.system }, { role = "user", content = prompt.user } }
+end
+
+-- pipeline:estimate(ctx) -> estimate | nil, err, code: composes ctx's
+-- prompts as generate would (no provider call, nothing stored) and returns
+-- estimate_messages of the initial request, with prompt = { system, user }.
+function Pipeline:estimate(input)
+  local ctx, err, code = dto.GenerationContext(input)
+  if not ctx then return nil, err, code end
+  local prompt
+  prompt, err, code = self.composer:compose_post_generation(ctx)
+  if not prompt then return nil, err, code end
+  local est
+  est, err, code = self:estimate_messages(messages_of(prompt), ctx.params)
+  if not est then return nil, err, code end
+  est.prompt = { system = prompt.system, user = prompt.user }
+  return est
+end
+
+-- The budget check before the first call: nil (go on; a warning is kept in
+-- run.budget) | err, code (refused or no budget could be read: stored as
+-- failed, nothing sent).
+function Pipeline:check_budget(run, messages)
+  local est, eerr = self:estimate_messages(messages, run.ctx.params)
+  local worst = est and (est.max_cost_picousd or est.min_cost_picousd) or nil
+  local rec, err, code = self.budget:check(run.ctx, worst)
+  run.budget_script = self.budget:script()
+  if not rec then return err, code end
+  rec.estimate = est and { prompt_tokens = est.prompt_tokens, max_tokens = est.max_tokens,
+                           min_cost_usd = est.min_cost_usd, max_cost_usd = est.max_cost_usd,
+                           cost_source = est.cost_source } or { error = M.text_safe(tostring(eerr)) }
+  rec.basis = est and (est.max_cost_picousd and "max_cost" or est.min_cost_picousd and "min_cost") or "unknown"
+  run.budget = rec
+  if rec.decision ~= "refuse" then return nil end
+  local c
+  for _, x in ipairs(rec.checks) do if x.exceeded and x.action == "refuse" then c = x break end end
+  return ("BUDGET_EXCEEDED: %s: %s USD spent since %s UTC + up to %s USD for this generation is over the limit"
+    .. " of %s USD"):format(c.name, c.spent_usd, c.since, rec.estimate_usd or "0.00 (unknown)", c.limit_usd),
+    "BUDGET_EXCEEDED"
 end
 
 -- The streaming options of generate(ctx, opts), checked: nil (not
@@ -194,7 +298,11 @@ function Pipeline:generate(input, opts)
   if not prompt then return fail(err, code) end
   run.prompt = prompt -- the final strings, captured before any model call
 
-  local messages = { { role = "system", content = prompt.system }, { role = "user", content = prompt.user } }
+  local messages = messages_of(prompt)
+  if self.budget then -- spend so far + the estimate, before any call
+    local berr, bcode = self:check_budget(run, messages)
+    if berr then return fail(berr, bcode) end
+  end
   local draft, answer
   draft, err, code, answer = self.client:complete(run, "initial", messages, ctx.params, sopts)
   if not draft then return fail(err, code) end
@@ -231,6 +339,7 @@ function Pipeline:generate(input, opts)
     content = final, snapshot_id = id, prompt = prompt,
     token_metrics = row.token_usage, performance_metrics = row.performance, repair_metrics = row.repair_info,
     drafts = rr.drafts, -- every draft with its text, score and issues (stored: drafts column + repair_metrics)
+    budget = run.budget, -- the budget check (decision "pass" or "warn", with its warnings)
   }
 end
 
@@ -239,6 +348,9 @@ end
 -- deleted is not listed.
 function Pipeline:script_errors()
   local out = self.validator:script_errors()
+  if self.budget and self.budget.load_error and core.file_version(self.budget.path) then
+    out[self.budget.path] = self.budget.load_error
+  end
   for path, e in pairs(self.composer.loader.cache) do
     if e.error and core.file_version(path) then out[path] = e.error end
   end

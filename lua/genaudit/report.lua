@@ -275,6 +275,7 @@ end
 local COUNTED_DEFAULT = {
   cost = { status = "completed" }, repairs = { status = "completed" }, latency = { status = "completed" },
   rules = { status = "all" }, cost_daily = { status = "completed" }, unpriced = { status = "completed" },
+  billing = { status = "all" },
 }
 
 -- The status and replays a report counts under opts: { status =
@@ -607,6 +608,58 @@ function builders.rules(opts, SQL)
   return sql, params, { "slug", "snapshots", "runs", "fired", "errors", "timeouts" }, fold
 end
 
+-- Per provider (performance_metrics.provider) and model (each call's
+-- served_model, else the model it was priced as): how the billed input
+-- tokens (the call's prompt_tokens as the provider reported them) compare
+-- with the local count of the prompt sent (local_input_tokens, genaudit.tokens).
+-- A call is compared when it has both and its usage is the provider's (not
+-- usage_source "estimated", whose prompt_tokens is the local count itself).
+-- calls: every call of the group; compared, differing (billed ~= local),
+-- billed/local input token sums and their difference over compared calls,
+-- mean_diff, max_over (largest billed - local), max_under (smallest),
+-- estimated (calls whose usage was filled from local counts).
+function builders.billing(opts, SQL)
+  local counted = counted_of("billing", opts)
+  local bwhere, params, code = filters(opts, SQL, "b.", counted)
+  if not bwhere then return nil, params, code end
+  local where, params2 = filters(opts, SQL, nil, counted)
+  for _, v in ipairs(params2) do params[#params + 1] = v end -- the filter again, for counted_rows
+  local k = "billed IS NOT NULL AND loc IS NOT NULL AND (src IS NULL OR src <> 'estimated')"
+  local sql = "WITH c AS (SELECT " .. SQL.bytewise(SQL.doc_text("performance_metrics", "provider")) .. " AS provider, "
+    .. SQL.bytewise("coalesce(" .. SQL.rule_text("served_model") .. ", " .. SQL.rule_text("model") .. ")")
+    .. " AS model, "
+    .. SQL.rule_int("prompt_tokens") .. " AS billed, " .. SQL.rule_int("local_input_tokens") .. " AS loc, "
+    .. SQL.rule_text("usage_source") .. " AS src FROM " .. TABLE .. " b, " .. SQL.calls_each("token_metrics") .. bwhere
+    .. "), agg AS (SELECT provider, model, count(*) AS calls,"
+    .. " count(CASE WHEN " .. k .. " THEN 1 END) AS compared,"
+    .. " count(CASE WHEN " .. k .. " AND billed <> loc THEN 1 END) AS differing,"
+    .. " sum(CASE WHEN " .. k .. " THEN billed END) AS billed_input_tokens,"
+    .. " sum(CASE WHEN " .. k .. " THEN loc END) AS local_input_tokens,"
+    .. " sum(CASE WHEN " .. k .. " THEN billed - loc END) AS diff_tokens,"
+    .. " max(CASE WHEN " .. k .. " THEN billed - loc END) AS max_over,"
+    .. " min(CASE WHEN " .. k .. " THEN billed - loc END) AS max_under,"
+    .. " count(CASE WHEN src = 'estimated' THEN 1 END) AS estimated FROM c GROUP BY provider, model)"
+    .. " SELECT agg.*, (SELECT count(*) FROM " .. TABLE .. where .. ") AS counted_rows"
+    .. " FROM (SELECT 1 AS one) x LEFT JOIN agg ON 1 = 1 ORDER BY " .. SQL.asc_nulls_last("agg.provider") .. ", "
+    .. SQL.asc_nulls_last("agg.model")
+  local function fold(rows)
+    local out = {}
+    for _, r in ipairs(rows) do
+      if r.calls ~= nil then
+        r.one = nil
+        if r.compared > 0 then
+          r.differing_pct = 100 * r.differing / r.compared
+          r.mean_diff = r.diff_tokens / r.compared
+        end
+        out[#out + 1] = r
+      end
+    end
+    return out
+  end
+  return sql, params, { "provider", "model", "calls", "compared", "differing", "differing_pct", "billed_input_tokens",
+    "local_input_tokens", "diff_tokens", "mean_diff", "max_over", "max_under", "estimated" }, fold
+end
+
 -- " LIMIT ?" and its parameter for opts.limit (default: `default`, nil = none)
 local function limit_of(opts, default, params)
   local n = opts.limit
@@ -703,6 +756,12 @@ function M.cost_daily(store, opts) return run("cost_daily", store, opts) end
 -- model_identifier and cost_source (unpriced_posts, most first); counted as
 -- M.cost counts, so its unpriced_posts add up to posts - priced_posts there.
 function M.unpriced(store, opts) return run("unpriced", store, opts) end
+
+-- M.billing(store, { <filters>, include_replays }) -> result | nil, err, code.
+-- Per provider and model: billed input tokens against the local count of
+-- the prompt sent (see builders.billing). Counts every status by default
+-- (a failed generation's calls were billed too), replays excluded.
+function M.billing(store, opts) return run("billing", store, opts) end
 
 -- M.list(store, { limit = 20, <filters> }) -> result | nil, err, code: the
 -- newest snapshots (id, created_at, template_id, status, estimated_cost,
