@@ -58,14 +58,20 @@ end
 -- M.bench(name, unit, fields): prints
 --   BENCH name=<name> engine=<engine> unit=<unit> k=v ...
 -- fields is an array of { key, value }; numbers go through M.num, strings as
--- they are (e.g. baseline = "raw_c:22311", target = ">=0.90").
+-- they are (e.g. baseline = "raw_c:22311", target = ">=0.90"). Every line
+-- carries ratio= (genaudit / baseline, same run) and target= (what the ratio
+-- must meet; "info" for a figure that is reported, not judged): a line
+-- without them is a bench bug, refused here.
 function M.bench(name, unit, fields)
   local parts = { "BENCH", "name=" .. name, "engine=" .. M.engine, "unit=" .. unit }
+  local has = {}
   for _, f in ipairs(fields) do
     local v = f[2]
     if type(v) == "number" then v = M.num(v) end
     parts[#parts + 1] = f[1] .. "=" .. tostring(v)
+    has[f[1]] = true
   end
+  if not (has.ratio and has.target) then error("BENCH " .. name .. ": every line needs ratio= and target=", 2) end
   print(table.concat(parts, " "))
   io.stdout:flush()
 end

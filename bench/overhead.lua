@@ -191,6 +191,8 @@ local function measure(name, rules_dir, label, async)
     { "compose", common.median(cols.compose) }, { "validate", common.median(cols.validate) },
     { "meter", common.median(cols.meter) }, { "http", common.median(cols.http) },
     { "persist", common.median(cols.persist) }, { "other", common.median(cols.other) },
+    { "baseline", "own:" .. common.num(own) }, { "ratio", string.format("%.3f", common.median(cols.validate) / own) },
+    { "target", "info" }, -- the split of the line above; ratio: validation's share of own time
   })
   common.say("%d generations measured after %d warm-up (%d with repair calls, %d failed and recorded as such)", n,
     WARMUP, repaired, failed)

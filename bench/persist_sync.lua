@@ -196,8 +196,9 @@ common.bench("persist_sync", "rows/s", {
   { "target", ">=0.90" },
 })
 common.bench("persist_sync_vs_lua", "rows/s", {
+  -- retired as a target (issue 16.7): raw C itself is ~1.8x LuaSQL; persist_sync's raw-C ratio is the target
   { "genaudit", g }, { "baseline", "luasql:" .. common.num(l) }, { "ratio", string.format("%.3f", g / l) },
-  { "target", ">=2.0" },
+  { "target", "info" },
 })
 common.chain("persist_sync_chain", "raw_c_plain", raw, plain, cpu_hash, cpu_plain)
 common.say("per row: genaudit %.1f us, raw C %.1f us (plain %.1f us), LuaSQL %.1f us (medians of the rounds)",

@@ -20,7 +20,8 @@ local EXPECTED = {
   overhead = { "overhead", "overhead_split", "overhead_linear_rule", "overhead_linear_rule_split",
                "overhead_linear_rule_async", "overhead_linear_rule_async_split" },
   analytics = { "analytics_generate", "analytics_financial", "analytics_financial_report", "analytics_stability",
-                "analytics_stability_report", "analytics_open_analyze" },
+                "analytics_stability_report", "analytics_latency_report", "analytics_cli_financial",
+                "analytics_open_analyze" },
   memory = { "memory_async", "memory_export" },
   pg_persist = { "pg_persist_sync", "pg_persist_async" },
   copy = { "copy_throughput" },
@@ -31,7 +32,7 @@ local EXPECTED = {
 }
 local ORDER = { "persist_sync", "async", "pg_persist", "overhead", "analytics", "memory", "copy", "stream",
                 "openresty_load", "tokens" }
-local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true }
+local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true, p99_target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
@@ -85,6 +86,9 @@ describe("bench", function()
         assert.is_table(f, "no BENCH line name=" .. name .. " in:\n" .. out)
         assert.are.equal(ENGINE, f.engine)
         assert.is_string(f.unit)
+        -- issue 16.7: a script can check every line against its target
+        assert.is_truthy(f.ratio and tonumber(f.ratio), name .. ": no numeric ratio= in:\n" .. out)
+        assert.is_truthy(f.target and f.target ~= "", name .. ": no target= in:\n" .. out)
         for k, v in pairs(f) do
           if k == "baseline" then
             assert.is_truthy(v:match("^[%w_]+:%-?[%d.]+$"), name .. ": baseline=" .. v)
