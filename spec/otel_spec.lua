@@ -13,51 +13,12 @@ local otel = require("genaudit.otel")
 local provider_server = require("spec.support.provider")
 local http_server = require("spec.support.http_server")
 local tmp = require("spec.support.tmp")
+local otlp = require("spec.support.otlp")
 
 local KEY = "sk-otel-test-5e4d3c2b1a-SECRET"
 local TOKEN = "collector-token-77aa-SECRET"
 
--- Runs a shell command; returns its stdout, or raises with its output.
-local function run(cmd)
-  local out = os.tmpname()
-  local ok = os.execute(cmd .. " >" .. out .. " 2>&1")
-  local text = tmp.read(out) or ""
-  os.remove(out)
-  if ok ~= true and ok ~= 0 then error(cmd .. " failed: " .. text, 2) end
-  return text
-end
-
-local node_dir
-local function decoder_dir()
-  if not node_dir then
-    node_dir = run("sh tools/otlp-proto.sh"):match("([^\n]+)\n?$")
-  end
-  return node_dir
-end
-
--- The collector's bodies decoded with the official OTLP definitions.
-local function decode(bodies)
-  local dir = tmp.dir()
-  local files = {}
-  for i, b in ipairs(bodies) do
-    assert.equal("POST", b.method)
-    assert.equal("/v1/traces", b.target)
-    files[i] = dir .. "/body" .. i .. ".json"
-    tmp.write(files[i], b.body)
-  end
-  local out = run("node tools/otlp_decode.js " .. decoder_dir() .. " " .. table.concat(files, " "))
-  tmp.rm(dir)
-  return assert(json.decode(out))
-end
-
-local function by_kind(spans)
-  local gen, calls = nil, {}
-  for _, s in ipairs(spans) do
-    if s.attributes["genaudit.snapshot.id"] then gen = s else calls[#calls + 1] = s end
-  end
-  table.sort(calls, function(a, b) return a.startTimeUnixNano < b.startTimeUnixNano end)
-  return gen, calls
-end
+local run, decode, by_kind, decoder_dir = otlp.run, otlp.decode, otlp.split, otlp.dir
 
 -- a <= b for two decimal strings of epoch nanoseconds
 local function ns_le(a, b)
