@@ -231,6 +231,35 @@ describe("genaudit.otel", function()
       assert.equal("STATUS_CODE_ERROR", calls[1].status.code)
     end)
 
+    it("times a streamed generation's calls and names Anthropic by its semantic-conventions value", function()
+      local p = genaudit.pipeline{
+        store = store, templates = dir .. "/templates", rules = dir .. "/rules", backoff_ms = 10,
+        provider = genaudit.providers.anthropic{ base_url = prov.url, api_key = KEY, model = "claude-3-5-haiku" },
+        otel = { endpoint = collector.url },
+      }
+      prov:queue{ { content = "Acme launches.", usage = { input_tokens = 40, output_tokens = 3,
+                                                         cache_read_input_tokens = 6,
+                                                         cache_creation_input_tokens = 9 } } }
+      local chunks = 0
+      local res = assert(p:generate(ctx(), { on_chunk = function() chunks = chunks + 1 end }))
+      assert(p:otel_flush(20000))
+      p:close()
+      assert.is_true(chunks > 0)
+      local gen, calls = by_kind(decode(collector:bodies()).spans)
+      local tm = row(res.snapshot_id).token_metrics
+      assert.equal("anthropic", gen.attributes["gen_ai.provider.name"])
+      assert.equal("chat claude-3-5-haiku", gen.name)
+      assert.same({ s(tm.prompt_tokens), s(tm.completion_tokens), s(tm.cached_prompt_tokens),
+                    s(tm.cache_write_tokens) },
+                  { gen.attributes["gen_ai.usage.input_tokens"], gen.attributes["gen_ai.usage.output_tokens"],
+                    gen.attributes["gen_ai.usage.cache_read.input_tokens"],
+                    gen.attributes["gen_ai.usage.cache_creation.input_tokens"] })
+      assert.equal("9", gen.attributes["gen_ai.usage.cache_creation.input_tokens"])
+      assert.equal(1, #calls)
+      assert.is_true(ns_le(gen.startTimeUnixNano, calls[1].startTimeUnixNano))
+      assert.is_true(ns_le(calls[1].endTimeUnixNano, gen.endTimeUnixNano))
+    end)
+
     it("retries a collector's 503 with backoff and exports the batch", function()
       collector:script{ { status = 503 }, { status = 200 } }
       local p = pipeline{ endpoint = collector.url, backoff_ms = 10 }

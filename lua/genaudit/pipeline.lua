@@ -168,10 +168,11 @@ end
 -- telemetry never fails or slows a generation (a full queue drops and counts).
 function Pipeline:export_spans(run, row, id, status)
   if not self.tracer then return end
-  self.tracer:export{
+  -- pcall: whatever the exporter says (or raises), the generation's result stands
+  pcall(self.tracer.export, self.tracer, {
     row = row, snapshot_id = id, run = run, provider = self.provider, traceparent = run.traceparent,
     error_code = (status ~= "completed" or not id) and (run.error_code or (not id and "PERSIST") or "FAILED") or nil,
-  }
+  })
 end
 
 -- pipeline:otel_stats() -> { exported, dropped, failed, pending, retries,
