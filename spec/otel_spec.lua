@@ -163,8 +163,12 @@ describe("genaudit.otel", function()
       assert.equal("31", calls[1].attributes["gen_ai.usage.input_tokens"])
       assert.equal("5", calls[1].attributes["gen_ai.usage.reasoning.output_tokens"])
       assert.is_nil(calls[1].spanId == calls[2].spanId or nil)
+      -- the configured header and the JSON content type went with it
+      local got = collector:bodies()[1]
+      assert.equal("Bearer " .. TOKEN, got.headers.authorization)
+      assert.equal("application/json", got.headers["content-type"])
       -- no prompt or answer text without the opt-in, and no secret anywhere
-      local body = collector:bodies()[1].body
+      local body = got.body
       assert.is_nil(body:find("gen_ai.input.messages", 1, true))
       assert.is_nil(body:find("Announce the launch", 1, true))
       assert.is_nil(body:find("SECRET", 1, true))
@@ -258,6 +262,37 @@ describe("genaudit.otel", function()
       assert.equal(1, #calls)
       assert.is_true(ns_le(gen.startTimeUnixNano, calls[1].startTimeUnixNano))
       assert.is_true(ns_le(calls[1].endTimeUnixNano, gen.endTimeUnixNano))
+    end)
+
+    it("is turned on by OTEL_EXPORTER_OTLP_ENDPOINT alone, and a process that exits flushes on close", function()
+      local script = dir .. "/gen.lua"
+      tmp.write(script, ([[
+        package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+        package.cpath = os.getenv("GENAUDIT_BUILD") .. "/?.so;" .. package.cpath
+        local genaudit = require("genaudit")
+        local store = assert(genaudit.open("sqlite:%s/env.db"))
+        local p = genaudit.pipeline{ store = store, templates = "%s/templates", rules = "%s/rules",
+          provider = genaudit.providers.openai{ base_url = "%s", api_key = "%s", model = "gpt-4o-mini" } }
+        local res = assert(p:generate{ org_id = 1, user_id = 2, platform = "p", template_id = "launch",
+                                      business = { name = "Acme" } })
+        p:close()
+        store:close()
+        io.write(res.snapshot_id)
+      ]]):format(dir, dir, dir, prov.url, KEY))
+      prov:queue{ { content = "Short." } }
+      local luajit = rawget(_G, "jit") ~= nil
+      local build = os.getenv("GENAUDIT_BUILD") or (luajit and "build/luajit" or "build/lua54")
+      local interp = luajit and "luajit" or "lua5.4"
+      local id = run(("GENAUDIT_BUILD=%s OTEL_EXPORTER_OTLP_ENDPOINT=%s OTEL_SERVICE_NAME=from-env "
+        .. "OTEL_EXPORTER_OTLP_HEADERS='x-tenant=t%%201' %s %s"):format(build, collector.url, interp, script))
+      assert.matches("^%w+$", id)
+      local got = collector:bodies()
+      assert.equal(1, #got)
+      assert.equal("t 1", got[1].headers["x-tenant"])
+      local d = decode(got)
+      assert.equal("from-env", d.resources[1]["service.name"])
+      local gen = by_kind(d.spans)
+      assert.equal(id, gen.attributes["genaudit.snapshot.id"])
     end)
 
     it("retries a collector's 503 with backoff and exports the batch", function()

@@ -12,7 +12,8 @@
 --                                     --   streamed responses whose client hung up before the end
 --   srv:release()                     -- lets a lockstep stream send its next piece
 --   srv:bodies()                      -- every request since reset (control ones aside), in order:
---                                     --   array of {method, target, body} (a collector stand-in)
+--                                     --   array of {method, target, body, headers = {lowercased name = value}}
+--                                     --   (a collector stand-in)
 --   srv:reset()                       -- empty script, zero counters, unfinished streams dropped
 --   srv:stop()                        -- SIGTERM, waits until gone; idempotent
 --   server.closed_port()              -- a loopback port nobody listens on
@@ -205,7 +206,10 @@ local function serve(port_file, watch_pid)
     elseif req.target == "/__ctl/bodies" then
       local parts = {}
       for i, r in ipairs(recorded) do
-        parts[i] = string.format("%s %s %d\n%s", r.method, pct_encode(r.target), #r.body, r.body)
+        local hs = {}
+        for j, h in ipairs(r.headers) do hs[j] = pct_encode(h[1]) .. ":" .. pct_encode(h[2]) end
+        parts[i] = string.format("%s %s %s %d\n%s", r.method, pct_encode(r.target),
+                                 #hs > 0 and table.concat(hs, ",") or "-", #r.body, r.body)
       end
       out = table.concat(parts)
     elseif req.target == "/__ctl/release" then
@@ -228,7 +232,7 @@ local function serve(port_file, watch_pid)
   local function handle(c, req)
     if req.target:sub(1, 7) == "/__ctl/" then return control(c, req) end
     stats.requests = stats.requests + 1
-    recorded[#recorded + 1] = { method = req.method, target = req.target, body = req.body }
+    recorded[#recorded + 1] = { method = req.method, target = req.target, body = req.body, headers = req.headers }
     if not c.counted then
       c.counted = true
       stats.connections = stats.connections + 1
@@ -444,10 +448,13 @@ function Server:bodies()
   local text = self:control("GET", "/__ctl/bodies")
   local out, pos = {}, 1
   while pos <= #text do
-    local method, target, len, nxt = text:match("^(%S+) (%S+) (%d+)\n()", pos)
+    local method, target, hs, len, nxt = text:match("^(%S+) (%S+) (%S+) (%d+)\n()", pos)
     if not method then error("http_server: bad /__ctl/bodies answer") end
     len = tonumber(len)
-    out[#out + 1] = { method = method, target = pct_decode(target), body = text:sub(nxt, nxt + len - 1) }
+    local headers = {}
+    for n, v in hs:gmatch("([^,:]+):([^,]*)") do headers[pct_decode(n):lower()] = pct_decode(v) end
+    out[#out + 1] = { method = method, target = pct_decode(target), body = text:sub(nxt, nxt + len - 1),
+                      headers = headers }
     pos = nxt + len
   end
   return out
