@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include "ga_private.h"
 
@@ -399,7 +400,7 @@ static int build_headers(lua_State *L, struct curl_slist **out) {
       memcpy(line + nl + 2, val, vl);
       line[nl + 2 + vl] = '\0';
       n = curl_slist_append(l, line);
-      memset(line, 0, nl + vl + 3); /* header values hold secrets: no copy left in freed memory */
+      OPENSSL_cleanse(line, nl + vl + 3); /* header values hold secrets: no copy left in freed memory */
       free(line);
       if (!n) goto oom;
       l = n;
