@@ -12,8 +12,9 @@
  *       ^
  *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
  *       ^         ga_price, ga_meter, ga_retry, ga_http, ga_http_parse,
- *       |         ga_otlp (span export thread), ga_writer (thread + queue, no SQL), ga_store_common (the
- *       |         store driver contract, ga_store.h), ga_store +
+ *       |         ga_otlp (span export thread), ga_writer (thread + queue,
+ *       |         no SQL), ga_store_common (the store driver contract,
+ *       |         ga_store.h), ga_store +
  *       |         ga_store_query + ga_store_writer (SQLite, ga_sqlite.h),
  *       |         ga_pg_* (PostgreSQL, ga_pg.h)
  *   ga_init.c     luaopen_genaudit_core: calls every ga_open_*; nothing
