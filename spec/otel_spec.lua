@@ -42,7 +42,7 @@ describe("genaudit.otel", function()
 
   local function ctx()
     return { org_id = 42, user_id = 7, platform = "linkedin", template_id = "launch",
-             business = { name = "Acme" }, params = { temperature = 0.5, max_tokens = 200 } }
+             business = { name = "Acme" }, params = { temperature = 1, max_tokens = 200 } }
   end
 
   local function row(id)
@@ -122,10 +122,10 @@ describe("genaudit.otel", function()
         ["gen_ai.usage.cache_read.input_tokens"] = s(tm.cached_prompt_tokens),
         ["gen_ai.usage.cache_creation.input_tokens"] = s(tm.cache_write_tokens),
         ["gen_ai.usage.reasoning.output_tokens"] = s(tm.reasoning_tokens),
-        ["gen_ai.request.temperature"] = 0.5, ["gen_ai.request.max_tokens"] = "200",
+        ["gen_ai.request.temperature"] = 1, ["gen_ai.request.max_tokens"] = "200",
         ["gen_ai.prompt.name"] = r.template_id, ["gen_ai.prompt.version"] = r.template_version,
         ["genaudit.snapshot.id"] = r.id, ["genaudit.status"] = r.status, ["genaudit.org_id"] = r.org_id,
-        ["genaudit.platform"] = r.platform, ["genaudit.repair.count"] = "1", ["genaudit.validation.score"] = "100",
+        ["genaudit.platform"] = r.platform, ["genaudit.repair.count"] = "1", ["genaudit.validation.score"] = 100,
       }, gen.attributes)
       assert.equal("gpt-4o-mini-2024-07-18", pm.model_identifier)
       assert.matches("^chatcmpl%-%w+$", pm.calls[2].response_id)
@@ -149,7 +149,7 @@ describe("genaudit.otel", function()
           ["gen_ai.usage.cache_read.input_tokens"] = s(tc.cached_prompt_tokens),
           ["gen_ai.usage.cache_creation.input_tokens"] = s(tc.cache_write_tokens),
           ["gen_ai.usage.reasoning.output_tokens"] = s(tc.reasoning_tokens),
-          ["gen_ai.request.temperature"] = 0.5, ["gen_ai.request.max_tokens"] = "200",
+          ["gen_ai.request.temperature"] = 1, ["gen_ai.request.max_tokens"] = "200",
           ["genaudit.call.kind"] = pc.kind, ["genaudit.call.attempts"] = "1",
           ["http.response.status_code"] = "200",
         }, c.attributes)

@@ -106,14 +106,18 @@ end
 
 -- ---------------------------------------------------------------- encoding
 
-local function attr(list, key, v)
+-- Appends { key, value = AnyValue } for v (nil/null: nothing). Integral
+-- numbers are intValue (a decimal string, as the OTLP JSON mapping has
+-- int64), unless as_double: the attribute's type stays double (temperature
+-- 1 is 1.0).
+local function attr(list, key, v, as_double)
   if v == nil or v == json.null then return end
   local t = type(v)
   local value
   if t == "string" then value = { stringValue = v }
   elseif t == "boolean" then value = { boolValue = v }
   elseif t == "number" then
-    if v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then value = { intValue = string.format("%d", v) }
+    if not as_double and v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then value = { intValue = string.format("%d", v) }
     elseif v == v and v ~= math.huge and v ~= -math.huge then value = { doubleValue = v }
     else return end
   elseif t == "table" then -- an array of strings
@@ -146,12 +150,15 @@ end
 
 local function request_attrs(a, params)
   if type(params) ~= "table" then return end
-  local map = { temperature = "gen_ai.request.temperature", top_p = "gen_ai.request.top_p",
-                max_tokens = "gen_ai.request.max_tokens", seed = "gen_ai.request.seed",
-                frequency_penalty = "gen_ai.request.frequency_penalty",
-                presence_penalty = "gen_ai.request.presence_penalty" }
-  for k, name in pairs(map) do
-    if type(params[k]) == "number" then attr(a, name, params[k]) end
+  local doubles = { temperature = "gen_ai.request.temperature", top_p = "gen_ai.request.top_p",
+                    frequency_penalty = "gen_ai.request.frequency_penalty",
+                    presence_penalty = "gen_ai.request.presence_penalty" }
+  local ints = { max_tokens = "gen_ai.request.max_tokens", seed = "gen_ai.request.seed" }
+  for k, name in pairs(doubles) do
+    if type(params[k]) == "number" then attr(a, name, params[k], true) end
+  end
+  for k, name in pairs(ints) do
+    if type(params[k]) == "number" and params[k] % 1 == 0 then attr(a, name, params[k]) end
   end
 end
 
@@ -212,7 +219,8 @@ function M.encode(g)
   attr(a, "genaudit.platform", str(row.platform))
   local ri = type(row.repair_info) == "table" and row.repair_info or {}
   attr(a, "genaudit.repair.count", count(ri.repair_count))
-  attr(a, "genaudit.validation.score", type(ri.final_validation_score) == "number" and ri.final_validation_score or nil)
+  attr(a, "genaudit.validation.score", type(ri.final_validation_score) == "number" and ri.final_validation_score or nil,
+       true)
   if g.error_code then attr(a, "error.type", g.error_code) end
   if g.capture_content then
     attr(a, "gen_ai.system_instructions", json.encode({ { type = "text", content = row.final_system_prompt or "" } }))
