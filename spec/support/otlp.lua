@@ -38,7 +38,8 @@ function M.decode(bodies)
     files[i] = dir .. "/body" .. i .. ".json"
     tmp.write(files[i], b.body)
   end
-  local out = M.run("node tools/otlp_decode.js " .. M.dir() .. " " .. table.concat(files, " "))
+  -- node runs without the sanitizer a check run preloads (its V8 leaks are not genaudit's)
+  local out = M.run("env -u LD_PRELOAD node tools/otlp_decode.js " .. M.dir() .. " " .. table.concat(files, " "))
   tmp.rm(dir)
   return assert(json.decode(out))
 end
