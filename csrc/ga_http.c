@@ -95,6 +95,11 @@ static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc = CURLE_FAILED_INIT;
 static void global_init(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
+int ga_curl_global_init(void) {
+  pthread_once(&global_once, global_init);
+  return global_rc == CURLE_OK ? 0 : (int)global_rc;
+}
+
 /* ---- plain C: Retry-After, backoff jitter (URL and header parsing: ga_http_parse.c) ---- */
 
 /* The last Retry-After of the response headers in h, -1 when absent/unusable. */

@@ -19,6 +19,7 @@ GA_EXPORT int luaopen_genaudit_core(lua_State *L) {
   ga_open_http(L);
   ga_open_sse(L);
   ga_open_bpe(L);
+  ga_open_otlp(L);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");
   return 1;

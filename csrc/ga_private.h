@@ -12,8 +12,9 @@
  *       ^
  *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
  *       ^         ga_price, ga_meter, ga_retry, ga_http, ga_http_parse,
- *       |         ga_writer (thread + queue, no SQL), ga_store_common (the
- *       |         store driver contract, ga_store.h), ga_store +
+ *       |         ga_otlp (span export thread), ga_writer (thread + queue,
+ *       |         no SQL), ga_store_common (the store driver contract,
+ *       |         ga_store.h), ga_store +
  *       |         ga_store_query + ga_store_writer (SQLite, ga_sqlite.h),
  *       |         ga_pg_* (PostgreSQL, ga_pg.h)
  *   ga_init.c     luaopen_genaudit_core: calls every ga_open_*; nothing
@@ -24,6 +25,7 @@
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
+ *   ga_otlp -> ga_http (curl init, host:port), ga_http_parse, ga_retry, ga_clock
  *   ga_http_parse -> ga_retry
  *   ga_json -> ga_jsondec (raw JSON kept as text)
  *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
@@ -33,7 +35,7 @@
  *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
- *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse, bpe)
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse, bpe, otlp)
  */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
@@ -412,6 +414,13 @@ int ga_http_next_header(const ga_buf *h, size_t *pos, const char **name, size_t 
  * neither delta-seconds nor an HTTP-date. */
 long long ga_http_retry_after(const char *head, size_t len);
 void ga_open_http(lua_State *L);
+/* libcurl's process-wide init, run once (ga_http.c owns it): 0, or the
+ * CURLcode it failed with. Every file that makes a curl handle calls it. */
+int ga_curl_global_init(void);
+
+/* ---- OTLP/HTTP span exporter (ga_otlp.c): a background thread posting
+ * queued span batches; core.otlp_exporter, core.random_hex, core.unix_nanos ---- */
+void ga_open_otlp(lua_State *L);
 
 /* ---- server-sent events (ga_sse.c): one incremental text/event-stream
  * parser (WHATWG HTML, "Interpreting an event stream") for both transports'

@@ -49,7 +49,7 @@ build = {
         "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
         "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
         "csrc/ga_ulid.c", "csrc/ga_writer.c", "csrc/ga_store_writer.c",
-        "csrc/ga_retry.c", "csrc/ga_sse.c", "csrc/ga_bpe.c",
+        "csrc/ga_retry.c", "csrc/ga_sse.c", "csrc/ga_bpe.c", "csrc/ga_otlp.c", "csrc/ga_sqlagg.c",
       },
       defines = {},
       incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)", "$(CRYPTO_INCDIR)", "$(PCRE2_INCDIR)" },
@@ -82,6 +82,7 @@ build = {
     ["genaudit.metrics"] = "lua/genaudit/metrics.lua",
     ["genaudit.nginx_metrics"] = "lua/genaudit/nginx_metrics.lua",
     ["genaudit.tokens"] = "lua/genaudit/tokens.lua",
+    ["genaudit.otel"] = "lua/genaudit/otel.lua",
   },
   install = {
     bin = { genaudit = "bin/genaudit" },

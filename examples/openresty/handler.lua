@@ -58,6 +58,11 @@ if streaming then
   end }
 end
 
+-- the caller's W3C trace context: with OpenTelemetry export on, the
+-- generation's spans join its trace (README "OpenTelemetry export")
+opts = opts or {}
+opts.traceparent = ngx.var.http_traceparent
+
 local result, err, code, snapshot_id = openresty.generate(ctx, opts)
 local answer, status
 if not result then

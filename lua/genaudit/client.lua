@@ -180,7 +180,9 @@ function Client:complete_call(run, kind, messages, params, sopts, local_in)
     req.on_data = function(bytes) return acc:feed(bytes) end
     req.idle_timeout_ms = sopts and sopts.idle_timeout_ms
   end
+  local t0 = core.unix_nanos()
   local res, err, code, info = self.transport(req)
+  local t1 = core.unix_nanos()
   if acc then acc:close() end
   local tries = res and res.attempts or (info and info.attempts) or {}
   local wait_us = (res and res.provider_wait_us) or (info and info.provider_wait_us) or 0
@@ -198,6 +200,7 @@ function Client:complete_call(run, kind, messages, params, sopts, local_in)
                   status = res and res.status or nil, timings = res and res.timings or nil,
                   finish_reason = json.null, response_id = json.null }
   run.http[#run.http + 1] = entry
+  if run.call_ns then run.call_ns[#run.http] = { t0, t1 } end -- the call's wall-clock span (genaudit.otel)
   local function failed_call(reason, served)
     local call = { kind = kind, model = served or provider.model, reason = reason, provider_wait_us = wait_us }
     local ok = run.meter:add_failed_call(call)

@@ -89,6 +89,8 @@ function M.Run(t)
   t = t or {}
   return {
     sw = t.sw or core.stopwatch(),  -- the running stopwatch: total time, "provider" interval
+    start_ns = core.unix_nanos(),   -- the wall clock at the start (epoch ns, a string: span start)
+    call_ns = {},                   -- per log entry (http[i]): { start, end } epoch ns strings (spans)
     meter = core.meter(),           -- every metered call (tokens, cost, provider wait), in order
     attempts = 0,                   -- HTTP tries over all calls, failed ones included
     http = {},                      -- one log entry per call: kind, attempts, wait_ms, tries, status, timings

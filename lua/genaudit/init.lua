@@ -28,9 +28,9 @@ end
 
 -- Submodules loaded on first use: genaudit.providers, genaudit.pricing,
 -- genaudit.dto, genaudit.composer, genaudit.validator, genaudit.report,
--- genaudit.redact, genaudit.audit, genaudit.budget.
+-- genaudit.redact, genaudit.audit, genaudit.budget, genaudit.otel.
 local lazy = { providers = true, pricing = true, dto = true, composer = true, validator = true, report = true,
-               redact = true, audit = true, budget = true }
+               redact = true, audit = true, budget = true, otel = true }
 setmetatable(M, {
   __index = function(t, k)
     if lazy[k] then

@@ -12,7 +12,9 @@
 --     builds the pipeline; exit_worker() drains the queue on quit and reload;
 --   * metrics: with a lua_shared_dict (genaudit_metrics by default), every
 --     persisted snapshot and the writer's figures are counted there across
---     workers (genaudit.nginx_metrics), and serve_metrics() answers /metrics.
+--     workers (genaudit.nginx_metrics), and serve_metrics() answers /metrics;
+--   * the OpenTelemetry span sink (otel_sink): genaudit.otel's spans posted
+--     by an ngx.timer over this transport, never in a request's coroutine.
 local core = require("genaudit.core")
 local nginx_metrics = require("genaudit.nginx_metrics")
 
@@ -427,6 +429,122 @@ function M.client_writer()
   end
 end
 
+-- ---- OpenTelemetry span sink ----
+
+local Sink = {}
+Sink.__index = Sink
+
+-- openresty.otel_sink(cfg) -> sink for genaudit.otel (cfg from otel.config:
+-- url, headers, queue = 2048 generations, batch = 64, timeout_ms = 10000,
+-- retries = 5, backoff_ms = 500, max_backoff_ms = 30000). push() only
+-- queues and, when no flush runs, starts one in a 0-delay ngx.timer: the
+-- timer posts batches over openresty.transport (cosockets, the shared retry
+-- policy, ngx.sleep between tries) until the queue is empty. A full queue
+-- drops and counts; on worker exit (premature timer) each batch gets one try.
+function M.otel_sink(cfg)
+  local prefix, suffix = require("genaudit.otel").envelope(cfg)
+  local headers = { ["Content-Type"] = "application/json" }
+  for k, v in pairs(cfg.headers or {}) do headers[k] = v end
+  local timeout = cfg.timeout_ms or 10000
+  return setmetatable({
+    url = cfg.url, headers = headers, prefix = prefix, suffix = suffix,
+    capacity = cfg.queue or 2048, batch = cfg.batch or 64, retries = cfg.retries or 5,
+    backoff_ms = cfg.backoff_ms or 500, max_backoff_ms = cfg.max_backoff_ms or 30000,
+    send = M.transport({ connect_timeout_ms = math.min(timeout, 5000), timeout_ms = timeout,
+                         max_response_bytes = 1024 * 1024 }),
+    queue = {}, head = 1, tail = 0, running = false, sending = 0, closed = false,
+    st = { exported = 0, dropped = 0, failed = 0, pending = 0, retries = 0, batches = 0 },
+  }, Sink)
+end
+
+-- The timer's loop: batches until the queue is empty. Returns nothing.
+function Sink:drain(premature)
+  while self.head <= self.tail do
+    local parts, n, k = {}, 0, 0
+    while self.head <= self.tail and k < self.batch do
+      local it = self.queue[self.head]
+      self.queue[self.head] = nil
+      self.head = self.head + 1
+      k = k + 1
+      parts[k], n = it[1], n + it[2]
+    end
+    self.st.pending = self.st.pending - n
+    self.sending = n
+    local exiting = premature or ngx.worker.exiting()
+    local ok, res, err, _, info = pcall(self.send, { url = self.url, headers = self.headers,
+      body = self.prefix .. table.concat(parts, ",") .. self.suffix,
+      retries = exiting and 0 or self.retries, backoff_ms = self.backoff_ms, max_backoff_ms = self.max_backoff_ms })
+    self.sending = 0
+    self.st.batches = self.st.batches + 1
+    local tries = ok and ((res and res.attempts) or (info and info.attempts)) or {}
+    self.st.retries = self.st.retries + math.max(0, #tries - 1)
+    if ok and res and res.status >= 200 and res.status < 300 then
+      self.st.exported = self.st.exported + n
+    else
+      self.st.failed = self.st.failed + n
+      if not ok then self.st.last_error = "OTEL: " .. tostring(res)
+      elseif res then self.st.last_error = ("HTTP: collector at %s answered %d"):format(
+        self.url:match("^https?://([^/?#]+)") or "?", res.status)
+      else self.st.last_error = tostring(err) end
+    end
+  end
+  self.running = false
+end
+
+-- sink:push(items, nspans) -> true | nil, "FULL: ...", "FULL" | nil, "CLOSED: ...", "CLOSED"
+function Sink:push(items, n)
+  if self.closed then return nil, "CLOSED: the exporter is closed", "CLOSED" end
+  if self.tail - self.head + 1 >= self.capacity then
+    self.st.dropped = self.st.dropped + n
+    return nil, ("FULL: span queue full (%d batches queued): %d span(s) dropped"):format(self.capacity, n), "FULL"
+  end
+  self.tail = self.tail + 1
+  self.queue[self.tail] = { items, n }
+  self.st.pending = self.st.pending + n
+  if not self.running then
+    local ok, err = ngx.timer.at(0, function(premature) self:drain(premature) end)
+    if ok then
+      self.running = true
+    else -- no timer (too many pending): it stays queued for the next push's timer
+      self.st.last_error = "OTEL: cannot start the flush timer: " .. tostring(err)
+    end
+  end
+  return true
+end
+
+function Sink:stats()
+  local out = {}
+  for k, v in pairs(self.st) do out[k] = v end
+  return out
+end
+
+-- sink:flush([timeout_ms = 5000]) -> true | nil, "TIMEOUT: ...", "TIMEOUT"
+-- (waits with ngx.sleep: content, access, rewrite or timer phase)
+function Sink:flush(ms)
+  local deadline = ngx.now() + (ms or 5000) / 1000
+  ngx.update_time()
+  while (self.head <= self.tail or self.sending > 0) and ngx.now() < deadline do
+    ngx.sleep(0.01)
+    ngx.update_time()
+  end
+  if self.head <= self.tail or self.sending > 0 then
+    return nil, "TIMEOUT: spans still queued or in flight", "TIMEOUT"
+  end
+  return true
+end
+
+-- sink:close() -> true: what is still queued is dropped and counted (no I/O:
+-- exit_worker cannot use cosockets; a running timer finishes its batch).
+function Sink:close()
+  if not self.closed then
+    self.closed = true
+    self.st.dropped = self.st.dropped + self.st.pending
+    self.st.pending = 0
+    self.queue, self.head, self.tail = {}, 1, 0
+  end
+  return true
+end
+
 -- ---- per-worker lifecycle ----
 local worker = {}
 
@@ -500,7 +618,8 @@ end
 -- openresty.init_worker{ store = "sqlite:/var/lib/genaudit/audit.db",
 --   async = { queue = 10000, batch = 100, on_full = "error" }, provider = <provider>,
 --   templates = dir, rules = dir, pricing = <pricing>,
---   metrics = nil | false | dict name | { dict = name, interval = 1 } } — call from
+--   metrics = nil | false | dict name | { dict = name, interval = 1 },
+--   otel = { endpoint = url, headers, capture_content, queue, batch, ... } } — call from
 -- init_worker_by_lua*. Opens this worker's store (migrations are safe with
 -- several workers at once) with a writer thread, and builds the pipeline.
 -- With metrics (the lua_shared_dict genaudit_metrics, when declared, by
@@ -525,7 +644,16 @@ function M.init_worker(opts)
     return nil, err
   end
   worker.store = store
+  -- the OpenTelemetry export: opts.otel over the OTEL_* variables (name
+  -- them with nginx's `env` directive), through this module's timer sink
+  local otel_opts = false
+  local ocfg = require("genaudit.otel").config(opts.otel)
+  if ocfg then
+    otel_opts = { sink = ocfg.sink or M.otel_sink(ocfg), service_name = ocfg.service_name,
+                  capture_content = ocfg.capture_content }
+  end
   worker.pipeline = genaudit.pipeline{
+    otel = otel_opts,
     store = store, provider = opts.provider, templates = opts.templates, rules = opts.rules,
     pricing = opts.pricing, retries = opts.retries, backoff_ms = opts.backoff_ms,
     budgets = opts.budgets, budget_cache_ttl_ms = opts.budget_cache_ttl_ms,

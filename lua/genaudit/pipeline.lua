@@ -14,6 +14,7 @@ local redact_mod = require("genaudit.redact")
 local budget_mod = require("genaudit.budget")
 local core = require("genaudit.core")
 local json = require("genaudit.json")
+local otel = require("genaudit.otel")
 
 local M = {}
 
@@ -26,7 +27,10 @@ Pipeline.__index = Pipeline
 --   persister = obj (optional: what persist_generation(row) is called on;
 --   the store by default),
 --   budgets = path (a budget script, README "Budgets"; none by default),
---   budget_cache_ttl_ms = 5000 } -> pipeline
+--   budget_cache_ttl_ms = 5000,
+--   otel = { endpoint, headers, capture_content, ... } | false } -> pipeline
+-- otel: the OpenTelemetry span export (genaudit.otel.config; unset, it is
+-- on when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set; false: off).
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected, got " .. type(opts) .. ")", 2) end
   if type(opts.store) ~= "table" then error("bad argument #1 to 'pipeline' (store expected)", 2) end
@@ -47,6 +51,11 @@ function M.new(opts)
     client = client_mod.new(opts),
     stored_scripts = {}, -- digest -> true: in the store already (put_script once per digest)
   }, Pipeline)
+  local ocfg = otel.config(opts.otel)
+  if ocfg then
+    -- telemetry never stops a pipeline: without its exporter it runs untraced, and says why
+    self.tracer, self.otel_error = otel.new(ocfg)
+  end
   -- the redaction script: opts.redact (a path; false: none), else <rules>/redact.lua when present
   if opts.redact ~= false then
     self.redactor = redact_mod.new{ path = type(opts.redact) == "string" and opts.redact or opts.rules .. "/"
@@ -145,9 +154,39 @@ function Pipeline:persist(run, status, err)
     row = M.text_safe(row)
     row.status, row.error = "failed", M.text_safe(err and (err .. "; " .. lossy) or lossy)
     id, err2, code = self.persister:persist_generation(row)
-    if id then return id, nil, nil, row, lossy end
+    if id then
+      self:export_spans(run, row, id, status)
+      return id, nil, nil, row, lossy
+    end
   end
+  self:export_spans(run, row, id, status)
   return id, err2, code, row
+end
+
+-- Queues the generation's spans (genaudit.otel) when export is on: the row
+-- as stored, its id (nil when it could not be stored). Returns nothing:
+-- telemetry never fails or slows a generation (a full queue drops and counts).
+function Pipeline:export_spans(run, row, id, status)
+  if not self.tracer then return end
+  -- pcall: whatever the exporter says (or raises), the generation's result stands
+  pcall(self.tracer.export, self.tracer, {
+    row = row, snapshot_id = id, run = run, provider = self.provider, traceparent = run.traceparent,
+    error_code = (status ~= "completed" or not id) and (run.error_code or (not id and "PERSIST") or "FAILED") or nil,
+  })
+end
+
+-- pipeline:otel_stats() -> { exported, dropped, failed, pending, retries,
+-- batches, last_error, encode_errors } | nil, err (export off: err says why)
+function Pipeline:otel_stats()
+  if not self.tracer then return nil, self.otel_error or "OTEL: export is off (no endpoint configured)" end
+  return self.tracer:stats()
+end
+
+-- pipeline:otel_flush([timeout_ms]) -> true | nil, "TIMEOUT: ...", "TIMEOUT":
+-- waits until the queued spans are sent or given up (tests, shutdown).
+function Pipeline:otel_flush(ms)
+  if not self.tracer then return true end
+  return self.tracer:flush(ms)
 end
 
 -- pipeline.text_safe(v) -> v with every string (deep, keys too) made what any
@@ -264,6 +303,9 @@ local function stream_options(opts)
       error("bad argument #2 to 'generate' (" .. k .. " must be a positive integer)", 3)
     end
   end
+  if opts.traceparent ~= nil and type(opts.traceparent) ~= "string" then
+    error("bad argument #2 to 'generate' (traceparent must be a string)", 3)
+  end
   if not opts.stream and not opts.on_chunk then return nil end
   return { stream = true, on_chunk = opts.on_chunk, idle_timeout_ms = opts.idle_timeout_ms,
            max_event_bytes = opts.max_event_bytes }
@@ -273,7 +315,10 @@ end
 --   result = { content, snapshot_id, prompt, token_metrics,
 --              performance_metrics, repair_metrics, drafts }
 -- opts = { stream = true, on_chunk = function(text, info), idle_timeout_ms,
--- max_event_bytes }: the model calls stream (on_chunk alone implies stream);
+-- max_event_bytes, traceparent = "00-<32 hex>-<16 hex>-<2 hex>" }:
+-- traceparent (W3C, from the host's request) makes the generation's span a
+-- child of the host's span (genaudit.otel; an invalid one starts a new
+-- trace). The model calls stream (on_chunk alone implies stream);
 -- on_chunk receives each text delta as it arrives, info = { kind =
 -- "initial"|"repair", type = "text"|"refusal", index }; raising or returning
 -- false stops the generation (STREAM_ABORTED, stored as failed with the text
@@ -282,11 +327,13 @@ end
 function Pipeline:generate(input, opts)
   local run = self.client:run() -- a dto.Run; the timer starts at the very beginning
   local sopts = stream_options(opts)
+  run.traceparent = opts and opts.traceparent -- the host's W3C trace context (genaudit.otel)
   local ctx, err, code = dto.GenerationContext(input)
   if not ctx then return nil, err, code end
   run.ctx = ctx
 
   local function fail(e, c)
+    run.error_code = c
     local id, perr, pcode = self:persist(run, "failed", e)
     if not id then return nil, perr, pcode end
     return nil, e, c, id
@@ -357,6 +404,11 @@ function Pipeline:script_errors()
   return out
 end
 
-function Pipeline:close() return self.client:close() end
+-- pipeline:close() -> true: the client's connection, and the span exporter
+-- after a bounded flush (otel.shutdown_ms).
+function Pipeline:close()
+  if self.tracer then self.tracer:close() end
+  return self.client:close()
+end
 
 return M

@@ -11,6 +11,9 @@
 --   srv:streams()                     -- {sent = N, hangups = N}: streamed pieces sent, and
 --                                     --   streamed responses whose client hung up before the end
 --   srv:release()                     -- lets a lockstep stream send its next piece
+--   srv:bodies()                      -- every request since reset (control ones aside), in order:
+--                                     --   array of {method, target, body, headers = {lowercased name = value}}
+--                                     --   (a collector stand-in)
 --   srv:reset()                       -- empty script, zero counters, unfinished streams dropped
 --   srv:stop()                        -- SIGTERM, waits until gone; idempotent
 --   server.closed_port()              -- a loopback port nobody listens on
@@ -168,6 +171,7 @@ local function serve(port_file, watch_pid)
   local queue = {}
   local stats = { requests = 0, connections = 0 }
   local streams = { sent = 0, hangups = 0, tokens = 0 }
+  local recorded = {} -- every request since reset: { method, target, body }
   local last_activity = socket.gettime()
   local next_watch = 0
 
@@ -199,12 +203,22 @@ local function serve(port_file, watch_pid)
       out = string.format("requests=%d connections=%d", stats.requests, stats.connections)
     elseif req.target == "/__ctl/streams" then
       out = string.format("sent=%d hangups=%d", streams.sent, streams.hangups)
+    elseif req.target == "/__ctl/bodies" then
+      local parts = {}
+      for i, r in ipairs(recorded) do
+        local hs = {}
+        for j, h in ipairs(r.headers) do hs[j] = pct_encode(h[1]) .. ":" .. pct_encode(h[2]) end
+        parts[i] = string.format("%s %s %s %d\n%s", r.method, pct_encode(r.target),
+                                 #hs > 0 and table.concat(hs, ",") or "-", #r.body, r.body)
+      end
+      out = table.concat(parts)
     elseif req.target == "/__ctl/release" then
       streams.tokens = streams.tokens + 1
     elseif req.target == "/__ctl/reset" then
       queue = {}
       stats = { requests = 0, connections = 0 }
       streams = { sent = 0, hangups = 0, tokens = 0 }
+      recorded = {}
       for _, other in ipairs(conns) do
         if other.stream and not other.dead then drop(other) end
       end
@@ -218,6 +232,7 @@ local function serve(port_file, watch_pid)
   local function handle(c, req)
     if req.target:sub(1, 7) == "/__ctl/" then return control(c, req) end
     stats.requests = stats.requests + 1
+    recorded[#recorded + 1] = { method = req.method, target = req.target, body = req.body, headers = req.headers }
     if not c.counted then
       c.counted = true
       stats.connections = stats.connections + 1
@@ -427,6 +442,22 @@ function Server:stats()
   local text = self:control("GET", "/__ctl/stats")
   local r, c = text:match("^requests=(%d+) connections=(%d+)$")
   return { requests = tonumber(r), connections = tonumber(c) }
+end
+
+function Server:bodies()
+  local text = self:control("GET", "/__ctl/bodies")
+  local out, pos = {}, 1
+  while pos <= #text do
+    local method, target, hs, len, nxt = text:match("^(%S+) (%S+) (%S+) (%d+)\n()", pos)
+    if not method then error("http_server: bad /__ctl/bodies answer") end
+    len = tonumber(len)
+    local headers = {}
+    for n, v in hs:gmatch("([^,:]+):([^,]*)") do headers[pct_decode(n):lower()] = pct_decode(v) end
+    out[#out + 1] = { method = method, target = pct_decode(target), body = text:sub(nxt, nxt + len - 1),
+                      headers = headers }
+    pos = nxt + len
+  end
+  return out
 end
 
 function Server:streams()
