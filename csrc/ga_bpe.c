@@ -337,12 +337,12 @@ static int utf8_repair(const unsigned char *s, size_t n, ga_buf *b) {
     k = utf8_seq(s + i, n - i, &skip);
     if (k) { i += k; continue; }
     if (!copied) { ga_buf_init(b); copied = 1; }
-    ga_buf_add(b, (const char *)s + last, i - last);
+    if (i > last) ga_buf_add(b, (const char *)s + last, i - last);
     ga_buf_add(b, "\xEF\xBF\xBD", 3);
     i += skip;
     last = i;
   }
-  if (copied) ga_buf_add(b, (const char *)s + last, n - last);
+  if (copied && n > last) ga_buf_add(b, (const char *)s + last, n - last);
   return copied;
 }
 
