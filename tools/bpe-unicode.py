@@ -88,11 +88,13 @@ def main():
           % (subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(), js["unicode"]))
     print(" * do not edit. Scalar values Unicode 16.0 adds to each class over PCRE2's tables:")
     print(" * L = \\p{L}, N = \\p{N}, U = Lu|Lt|Lm|Lo|M, W = Ll|Lm|Lo|M. */")
+    union = set()
     for k in ["L", "N", "U", "W"]:
         missing = CB[k] - CA[k]
         if missing:
             sys.exit("PCRE2 has %d code points in %s that node lacks: unexpected" % (len(missing), k))
         s = sorted((CA[k] - CB[k]) - drop)
+        union.update(s)
         r = []
         for x in s:
             if r and r[-1][1] == x - 1:
@@ -101,5 +103,16 @@ def main():
                 r.append([x, x])
         frag = "".join("\\\\x{%X}-\\\\x{%X}" % (x, y) if x != y else "\\\\x{%X}" % x for x, y in r)
         print('#define GA_U16_%s "%s"' % (k, frag))
+    r = []
+    for x in sorted(union):
+        if r and r[-1][1] == x - 1:
+            r[-1][1] = x
+        else:
+            r.append([x, x])
+    print("/* every scalar value above, as sorted {first, last} ranges (the fast-path test) */")
+    print("#define GA_U16_RANGES \\")
+    for i in range(0, len(r), 6):
+        print("  " + " ".join("{0x%X, 0x%X}," % (x, y) for x, y in r[i:i + 6]) + " \\")
+    print("  /* end */")
 
 main()
