@@ -324,11 +324,13 @@ ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, siz
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
   }
   {
-    size_t resize = 0, fastsize = 0;
+    size_t resize = 0, fastsize = 0, jit = 0, jitfast = 0; /* compiled patterns and their JIT code */
     pcre2_pattern_info(e->re, PCRE2_INFO_SIZE, &resize);
     pcre2_pattern_info(e->re_fast, PCRE2_INFO_SIZE, &fastsize);
+    pcre2_pattern_info(e->re, PCRE2_INFO_JITSIZE, &jit);
+    pcre2_pattern_info(e->re_fast, PCRE2_INFO_JITSIZE, &jitfast);
     e->mem = sizeof *e + ((size_t)e->nranks + 1) * sizeof *e->off + arena_cap + 1 + tsize * sizeof *e->table +
-             resize + fastsize;
+             resize + fastsize + jit + jitfast;
   }
   free(wpos);
   free(wlen);
