@@ -11,7 +11,7 @@
 --                       reverse table and compiled pattern) and the load time
 --   tokens_linear       a run of one character (one pre-tokeniser piece): the
 --                       time for 2 MB over the time for 1 MB (2 = linear)
--- tools/tiktoken-node.sh installs the npm package into build/node (cached).
+-- tools/tiktoken-node.sh installs the npm package into build/node-tiktoken (cached).
 local root = (arg and arg[0] or ""):match("^(.*)/bench/[^/]*$") or "."
 package.path = root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
 package.cpath = root .. "/build/" .. (rawget(_G, "jit") and "luajit" or "lua54") .. "/?.so;" .. package.cpath

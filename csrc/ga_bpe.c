@@ -42,22 +42,64 @@
 
 /* Rust's regex (tiktoken) knows Unicode 16.0, PCRE2 10.42 Unicode 14.0: the
  * letters, digits and marks added since are spelled out (ga_bpe_unicode.h,
- * tools/bpe-unicode.py). Class contents: */
-#define C_L "\\p{L}" GA_U16_L
-#define C_N "\\p{N}" GA_U16_N
-#define C_UP "\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}" GA_U16_U /* o200k's "upper" letters */
-#define C_LO "\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}" GA_U16_W         /* o200k's "lower" letters */
+ * tools/bpe-unicode.py). Class contents, given the additions X*: */
+#define C_L(XL) "\\p{L}" XL
+#define C_N(XN) "\\p{N}" XN
+#define C_UP(XU) "\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}" XU /* o200k's "upper" letters */
+#define C_LO(XW) "\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}" XW         /* o200k's "lower" letters */
 #define CONTRACTIONS "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 
 /* tiktoken's patterns (npm 1.0.22, encoders/<name>.json "pat_str"), with
  * \s, \p{..} written as the classes above. */
-static const char PAT_CL100K[] =
-    CONTRACTIONS "|[^\\r\\n" C_L C_N "]?[" C_L "]+|[" C_N "]{1,3}| ?[^" WS C_L C_N "]+[\\r\\n]*"
-    "|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
-static const char PAT_O200K[] =
-    "[^\\r\\n" C_L C_N "]?[" C_UP "]*[" C_LO "]+" CONTRACTIONS "?"
-    "|[^\\r\\n" C_L C_N "]?[" C_UP "]+[" C_LO "]*" CONTRACTIONS "?"
-    "|[" C_N "]{1,3}| ?[^" WS C_L C_N "]+[\\r\\n/]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
+#define PAT_CL100K(XL, XN)                                                                         \
+  CONTRACTIONS "|[^\\r\\n" C_L(XL) C_N(XN) "]?[" C_L(XL) "]+|[" C_N(XN) "]{1,3}"                    \
+  "| ?[^" WS C_L(XL) C_N(XN) "]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+"
+#define PAT_O200K(XL, XN, XU, XW)                                                                  \
+  "[^\\r\\n" C_L(XL) C_N(XN) "]?[" C_UP(XU) "]*[" C_LO(XW) "]+" CONTRACTIONS "?"                     \
+  "|[^\\r\\n" C_L(XL) C_N(XN) "]?[" C_UP(XU) "]+[" C_LO(XW) "]*" CONTRACTIONS "?"                    \
+  "|[" C_N(XN) "]{1,3}| ?[^" WS C_L(XL) C_N(XN) "]+[\\r\\n/]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+"
+
+/* Each pattern twice: "full" with the Unicode 16 additions, and "fast"
+ * without them (PCRE2's JIT runs it about twice as fast: the long range
+ * lists are gone). They match identically on text holding none of the added
+ * scalar values (u16_ranges), which is all but the rarest text: bpe_run
+ * picks "fast" after checking. */
+static const char PAT_CL100K_FULL[] = PAT_CL100K(GA_U16_L, GA_U16_N);
+static const char PAT_CL100K_FAST[] = PAT_CL100K("", "");
+static const char PAT_O200K_FULL[] = PAT_O200K(GA_U16_L, GA_U16_N, GA_U16_U, GA_U16_W);
+static const char PAT_O200K_FAST[] = PAT_O200K("", "", "", "");
+static const uint32_t u16_ranges[][2] = {GA_U16_RANGES};
+#define N_U16_RANGES (sizeof u16_ranges / sizeof u16_ranges[0])
+
+/* Whether valid UTF-8 s[0..n) holds a scalar value of u16_ranges. */
+static int has_u16(const unsigned char *s, size_t n) {
+  size_t i = 0;
+  const uint32_t lo0 = u16_ranges[0][0];
+  while (i < n) {
+    unsigned char c = s[i];
+    uint32_t cp;
+    size_t k;
+    if (c < 0x80) { i++; continue; }
+    if (c < 0xE0) { cp = (uint32_t)(c & 0x1F) << 6 | (s[i + 1] & 0x3F); k = 2; }
+    else if (c < 0xF0) { cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F); k = 3; }
+    else {
+      cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(s[i + 1] & 0x3F) << 12 | (uint32_t)(s[i + 2] & 0x3F) << 6 |
+           (s[i + 3] & 0x3F);
+      k = 4;
+    }
+    i += k;
+    if (cp >= lo0) {
+      size_t a = 0, b = N_U16_RANGES; /* the first range whose end >= cp */
+      while (a < b) {
+        size_t m = (a + b) / 2;
+        if (u16_ranges[m][1] < cp) a = m + 1;
+        else b = m;
+      }
+      if (a < N_U16_RANGES && u16_ranges[a][0] <= cp) return 1;
+    }
+  }
+  return 0;
+}
 
 typedef struct { const char *text; uint32_t rank; } special_tok;
 static const special_tok SPECIAL_CL100K[] = {{"<|endoftext|>", 100257}, {"<|fim_prefix|>", 100258},
@@ -73,7 +115,8 @@ struct ga_bpe {
   uint64_t *table;         /* (hash << 32 | rank); empty slots are UINT64_MAX */
   uint32_t mask;           /* table size - 1 */
   const special_tok *special;
-  pcre2_code *re;
+  pcre2_code *re;          /* the full pattern */
+  pcre2_code *re_fast;     /* the same without the Unicode 16 additions */
   size_t mem;              /* bytes held by this object */
 };
 
@@ -151,6 +194,7 @@ void ga_bpe_free(ga_bpe *e) {
   free(e->arena);
   free(e->table);
   if (e->re) pcre2_code_free(e->re);
+  if (e->re_fast) pcre2_code_free(e->re_fast);
   free(e);
 }
 
@@ -161,7 +205,7 @@ const char *ga_bpe_name(const ga_bpe *e) { return e->name; }
  * encoders/<name>.json: "! <rank> <b64> <b64> ..." where each word is the
  * next rank and "! <n>" restarts the numbering at n. */
 ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, size_t errlen) {
-  const char *pat;
+  const char *pat, *pat_fast;
   const special_tok *special;
   const char *p, *end, *key = "\"bpe_ranks\":\"";
   ga_bpe *e;
@@ -172,8 +216,8 @@ ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, siz
   int errcode;
   PCRE2_SIZE erroff;
 
-  if (strcmp(name, "cl100k_base") == 0) { pat = PAT_CL100K; special = SPECIAL_CL100K; }
-  else if (strcmp(name, "o200k_base") == 0) { pat = PAT_O200K; special = SPECIAL_O200K; }
+  if (strcmp(name, "cl100k_base") == 0) { pat = PAT_CL100K_FULL; pat_fast = PAT_CL100K_FAST; special = SPECIAL_CL100K; }
+  else if (strcmp(name, "o200k_base") == 0) { pat = PAT_O200K_FULL; pat_fast = PAT_O200K_FAST; special = SPECIAL_O200K; }
   else { snprintf(err, errlen, "no such encoding '%s' (o200k_base, cl100k_base)", name); return NULL; }
 
   p = memmem(json, n, key, strlen(key));
@@ -265,20 +309,28 @@ ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, siz
     if (bpe_rank(e, &b, 1) == NO_RANK) { snprintf(err, errlen, "byte %zu has no rank", i); goto fail; }
   }
 
-  e->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &errcode, &erroff, NULL);
-  if (!e->re) {
-    PCRE2_UCHAR msg[120];
-    pcre2_get_error_message(errcode, msg, sizeof msg);
-    snprintf(err, errlen, "pattern: %s at %zu", (const char *)msg, (size_t)erroff);
-    goto fail;
-  }
-  if (pcre2_jit_compile(e->re, PCRE2_JIT_COMPLETE) != 0) {
-    /* no JIT on this platform: the interpreter gives the same matches */
+  for (int v = 0; v < 2; v++) {
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(v ? pat_fast : pat), PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
+                                   &errcode, &erroff, NULL);
+    if (!re) {
+      PCRE2_UCHAR msg[120];
+      pcre2_get_error_message(errcode, msg, sizeof msg);
+      snprintf(err, errlen, "pattern: %s at %zu", (const char *)msg, (size_t)erroff);
+      goto fail;
+    }
+    if (v) e->re_fast = re;
+    else e->re = re;
+    /* without JIT (a platform PCRE2 cannot JIT for) the interpreter gives the same matches */
+    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
   }
   {
-    size_t resize = 0;
+    size_t resize = 0, fastsize = 0, jit = 0, jitfast = 0; /* compiled patterns and their JIT code */
     pcre2_pattern_info(e->re, PCRE2_INFO_SIZE, &resize);
-    e->mem = sizeof *e + ((size_t)e->nranks + 1) * sizeof *e->off + arena_cap + 1 + tsize * sizeof *e->table + resize;
+    pcre2_pattern_info(e->re_fast, PCRE2_INFO_SIZE, &fastsize);
+    pcre2_pattern_info(e->re, PCRE2_INFO_JITSIZE, &jit);
+    pcre2_pattern_info(e->re_fast, PCRE2_INFO_JITSIZE, &jitfast);
+    e->mem = sizeof *e + ((size_t)e->nranks + 1) * sizeof *e->off + arena_cap + 1 + tsize * sizeof *e->table +
+             resize + fastsize + jit + jitfast;
   }
   free(wpos);
   free(wlen);
@@ -337,12 +389,12 @@ static int utf8_repair(const unsigned char *s, size_t n, ga_buf *b) {
     k = utf8_seq(s + i, n - i, &skip);
     if (k) { i += k; continue; }
     if (!copied) { ga_buf_init(b); copied = 1; }
-    ga_buf_add(b, (const char *)s + last, i - last);
+    if (i > last) ga_buf_add(b, (const char *)s + last, i - last);
     ga_buf_add(b, "\xEF\xBF\xBD", 3);
     i += skip;
     last = i;
   }
-  if (copied) ga_buf_add(b, (const char *)s + last, n - last);
+  if (copied && n > last) ga_buf_add(b, (const char *)s + last, n - last);
   return copied;
 }
 
@@ -500,19 +552,21 @@ static int bpe_run(const ga_bpe *e, const char *text, size_t n, bpe_out *o, int 
   pcre2_match_context *mc = NULL;
   pcre2_jit_stack *js = NULL;
   PCRE2_SIZE start = 0;
+  const pcre2_code *re;
   int rc = 0, repaired = utf8_repair(s, n, &fixed);
   if (repaired) {
     if (fixed.oom) { ga_buf_free(&fixed); return -1; }
     s = (const unsigned char *)fixed.buf;
     n = fixed.len;
   }
+  re = has_u16(s, n) ? e->re : e->re_fast;
   md = pcre2_match_data_create(1, NULL);
   mc = pcre2_match_context_create(NULL);
   if (!md || !mc) { rc = -1; goto done; }
   pcre2_set_match_limit(mc, UINT32_MAX);
   pcre2_set_depth_limit(mc, UINT32_MAX);
   while (start < n) {
-    int m = pcre2_match(e->re, s, n, start, PCRE2_NO_UTF_CHECK, md, mc);
+    int m = pcre2_match(re, s, n, start, PCRE2_NO_UTF_CHECK, md, mc);
     if (m == PCRE2_ERROR_JIT_STACKLIMIT && !js) {
       js = pcre2_jit_stack_create(64 * 1024, 512 * 1024 * 1024, NULL);
       if (!js) { rc = -1; goto done; }

@@ -4,7 +4,7 @@
 --   * spec/fixtures/tokens/golden.json, written by tiktoken itself (npm
 --     `tiktoken` 1.0.22, WASM: tools/tiktoken-golden.js golden) — no node needed;
 --   * random inputs generated here, compared with live tiktoken through node
---     (tools/tiktoken-node.sh installs it into build/node; the spec FAILS when
+--     (tools/tiktoken-node.sh installs it into build/node-tiktoken; the spec FAILS when
 --     it cannot);
 --   * every Unicode scalar value in letter/case/digit contexts: chunk digests
 --     by tiktoken in spec/fixtures/tokens/unicode.json (tools/tiktoken-golden.js

@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.." || exit 2
 mode=${1:-run}
 FUZZ_CC=${FUZZ_CC:-clang}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
-TARGETS=${FUZZ_TARGETS:-"decimal json jsondec row ulid retry_after pgsql sse"}
+TARGETS=${FUZZ_TARGETS:-"decimal json jsondec row ulid retry_after pgsql sse bpe"}
 PC=${PKG_CONFIG:-pkg-config}
 LUA54_INCDIR=${LUA54_INCDIR:-$($PC --cflags lua5.4)}
-DEPS="sqlite3 libcurl libcrypto"
+DEPS="sqlite3 libcurl libcrypto libpcre2-8"
 $PC --exists libpq 2>/dev/null && DEPS="$DEPS libpq"
 DEP_CFLAGS=${DEP_CFLAGS:-$($PC --cflags $DEPS)}
 DEP_LIBS=${DEP_LIBS:-"$($PC --libs $DEPS) -lm -pthread"}

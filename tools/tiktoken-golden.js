@@ -1,6 +1,6 @@
 // tiktoken-golden.js — OpenAI's tokenizer (npm `tiktoken`, WASM) as the
 // reference for genaudit.tokens. Needs the package from tools/tiktoken-node.sh:
-//   NODE_PATH=build/node/node_modules node tools/tiktoken-golden.js <mode> ...
+//   NODE_PATH=build/node-tiktoken/node_modules node tools/tiktoken-golden.js <mode> ...
 // Modes:
 //   golden <out.json>   writes the golden corpus (spec/fixtures/tokens/golden.json):
 //                       each case's bytes (base64) and, per encoding, the count

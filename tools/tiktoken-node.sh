@@ -2,12 +2,14 @@
 # Installs OpenAI's tokenizer as the npm package `tiktoken` (Rust compiled to
 # WASM; the reference genaudit.tokens is checked and benchmarked against)
 # into a cache dir, once. Prints the dir whose node_modules/ holds it.
-#   sh tools/tiktoken-node.sh            -> build/node
-#   GENAUDIT_NODE_DIR=/path sh tools/tiktoken-node.sh
+#   sh tools/tiktoken-node.sh            -> build/node-tiktoken
+#   GENAUDIT_TIKTOKEN_DIR=/path sh tools/tiktoken-node.sh
+# (its own prefix: npm install --no-save prunes packages it did not install,
+# so sharing build/node with tools/node-deps.sh would remove theirs)
 # Fails (exit 1, one line on stderr) when node/npm are missing or the
 # install fails; never commits node_modules (build/ is ignored).
 set -eu
-DIR=${GENAUDIT_NODE_DIR:-build/node}
+DIR=${GENAUDIT_TIKTOKEN_DIR:-build/node-tiktoken}
 VER=1.0.22
 PKG="$DIR/node_modules/tiktoken/package.json"
 if [ -f "$PKG" ] && grep -q "\"version\": \"$VER\"" "$PKG"; then
