@@ -319,7 +319,8 @@ describe("genaudit_percentiles / genaudit_sum_ordered (SQLite, through store:que
     assert.equal(("1,"):rep(15) .. "2", one("SELECT genaudit_percentiles(x, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,"
       .. " 50, 50, 50, 50, 50, 100) AS p" .. FROM, { "[1, 2]" }).p)
     -- wrong arity and window use are refused when the statement is prepared
-    for _, sql in ipairs({ "SELECT genaudit_sum_ordered(x, x) AS s" .. FROM, "SELECT genaudit_sum_ordered() AS s" .. FROM,
+    for _, sql in ipairs({ "SELECT genaudit_sum_ordered(x, x) AS s" .. FROM,
+      "SELECT genaudit_sum_ordered() AS s" .. FROM,
       "SELECT genaudit_percentiles(x, 50) OVER () AS p" .. FROM,
       "SELECT genaudit_sum_ordered(x) OVER (ORDER BY x) AS s" .. FROM }) do
       local r2, e2 = store:query(sql, { "[1, 2]" })
