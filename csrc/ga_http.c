@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <time.h>
 #include <curl/curl.h>
 #include "ga_private.h"
@@ -104,14 +103,6 @@ int ga_curl_global_init(void) {
 
 /* The last Retry-After of the response headers in h, -1 when absent/unusable. */
 static long long find_retry_after(const ga_buf *h) { return ga_http_retry_after(h->buf, h->len); }
-
-static uint64_t xorshift64(uint64_t *s) {
-  uint64_t x = *s;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return *s = x;
-}
 
 /* ---- libcurl callbacks (no Lua in here: they must never raise) ---- */
 
@@ -422,7 +413,7 @@ static int http_perform(http_client *c, http_request *rq) {
     rq->wait_us += a->wait_us;
     if (!again || i == rq->retries) return a->ecode == E_OK ? 0 : -1;
     a->slept_ms = ga_retry_delay_ms(i + 1, rq->backoff_ms, rq->max_backoff_ms, a->retry_after_ms,
-                                    xorshift64(&c->rng));
+                                    ga_jitter_next(&c->rng));
     if (a->slept_ms > 0) ga_sleep_ns((uint64_t)a->slept_ms * 1000000u);
   }
 }
@@ -521,8 +512,7 @@ static int l_http_client(lua_State *L) {
   c->connect_timeout_ms = (long)cto;
   c->timeout_ms = (long)to;
   c->max_response_bytes = maxb;
-  if (getrandom(&c->rng, sizeof c->rng, GRND_NONBLOCK) != (ssize_t)sizeof c->rng || c->rng == 0)
-    c->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)c) | 1u;
+  ga_jitter_seed(&c->rng, c);
 
   pthread_once(&global_once, global_init);
   if (global_rc != CURLE_OK)

@@ -64,14 +64,6 @@ typedef struct {
   uint64_t rng; /* the thread's jitter state (xorshift64), never 0 */
 } otlp_exporter;
 
-static uint64_t xorshift64(uint64_t *s) {
-  uint64_t x = *s;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return *s = x;
-}
-
 static void abs_deadline(struct timespec *ts, uint64_t ns_from_now) {
   clock_gettime(CLOCK_REALTIME, ts);
   ts->tv_sec += (time_t)(ns_from_now / 1000000000u);
@@ -167,7 +159,7 @@ static int post_batch(otlp_exporter *x, CURL *curl, const char *body, size_t n) 
     /* closing: a batch gets no further try once one failed */
     if (!again || attempt > x->max_retries || stopping_now(x, &left)) return -1;
     {
-      long long d = ga_retry_delay_ms(attempt, x->backoff_ms, x->max_backoff_ms, -1, xorshift64(&x->rng));
+      long long d = ga_retry_delay_ms(attempt, x->backoff_ms, x->max_backoff_ms, -1, ga_jitter_next(&x->rng));
       struct timespec ts;
       pthread_mutex_lock(&x->mu);
       x->retries++;
@@ -462,7 +454,7 @@ static int l_otlp_exporter(lua_State *L) {
   x->backoff_ms = backoff;
   x->max_backoff_ms = maxb;
   x->shutdown_ms = shut;
-  x->rng = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)x) | 1u;
+  ga_jitter_seed(&x->rng, x);
   x->url = opt_dup(L, "url", NULL, NULL);
   x->prefix = opt_dup(L, "prefix", "{\"resourceSpans\":[{\"resource\":{},\"scopeSpans\":[{\"spans\":[", &x->prefix_n);
   x->suffix = opt_dup(L, "suffix", "]}]}]}", &x->suffix_n);

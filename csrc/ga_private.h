@@ -391,6 +391,10 @@ int ga_retry_should(int status, int kind);
  * capped at cap_ms, with equal jitter: d/2 + rnd % (d - d/2 + 1). */
 long long ga_retry_delay_ms(int attempt, long long base_ms, long long cap_ms, long long retry_after_ms,
                             uint64_t rnd);
+/* A jitter source for ga_retry_delay_ms (xorshift64; one state per thread or
+ * handle, never shared): seed from getrandom(), else the clock and salt. */
+void ga_jitter_seed(uint64_t *state, const void *salt);
+uint64_t ga_jitter_next(uint64_t *state);
 /* One Retry-After value (v: n bytes, not NUL-terminated) as ms from now:
  * delta-seconds or an HTTP-date (past: 0), at most GA_RETRY_MAX_MS; -1 when
  * it is neither. */

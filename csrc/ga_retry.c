@@ -141,6 +141,19 @@ static int l_retry_policy(lua_State *L) {
   }
 }
 
+void ga_jitter_seed(uint64_t *state, const void *salt) {
+  if (getrandom(state, sizeof *state, GRND_NONBLOCK) != (ssize_t)sizeof *state || *state == 0)
+    *state = (ga_monotonic_ns() ^ (uint64_t)(uintptr_t)salt) | 1u;
+}
+
+uint64_t ga_jitter_next(uint64_t *state) {
+  uint64_t x = *state;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *state = x;
+}
+
 /* core.retry_delay(attempt, base_ms, cap_ms [, retry_after_ms [, rnd]]) -> ms
  * The sleep after failed try `attempt` (1 = the first). rnd: a non-negative
  * integer of random bits (tests); drawn from getrandom() when absent. */

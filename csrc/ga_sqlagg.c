@@ -18,8 +18,11 @@
  * it (quickselect, falling back to a sort when the partitions go badly), so
  * a report costs about one scan of its covering index. Values stay exact:
  * integers are kept as 64-bit integers until a real joins them, then every
- * value is a double (as SQLite compares mixed values). Memory: 8 bytes per
- * value of the group, through sqlite3_realloc64 (SQLite's own accounting). */
+ * value is a double (as SQLite compares mixed values). A value that is not a
+ * number (text that does not read as one, a blob) is an error, not a zero:
+ * a report must not rank or add what it cannot read. Memory: 8 bytes per
+ * value of the group, through sqlite3_realloc64 (SQLite's own accounting:
+ * sqlite3_hard_heap_limit64 bounds it). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,15 +38,17 @@ typedef struct {
   } v;
   sqlite3_int64 n, cap;
   int reals;  /* 1: v.d holds every value as a double */
-  int failed; /* out of memory: the result is an error */
+  int failed; /* 1 out of memory, 2 a value that is not a number: the result is an error */
   int npct;   /* 0 until the first row: genaudit_percentiles' p1, p2, ... */
   int pct[MAX_PCT];
 } vals;
 
-/* Adds argv's value (non-NULL) to a; 0, or -1 when out of memory. */
+/* Adds x's value (non-NULL) to a; 0, 1 when out of memory, 2 when it is not
+ * a number (text reading as one counts as that number, as in SQLite's sum). */
 static int vals_add(vals *a, sqlite3_value *x) {
   int t = sqlite3_value_numeric_type(x);
-  if (t != SQLITE_INTEGER && !a->reals) { /* a real (or text that is not a number): doubles from now on */
+  if (t != SQLITE_INTEGER && t != SQLITE_FLOAT) return 2;
+  if (t == SQLITE_FLOAT && !a->reals) { /* a real: doubles from now on */
     sqlite3_int64 k;
     for (k = 0; k < a->n; k++) a->v.d[k] = (double)a->v.i[k];
     a->reals = 1;
@@ -51,7 +56,7 @@ static int vals_add(vals *a, sqlite3_value *x) {
   if (a->n == a->cap) {
     sqlite3_int64 cap = a->cap ? a->cap * 2 : 64;
     void *p = sqlite3_realloc64(a->v.i, (sqlite3_uint64)cap * 8u);
-    if (!p) return -1;
+    if (!p) return 1;
     a->v.i = p;
     a->cap = cap;
   }
@@ -107,6 +112,24 @@ static void agg_free(vals *a) {
   memset(a, 0, sizeof *a);
 }
 
+/* One row's x: NULL skipped; after a failure the rest is skipped too. */
+static void add_value(vals *a, sqlite3_value *x) {
+  if (!a->failed && sqlite3_value_type(x) != SQLITE_NULL) a->failed = vals_add(a, x);
+}
+
+/* The final result for a failed group (a->failed set); frees a. */
+static void fail_final(sqlite3_context *ctx, vals *a, const char *fn) {
+  int why = a->failed;
+  agg_free(a);
+  if (why == 1) {
+    sqlite3_result_error_nomem(ctx);
+  } else {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: a value is not a number (text or blob)", fn);
+    sqlite3_result_error(ctx, msg, -1);
+  }
+}
+
 static void pct_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   vals *a = sqlite3_aggregate_context(ctx, sizeof(vals));
   if (!a) {
@@ -129,8 +152,7 @@ static void pct_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     }
     a->npct = argc - 1;
   }
-  if (a->failed || sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
-  if (vals_add(a, argv[0]) != 0) a->failed = 1;
+  add_value(a, argv[0]);
 }
 
 static void pct_final(sqlite3_context *ctx) {
@@ -141,8 +163,7 @@ static void pct_final(sqlite3_context *ctx) {
   sqlite3_int64 lo = 0;
   if (!a) return; /* no rows: NULL */
   if (a->failed) {
-    agg_free(a);
-    sqlite3_result_error_nomem(ctx);
+    fail_final(ctx, a, "genaudit_percentiles");
     return;
   }
   if (a->n == 0) {
@@ -177,8 +198,7 @@ static void sum_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     sqlite3_result_error_nomem(ctx);
     return;
   }
-  if (a->failed || sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
-  if (vals_add(a, argv[0]) != 0) a->failed = 1;
+  add_value(a, argv[0]);
 }
 
 static void sum_final(sqlite3_context *ctx) {
@@ -187,8 +207,7 @@ static void sum_final(sqlite3_context *ctx) {
   sqlite3_int64 k;
   if (!a) return; /* no rows: NULL */
   if (a->failed) {
-    agg_free(a);
-    sqlite3_result_error_nomem(ctx);
+    fail_final(ctx, a, "genaudit_sum_ordered");
     return;
   }
   if (a->n == 0) {

@@ -334,6 +334,25 @@ describe("genaudit_percentiles / genaudit_sum_ordered (SQLite, through store:que
     assert.matches("integer from 1 to 100", e3, 1, true)
     assert.same({ p = "2" }, one("SELECT genaudit_percentiles(x, 50) AS p" .. FROM, { "[3, 1, 2]" }))
   end)
+
+  it("refuse a value that is not a number (text, blob) with an error, never a zero; numeric text counts", function()
+    -- json_each gives text for a JSON string: '7' reads as the integer 7, 'abc' as nothing
+    for _, fn in ipairs({ "genaudit_percentiles(x, 50)", "genaudit_sum_ordered(x)" }) do
+      for _, vals in ipairs({ '[1, "abc", 3]', '["", 2]', '[2.5, "1e", 4]' }) do
+        local rows, err, code = store:query("SELECT " .. fn .. " AS v" .. FROM, { vals })
+        assert.is_nil(rows, fn .. " " .. vals)
+        assert.equal("SQLITE", code)
+        assert.matches(fn:match("^[%w_]+") .. ": a value is not a number (text or blob)", err, 1, true)
+      end
+      local rows, err = store:query("SELECT " .. fn .. " AS v FROM (SELECT 1 AS x UNION ALL SELECT x'00')")
+      assert.is_nil(rows)
+      assert.matches("a value is not a number", err, 1, true)
+    end
+    assert.equal("3,7", one("SELECT genaudit_percentiles(x, 50, 100) AS p" .. FROM, { '[3, "7", 1]' }).p)
+    assert.equal(11.5, one("SELECT genaudit_sum_ordered(x) AS s" .. FROM, { '[3, "7", 1.5]' }).s)
+    -- the store goes on
+    assert.same({ p = "2" }, one("SELECT genaudit_percentiles(x, 50) AS p" .. FROM, { "[3, 1, 2]" }))
+  end)
 end)
 
 -- ---- the dialect's percentiles and sum_asc on both stores ----
