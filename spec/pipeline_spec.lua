@@ -360,6 +360,28 @@ describe("genaudit.pipeline", function()
         end)
     end
 
+    it("a repair answered without usage is estimated beside a billed initial call: usage_source mixed, exact sum",
+      function()
+        srv:queue{ { content = words(30), usage = usage(1000, 300) }, { content = words(8), usage = false } }
+        local r = assert(pipeline():generate(ctx()))
+        local stored = row(r.snapshot_id)
+        assert.equal("completed", stored.status)
+        local tm = tm_of(r.snapshot_id)
+        local reqs = srv:requests()
+        assert.equal(2, #reqs)
+        local p = assert(tokens.count_messages(cjson.decode(reqs[2].body).messages, "gpt-4o-mini"))
+        local c = assert(tokens.count(words(8), "gpt-4o-mini-2024-07-18"))
+        assert.same({ "provider", "estimated", "mixed" }, { tm.calls[1].usage_source, tm.calls[2].usage_source,
+          tm.usage_source })
+        assert.same({ "repair", p, c, true }, { tm.calls[2].kind, tm.calls[2].prompt_tokens,
+          tm.calls[2].completion_tokens, tm.calls[2].usage_missing })
+        assert.is_nil(tm.calls[1].usage_missing)
+        assert.same({ 1000 + p, 300 + c }, { tm.prompt_tokens, tm.completion_tokens })
+        local pico = (1000 + p) * 150000 + (300 + c) * 600000
+        assert.equal(("%d"):format(pico), ("%d"):format(stored.estimated_cost_picousd))
+        assert.equal("local_estimate", tm.cost_source)
+      end)
+
     it("completes a model without a local encoding answered without usage: usage and cost unknown, never 0",
       function()
         local prov = genaudit.providers.anthropic{ base_url = srv.url, api_key = KEY, model = "claude-3-5-haiku" }
