@@ -34,7 +34,8 @@ end
 -- encoding: the exact local encoding of the requested model (OpenAI models
 -- only), with which an answer without usage is counted (issue 18.3).
 local BODIES = {
-  { file = "vercel-ai_openai-text.json", encoding = "o200k_base", provider = "openai", model = "gpt-4.1-nano",
+  { file = "vercel-ai_openai-text.json", provider = "openai", model = "gpt-4.1-nano",
+    encoding = "o200k_base",
     served = "gpt-4.1-nano-2025-04-14", id = "chatcmpl-D8Z5f52zQqikDBEKQMQoYcWMcWPeU", finish = "stop",
     tokens = { 16, 363, 379, 0, 0 }, bytes = 1844, starts = "**Holiday Name:** Galaxy Day  \n\n**Date:**",
     ends = "to look up and dream beyond our world.", has = "vast darkness\226\128\148mirroring" },
@@ -64,7 +65,8 @@ local BODIES = {
     tool_calls = { { id = "call_46427107", type = "function", name = "weather",
                      arguments = '{"location":"San Francisco"}' } } },
   -- Azure: content null, two parallel calls, prompt_filter_results
-  { file = "mirascope_azure-openai-completions-tool-calls.json", encoding = "o200k_base", provider = "azure", model = "gpt-4o-mini",
+  { file = "mirascope_azure-openai-completions-tool-calls.json", provider = "azure", model = "gpt-4o-mini",
+    encoding = "o200k_base",
     served = "gpt-4o-mini-2024-07-18", id = "chatcmpl-CYljhhAJLdiFt1Ue1DDKIVx0nm0mn", finish = "tool_calls",
     tokens = { 75, 54, 129, 0, 0 }, bytes = 0, azure = true,
     tool_calls = { { id = "call_Ogl4xrgYelrGfioRoTJoXCF0", type = "function", name = "secret_retrieval_tool",
@@ -73,11 +75,13 @@ local BODIES = {
                      arguments = '{"password": "radiance"}' } } },
   -- OpenAI itself, as OpenAI pretty-prints it (Mirascope cassettes): text
   -- with backslashes escaped
-  { file = "mirascope_openai-gpt-4o-text.json", encoding = "o200k_base", provider = "openai", model = "gpt-4o",
+  { file = "mirascope_openai-gpt-4o-text.json", provider = "openai", model = "gpt-4o",
+    encoding = "o200k_base",
     served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkJFgcA6BuMrBur38ZHUXgT6zRjg", finish = "stop",
     tokens = { 16, 12, 28, 0, 0 }, text = "\\(4200 + 42 = 4242\\)." },
   -- content null, two parallel calls
-  { file = "mirascope_openai-gpt-4o-tool-calls.json", encoding = "o200k_base", provider = "openai", model = "gpt-4o",
+  { file = "mirascope_openai-gpt-4o-tool-calls.json", provider = "openai", model = "gpt-4o",
+    encoding = "o200k_base",
     served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkQLoUbXLK7jHgn0ahxbdvo6XWOD", finish = "tool_calls",
     tokens = { 75, 53, 128, 0, 0 }, bytes = 0,
     tool_calls = { { id = "call_v6LacIrChvs6ITVpIZqy5tFc", type = "function", name = "secret_retrieval_tool",
@@ -85,17 +89,20 @@ local BODIES = {
                    { id = "call_onyWzk4mLTGKzW9cthmf4Llq", type = "function", name = "secret_retrieval_tool",
                      arguments = '{"password": "radiance"}' } } },
   -- content null, the answer a refusal
-  { file = "mirascope_openai-gpt-4o-refusal.json", encoding = "o200k_base", provider = "openai", model = "gpt-4o",
+  { file = "mirascope_openai-gpt-4o-refusal.json", provider = "openai", model = "gpt-4o",
+    encoding = "o200k_base",
     served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkRkic1yC57Px3ahQq6yQbltDlWK", finish = "stop",
     tokens = { 64, 13, 77, 0, 0 }, bytes = 0, refusal = "I'm very sorry, but I can't assist with that request." },
   -- gpt-5-mini cut at max tokens while reasoning: content "", all 50
   -- completion tokens reasoning, system_fingerprint null
-  { file = "mirascope_openai-gpt-5-mini-length.json", encoding = "o200k_base", provider = "openai", model = "gpt-5-mini",
+  { file = "mirascope_openai-gpt-5-mini-length.json", provider = "openai", model = "gpt-5-mini",
+    encoding = "o200k_base",
     served = "gpt-5-mini-2025-08-07", id = "chatcmpl-CpaLHgmC7LxzicBE9T45Vp9hyIjK1", finish = "length",
     tokens = { 13, 50, 63, 0, 50 }, bytes = 0 },
   -- OpenRouter (served by OpenAI): the body starts with "\n\n         \n"
   -- (OpenRouter's keep-alive whitespace); cost and is_byok in usage
-  { file = "mirascope_openrouter-openai-gpt-4o.json", encoding = "o200k_base", provider = "openrouter", model = "openai/gpt-4o",
+  { file = "mirascope_openrouter-openai-gpt-4o.json", provider = "openrouter", model = "openai/gpt-4o",
+    encoding = "o200k_base",
     served = "openai/gpt-4o", id = "gen-1769672415-IZfpP2WAlINOOT5hLvOW", finish = "stop",
     tokens = { 12, 2, 14, 0, 0 }, text = "Hello!", notes = { provider_cost = 0.00005, is_byok = false } },
   -- OpenRouter (served by Amazon Bedrock): more leading whitespace,
