@@ -111,9 +111,15 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
       assert.equal("provider", call.usage_source)
     end)
 
-    it("fills usage from local counts when a stream sends none: usage_source estimated, priced", function()
-      srv:queue{ { content = TEXT, stream_usage = false } }
-      local r = assert(pipeline():generate(ctx(), { stream = true }))
+    for _, how in ipairs({ "a stream sends none", "a plain answer has none (issue 18.3)" }) do
+    local streamed = how == "a stream sends none"
+    it("fills usage from local counts when " .. how .. ": usage_source estimated, priced, counted as spend",
+      function()
+      srv:queue{ streamed and { content = TEXT, stream_usage = false } or { content = TEXT, usage = false } }
+      local path = dir .. "/budgets.lua"
+      tmp.write(path, [[return { { org = 42, period = "day", limit_usd = "10", action = "refuse" } }]])
+      local pl = pipeline{ budgets = path, ttl = 0 }
+      local r = assert(pl:generate(ctx(), streamed and { stream = true } or nil))
       local stored = row(r.snapshot_id)
       assert.equal("completed", stored.status)
       local tm, call = stored.token_metrics, stored.token_metrics.calls[1]
@@ -126,10 +132,16 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
       assert.equal("local_estimate", tm.cost_source)
       assert.equal(dec(p * IN_PICO + c * OUT_PICO), dec(tm.estimated_cost_picousd))
       assert.equal(dec(p * IN_PICO + c * OUT_PICO), tostring(stored.estimated_cost_picousd))
+      assert.equal(streamed or nil, stored.performance_metrics.calls[1].streamed)
       -- the record hash covers it: the chain verifies
       local v = assert(store:verify())
       assert.is_true(v.ok, cjson.encode(v.problems))
+      -- a budget counts its cost as spent: the next check sees it
+      srv:queue{ { content = TEXT } }
+      local r2 = assert(pl:generate(ctx()))
+      assert.equal(genaudit.budget.usd_of_pico(dec(p * IN_PICO + c * OUT_PICO)), r2.budget.checks[1].spent_usd)
     end)
+    end
 
     it("an Anthropic stream without usage stays of unknown usage and cost (no exact local count)", function()
       srv:queue{ { content = TEXT, stream_usage = false } }
@@ -314,7 +326,11 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
         end
         srv:queue{ { content = TEXT, stream_usage = false } }
         assert(pl:generate(ctx(), { stream = true }))
+        srv:queue{ { content = TEXT, usage = false } } -- a plain answer without usage: estimated too
+        assert(pl:generate(ctx()))
         srv:queue{ { content = TEXT } }
+        assert(pipeline{ wire = "anthropic" }:generate(ctx()))
+        srv:queue{ { content = TEXT, usage = false } } -- no local encoding: a call of unknown usage
         assert(pipeline{ wire = "anthropic" }:generate(ctx()))
         -- the expected figures, from the stored documents
         local want = {}
@@ -338,7 +354,7 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
         local out, err, rc = util.cli("--json --db " .. util.q(db) .. " report billing")
         assert.same({ "", 0 }, { err, rc })
         local rep = cjson.decode(out)
-        assert.equal(5, rep.counted.rows)
+        assert.equal(7, rep.counted.rows)
         local seen = 0
         for _, r in ipairs(rep.rows) do
           local w = assert(want[r.provider .. "|" .. r.model], r.provider .. "|" .. r.model)
@@ -354,7 +370,9 @@ stores.both("budgets and local token counts", function(name, open, describe_fn)
         for _ in pairs(want) do n = n + 1 end
         assert.equal(n, seen)
         local openai = want["openai|gpt-4o-mini-2024-07-18"]
-        assert.same({ 4, 3, 1 }, { openai.calls, openai.compared, openai.estimated })
+        assert.same({ 5, 3, 2 }, { openai.calls, openai.compared, openai.estimated })
+        local anthropic = want["anthropic|claude-3-5-haiku-2024-07-18"]
+        assert.same({ 2, 0, 0 }, { anthropic.calls, anthropic.compared, anthropic.estimated })
       end)
   end)
 end)

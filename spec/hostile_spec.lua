@@ -213,7 +213,8 @@ describe("hostile inputs", function()
       end
     end)
 
-    it("negative, fractional, 2^63 and 1e300 token counts, or no usage: BAD_RESPONSE", function()
+    it("negative, fractional, 2^63 and 1e300 token counts, or a usage that is not an object: BAD_RESPONSE",
+      function()
       for _, u in ipairs({ "-5", "2.5", "9223372036854775808", "1e300", "18446744073709551616" }) do
         srv:queue{ { body = '{"model":"gpt-4o-mini","choices":[{"message":{"content":"hi"}}],'
           .. '"usage":{"prompt_tokens":' .. u .. ',"completion_tokens":1}}' } }
@@ -221,8 +222,12 @@ describe("hostile inputs", function()
         assert.equal("BAD_RESPONSE", code, u)
         assert.matches("usage", r.error)
       end
-      srv:queue{ { usage = false } }
-      assert.equal("BAD_RESPONSE", (failed(pipeline())))
+      for _, u in ipairs({ '"none"', "0", "[]", "true" }) do
+        srv:queue{ { body = '{"model":"gpt-4o-mini","choices":[{"message":{"content":"hi"}}],"usage":' .. u .. '}' } }
+        local code, r = failed(pipeline())
+        assert.equal("BAD_RESPONSE", code, u)
+        assert.matches("usage", r.error)
+      end
     end)
 
     it("an unknown model: completed, estimated_cost null, never 0", function()
@@ -298,10 +303,12 @@ describe("hostile inputs", function()
       srv:queue{ { content = "Your key is " .. KEY .. " or " .. KEY:upper() .. "; " .. b64(KEY) } } gen()
       srv:queue{ { content = "Authorization: Basic " .. b64("user:" .. KEY) .. " hex " .. hex .. " " .. pct } } gen()
       srv:queue{ { model = "m-" .. b64(KEY, true), usage = false, content = "unbilled " .. KEY } } gen()
+      srv:queue{ { model = "m-" .. b64(KEY), usage = { prompt_tokens = -1, completion_tokens = 1 },
+                   content = "lied about " .. KEY:upper() } } gen()
       srv:queue{ { status = 401, body = '{"error":{"message":"Bearer ' .. b64(KEY) .. ' refused"}}' } } gen()
       srv:queue{ { status = 400, message = "key " .. KEY:upper() .. " is not valid" } } gen()
       srv:queue{ { status = 503, body = "upstream said: " .. hex:upper() }, { status = 503, body = pct } } gen()
-      assert.equal(7, count(store))
+      assert.equal(8, count(store))
       assert.equal(4, #errors)
       local rows = assert(store:query("SELECT * FROM generation_snapshots"))
       local texts = {}

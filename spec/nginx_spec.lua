@@ -233,6 +233,26 @@ describe("genaudit in nginx #nginx", function()
     assert.same({ 2, 429, 200 }, { pm.attempts, pm.calls[1].tries[1].status, pm.calls[1].tries[2].status })
   end)
 
+  it("completes an answer without usage through the cosocket transport: usage counted locally (issue 18.3)",
+    function()
+      local tokens = require("genaudit.tokens")
+      local ngx_srv = start{ workers = 1 }
+      local text = "Short post, no usage billed.\n#tag"
+      srv:queue{ { content = text, usage = false } }
+      local r = ngx_srv:load({ "/generate?user_id=nousage" }, 1)[1]
+      ngx_srv:stop()
+      ngx_srv:cleanup()
+      assert.equal(200, r.code, r.body)
+      local row = snapshots()[cjson.decode(r.body).snapshot_id]
+      assert.same({ "completed", text }, { row.status, row.content })
+      local tm = cjson.decode(row.token_metrics)
+      local sent = cjson.decode(srv:requests()[1].body).messages
+      local p, c = tokens.count_messages(sent, "gpt-4o-mini"), tokens.count(text, "gpt-4o-mini-2024-07-18")
+      assert.same({ p, c, "estimated", true, "local_estimate" }, { tm.calls[1].prompt_tokens,
+        tm.calls[1].completion_tokens, tm.calls[1].usage_source, tm.calls[1].usage_missing, tm.cost_source })
+      assert.is_true(row.estimated_cost > 0)
+    end)
+
   it("stores a failed generation when the provider keeps failing, and answers 502", function()
     local ngx_srv = start{ workers = 1 }
     srv:queue{ { status = 500 }, { status = 500 }, { status = 500 } }

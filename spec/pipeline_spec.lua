@@ -2,6 +2,7 @@
 -- server, real parsing, metering and persistence into SQLite.
 local genaudit = require("genaudit")
 local cjson = require("cjson")
+local tokens = require("genaudit.tokens")
 local provider_server = require("spec.support.provider")
 local tmp = require("spec.support.tmp")
 
@@ -302,10 +303,13 @@ describe("genaudit.pipeline", function()
         { tm.calls[1].kind, tm.calls[1].cost, tm.calls[1].cost_source })
     end)
 
-    it("keeps the content and the model of an answer without usage; cost null, cost_source 'no_usage'", function()
-      srv:queue{ { content = "an unbilled draft #t", model = "gpt-4o-mini-2024-07-18", usage = false } }
+    it("keeps the content and the model of an answer with a malformed usage; cost null, cost_source 'no_usage'",
+      function()
+      srv:queue{ { content = "an unbilled draft #t", model = "gpt-4o-mini-2024-07-18",
+                   usage = { prompt_tokens = 10, completion_tokens = 5, total_tokens = 12 } } }
       local _, err, code, id = pipeline():generate(ctx())
-      assert.same({ "BAD_RESPONSE", "BAD_RESPONSE: response has no usage" }, { code, err })
+      assert.same({ "BAD_RESPONSE", "BAD_RESPONSE: usage.total_tokens is less than prompt_tokens + completion_tokens" },
+        { code, err })
       local stored = row(id)
       assert.same({ "failed", "an unbilled draft #t", "gpt-4o-mini-2024-07-18" },
         { stored.status, stored.content, stored.model_identifier })
@@ -313,6 +317,116 @@ describe("genaudit.pipeline", function()
       local tm = tm_of(id)
       assert.same({ "no_usage", cjson.null, "gpt-4o-mini-2024-07-18" },
         { tm.cost_source, tm.calls[1].cost, tm.calls[1].served_model })
+    end)
+
+    -- issue 18.3: a 2xx body without usage (no key, or null) is an answer;
+    -- an OpenAI model's usage is counted locally from what was sent and
+    -- what came back, priced, and flagged
+    for _, case in ipairs({ { "no usage key", false }, { "usage: null", true } }) do
+      it("completes an OpenAI model's answer with " .. case[1] .. ": usage from local counts, estimated, priced",
+        function()
+          local content = "Meet the Anvil 2: forged in Lyon, d\195\169j\195\160 \240\159\148\168 ready.\n#launch"
+          if case[2] then
+            srv:queue{ { body = '{"id":"chatcmpl-x1","object":"chat.completion","model":"gpt-4o-mini-2024-07-18",'
+              .. '"choices":[{"index":0,"message":{"role":"assistant","content":' .. cjson.encode(content) .. '},'
+              .. '"finish_reason":"stop"}],"usage":null}' } }
+          else
+            srv:queue{ { content = content, model = "gpt-4o-mini-2024-07-18", usage = false } }
+          end
+          local r = assert(pipeline():generate(ctx()))
+          local stored = row(r.snapshot_id)
+          assert.same({ "completed", content, "gpt-4o-mini-2024-07-18" },
+            { stored.status, stored.content, stored.model_identifier })
+          local tm = tm_of(r.snapshot_id)
+          local call = tm.calls[1]
+          local sent = cjson.decode(srv:requests()[1].body).messages
+          local p = assert(tokens.count_messages(sent, "gpt-4o-mini"))
+          local c = assert(tokens.count(content, "gpt-4o-mini-2024-07-18"))
+          assert.is_true(p > 10 and c > 10)
+          assert.same({ p, c, p + c, p, "estimated", true },
+            { call.prompt_tokens, call.completion_tokens, call.total_tokens, call.local_input_tokens,
+              call.usage_source, call.usage_missing })
+          assert.same({ p, c, p + c, "estimated", true, "local_estimate" },
+            { tm.prompt_tokens, tm.completion_tokens, tm.total_tokens, tm.usage_source, tm.usage_missing,
+              tm.cost_source })
+          local pico = p * 150000 + c * 600000 -- gpt-4o-mini's prices, in picodollars per token
+          assert.equal(("%d"):format(pico), ("%d"):format(tm.estimated_cost_picousd))
+          assert.equal(("%d"):format(pico), ("%d"):format(stored.estimated_cost_picousd))
+          assert.equal(p + c, stored.total_tokens)
+          local pm = cjson.decode(stored.performance_metrics)
+          assert.is_true(pm.calls[1].usage_missing)
+          assert.is_nil(pm.calls[1].streamed)
+          assert.equal("stop", pm.calls[1].finish_reason)
+        end)
+    end
+
+    it("a repair answered without usage is estimated beside a billed initial call: usage_source mixed, exact sum",
+      function()
+        srv:queue{ { content = words(30), usage = usage(1000, 300) }, { content = words(8), usage = false } }
+        local r = assert(pipeline():generate(ctx()))
+        local stored = row(r.snapshot_id)
+        assert.equal("completed", stored.status)
+        local tm = tm_of(r.snapshot_id)
+        local reqs = srv:requests()
+        assert.equal(2, #reqs)
+        local p = assert(tokens.count_messages(cjson.decode(reqs[2].body).messages, "gpt-4o-mini"))
+        local c = assert(tokens.count(words(8), "gpt-4o-mini-2024-07-18"))
+        assert.same({ "provider", "estimated", "mixed" }, { tm.calls[1].usage_source, tm.calls[2].usage_source,
+          tm.usage_source })
+        assert.same({ "repair", p, c, true }, { tm.calls[2].kind, tm.calls[2].prompt_tokens,
+          tm.calls[2].completion_tokens, tm.calls[2].usage_missing })
+        assert.is_nil(tm.calls[1].usage_missing)
+        assert.same({ 1000 + p, 300 + c }, { tm.prompt_tokens, tm.completion_tokens })
+        local pico = (1000 + p) * 150000 + (300 + c) * 600000
+        assert.equal(("%d"):format(pico), ("%d"):format(stored.estimated_cost_picousd))
+        assert.equal("local_estimate", tm.cost_source)
+      end)
+
+    it("completes a model without a local encoding answered without usage: usage and cost unknown, never 0",
+      function()
+        local prov = genaudit.providers.anthropic{ base_url = srv.url, api_key = KEY, model = "claude-3-5-haiku" }
+        srv:queue{ { content = "An unmetered answer.\n#launch", usage = false } }
+        local r = assert(pipeline{ provider = prov }:generate(ctx()))
+        local stored = row(r.snapshot_id)
+        assert.same({ "completed", "An unmetered answer.\n#launch" }, { stored.status, stored.content })
+        assert.is_nil(stored.estimated_cost)
+        assert.is_nil(stored.estimated_cost_picousd)
+        local tm = tm_of(r.snapshot_id)
+        local call = tm.calls[1]
+        assert.same({ cjson.null, "no_usage", true, true }, { tm.estimated_cost, tm.cost_source, tm.usage_missing,
+          call.usage_missing })
+        assert.same({ cjson.null, "no_usage" }, { call.cost, call.cost_source })
+        -- the call's usage is unknown: no counts, no usage_source, no local count
+        assert.is_nil(call.prompt_tokens)
+        assert.is_nil(call.completion_tokens)
+        assert.is_nil(call.usage_source)
+        assert.is_nil(tm.usage_source)
+        assert.equal(cjson.null, call.local_input_tokens)
+      end)
+
+    it("an answer whose usage is there but malformed stays BAD_RESPONSE, on both wire formats", function()
+      local anthropic = genaudit.providers.anthropic{ base_url = srv.url, api_key = KEY, model = "claude-3-5-haiku" }
+      for _, case in ipairs({
+        { nil, { prompt_tokens = -1, completion_tokens = 5 } },
+        { nil, { prompt_tokens = 10.5, completion_tokens = 5 } },
+        { nil, { prompt_tokens = 10, completion_tokens = 5, total_tokens = 14 } },
+        { nil, { prompt_tokens = 10, completion_tokens = 5, prompt_tokens_details = { cached_tokens = 11 } } },
+        { nil, { completion_tokens = 5 } },
+        { nil, {} },
+        { anthropic, { input_tokens = 10 } },
+        { anthropic, { input_tokens = -3, output_tokens = 5 } },
+        { anthropic, {} },
+      }) do
+        srv:queue{ { content = "a draft #t", usage = case[2] } }
+        local res, err, code, id = pipeline{ provider = case[1] }:generate(ctx())
+        assert.is_nil(res, cjson.encode(case[2]))
+        assert.equal("BAD_RESPONSE", code, cjson.encode(case[2]))
+        assert.matches("^BAD_RESPONSE: usage", err)
+        local stored = row(id)
+        assert.same({ "failed", "a draft #t" }, { stored.status, stored.content })
+        assert.is_nil(stored.estimated_cost)
+        assert.equal("no_usage", tm_of(id).cost_source)
+      end
     end)
 
     it("never prices a served model without a price at the requested model's price", function()
@@ -401,10 +515,10 @@ describe("genaudit.pipeline", function()
       assert.equal('BAD_RESPONSE: provider body is not JSON: {"choices": [', err)
     end)
 
-    it("is persisted when the response has no usage", function()
-      srv:queue{ { content = "hi", usage = false } }
+    it("is persisted when the response's usage is malformed", function()
+      srv:queue{ { content = "hi", usage = { prompt_tokens = "12", completion_tokens = 1 } } }
       local err = failed(pipeline())
-      assert.equal("BAD_RESPONSE: response has no usage", err)
+      assert.equal("BAD_RESPONSE: usage.prompt_tokens/completion_tokens missing or not non-negative integers", err)
     end)
 
     it("is persisted when the provider cannot be reached", function()

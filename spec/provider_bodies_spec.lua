@@ -11,6 +11,7 @@
 -- tool calls judged by a rule.
 local genaudit = require("genaudit")
 local json = require("genaudit.json")
+local tokens = require("genaudit.tokens")
 local cjson = require("cjson")
 local provider_server = require("spec.support.provider")
 local tmp = require("spec.support.tmp")
@@ -30,8 +31,11 @@ end
 
 -- Every body, with what a careful reader of it writes down. tokens: prompt,
 -- completion, total, cached, reasoning as normalized (README "Usage").
+-- encoding: the exact local encoding of the requested model (OpenAI models
+-- only), with which an answer without usage is counted (issue 18.3).
 local BODIES = {
   { file = "vercel-ai_openai-text.json", provider = "openai", model = "gpt-4.1-nano",
+    encoding = "o200k_base",
     served = "gpt-4.1-nano-2025-04-14", id = "chatcmpl-D8Z5f52zQqikDBEKQMQoYcWMcWPeU", finish = "stop",
     tokens = { 16, 363, 379, 0, 0 }, bytes = 1844, starts = "**Holiday Name:** Galaxy Day  \n\n**Date:**",
     ends = "to look up and dream beyond our world.", has = "vast darkness\226\128\148mirroring" },
@@ -62,6 +66,7 @@ local BODIES = {
                      arguments = '{"location":"San Francisco"}' } } },
   -- Azure: content null, two parallel calls, prompt_filter_results
   { file = "mirascope_azure-openai-completions-tool-calls.json", provider = "azure", model = "gpt-4o-mini",
+    encoding = "o200k_base",
     served = "gpt-4o-mini-2024-07-18", id = "chatcmpl-CYljhhAJLdiFt1Ue1DDKIVx0nm0mn", finish = "tool_calls",
     tokens = { 75, 54, 129, 0, 0 }, bytes = 0, azure = true,
     tool_calls = { { id = "call_Ogl4xrgYelrGfioRoTJoXCF0", type = "function", name = "secret_retrieval_tool",
@@ -71,10 +76,12 @@ local BODIES = {
   -- OpenAI itself, as OpenAI pretty-prints it (Mirascope cassettes): text
   -- with backslashes escaped
   { file = "mirascope_openai-gpt-4o-text.json", provider = "openai", model = "gpt-4o",
+    encoding = "o200k_base",
     served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkJFgcA6BuMrBur38ZHUXgT6zRjg", finish = "stop",
     tokens = { 16, 12, 28, 0, 0 }, text = "\\(4200 + 42 = 4242\\)." },
   -- content null, two parallel calls
   { file = "mirascope_openai-gpt-4o-tool-calls.json", provider = "openai", model = "gpt-4o",
+    encoding = "o200k_base",
     served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkQLoUbXLK7jHgn0ahxbdvo6XWOD", finish = "tool_calls",
     tokens = { 75, 53, 128, 0, 0 }, bytes = 0,
     tool_calls = { { id = "call_v6LacIrChvs6ITVpIZqy5tFc", type = "function", name = "secret_retrieval_tool",
@@ -83,16 +90,19 @@ local BODIES = {
                      arguments = '{"password": "radiance"}' } } },
   -- content null, the answer a refusal
   { file = "mirascope_openai-gpt-4o-refusal.json", provider = "openai", model = "gpt-4o",
+    encoding = "o200k_base",
     served = "gpt-4o-2024-08-06", id = "chatcmpl-CRkRkic1yC57Px3ahQq6yQbltDlWK", finish = "stop",
     tokens = { 64, 13, 77, 0, 0 }, bytes = 0, refusal = "I'm very sorry, but I can't assist with that request." },
   -- gpt-5-mini cut at max tokens while reasoning: content "", all 50
   -- completion tokens reasoning, system_fingerprint null
   { file = "mirascope_openai-gpt-5-mini-length.json", provider = "openai", model = "gpt-5-mini",
+    encoding = "o200k_base",
     served = "gpt-5-mini-2025-08-07", id = "chatcmpl-CpaLHgmC7LxzicBE9T45Vp9hyIjK1", finish = "length",
     tokens = { 13, 50, 63, 0, 50 }, bytes = 0 },
   -- OpenRouter (served by OpenAI): the body starts with "\n\n         \n"
   -- (OpenRouter's keep-alive whitespace); cost and is_byok in usage
   { file = "mirascope_openrouter-openai-gpt-4o.json", provider = "openrouter", model = "openai/gpt-4o",
+    encoding = "o200k_base",
     served = "openai/gpt-4o", id = "gen-1769672415-IZfpP2WAlINOOT5hLvOW", finish = "stop",
     tokens = { 12, 2, 14, 0, 0 }, text = "Hello!", notes = { provider_cost = 0.00005, is_byok = false } },
   -- OpenRouter (served by Amazon Bedrock): more leading whitespace,
@@ -223,6 +233,47 @@ local function suite(name, open, describe_fn)
             assert.equal(0, call.prompt_filter_results[1].prompt_index)
             assert.equal("safe", call.prompt_filter_results[1].content_filter_results.hate.severity)
             assert.equal("true", (srv:requests()[1].query:match("api%-version=") and "true"))
+          end
+        end)
+      end
+
+      -- the same bodies with their usage taken out (no key, or null): a
+      -- gateway that strips it. Completed; an OpenAI model's usage counted
+      -- locally from what was sent and returned, every other model's unknown
+      for i, b in ipairs(BODIES) do
+        local how = i % 2 == 0 and "null" or "absent"
+        it(b.file .. " with its usage " .. how .. " is completed, usage "
+          .. (b.encoding and "estimated from local counts" or "unknown (no local encoding)"), function()
+          local d = cjson.decode(read(FIX .. b.file))
+          assert.is_table(d.usage)
+          d.usage = how == "null" and cjson.null or nil
+          if type(d.x_groq) == "table" then d.x_groq.usage = nil end
+          srv:queue{ { body = cjson.encode(d) } }
+          local res, err = pipeline(provider(b.provider, b.model)):generate(ctx())
+          assert.is_nil(err)
+          local r = row(res.snapshot_id)
+          assert.same({ "completed", b.served }, { r.status, r.model_identifier })
+          local tm, pm = doc(res.snapshot_id, "token_metrics"), doc(res.snapshot_id, "performance_metrics")
+          local call, entry = tm.calls[1], pm.calls[1]
+          assert.same({ true, true, true }, { tm.usage_missing, call.usage_missing, entry.usage_missing })
+          assert.same({ b.finish, b.id }, { entry.finish_reason, entry.response_id })
+          if b.text then assert.equal(b.text, r.content) end
+          if b.bytes then assert.equal(b.bytes, #r.content) end
+          assert.is_nil(r.estimated_cost) -- no price map here: known tokens, unknown cost
+          if b.encoding then
+            local sent = json.decode(srv:requests()[1].body).messages
+            local parts = { r.content, entry.refusal ~= nil and entry.refusal ~= json.null and entry.refusal or "" }
+            for _, tc in ipairs(b.tool_calls or {}) do parts[#parts + 1] = tc.name .. tc.arguments end
+            local p = assert(tokens.count_messages(sent, b.model))
+            local c = assert(tokens.count(table.concat(parts), b.encoding))
+            assert.same({ p, c, p + c, p, "estimated", "estimated", "unpriced" },
+              { call.prompt_tokens, call.completion_tokens, call.total_tokens, call.local_input_tokens,
+                call.usage_source, tm.usage_source, tm.cost_source })
+            assert.equal(p + c, r.total_tokens)
+          else
+            assert.same({ json.null, "no_usage", json.null }, { call.cost, tm.cost_source, call.local_input_tokens })
+            assert.is_nil(call.prompt_tokens)
+            assert.is_nil(call.usage_source)
           end
         end)
       end

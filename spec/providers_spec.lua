@@ -72,6 +72,67 @@ describe("genaudit.providers", function()
     end)
   end)
 
+  describe("a body without usage (issue 18.3)", function()
+    local p = providers.openai{ model = "gpt-4o-mini", api_key = "sk-x" }
+    local a = providers.anthropic{ model = "claude-3-5-haiku", api_key = "k" }
+
+    it("is an answer whose usage is missing when the usage key is absent or null (OpenAI-compatible)", function()
+      for _, body in ipairs({
+        '{"id":"c1","model":"m","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}]}',
+        '{"id":"c1","model":"m","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":null}',
+        -- Groq's place for it, empty too
+        '{"id":"c1","model":"m","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":null,'
+          .. '"x_groq":{"id":"req_1"}}',
+      }) do
+        local r = assert(p:parse_response(200, body))
+        assert.same({ "hi", "m", "stop", "c1", true }, { r.content, r.model_identifier, r.finish_reason,
+          r.response_id, r.usage_missing }, body)
+        assert.is_nil(r.usage)
+        assert.is_nil(r.provider_cost)
+      end
+      -- tool calls and refusals without usage parse the same
+      local r = assert(p:parse_response(200, cjson.encode{ choices = { { message = { content = cjson.null,
+        tool_calls = { { id = "call_1", type = "function", ["function"] = { name = "f", arguments = "{}" } } } } } } }))
+      assert.same({ "", "f", "{}", true }, { r.content, r.tool_calls[1].name, r.tool_calls[1].arguments,
+        r.usage_missing })
+    end)
+
+    it("reads x_groq.usage when the top-level usage is null", function()
+      local r = assert(p:parse_response(200, '{"model":"m","choices":[{"message":{"content":"hi"}}],"usage":null,'
+        .. '"x_groq":{"usage":{"prompt_tokens":7,"completion_tokens":3}}}'))
+      assert.same({ 7, 3, "x_groq.usage" }, { r.usage.prompt_tokens, r.usage.completion_tokens,
+        r.usage_notes.usage_from })
+      assert.is_nil(r.usage_missing)
+    end)
+
+    it("is an answer whose usage is missing when the usage key is absent or null (Anthropic)", function()
+      for _, u in ipairs({ "", ',"usage":null' }) do
+        local r = assert(a:parse_response(200, '{"id":"msg_1","model":"claude-3-5-haiku-20241022",'
+          .. '"content":[{"type":"text","text":"a"},{"type":"tool_use","id":"t1","name":"f","input":{"x": 1}}],'
+          .. '"stop_reason":"tool_use"' .. u .. '}'))
+        assert.same({ "a", '{"x": 1}', "tool_use", true }, { r.content, r.tool_calls[1].arguments, r.finish_reason,
+          r.usage_missing })
+        assert.is_nil(r.usage)
+      end
+    end)
+
+    it("a usage that is there but not a usage is still BAD_RESPONSE, with the answer kept", function()
+      for _, u in ipairs({ '"none"', "0", "[]", "{}", '{"prompt_tokens":null,"completion_tokens":null}',
+                           '{"prompt_tokens":5,"completion_tokens":2,"total_tokens":6}' }) do
+        local _, err, code, answer = p:parse_response(200, '{"model":"m","choices":[{"message":{"content":"hi"}}],'
+          .. '"usage":' .. u .. '}')
+        assert.equal("BAD_RESPONSE", code, u)
+        assert.matches("^BAD_RESPONSE: usage", err)
+        assert.same({ "hi", "m" }, { answer.content, answer.model_identifier })
+      end
+      for _, u in ipairs({ '"none"', "{}", '{"input_tokens":3}', '{"input_tokens":3,"output_tokens":-1}' }) do
+        local _, err, code = a:parse_response(200, '{"content":[{"type":"text","text":"a"}],"usage":' .. u .. '}')
+        assert.equal("BAD_RESPONSE", code, u)
+        assert.matches("^BAD_RESPONSE: usage", err)
+      end
+    end)
+  end)
+
   describe("errors", function()
     it("scrubs the API key from a provider's error message", function()
       local p = providers.openai{ model = "m", api_key = "sk-abc.123+x" }
@@ -317,9 +378,9 @@ describe("genaudit.providers", function()
       assert.same({ nil, nil }, { r.finish_reason, r.response_id })
     end)
 
-    it("keeps them in the answer of a body without usage or content", function()
+    it("keeps them in the answer of a body with a malformed usage or without content", function()
       local _, _, code, answer = p:parse_response(200, cjson.encode{ id = "chatcmpl-nu", model = "m",
-        choices = { { message = { content = "words" }, finish_reason = "stop" } } })
+        choices = { { message = { content = "words" }, finish_reason = "stop" } }, usage = { prompt_tokens = 1 } })
       assert.equal("BAD_RESPONSE", code)
       assert.same({ content = "words", model_identifier = "m", finish_reason = "stop", response_id = "chatcmpl-nu" },
         answer)

@@ -149,11 +149,18 @@ local function suite(name, open, describe_fn)
         local text = row(res.snapshot_id).performance_metrics
         assert.truthy(text:find('"finish_reason":null', 1, true), text)
         assert.matches('"response_id":"chatcmpl%-%w+"', text)
-        srv:queue{ { content = "unmetered", usage = false, finish_reason = "stop" } }
+        srv:queue{ { content = "misbilled", usage = { prompt_tokens = 2, completion_tokens = 2, total_tokens = 3 },
+                     finish_reason = "stop" } }
         local _, _, code, id = pipeline():generate(ctx("Anvil 2"))
         assert.equal("BAD_RESPONSE", code)
         local c = doc(id, "performance_metrics").calls[1]
         assert.equal("stop", c.finish_reason)
+        assert.matches("^chatcmpl%-%w+$", c.response_id)
+        -- an answer with no usage at all is no failure (issue 18.3): they are recorded the same
+        srv:queue{ { content = "unmetered", usage = false, finish_reason = "stop" } }
+        local unmetered = assert(pipeline():generate(ctx("Anvil 2")))
+        c = doc(unmetered.snapshot_id, "performance_metrics").calls[1]
+        assert.same({ "stop", true }, { c.finish_reason, c.usage_missing })
         assert.matches("^chatcmpl%-%w+$", c.response_id)
         srv:queue{ { status = 500 }, { status = 500 }, { status = 500 } }
         _, _, code, id = pipeline():generate(ctx("Anvil 2"))

@@ -51,8 +51,8 @@ describe("genaudit.replay", function()
     assert.truthy(body:find('"temperature":0.12345678901234568}', 1, true), body)
   end)
 
-  it("keeps the content of a replay answered without usage, its cost null", function()
-    srv:queue{ { content = "unmetered words", usage = false } }
+  it("keeps the content of a replay answered with a malformed usage, its cost null", function()
+    srv:queue{ { content = "unmetered words", usage = { prompt_tokens = 3, completion_tokens = -1 } } }
     local r, _, code, rid = genaudit.replay(store, id, { provider = provider() })
     assert.same({ nil, "BAD_RESPONSE" }, { r, code })
     local rec = store:query("SELECT * FROM generation_snapshots WHERE id = ?", { rid })[1]
@@ -61,6 +61,26 @@ describe("genaudit.replay", function()
     assert.is_nil(rec.estimated_cost)
     assert.equal("no_usage", cjson.decode(rec.token_metrics).cost_source)
   end)
+
+  it("completes a replay answered without usage: its usage counted locally, flagged estimated (issue 18.3)",
+    function()
+      local tokens = require("genaudit.tokens")
+      srv:queue{ { content = "the quick brown fox jumps", usage = false } }
+      local r = assert(genaudit.replay(store, id, { provider = provider() }))
+      local rec = store:query("SELECT * FROM generation_snapshots WHERE id = ?", { r.snapshot_id })[1]
+      assert.same({ "completed", "the quick brown fox jumps", id }, { rec.status, rec.content, rec.replay_of })
+      local tm = cjson.decode(rec.token_metrics)
+      local sent = cjson.decode(srv:requests()[1].body).messages
+      local p = assert(tokens.count_messages(sent, "gpt-4o-mini"))
+      local c = assert(tokens.count("the quick brown fox jumps", "gpt-4o-mini-2024-07-18"))
+      assert.same({ "replay", p, c, p, "estimated", true },
+        { tm.calls[1].kind, tm.calls[1].prompt_tokens, tm.calls[1].completion_tokens, tm.calls[1].local_input_tokens,
+          tm.calls[1].usage_source, tm.calls[1].usage_missing })
+      assert.same({ p + c, "estimated" }, { rec.total_tokens, tm.usage_source })
+      -- no pricing given to the replay: the tokens are known, the cost is not
+      assert.is_nil(rec.estimated_cost)
+      assert.equal("unpriced", tm.cost_source)
+    end)
 
   it("scores the new output against the stored one", function()
     srv:queue{ { content = "the quick brown fox" } }

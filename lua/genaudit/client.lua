@@ -94,15 +94,18 @@ end
 -- params.stream == true):
 -- see genaudit.stream and README "Streaming". The log entry then also has
 -- streamed, time_to_first_token_ms, stream_duration_ms, chunks, events,
--- reads, stream_bytes; a streamed answer without usage is a success whose
--- call has unknown usage and cost (usage_missing), and a stream broken
+-- reads, stream_bytes. An answer without usage (a stream that sent none, or
+-- a 2xx body with no `usage` at all, or JSON null) is a success whose call
+-- is flagged usage_missing and, unless estimated (below), has unknown usage
+-- and cost (a usage that is there but malformed is a BAD_RESPONSE, the
+-- content kept as above); a stream broken
 -- after its first byte fails with the text received so far kept (as above)
 -- and the usage fields it had sent (partial_usage, as sent).
 --
 -- Each call also carries the local count of the prompt it sent
 -- (local_input_tokens in token_metrics.calls[i], genaudit.tokens'
 -- count_messages of `messages` for the requested model; JSON null when the
--- model has no exact local encoding: every non-OpenAI model), and a streamed
+-- model has no exact local encoding: every non-OpenAI model), and an
 -- answer without usage from a model that has one gets its usage from local
 -- counts (prompt: that count; completion: the returned text counted), priced
 -- as usual, flagged usage_source = "estimated" (README "Token counts on
@@ -256,8 +259,11 @@ function Client:complete_call(run, kind, messages, params, sopts, local_in)
       if parsed.tool_calls[i] then parsed.tool_calls[i].arguments = provider.scrub(a) end
     end
   end
+  -- a whole answer whose body had no usage at all (a gateway that strips
+  -- it): as a stream without usage
+  if parsed.usage_missing then entry.usage_missing = true end
   if entry.usage_missing then
-    -- streamed without usage: a whole answer, its usage counted locally
+    -- no usage (streamed or not): a whole answer, its usage counted locally
     -- when the model has an exact local encoding ...
     if self:estimated_call(run, kind, parsed, wait_us, local_in) then return self:answer(entry, parsed) end
     -- ... else of unknown usage and cost (never zero)
@@ -350,7 +356,7 @@ function Client.token_metrics(_, run)
     if cm.notes and type(c) == "table" then
       for k, v in pairs(cm.notes) do if c[k] == nil then c[k] = v end end
     end
-    if cm.usage_missing and type(c) == "table" then -- a streamed answer that sent no usage
+    if cm.usage_missing and type(c) == "table" then -- an answer that sent no usage
       c.usage_missing = true
       tm.usage_missing = true
     end

@@ -172,7 +172,7 @@ end
 --     cached count (no prompt_tokens_details.cached_tokens)
 --   is_byok, cost_details  OpenRouter's, as sent
 local function openai_usage(u)
-  if type(u) ~= "table" then return nil, "response has no usage" end
+  if type(u) ~= "table" then return nil, "usage is not an object" end
   local p, c = int(u.prompt_tokens), int(u.completion_tokens)
   if not p or not c then return nil, "usage.prompt_tokens/completion_tokens missing or not non-negative integers" end
   local pd = type(u.prompt_tokens_details) == "table" and u.prompt_tokens_details or {}
@@ -216,7 +216,7 @@ end
 -- billed totals are the sums over usage.iterations[] (notes.iterations: how
 -- many were summed).
 local function anthropic_usage(u)
-  if type(u) ~= "table" then return nil, "response has no usage" end
+  if type(u) ~= "table" then return nil, "usage is not an object" end
   local parts, notes = { u }, nil
   if type(u.iterations) == "table" and #u.iterations > 0 then
     parts, notes = u.iterations, { iterations = #u.iterations }
@@ -387,8 +387,9 @@ function Provider:request(messages, params, opts)
 end
 
 -- provider:parse_response(status, body) -> { content, model_identifier,
--- usage, provider_cost, usage_notes, finish_reason, response_id, tool_calls,
--- refusal, prompt_filter_results, content_filter_results } | nil, err, code, answer
+-- usage, usage_missing, provider_cost, usage_notes, finish_reason,
+-- response_id, tool_calls, refusal, prompt_filter_results,
+-- content_filter_results } | nil, err, code, answer
 -- tool_calls: OpenAI-style { id, type, name, arguments (the string as sent) },
 -- Anthropic { id, type = "tool_use", name, arguments (the bytes of `input`
 -- exactly as the body spelled them) }; a
@@ -396,9 +397,15 @@ end
 -- finish_reason and response_id are the body's own strings, as sent
 -- (OpenAI-compatible: choices[1].finish_reason and id; Anthropic:
 -- stop_reason and id), nil when the body has none (or not a string): never
--- guessed. answer: for a 2xx JSON body that could be read but lacks usable
--- content or usage, what it held ({ content, model_identifier,
--- finish_reason, response_id }), so a failed snapshot keeps it.
+-- guessed. A body with no usage at all (no `usage` key, or JSON null; for
+-- OpenAI-compatible bodies none under x_groq either) is still an answer:
+-- usage is then nil and usage_missing = true (genaudit.client counts it
+-- locally or records it as of unknown usage). A usage that is there but
+-- does not make one (negative, fractional, a total below the sum, ...) is a
+-- BAD_RESPONSE. answer: for a 2xx JSON body that could be read but lacks
+-- usable content or has such a usage, what it held ({ content,
+-- model_identifier, finish_reason, response_id }), so a failed snapshot
+-- keeps it.
 -- Every string taken from the body is scrubbed of the API key.
 function Provider:parse_response(status, body)
   local doc = decode(body)
@@ -437,6 +444,10 @@ end
 -- string (a number, an object) is not one.
 local function str(v) return type(v) == "string" and v or nil end
 
+-- A body's usage the provider did not give: no such key, or JSON null. Any
+-- other value is a usage to be read (and refused when it is not one).
+local function absent(v) return v == nil or v == json.null end
+
 -- ---- OpenAI-compatible chat completions ----
 local function openai_body(self, messages, params)
   local req = { model = self.model, messages = messages }
@@ -474,19 +485,23 @@ local function openai_parse(doc)
   -- Groq sends usage at the top, or only under x_groq.usage: one of them,
   -- never both added up
   local u = doc.usage
-  if u == nil and type(doc.x_groq) == "table" then u = doc.x_groq.usage end
-  local usage, err, cost, notes = openai_usage(u)
-  if not usage then
-    return nil, err, { content = content, model_identifier = model, finish_reason = finish,
-                       response_id = str(doc.id) }
-  end
-  if u ~= doc.usage then
-    notes = notes or {}
-    notes.usage_from = "x_groq.usage"
+  if absent(u) and type(doc.x_groq) == "table" then u = doc.x_groq.usage end
+  local usage, err, cost, notes
+  if not absent(u) then -- present: it must be a usage (else the provider lies, not omits)
+    usage, err, cost, notes = openai_usage(u)
+    if not usage then
+      return nil, err, { content = content, model_identifier = model, finish_reason = finish,
+                         response_id = str(doc.id) }
+    end
+    if u ~= doc.usage then
+      notes = notes or {}
+      notes.usage_from = "x_groq.usage"
+    end
   end
   return {
     content = content, model_identifier = model, tool_calls = tool_calls, refusal = refusal,
-    usage = usage, provider_cost = cost, usage_notes = notes, finish_reason = finish, response_id = str(doc.id),
+    usage = usage, usage_missing = not usage or nil,
+    provider_cost = cost, usage_notes = notes, finish_reason = finish, response_id = str(doc.id),
     -- Azure's content-filter verdicts, as sent
     prompt_filter_results = type(doc.prompt_filter_results) == "table" and doc.prompt_filter_results or nil,
     content_filter_results = type(choice.content_filter_results) == "table" and choice.content_filter_results or nil,
@@ -656,14 +671,17 @@ local anthropic_spec = {
       end
     end
     if #parts == 0 and #tool_calls == 0 then return nil, "response has no text content", bare end
-    local usage, err, _, notes = anthropic_usage(doc.usage)
-    if not usage then
-      return nil, err, { content = table.concat(parts), model_identifier = model, finish_reason = finish,
-                         response_id = id }
+    local usage, err, _, notes
+    if not absent(doc.usage) then -- present: it must be a usage
+      usage, err, _, notes = anthropic_usage(doc.usage)
+      if not usage then
+        return nil, err, { content = table.concat(parts), model_identifier = model, finish_reason = finish,
+                           response_id = id }
+      end
     end
     return {
       content = table.concat(parts), model_identifier = model, tool_calls = #tool_calls > 0 and tool_calls or nil,
-      usage = usage, usage_notes = notes, finish_reason = finish, response_id = id,
+      usage = usage, usage_missing = not usage or nil, usage_notes = notes, finish_reason = finish, response_id = id,
     }
   end,
 }
