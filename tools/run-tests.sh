@@ -26,7 +26,7 @@ for engine in lua5.4:lua54 luajit:luajit; do
   GENAUDIT_BUILD="build/$dir" "$interp" "$BUSTED" -o plainTerminal --run="$dir" "$@" 2>&1 | tee "$out"
   r=$?
   # busted's own exit code: the pipeline hides it, so re-derive from its summary
-  line=$(grep -E ' successes / ' "$out" | tail -n 1)
+  line=$(grep -aE '[0-9]+ success(es)? / ' "$out" | tail -n 1)
   if [ -z "$line" ]; then
     echo "busted under $interp printed no summary"; rc=1
   else
