@@ -76,7 +76,8 @@ end
 local rows = common.rows(K)
 math.randomseed(os.time() + math.floor(os.clock() * 1e6))
 local PREFIX = string.format("gascale_%d_%d", os.time() % 100000, math.random(1, 99999))
-local made = {}
+local made = {} -- PostgreSQL databases to drop
+local scratch -- the SQLite stores' directory
 
 local function label(n)
   if n >= 1000000 and n % 1000000 == 0 then return string.format("%dm", n / 1000000) end
@@ -210,6 +211,7 @@ local function main()
   common.title("scale curve: persist, verify, reports and bytes per row from " .. label(SIZES[1]) .. " to "
     .. label(SIZES[#SIZES]) .. " rows (SQLite; PostgreSQL to " .. label(PG_MAX) .. ")")
   local dir = common.tmpdir("scale")
+  scratch = dir
   local need = 0
   for _, n in ipairs(SIZES) do need = need + n * 11000 end
   local free = free_bytes(dir)
@@ -299,7 +301,8 @@ local function main()
 end
 
 local ok, err = pcall(main)
-for name in pairs(made) do pcall(drop, name) end
+for name in pairs(made) do pcall(drop, name) end -- the databases and stores go, whatever happened
+common.rm(scratch)
 if not ok then
   io.stderr:write("bench/scale.lua: " .. tostring(err) .. "\n")
   os.exit(1)
