@@ -4,7 +4,7 @@
 -- spec checks only that it exits 0 and prints every expected machine-readable
 -- line "BENCH name=<name> engine=<engine> unit=<unit> k=v ..." with numeric
 -- values (baseline=<label>:<number>, target=<text>). No timing is asserted:
--- benchmarks are not tests. pg_persist.lua writes to the spec server
+-- benchmarks are not tests. pg_persist.lua and scale.lua write to the spec server
 -- (GENAUDIT_PG_URL, #postgresql; pending with GENAUDIT_SKIP_PG=1).
 local pg = require("spec.support.pg")
 local provider = require("spec.support.provider")
@@ -29,9 +29,20 @@ local EXPECTED = {
   openresty_load = { "openresty_load", "openresty_load_delay100" },
   tokens = { "tokens_o200k_base", "tokens_cl100k_base", "tokens_memory_o200k_base", "tokens_memory_cl100k_base",
              "tokens_linear" },
+  scale = {},
 }
+-- bench/scale.lua at BENCH_SIZE=small: every quantity at 1k and 5k rows, on both stores
+for _, store in ipairs({ "sqlite", "postgresql" }) do
+  for _, q in ipairs({ "persist", "verify", "report_cost_7d", "report_cost_all", "report_repairs_7d",
+                       "report_latency_7d", "financial", "bytes_per_row" }) do
+    for _, size in ipairs({ "1k", "5k" }) do
+      table.insert(EXPECTED.scale, "scale_" .. store .. "_" .. q .. "_" .. size)
+    end
+  end
+end
 local ORDER = { "persist_sync", "async", "pg_persist", "overhead", "analytics", "memory", "copy", "stream",
-                "openresty_load", "tokens" }
+                "openresty_load", "tokens", "scale" }
+local NEEDS_PG = { pg_persist = true, scale = true }
 local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true, p99_target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -72,8 +83,10 @@ describe("bench", function()
 
   for _, script in ipairs(ORDER) do
     local names = EXPECTED[script]
-    local needs_pg = script == "pg_persist"
-    local title = script .. ".lua at BENCH_SIZE=small exits 0 and prints " .. table.concat(names, ", ")
+    local needs_pg = NEEDS_PG[script]
+    local shown = #names > 12 and (#names .. " lines: " .. names[1] .. " ... " .. names[#names])
+      or table.concat(names, ", ")
+    local title = script .. ".lua at BENCH_SIZE=small exits 0 and prints " .. shown
       .. (needs_pg and " #postgresql" or "")
     local function body()
       assert(not needs_pg or pg.url, "GENAUDIT_PG_URL is not set (tools/run-tests.sh starts a server)")
