@@ -25,6 +25,15 @@
 -- included: on a shared machine this moves less than requests/s); then
 -- the checks: no non-2xx answer, no socket error, and after a graceful stop
 -- every answered generation has its row in the store.
+-- Nothing is pinned: wrk, the provider's worker and the handler's worker
+-- (with its writer threads) share the machine's cores (2 here) as the
+-- scheduler likes, as they would on a small host. The bench accounts for it
+-- instead: per answer, the CPU of the provider's worker (provider_cpu_us)
+-- and of wrk (wrk_cpu_us) beside the handler's, their sums' ratio
+-- (cpu_all_ratio: genaudit's over the floor's, what the rate ratio comes to
+-- when these three alone saturate the cores), and how busy the whole
+-- machine was (machine_busy, 0..1 of all cores: near 1 with the three using
+-- much less means other jobs took the rest, and the rates say little).
 -- Runs from the checkout (make bench does; the spec runs it at BENCH_SIZE=small).
 local root = (arg and arg[0] or ""):match("^(.*)/bench/[^/]*$") or "."
 package.path = root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
@@ -164,6 +173,7 @@ end
 -- CPU seconds (user + system) the processes in pids have used: all their
 -- threads, and apart the threads other than the main one (the store's writer).
 local TICK = tonumber(common.run("getconf CLK_TCK"):match("%d+")) or 100
+local CORES = tonumber(common.run("nproc"):match("%d+")) or 0
 local function ticks(path)
   local stat = common.read_file(path) or ""
   local utime, stime = stat:match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
@@ -180,19 +190,52 @@ local function cpu_s(pids)
   return all, others
 end
 
+-- The machine's CPU seconds so far, busy and in all (every core: /proc/stat's
+-- first line; busy is all but idle and iowait).
+local function machine_s()
+  local f = io.open("/proc/stat", "rb")
+  local line = f and f:read("l") or ""
+  if f then f:close() end
+  local busy, all, i = 0, 0, 0
+  for v in line:gmatch("%d+") do
+    i = i + 1
+    if i <= 8 then -- user nice system idle iowait irq softirq steal (guest is inside user)
+      all = all + tonumber(v)
+      if i ~= 4 and i ~= 5 then busy = busy + tonumber(v) end
+    end
+  end
+  return busy / TICK, all / TICK
+end
+
 -- One wrk run of `seconds` against url (script: a wrk Lua script or nil);
 -- with pids, also the CPU microseconds those processes spent per answer
--- (cpu_us; thread_cpu_us: in threads other than the main one).
-local function wrk(url, seconds, script, pids)
-  local cmd = ("%s -t1 -c%d -d%ds --timeout 10s --latency %s%s 2>&1"):format(WRK, CONCURRENCY, seconds,
+-- (cpu_us; thread_cpu_us: in threads other than the main one), and with
+-- others (the provider's worker pids) theirs (provider_cpu_us). Always:
+-- wrk's own CPU per answer (wrk_cpu_us, from the shell's `times`) and the
+-- whole machine's busy share of all its cores during the run (machine_busy,
+-- 0..1: with 2 cores wrk, the provider and the handler share them, and
+-- other jobs on a shared machine show up here as what the three do not use).
+local function wrk(url, seconds, script, pids, others)
+  local cmd = ("%s -t1 -c%d -d%ds --timeout 10s --latency %s%s 2>&1; times"):format(WRK, CONCURRENCY, seconds,
     script and ("-s " .. common.quote(script) .. " ") or "", common.quote(url))
-  local c0, t0
+  local c0, t0, p0
   if pids then c0, t0 = cpu_s(pids) end
-  local r = parse_wrk(common.run(cmd))
+  if others then p0 = cpu_s(others) end
+  local b0, a0 = machine_s()
+  local out = common.run(cmd)
+  local b1, a1 = machine_s()
+  local r = parse_wrk(out)
+  -- `times`: the shell's user and system times, then its children's (wrk)
+  local T = "(%d+)m([%d.]+)s"
+  local um, us_, sm, ss = out:match(T .. " " .. T .. "%s*$")
+  r.wrk_cpu_us = um and (tonumber(um) * 60 + tonumber(us_) + tonumber(sm) * 60 + tonumber(ss)) * 1e6 / r.requests
+    or 0 / 0
+  r.machine_busy = a1 > a0 and (b1 - b0) / (a1 - a0) or 0 / 0
   if pids then
     local c1, t1 = cpu_s(pids)
     r.cpu_us, r.thread_cpu_us = (c1 - c0) * 1e6 / r.requests, (t1 - t0) * 1e6 / r.requests
   end
+  if others then r.provider_cpu_us = (cpu_s(others) - p0) * 1e6 / r.requests end
   return r
 end
 
@@ -235,11 +278,14 @@ local ok, err = pcall(function()
     wrk(handler.url .. "/generate", WARMUP)
     wrk(handler.url .. "/bare", WARMUP)
   end
-  local workers = {}
-  for pid in common.run("pgrep -P " .. string.format("%d", handler.pid)):gmatch("%d+") do
-    workers[#workers + 1] = pid
+  local function children(pid)
+    local out = {}
+    for c in common.run("pgrep -P " .. string.format("%d", pid)):gmatch("%d+") do out[#out + 1] = c end
+    return out
   end
+  local workers, provider_workers = children(handler.pid), children(provider.pid)
   assert(#workers == 1, "expected one nginx worker, found " .. #workers)
+  assert(#provider_workers == 1, "expected one provider nginx worker, found " .. #provider_workers)
   local served, bad = 1, 0 -- generations answered (the first one included); bad answers and socket errors
   local function med(runs, key)
     local v = {}
@@ -249,17 +295,19 @@ local ok, err = pcall(function()
   -- n rounds of `seconds` per side, alternating: { ga, bare, ratio, cpu_ratio, added99, added50 } (medians
   -- of the rounds' paired figures)
   local function rounds(n, seconds)
-    local t = { ga = {}, bare = {}, ratios = {}, cpu = {}, added99 = {}, added50 = {} }
+    local t = { ga = {}, bare = {}, ratios = {}, cpu = {}, cpu_all = {}, added99 = {}, added50 = {} }
     for i = 1, n do
-      local g = wrk(handler.url .. "/generate", seconds, nil, workers)
-      local b = wrk(handler.url .. "/bare", seconds, nil, workers)
+      local g = wrk(handler.url .. "/generate", seconds, nil, workers, provider_workers)
+      local b = wrk(handler.url .. "/bare", seconds, nil, workers, provider_workers)
       t.ga[i], t.bare[i] = g, b
       t.ratios[i], t.cpu[i] = g.rps / b.rps, g.cpu_us / b.cpu_us
+      -- the three processes' CPU per answer: what the rates come to when they alone share the cores
+      t.cpu_all[i] = (g.cpu_us + g.provider_cpu_us + g.wrk_cpu_us) / (b.cpu_us + b.provider_cpu_us + b.wrk_cpu_us)
       t.added99[i], t.added50[i] = g.p99_ms - b.p99_ms, g.p50_ms - b.p50_ms
       served = served + g.requests
       bad = bad + g.non2xx + g.errors + b.non2xx + b.errors
     end
-    t.ratio, t.cpu_ratio = common.median(t.ratios), common.median(t.cpu)
+    t.ratio, t.cpu_ratio, t.cpu_all_ratio = common.median(t.ratios), common.median(t.cpu), common.median(t.cpu_all)
     t.p99_added, t.p50_added = common.median(t.added99), common.median(t.added50)
     return t
   end
@@ -285,6 +333,11 @@ local ok, err = pcall(function()
       { "genaudit_p99_ms", med(t.ga, "p99_ms") }, { "bare_p99_ms", med(t.bare, "p99_ms") },
       { "genaudit_cpu_us", med(t.ga, "cpu_us") }, { "writer_cpu_us", med(t.ga, "thread_cpu_us") },
       { "bare_cpu_us", med(t.bare, "cpu_us") }, { "cpu_ratio", string.format("%.3f", t.cpu_ratio) },
+      { "provider_cpu_us", med(t.ga, "provider_cpu_us") }, { "wrk_cpu_us", med(t.ga, "wrk_cpu_us") },
+      { "bare_provider_cpu_us", med(t.bare, "provider_cpu_us") }, { "bare_wrk_cpu_us", med(t.bare, "wrk_cpu_us") },
+      { "cpu_all_ratio", string.format("%.3f", t.cpu_all_ratio) },
+      { "machine_busy", string.format("%.2f", med(t.ga, "machine_busy")) },
+      { "bare_machine_busy", string.format("%.2f", med(t.bare, "machine_busy")) }, { "cores", CORES },
     }
     for _, e in ipairs(extra) do fields[#fields + 1] = e end
     common.bench(name, "req/s", fields)
@@ -297,10 +350,13 @@ local ok, err = pcall(function()
     for i, g in ipairs(t.ga) do
       local b = t.bare[i]
       common.say("%s %d: genaudit %s req/s (p50 %s ms, p99 %s ms, %d answers, %s us worker CPU each, %s of them in"
-        .. " the writer thread), bare %s req/s (p50 %s ms, p99 %s ms, %s us CPU each): ratio %.3f", label, i,
+        .. " the writer thread; provider %s us, wrk %s us; machine %d%% busy), bare %s req/s (p50 %s ms, p99 %s ms,"
+        .. " %s us CPU each; provider %s us, wrk %s us; machine %d%% busy): ratio %.3f", label, i,
         common.num(g.rps), common.num(g.p50_ms), common.num(g.p99_ms), g.requests, common.num(g.cpu_us),
-        common.num(g.thread_cpu_us), common.num(b.rps), common.num(b.p50_ms), common.num(b.p99_ms),
-        common.num(b.cpu_us), t.ratios[i])
+        common.num(g.thread_cpu_us), common.num(g.provider_cpu_us), common.num(g.wrk_cpu_us),
+        math.floor(g.machine_busy * 100 + 0.5), common.num(b.rps), common.num(b.p50_ms), common.num(b.p99_ms),
+        common.num(b.cpu_us), common.num(b.provider_cpu_us), common.num(b.wrk_cpu_us),
+        math.floor(b.machine_busy * 100 + 0.5), t.ratios[i])
     end
   end
   detail("instant provider, round", instant)

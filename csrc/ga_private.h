@@ -237,6 +237,7 @@ typedef struct {
   size_t max_bytes; /* bytes the queued rows may hold */
   int batch;        /* rows per transaction */
   int block;        /* when full: 1 = wait, 0 = fail */
+  long linger_ms;   /* a batch short of `batch` rows waits up to this for more (0: none) */
 } ga_writer_opts;
 typedef struct {
   uint64_t queued, written, failed, batches, retries;

@@ -9,7 +9,7 @@
 
 void ga_check_async_opts(lua_State *L, int idx, ga_writer_opts *o) {
   static const char *const fulls[] = {"block", "error", NULL};
-  long long q = 10000, b = 100, mb = 256LL * 1024 * 1024;
+  long long q = 10000, b = 100, mb = 256LL * 1024 * 1024, linger = 0;
   int block = 1;
   if (!lua_isnoneornil(L, idx)) {
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -24,13 +24,17 @@ void ga_check_async_opts(lua_State *L, int idx, ga_writer_opts *o) {
       luaL_argerror(L, idx, "max_bytes must be a positive integer");
     lua_getfield(L, idx, "on_full");
     if (!lua_isnil(L, -1)) block = luaL_checkoption(L, -1, NULL, fulls) == 0;
-    lua_pop(L, 4);
+    lua_getfield(L, idx, "linger_ms");
+    if (!lua_isnil(L, -1) && (!ga_tointeger(L, -1, &linger) || linger < 0 || linger > 1000))
+      luaL_argerror(L, idx, "linger_ms must be an integer 0..1000");
+    lua_pop(L, 5);
   }
   memset(o, 0, sizeof *o);
   o->capacity = (size_t)q;
   o->batch = (int)b;
   o->max_bytes = (size_t)mb;
   o->block = block;
+  o->linger_ms = (long)linger;
 }
 
 void ga_check_migrations(lua_State *L, int idx) {
@@ -218,7 +222,7 @@ static int l_put_script(lua_State *L) {
 }
 
 /* store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
- *   on_full = "block" | "error" } -> true | nil, err, code
+ *   on_full = "block" | "error", linger_ms = 0 } -> true | nil, err, code
  * From now on persist() checks and queues rows for a writer thread with its
  * own connection; flush() waits for them; close() drains them. */
 static int l_start_async(lua_State *L) {

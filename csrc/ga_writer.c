@@ -62,6 +62,8 @@ struct ga_writer {
   int hasher_waiting;     /* the hasher is waiting on to_hash */
   int hasher_busy;        /* the hasher holds an item (HASH_BUSY) */
   int writing;            /* the writer thread is inside a batch */
+  int lingering;          /* the writer waits (linger_ms) for a fuller batch */
+  int flushing;           /* callers waiting in ga_writer_flush: no lingering */
   item *hnext;            /* the first queued item the hasher has not taken (those after it neither) */
   size_t unhashed;        /* queued items from hnext on */
   ga_hasher hh;           /* the hasher thread's own */
@@ -158,6 +160,15 @@ static int is_stopping(ga_writer *w) {
  * writer wakes it whenever rows remain queued behind the batch it took. */
 #define HASH_WAKE_ROWS 4
 
+/* True while a lingering writer should wait on: rows short of a full batch
+ * (`batch` rows, the queue's capacity or BATCH_BYTES, whichever is least),
+ * and no flush or stop waiting for them. The caller holds w->mu. */
+static int short_batch(const ga_writer *w) {
+  size_t want = (size_t)w->o.batch < w->o.capacity ? (size_t)w->o.batch : w->o.capacity;
+  return !w->stopping && !w->flushing && w->st.pending < want && w->st.pending_bytes < BATCH_BYTES &&
+         w->st.pending_bytes < w->o.max_bytes;
+}
+
 /* Takes the queue's head off (the caller holds w->mu and the queue is not
  * empty): the writer's now, digested or not. */
 static item *take_head(ga_writer *w) {
@@ -240,6 +251,18 @@ static void *writer_main(void *arg) {
     uint64_t written = 0;
     pthread_mutex_lock(&w->mu);
     while (!w->head && !w->stopping) pthread_cond_wait(&w->not_empty, &w->mu);
+    /* linger_ms: a short batch waits for more rows, so that under a steady
+     * stream of single rows (a server's requests) one transaction commits
+     * many of them instead of each commit rewriting the same pages; push
+     * wakes it only once the batch is full, flush and stop at once */
+    if (w->o.linger_ms > 0 && w->head && short_batch(w)) {
+      struct timespec dl;
+      deadline_in(&dl, w->o.linger_ms);
+      w->lingering = 1;
+      while (short_batch(w))
+        if (pthread_cond_timedwait(&w->not_empty, &w->mu, &dl) == ETIMEDOUT) break;
+      w->lingering = 0;
+    }
     if (!w->head) { /* stopping, and drained */
       pthread_mutex_unlock(&w->mu);
       break;
@@ -475,7 +498,7 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
   w->st.pending++;
   w->st.pending_bytes += total;
   if (w->st.pending > w->st.max_depth) w->st.max_depth = w->st.pending;
-  pthread_cond_signal(&w->not_empty);
+  if (!w->lingering || !short_batch(w)) pthread_cond_signal(&w->not_empty);
   pthread_mutex_unlock(&w->mu);
   return 0;
 }
@@ -487,10 +510,13 @@ int ga_writer_flush(ga_writer *w, long timeout_ms) {
   if (timeout_ms >= 0) deadline_in(&dl, timeout_ms);
   pthread_mutex_lock(&w->mu);
   target = w->pushed;
+  w->flushing++;
+  if (w->lingering) pthread_cond_signal(&w->not_empty); /* commit what is queued now */
   while (w->done < target && rc == 0) {
     if (timeout_ms < 0) pthread_cond_wait(&w->idle, &w->mu);
     else if (pthread_cond_timedwait(&w->idle, &w->mu, &dl) == ETIMEDOUT) rc = -1;
   }
+  w->flushing--;
   pthread_mutex_unlock(&w->mu);
   return rc;
 }

@@ -160,6 +160,72 @@ describe("genaudit.store async mode", function()
     store = assert(genaudit.open("sqlite:" .. db))
     assert.has_error(function() store:start_async{ queue = 0 } end)
     assert.has_error(function() store:start_async{ on_full = "drop" } end)
+    assert.has_error(function() store:start_async{ linger_ms = -1 } end)
+    assert.has_error(function() store:start_async{ linger_ms = 1001 } end)
+    assert.has_error(function() store:start_async{ linger_ms = 1.5 } end)
+  end)
+
+  -- linger_ms: a short batch waits for more rows (a server's rows come one
+  -- per request); the wait is bounded, a full batch, flush() and close() end it.
+  describe("linger_ms", function()
+    local socket = require("socket")
+    -- waits up to `s` seconds for `n` committed rows; the seconds it took | nil
+    local function committed_within(n, s)
+      local t0 = socket.gettime()
+      repeat
+        if count(store) >= n then return socket.gettime() - t0 end
+        socket.sleep(0.005)
+      until socket.gettime() - t0 > s
+    end
+
+    it("commits rows that arrive one by one in one transaction", function()
+      store = assert(genaudit.open("sqlite:" .. db, { async = { batch = 100, linger_ms = 1000 } }))
+      for i = 1, 40 do
+        assert(store:persist_generation(row(i)))
+        socket.sleep(0.002)
+      end
+      assert(store:flush())
+      local st = store:stats()
+      assert.same({ 40, 0 }, { st.written, st.failed })
+      assert.equal(40, count(store))
+      -- the first row may be taken alone before the next one arrives; the rest wait together
+      assert.is_true(st.batches <= 2, "batches: " .. st.batches)
+    end)
+
+    it("commits a lone row once linger_ms has passed, without a flush", function()
+      store = assert(genaudit.open("sqlite:" .. db, { async = { batch = 100, linger_ms = 50 } }))
+      assert(store:persist_generation(row(1)))
+      assert.is_truthy(committed_within(1, 5))
+      assert.equal(1, store:stats().batches)
+    end)
+
+    it("does not wait once the batch is full", function()
+      store = assert(genaudit.open("sqlite:" .. db, { async = { batch = 10, linger_ms = 1000 } }))
+      for i = 1, 10 do assert(store:persist_generation(row(i))) end
+      local took = committed_within(10, 5)
+      assert.is_truthy(took)
+      assert.is_true(took < 0.9, "a full batch waited " .. took .. " s") -- the linger would be 1 s
+      assert.equal(1, store:stats().batches)
+    end)
+
+    it("ends the wait on flush() and on close()", function()
+      store = assert(genaudit.open("sqlite:" .. db, { async = { batch = 100, linger_ms = 1000 } }))
+      for i = 1, 3 do assert(store:persist_generation(row(i))) end
+      local t0 = socket.gettime()
+      assert.is_true(store:flush())
+      local took = socket.gettime() - t0
+      assert.is_true(took < 0.9, "flush waited " .. took .. " s") -- the linger would be 1 s
+      assert.equal(3, count(store))
+      for i = 4, 6 do assert(store:persist_generation(row(i))) end
+      t0 = socket.gettime()
+      store:close()
+      store = nil
+      took = socket.gettime() - t0
+      assert.is_true(took < 0.9, "close waited " .. took .. " s")
+      local ro = assert(genaudit.open("sqlite:" .. db, { readonly = true }))
+      assert.equal(6, ro:query("SELECT count(*) AS n FROM generation_snapshots")[1].n)
+      ro:close()
+    end)
   end)
 end)
 

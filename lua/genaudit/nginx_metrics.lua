@@ -89,14 +89,70 @@ end
 local Recorder = {}
 Recorder.__index = Recorder
 
+-- A recorder keeps the keys it built (a worker's label values repeat: the
+-- same templates, models and rules request after request) and which series
+-- it has seen in the dict, so that a request builds no key strings and a
+-- zero sample of a series already there (a rule's error count, mostly 0)
+-- costs no dict operation. Label values come from rows, so the cache is
+-- bounded: past KEY_CACHE keys it starts afresh.
+local KEY_CACHE = 4096
+local NONE = {} -- a missing label in the cache's nested tables
+
+-- The series key of name and labels a.. d (key()), with its suffixes:
+-- recorder:key(...) -> entry { [""] = key, [suffix] = key .. "|" .. suffix }.
+local function level(t, v)
+  if v == nil then v = NONE end
+  local nt = t[v]
+  if not nt then
+    nt = {}
+    t[v] = nt
+  end
+  return nt
+end
+
+function Recorder:key(name, a, b, c, d)
+  local t = level(level(level(level(self.keys, name), a), b), c)
+  local dk = d == nil and NONE or d
+  local e = t[dk]
+  if not e then
+    if self.nkeys >= KEY_CACHE then
+      self.keys, self.seen, self.nkeys = {}, {}, 0
+      return self:key(name, a, b, c, d)
+    end
+    self.nkeys = self.nkeys + 1
+    e = { [""] = key(name, a, b, c, d) }
+    t[dk] = e
+  end
+  return e
+end
+
+-- The dict key of an entry's suffix ("" for the series itself).
+local function sub(e, suffix)
+  local k = e[suffix]
+  if not k then
+    k = e[""] .. "|" .. suffix
+    e[suffix] = k
+  end
+  return k
+end
+
 -- Adds n to a series: incr() when it exists, else safe_add() (which fails
 -- rather than evict another series when the dict is full); a lost update
--- counts in genaudit_metrics_dropped_total. Returns true | false.
+-- counts in genaudit_metrics_dropped_total. Returns true | false. Adding 0
+-- to a series this recorder has counted already does nothing (it is there:
+-- safe_add never evicts).
 function Recorder:bump(k, n)
+  if n == 0 and self.seen[k] then return true end
   local dict = self.dict
-  if dict:incr(k, n) then return true end
+  if dict:incr(k, n) then
+    self.seen[k] = true
+    return true
+  end
   local ok, err = dict:safe_add(k, n)
-  if ok or (err == "exists" and dict:incr(k, n)) then return true end
+  if ok or (err == "exists" and dict:incr(k, n)) then
+    self.seen[k] = true
+    return true
+  end
   dict:incr(DROPPED, 1)
   return false
 end
@@ -137,9 +193,9 @@ function Recorder:observe(name, v, sum_units, a, b, c, d)
   for j = 1, #bounds do
     if v <= bounds[j] * per then i = j break end -- the comparison genaudit.metrics' SQL makes
   end
-  local k = key(name, a, b, c, d)
-  self:bump(k .. "|" .. i, 1)
-  self:bump(k .. "|s", sum_units)
+  local e = self:key(name, a, b, c, d)
+  self:bump(sub(e, i), 1)
+  self:bump(sub(e, "s"), sum_units)
 end
 
 local function us(ms) return math.floor(ms * 1000 + 0.5) end
@@ -149,7 +205,7 @@ local function us(ms) return math.floor(ms * 1000 + 0.5) end
 function Recorder:generation(row)
   local tmpl, status = str(row.template_id), str(row.status)
   local replay = type(row.replay_of) == "string"
-  self:bump(key(replay and "genaudit_replays_total" or "genaudit_generations_total", status, tmpl), 1)
+  self:bump(self:key(replay and "genaudit_replays_total" or "genaudit_generations_total", status, tmpl)[""], 1)
   local tu, perf, ri = tab(row.token_usage), tab(row.performance), tab(row.repair_info)
   local model = str(perf.model_identifier)
   local pico = picousd(tu)
@@ -159,22 +215,23 @@ function Recorder:generation(row)
     -- picodollars below one microdollar (each add < 1e6: exact for 9e9 rows)
     local lo = tonumber(pico:sub(-6))
     local hi = #pico > 6 and tonumber(pico:sub(1, -7)) or 0
-    local k = key("genaudit_cost_usd_total", tmpl, model)
-    self:bump(k .. "|u", hi)
-    self:bump(k .. "|p", lo)
+    local e = self:key("genaudit_cost_usd_total", tmpl, model)
+    self:bump(sub(e, "u"), hi)
+    self:bump(sub(e, "p"), lo)
   else
-    self:bump(key("genaudit_unpriced_generations_total", tmpl, model), 1)
+    self:bump(self:key("genaudit_unpriced_generations_total", tmpl, model)[""], 1)
   end
   if integer(ri.repair_count) and ri.repair_count > 0 then
-    self:bump(key("genaudit_repairs_total", tmpl), ri.repair_count)
+    self:bump(self:key("genaudit_repairs_total", tmpl)[""], ri.repair_count)
   end
   for _, t in ipairs(tab(ri.repair_types)) do
-    if type(t) == "string" then self:bump(key("genaudit_repair_types_total", tmpl, t), 1) end
+    if type(t) == "string" then self:bump(self:key("genaudit_repair_types_total", tmpl, t)[""], 1) end
   end
   for _, r in ipairs(tab(ri.rules)) do
     if type(r) == "table" and type(r.slug) == "string" then
-      self:bump(key("genaudit_rule_errors_total", r.slug, "error"), integer(r.errors) and r.errors or 0)
-      self:bump(key("genaudit_rule_errors_total", r.slug, "timeout"), integer(r.timeouts) and r.timeouts or 0)
+      self:bump(self:key("genaudit_rule_errors_total", r.slug, "error")[""], integer(r.errors) and r.errors or 0)
+      self:bump(self:key("genaudit_rule_errors_total", r.slug, "timeout")[""],
+        integer(r.timeouts) and r.timeouts or 0)
     end
   end
   local provider = str(perf.provider)
@@ -202,7 +259,7 @@ end
 
 -- recorder:persist_failed(code): a snapshot the store did not take.
 function Recorder:persist_failed(code)
-  self:bump(key("genaudit_persist_failures_total", type(code) == "string" and code or "UNKNOWN"), 1)
+  self:bump(self:key("genaudit_persist_failures_total", type(code) == "string" and code or "UNKNOWN")[""], 1)
 end
 
 local WRITER = { written = "genaudit_writer_rows_written_total", failed = "genaudit_writer_rows_failed_total",
@@ -228,7 +285,7 @@ function M.recorder(dict)
     error("bad argument #1 to 'recorder' (ngx.shared dict expected, got " .. type(dict) .. ")", 2)
   end
   dict:safe_add(DROPPED, 0) -- first, so a full dict can still be counted
-  return setmetatable({ dict = dict, published = {} }, Recorder)
+  return setmetatable({ dict = dict, published = {}, keys = {}, seen = {}, nkeys = 0 }, Recorder)
 end
 
 -- The cost series' USD value from its two parts: the double nearest the

@@ -616,7 +616,7 @@ local function publish_writer(premature)
 end
 
 -- openresty.init_worker{ store = "sqlite:/var/lib/genaudit/audit.db",
---   async = { queue = 10000, batch = 100, on_full = "error" }, provider = <provider>,
+--   async = { queue = 10000, batch = 100, on_full = "error", linger_ms = 10 }, provider = <provider>,
 --   templates = dir, rules = dir, pricing = <pricing>,
 --   metrics = nil | false | dict name | { dict = name, interval = 1 },
 --   otel = { endpoint = url, headers, capture_content, queue, batch, ... } } — call from
@@ -630,7 +630,7 @@ end
 -- Raises when metrics names a dict nginx.conf does not declare.
 function M.init_worker(opts)
   local genaudit = require("genaudit")
-  local async = opts.async or { queue = 10000, batch = 100, on_full = "error" }
+  local async = opts.async or { queue = 10000, batch = 100, on_full = "error", linger_ms = 10 }
   worker.init_error = nil
   local dict, dict_name, interval = metrics_options(opts.metrics)
   worker.metrics, worker.metrics_dict = dict and nginx_metrics.recorder(dict) or nil, dict_name

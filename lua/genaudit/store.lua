@@ -225,9 +225,10 @@ function Store:each(sql, params, fn)
 end
 
 -- store:start_async{ queue = 10000, batch = 100, max_bytes = 256 MiB,
--- on_full = "block" | "error" } -> true | nil, err, code. From then on
+-- on_full = "block" | "error", linger_ms = 0 } -> true | nil, err, code. From then on
 -- persist_generation checks the row, queues it and returns its id; a writer
--- thread commits queued rows in batched transactions on its own connection.
+-- thread commits queued rows in batched transactions on its own connection
+-- (linger_ms: a batch short of `batch` rows waits up to that long for more).
 function Store:start_async(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #1 to 'start_async' (table expected, got " .. type(opts) .. ")", 2)
