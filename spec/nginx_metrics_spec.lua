@@ -131,8 +131,19 @@ describe("genaudit metrics in nginx #nginx", function()
       else script[#script + 1] = {} end
     end
     srv:queue(script)
-    server = nginx.start{ port = free_port(), workers = 2, db = db,
-      env = { GENAUDIT_API_KEY = KEY, GENAUDIT_BASE_URL = srv.url, GENAUDIT_MODEL = "gpt-4o-mini" } }
+    local port = free_port()
+    server = nginx.start{ port = port, workers = 2, db = db,
+      env = { GENAUDIT_API_KEY = KEY, GENAUDIT_BASE_URL = srv.url, GENAUDIT_MODEL = "gpt-4o-mini" },
+      -- one connection per request, spread over both workers by the kernel
+      -- (SO_REUSEPORT hashes each connection to one worker's socket): without
+      -- it, on a busy machine, the worker that wakes first may accept them all
+      prepare = function(prefix)
+        local conf = tmp.read(prefix .. "/nginx.conf")
+        local edited, n = conf:gsub("listen 127%.0%.0%.1:" .. port .. ";",
+          "listen 127.0.0.1:" .. port .. " reuseport;\n        keepalive_timeout 0;")
+        assert.equal(1, n)
+        tmp.write(prefix .. "/nginx.conf", edited)
+      end }
     local responses = server:load(paths(N), 8)
     local stored = 0
     for i, r in ipairs(responses) do
