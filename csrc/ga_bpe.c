@@ -535,9 +535,11 @@ static void bpe_piece(const ga_bpe *e, const unsigned char *s, size_t n, bpe_out
 #define WANT_COUNT 0
 #define WANT_IDS 1
 #define WANT_PIECES 2
+#define WANT_NPIECES 3 /* only the number of pieces: the pre-tokeniser alone */
 
 /* One piece s[a..b) of the repaired text base: merged (count, ids) or recorded (pieces). */
 static void bpe_emit(const ga_bpe *e, const unsigned char *base, size_t a, size_t b, bpe_out *o, int want) {
+  if (want == WANT_NPIECES) { o->count++; return; }
   if (want != WANT_PIECES) { bpe_piece(e, base + a, b - a, o, want == WANT_IDS); return; }
   if (o->npairs + 2 > o->paircap) {
     size_t cap = o->paircap ? o->paircap * 2 : 256;
@@ -789,6 +791,57 @@ static int l_bpe_pieces(lua_State *L) {
   return 1;
 }
 
+/* bpe:count_pieces(text [, pretokeniser]) -> the number of pieces (the
+ * pre-tokeniser alone, no merging: bench/tokens.lua times it) | nil, err, code */
+static int l_bpe_count_pieces(lua_State *L) {
+  bpe_ud *u = check_bpe(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  bpe_out o = {0};
+  int rc = bpe_run(u->e, opt_pretok(L, 3, u->e->pretok), s, n, &o, WANT_NPIECES);
+  free(o.buf);
+  if (rc != 0) return run_fail(L, rc);
+  ga_pushint64(L, (long long)o.count);
+  return 1;
+}
+
+/* bpe:diff_pretokenizers(text) -> nil when the scanner and PCRE2 split text
+ * into the same pieces, else the 1-based index of the first piece that
+ * differs and the two pieces' byte ranges in the repaired text, scanner's
+ * then PCRE2's ({start, end}, 0-based, end exclusive; {} when one split has
+ * no such piece) | nil, err, code on failure (then a string second) */
+static int l_bpe_diff(lua_State *L) {
+  bpe_ud *u = check_bpe(L);
+  size_t n, na = 0, nb = 0, i;
+  size_t *pa = NULL, *pb = NULL;
+  const char *s = luaL_checklstring(L, 2, &n);
+  int rc = ga_bpe_pieces(u->e, GA_PRETOK_SCANNER, s, n, &pa, &na);
+  if (rc == 0) rc = ga_bpe_pieces(u->e, GA_PRETOK_PCRE2, s, n, &pb, &nb);
+  if (rc != 0) { free(pa); free(pb); return run_fail(L, rc); }
+  for (i = 0; i < na && i < nb; i++)
+    if (pa[2 * i] != pb[2 * i] || pa[2 * i + 1] != pb[2 * i + 1]) break;
+  if (i == na && i == nb) { free(pa); free(pb); lua_pushnil(L); return 1; }
+  {
+    size_t r[4];
+    int have[2] = {i < na, i < nb};
+    r[0] = have[0] ? pa[2 * i] : 0, r[1] = have[0] ? pa[2 * i + 1] : 0;
+    r[2] = have[1] ? pb[2 * i] : 0, r[3] = have[1] ? pb[2 * i + 1] : 0;
+    free(pa);
+    free(pb);
+    ga_pushint64(L, (long long)i + 1);
+    for (int k = 0; k < 2; k++) {
+      lua_createtable(L, 2, 0);
+      if (have[k]) {
+        ga_pushint64(L, (long long)r[2 * k]);
+        lua_rawseti(L, -2, 1);
+        ga_pushint64(L, (long long)r[2 * k + 1]);
+        lua_rawseti(L, -2, 2);
+      }
+    }
+  }
+  return 3;
+}
+
 /* bpe:pretokenizer() -> "scanner" | "pcre2" (the object's default) */
 static int l_bpe_pretok(lua_State *L) {
   bpe_ud *u = check_bpe(L);
@@ -879,7 +932,9 @@ static int l_bpe_tostring(lua_State *L) {
 void ga_open_bpe(lua_State *L) {
   static const luaL_Reg methods[] = {{"count", l_bpe_count}, {"encode", l_bpe_encode}, {"decode", l_bpe_decode},
                                      {"memory", l_bpe_memory}, {"name", l_bpe_name}, {"close", l_bpe_gc},
-                                     {"pieces", l_bpe_pieces}, {"pretokenizer", l_bpe_pretok}, {NULL, NULL}};
+                                     {"pieces", l_bpe_pieces}, {"pretokenizer", l_bpe_pretok},
+                                     {"count_pieces", l_bpe_count_pieces}, {"diff_pretokenizers", l_bpe_diff},
+                                     {NULL, NULL}};
   ga_newclass(L, BPE_MT, methods, l_bpe_gc, l_bpe_tostring);
   luaL_newmetatable(L, BPE_IDS_MT);
   lua_pushcfunction(L, l_ids_gc);
