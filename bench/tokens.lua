@@ -129,11 +129,11 @@ for _, enc in ipairs({ "o200k_base", "cl100k_base" }) do
   local rate, n, prate, pn = both_rates(function(s, which) return e:count(s, which) end)
   local base, bn = tiktoken(enc)
   common.bench("tokens_" .. enc, "MB/s", {
-    { "mbps", rate }, { "pretokenizer", "scanner" }, { "baseline", "tiktoken_wasm:" .. common.num(base) },
+    { "mbps", rate }, { "baseline", "tiktoken_wasm:" .. common.num(base) },
     { "ratio", string.format("%.2f", rate / base) }, { "corpus_mb", mb }, { "tokens", n }, { "target", ">=3" },
   })
   common.bench("tokens_" .. enc .. "_pcre2", "MB/s", {
-    { "mbps", prate }, { "pretokenizer", "pcre2" }, { "baseline", "tiktoken_wasm:" .. common.num(base) },
+    { "mbps", prate }, { "baseline", "tiktoken_wasm:" .. common.num(base) },
     { "ratio", string.format("%.2f", prate / base) }, { "corpus_mb", mb }, { "tokens", pn }, { "target", ">=3" },
   })
   common.say("%s: %.1f MB corpus, %d tokens (pcre2 %d, tiktoken: %d)%s", enc, mb, n, pn, bn,
@@ -151,7 +151,7 @@ for _, enc in ipairs({ "o200k_base", "cl100k_base" }) do
   local tables = core.bpe_scanner_info()
   common.bench("tokens_memory_" .. enc, "bytes", {
     { "bytes", mem }, { "rss_kib", kb1 - kb0 }, { "load_ms", load_ms },
-    { "scanner_tables_bytes", tables.table_bytes }, { "scanner_unicode", tables.unicode },
+    { "scanner_tables_bytes", tables.table_bytes },
     -- what the encoding object says it holds against what the process grew by loading it
     { "baseline", "rss_growth_bytes:" .. common.num(math.max(1, (kb1 - kb0) * 1024)) },
     { "ratio", string.format("%.3f", mem / math.max(1, (kb1 - kb0) * 1024)) }, { "target", "info" },

@@ -3,10 +3,11 @@
  *
  * One loaded encoding is an immutable object: the rank table (token bytes ->
  * rank, an open-addressing hash over one byte arena), the reverse table
- * (rank -> bytes) and the compiled, JIT-ed PCRE2 pre-tokeniser. Nothing in it
- * changes after ga_bpe_load: every count/encode call allocates its own
- * scratch (match data, JIT stack when needed, merge arrays), so one object
- * can be shared by every caller of a Lua state.
+ * (rank -> bytes), the compiled, JIT-ed PCRE2 patterns and which
+ * pre-tokeniser is its default (the scanner's tables are static data, not
+ * per object). Nothing in it changes after ga_bpe_load: every count/encode
+ * call allocates its own scratch (match data, JIT stack when needed, merge
+ * arrays), so one object can be shared by every caller of a Lua state.
  *
  * Text goes through three steps, as in tiktoken's encode_ordinary:
  *   1. ill-formed UTF-8 is repaired: every maximal ill-formed subpart becomes
