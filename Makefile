@@ -147,6 +147,16 @@ build/bench/raw_pg: bench/raw_pg.c bench/seal.h
 	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags libpq libcrypto) -o $@ $< \
 	  $(shell $(PKG_CONFIG) --libs libpq libcrypto) -lm -pthread
 
+# The hand-written pre-tokeniser's character tables (csrc/ga_bpe_tables.h,
+# committed) derived from the installed PCRE2 by tools/bpe-tables.c;
+# spec/tokens_spec.lua checks the committed header equals a fresh run.
+build/tools/bpe-tables: tools/bpe-tables.c csrc/ga_bpe_pat.h csrc/ga_bpe_unicode.h
+	@mkdir -p $(@D)
+	$(CC) -O2 $(WARN) $(shell $(PKG_CONFIG) --cflags libpcre2-8) -o $@ $< $(shell $(PKG_CONFIG) --libs libpcre2-8)
+.PHONY: bpe-tables
+bpe-tables: build/tools/bpe-tables
+	build/tools/bpe-tables > csrc/ga_bpe_tables.h.tmp && mv csrc/ga_bpe_tables.h.tmp csrc/ga_bpe_tables.h
+
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_TOOLS)
 	@LUA=$(LUA) LUAJIT=$(LUAJIT) sh bench/run.sh

@@ -3,10 +3,11 @@
  *
  * One loaded encoding is an immutable object: the rank table (token bytes ->
  * rank, an open-addressing hash over one byte arena), the reverse table
- * (rank -> bytes) and the compiled, JIT-ed PCRE2 pre-tokeniser. Nothing in it
- * changes after ga_bpe_load: every count/encode call allocates its own
- * scratch (match data, JIT stack when needed, merge arrays), so one object
- * can be shared by every caller of a Lua state.
+ * (rank -> bytes), the compiled, JIT-ed PCRE2 patterns and which
+ * pre-tokeniser is its default (the scanner's tables are static data, not
+ * per object). Nothing in it changes after ga_bpe_load: every count/encode
+ * call allocates its own scratch (match data, JIT stack when needed, merge
+ * arrays), so one object can be shared by every caller of a Lua state.
  *
  * Text goes through three steps, as in tiktoken's encode_ordinary:
  *   1. ill-formed UTF-8 is repaired: every maximal ill-formed subpart becomes
@@ -15,7 +16,12 @@
  *      bytes; valid UTF-8 passes through untouched);
  *   2. the encoding's pre-tokenisation regex splits the text into pieces
  *      (tiktoken's patterns, with \s spelled out as Unicode White_Space:
- *      PCRE2's \s under UCP also matches U+180E, Rust's does not);
+ *      PCRE2's \s under UCP also matches U+180E, Rust's does not). Two
+ *      pre-tokenisers give the same pieces: the hand-written scanner
+ *      (ga_bpe_scan.c, tables derived from PCRE2 by tools/bpe-tables.c),
+ *      the default because it is faster (README "Token counting"), and
+ *      the patterns run by PCRE2 with JIT (csrc/ga_bpe_pat.h), selectable
+ *      per object (bpe_load's third argument) or per call (*_with);
  *   3. each piece is one token when it is in the rank table, else merged by
  *      BPE: repeatedly the adjacent pair whose concatenation has the lowest
  *      rank (leftmost on ties) is merged. Short pieces use tiktoken's O(n^2)
@@ -30,34 +36,12 @@
 #include <string.h>
 #include <stdio.h>
 #include "ga_private.h"
-#include "ga_bpe_unicode.h"
+#include "ga_bpe_pat.h"
 
 #define BPE_MT "genaudit.bpe"
 #define BPE_IDS_MT "genaudit.bpe_ids" /* a malloc'd id array held during encode */
 #define NO_RANK UINT32_MAX
 #define SMALL_PIECE 128 /* pieces up to this many bytes use the quadratic scan */
-
-/* Unicode White_Space, which is what Rust's regex means by \s. */
-#define WS "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
-
-/* Rust's regex (tiktoken) knows Unicode 16.0, PCRE2 10.42 Unicode 14.0: the
- * letters, digits and marks added since are spelled out (ga_bpe_unicode.h,
- * tools/bpe-unicode.py). Class contents, given the additions X*: */
-#define C_L(XL) "\\p{L}" XL
-#define C_N(XN) "\\p{N}" XN
-#define C_UP(XU) "\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}" XU /* o200k's "upper" letters */
-#define C_LO(XW) "\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}" XW         /* o200k's "lower" letters */
-#define CONTRACTIONS "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
-
-/* tiktoken's patterns (npm 1.0.22, encoders/<name>.json "pat_str"), with
- * \s, \p{..} written as the classes above. */
-#define PAT_CL100K(XL, XN)                                                                         \
-  CONTRACTIONS "|[^\\r\\n" C_L(XL) C_N(XN) "]?[" C_L(XL) "]+|[" C_N(XN) "]{1,3}"                    \
-  "| ?[^" WS C_L(XL) C_N(XN) "]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+"
-#define PAT_O200K(XL, XN, XU, XW)                                                                  \
-  "[^\\r\\n" C_L(XL) C_N(XN) "]?[" C_UP(XU) "]*[" C_LO(XW) "]+" CONTRACTIONS "?"                     \
-  "|[^\\r\\n" C_L(XL) C_N(XN) "]?[" C_UP(XU) "]+[" C_LO(XW) "]*" CONTRACTIONS "?"                    \
-  "|[" C_N(XN) "]{1,3}| ?[^" WS C_L(XL) C_N(XN) "]+[\\r\\n/]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+"
 
 /* Each pattern twice: "full" with the Unicode 16 additions, and "fast"
  * without them (PCRE2's JIT runs it about twice as fast: the long range
@@ -117,6 +101,8 @@ struct ga_bpe {
   const special_tok *special;
   pcre2_code *re;          /* the full pattern */
   pcre2_code *re_fast;     /* the same without the Unicode 16 additions */
+  int o200k;               /* which pattern the scanner follows */
+  int pretok;              /* the default pre-tokeniser (GA_PRETOK_*) */
   size_t mem;              /* bytes held by this object */
 };
 
@@ -238,6 +224,8 @@ ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, siz
   if (!wpos || !wlen || !wrank || !e) goto oom;
   snprintf(e->name, sizeof e->name, "%s", name);
   e->special = special;
+  e->o200k = special == SPECIAL_O200K;
+  e->pretok = GA_PRETOK_SCANNER;
 
   /* pass 1: split the words, assign ranks */
   {
@@ -405,6 +393,8 @@ typedef struct {
   size_t cap;      /* in uint32_t units */
   uint32_t *ids;   /* output ids when encoding (NULL when counting) */
   size_t nids, idcap;
+  size_t *pairs;   /* output pieces (ga_bpe_pieces) */
+  size_t npairs, paircap;
   size_t count;
   int oom;
 } bpe_out;
@@ -543,23 +533,48 @@ static void bpe_piece(const ga_bpe *e, const unsigned char *s, size_t n, bpe_out
   else merge_large(e, s, n, o, want_ids);
 }
 
-/* Tokenises text[0..n). want_ids: fills o->ids. Returns 0, -1 (out of
+#define WANT_COUNT 0
+#define WANT_IDS 1
+#define WANT_PIECES 2
+#define WANT_NPIECES 3 /* only the number of pieces: the pre-tokeniser alone */
+
+/* One piece s[a..b) of the repaired text base: merged (count, ids) or recorded (pieces). */
+static void bpe_emit(const ga_bpe *e, const unsigned char *base, size_t a, size_t b, bpe_out *o, int want) {
+  if (want == WANT_NPIECES) { o->count++; return; }
+  if (want != WANT_PIECES) { bpe_piece(e, base + a, b - a, o, want == WANT_IDS); return; }
+  if (o->npairs + 2 > o->paircap) {
+    size_t cap = o->paircap ? o->paircap * 2 : 256;
+    size_t *np = realloc(o->pairs, cap * sizeof *np);
+    if (!np) { o->oom = 1; return; }
+    o->pairs = np;
+    o->paircap = cap;
+  }
+  o->pairs[o->npairs++] = a;
+  o->pairs[o->npairs++] = b;
+}
+
+/* The pieces of valid UTF-8 s[0..n) by the hand-written scanner. */
+static int scan_run(const ga_bpe *e, const unsigned char *s, size_t n, bpe_out *o, int want) {
+  size_t p = 0;
+  while (p < n) {
+    size_t a, b = ga_bpe_scan_next(e->o200k, s, n, p, &a);
+    if (a >= n) break;
+    bpe_emit(e, s, a, b, o, want);
+    if (o->oom) return -1;
+    p = b;
+  }
+  return 0;
+}
+
+/* The pieces of valid UTF-8 s[0..n) by PCRE2. Returns 0, -1 (out of
  * memory), or a negative PCRE2 error code below -1. */
-static int bpe_run(const ga_bpe *e, const char *text, size_t n, bpe_out *o, int want_ids) {
-  ga_buf fixed;
-  const unsigned char *s = (const unsigned char *)text;
+static int pcre2_run(const ga_bpe *e, const unsigned char *s, size_t n, bpe_out *o, int want) {
   pcre2_match_data *md = NULL;
   pcre2_match_context *mc = NULL;
   pcre2_jit_stack *js = NULL;
   PCRE2_SIZE start = 0;
-  const pcre2_code *re;
-  int rc = 0, repaired = utf8_repair(s, n, &fixed);
-  if (repaired) {
-    if (fixed.oom) { ga_buf_free(&fixed); return -1; }
-    s = (const unsigned char *)fixed.buf;
-    n = fixed.len;
-  }
-  re = has_u16(s, n) ? e->re : e->re_fast;
+  const pcre2_code *re = has_u16(s, n) ? e->re : e->re_fast;
+  int rc = 0;
   md = pcre2_match_data_create(1, NULL);
   mc = pcre2_match_context_create(NULL);
   if (!md || !mc) { rc = -1; goto done; }
@@ -578,7 +593,7 @@ static int bpe_run(const ga_bpe *e, const char *text, size_t n, bpe_out *o, int 
     {
       PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
       if (ov[1] <= ov[0]) { start = ov[0] + 1; continue; } /* cannot happen: no pattern matches empty */
-      bpe_piece(e, s + ov[0], ov[1] - ov[0], o, want_ids);
+      bpe_emit(e, s, ov[0], ov[1], o, want);
       if (o->oom) { rc = -1; goto done; }
       start = ov[1];
     }
@@ -587,31 +602,62 @@ done:
   if (js) pcre2_jit_stack_free(js);
   if (mc) pcre2_match_context_free(mc);
   if (md) pcre2_match_data_free(md);
+  return rc;
+}
+
+/* Tokenises text[0..n) with pre-tokeniser pretok. Returns 0, -1 (out of
+ * memory), or a negative PCRE2 error code below -1. */
+static int bpe_run(const ga_bpe *e, int pretok, const char *text, size_t n, bpe_out *o, int want) {
+  ga_buf fixed;
+  const unsigned char *s = (const unsigned char *)text;
+  int rc, repaired = utf8_repair(s, n, &fixed);
+  if (repaired) {
+    if (fixed.oom) { ga_buf_free(&fixed); return -1; }
+    s = (const unsigned char *)fixed.buf;
+    n = fixed.len;
+  }
+  rc = pretok == GA_PRETOK_PCRE2 ? pcre2_run(e, s, n, o, want) : scan_run(e, s, n, o, want);
   if (repaired) ga_buf_free(&fixed);
   return rc;
 }
 
 /* Public C API (plain C over C types). */
-int ga_bpe_count(const ga_bpe *e, const char *text, size_t n, size_t *count) {
+int ga_bpe_count_with(const ga_bpe *e, int pretok, const char *text, size_t n, size_t *count) {
   bpe_out o = {0};
-  int rc = bpe_run(e, text, n, &o, 0);
+  int rc = bpe_run(e, pretok, text, n, &o, WANT_COUNT);
   free(o.buf);
   *count = o.count;
   return rc;
 }
+int ga_bpe_count(const ga_bpe *e, const char *text, size_t n, size_t *count) {
+  return ga_bpe_count_with(e, e->pretok, text, n, count);
+}
 
 /* ids: malloc'd array the caller frees. */
-int ga_bpe_encode(const ga_bpe *e, const char *text, size_t n, uint32_t **ids, size_t *nids) {
+int ga_bpe_encode_with(const ga_bpe *e, int pretok, const char *text, size_t n, uint32_t **ids, size_t *nids) {
   bpe_out o = {0};
   int rc;
   o.idcap = 64;
   o.ids = malloc(o.idcap * sizeof *o.ids);
   if (!o.ids) return -1;
-  rc = bpe_run(e, text, n, &o, 1);
+  rc = bpe_run(e, pretok, text, n, &o, WANT_IDS);
   free(o.buf);
   if (rc != 0) { free(o.ids); *ids = NULL; *nids = 0; return rc; }
   *ids = o.ids;
   *nids = o.nids;
+  return 0;
+}
+int ga_bpe_encode(const ga_bpe *e, const char *text, size_t n, uint32_t **ids, size_t *nids) {
+  return ga_bpe_encode_with(e, e->pretok, text, n, ids, nids);
+}
+
+int ga_bpe_pieces(const ga_bpe *e, int pretok, const char *text, size_t n, size_t **pairs, size_t *npieces) {
+  bpe_out o = {0};
+  int rc = bpe_run(e, pretok, text, n, &o, WANT_PIECES);
+  free(o.buf);
+  if (rc != 0) { free(o.pairs); *pairs = NULL; *npieces = 0; return rc; }
+  *pairs = o.pairs;
+  *npieces = o.npairs / 2;
   return 0;
 }
 
@@ -645,11 +691,20 @@ static int run_fail(lua_State *L, int rc) {
   }
 }
 
-/* core.bpe_load(name, rank_file_text) -> bpe | nil, "BAD_RANKS: ...", "BAD_RANKS" */
+static const char *const PRETOK_NAMES[] = {"scanner", "pcre2", NULL};
+
+/* The pre-tokeniser named by optional argument arg ("scanner", "pcre2"), or def. */
+static int opt_pretok(lua_State *L, int arg, int def) {
+  return luaL_checkoption(L, arg, def == GA_PRETOK_PCRE2 ? "pcre2" : "scanner", PRETOK_NAMES);
+}
+
+/* core.bpe_load(name, rank_file_text [, "scanner" | "pcre2"]) -> bpe | nil, "BAD_RANKS: ...", "BAD_RANKS";
+ * the third argument is the object's default pre-tokeniser (the scanner). */
 static int l_bpe_load(lua_State *L) {
   size_t n;
   const char *name = luaL_checkstring(L, 1);
   const char *text = luaL_checklstring(L, 2, &n);
+  int pretok = opt_pretok(L, 3, GA_PRETOK_SCANNER);
   char err[200];
   bpe_ud *u = (bpe_ud *)ga_newuserdata(L, sizeof *u);
   u->e = NULL;
@@ -657,30 +712,31 @@ static int l_bpe_load(lua_State *L) {
   luaL_setmetatable(L, BPE_MT);
   u->e = ga_bpe_load(name, text, n, err, sizeof err);
   if (!u->e) return ga_fail(L, "BAD_RANKS", "%s", err);
+  u->e->pretok = pretok;
   u->closed = 0;
   return 1;
 }
 
-/* bpe:count(text) -> n | nil, err, code */
+/* bpe:count(text [, pretokeniser]) -> n | nil, err, code */
 static int l_bpe_count(lua_State *L) {
   bpe_ud *u = check_bpe(L);
   size_t n, count = 0;
   const char *s = luaL_checklstring(L, 2, &n);
-  int rc = ga_bpe_count(u->e, s, n, &count);
+  int rc = ga_bpe_count_with(u->e, opt_pretok(L, 3, u->e->pretok), s, n, &count);
   if (rc != 0) return run_fail(L, rc);
   ga_pushint64(L, (long long)count);
   return 1;
 }
 
-/* bpe:encode(text) -> { ids } | nil, err, code */
+/* bpe:encode(text [, pretokeniser]) -> { ids } | nil, err, code */
 static int l_bpe_encode(lua_State *L) {
   bpe_ud *u = check_bpe(L);
   size_t n, nids = 0, i;
   uint32_t *ids = NULL;
   const char *s = luaL_checklstring(L, 2, &n);
-  int rc;
+  int rc, pretok = opt_pretok(L, 3, u->e->pretok);
   lua_settop(L, 2);
-  rc = ga_bpe_encode(u->e, s, n, &ids, &nids);
+  rc = ga_bpe_encode_with(u->e, pretok, s, n, &ids, &nids);
   if (rc != 0) return run_fail(L, rc);
   if (nids > (size_t)INT32_MAX || !lua_checkstack(L, 2)) { free(ids); return ga_fail(L, "NOMEM", "too many tokens"); }
   {
@@ -697,6 +753,112 @@ static int l_bpe_encode(lua_State *L) {
     free(ids);
     *holder = NULL;
   }
+  return 1;
+}
+
+/* bpe:pieces(text [, pretokeniser]) -> { piece, ... } (the pre-tokeniser's
+ * split of text after UTF-8 repair) | nil, err, code */
+static int l_bpe_pieces(lua_State *L) {
+  bpe_ud *u = check_bpe(L);
+  size_t n, np = 0, i;
+  size_t *pairs = NULL;
+  const char *s = luaL_checklstring(L, 2, &n);
+  int rc, pretok = opt_pretok(L, 3, u->e->pretok);
+  ga_buf fixed;
+  const char *t = s;
+  uint32_t **holder;
+  if (!lua_checkstack(L, 4)) return ga_fail(L, "NOMEM", "out of memory");
+  lua_settop(L, 2);
+  rc = ga_bpe_pieces(u->e, pretok, s, n, &pairs, &np);
+  if (rc != 0) return run_fail(L, rc);
+  holder = (uint32_t **)lua_newuserdata(L, sizeof *holder); /* frees pairs on a Lua error (its __gc) */
+  *holder = (uint32_t *)(void *)pairs;
+  luaL_setmetatable(L, BPE_IDS_MT);
+  if (utf8_repair((const unsigned char *)s, n, &fixed)) {
+    if (fixed.oom) { ga_buf_free(&fixed); return ga_fail(L, "NOMEM", "out of memory"); }
+    lua_pushlstring(L, fixed.buf, fixed.len); /* the repaired text, kept on the stack */
+    ga_buf_free(&fixed);
+    t = lua_tostring(L, -1);
+  } else {
+    lua_pushvalue(L, 2);
+  }
+  lua_createtable(L, np > INT32_MAX ? 0 : (int)np, 0);
+  for (i = 0; i < np; i++) {
+    lua_pushlstring(L, t + pairs[2 * i], pairs[2 * i + 1] - pairs[2 * i]);
+    lua_rawseti(L, -2, (int)(i + 1));
+  }
+  free(pairs);
+  *holder = NULL;
+  return 1;
+}
+
+/* bpe:count_pieces(text [, pretokeniser]) -> the number of pieces (the
+ * pre-tokeniser alone, no merging: bench/tokens.lua times it) | nil, err, code */
+static int l_bpe_count_pieces(lua_State *L) {
+  bpe_ud *u = check_bpe(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  bpe_out o = {0};
+  int rc = bpe_run(u->e, opt_pretok(L, 3, u->e->pretok), s, n, &o, WANT_NPIECES);
+  free(o.buf);
+  if (rc != 0) return run_fail(L, rc);
+  ga_pushint64(L, (long long)o.count);
+  return 1;
+}
+
+/* bpe:diff_pretokenizers(text) -> nil when the scanner and PCRE2 split text
+ * into the same pieces, else the 1-based index of the first piece that
+ * differs and the two pieces' byte ranges in the repaired text, scanner's
+ * then PCRE2's ({start, end}, 0-based, end exclusive; {} when one split has
+ * no such piece) | nil, err, code on failure (then a string second) */
+static int l_bpe_diff(lua_State *L) {
+  bpe_ud *u = check_bpe(L);
+  size_t n, na = 0, nb = 0, i;
+  size_t *pa = NULL, *pb = NULL;
+  const char *s = luaL_checklstring(L, 2, &n);
+  int rc = ga_bpe_pieces(u->e, GA_PRETOK_SCANNER, s, n, &pa, &na);
+  if (rc == 0) rc = ga_bpe_pieces(u->e, GA_PRETOK_PCRE2, s, n, &pb, &nb);
+  if (rc != 0) { free(pa); free(pb); return run_fail(L, rc); }
+  for (i = 0; i < na && i < nb; i++)
+    if (pa[2 * i] != pb[2 * i] || pa[2 * i + 1] != pb[2 * i + 1]) break;
+  if (i == na && i == nb) { free(pa); free(pb); lua_pushnil(L); return 1; }
+  {
+    size_t r[4];
+    int have[2] = {i < na, i < nb};
+    r[0] = have[0] ? pa[2 * i] : 0, r[1] = have[0] ? pa[2 * i + 1] : 0;
+    r[2] = have[1] ? pb[2 * i] : 0, r[3] = have[1] ? pb[2 * i + 1] : 0;
+    free(pa);
+    free(pb);
+    ga_pushint64(L, (long long)i + 1);
+    for (int k = 0; k < 2; k++) {
+      lua_createtable(L, 2, 0);
+      if (have[k]) {
+        ga_pushint64(L, (long long)r[2 * k]);
+        lua_rawseti(L, -2, 1);
+        ga_pushint64(L, (long long)r[2 * k + 1]);
+        lua_rawseti(L, -2, 2);
+      }
+    }
+  }
+  return 3;
+}
+
+/* bpe:pretokenizer() -> "scanner" | "pcre2" (the object's default) */
+static int l_bpe_pretok(lua_State *L) {
+  bpe_ud *u = check_bpe(L);
+  lua_pushstring(L, PRETOK_NAMES[u->e->pretok]);
+  return 1;
+}
+
+/* core.bpe_scanner_info() -> { unicode = PCRE2's Unicode version of the
+ * scanner's tables, table_bytes = their size (static: shared by every
+ * encoding and Lua state) } */
+static int l_bpe_scanner_info(lua_State *L) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, ga_bpe_scan_unicode());
+  lua_setfield(L, -2, "unicode");
+  ga_pushint64(L, (long long)ga_bpe_scan_table_bytes());
+  lua_setfield(L, -2, "table_bytes");
   return 1;
 }
 
@@ -771,6 +933,8 @@ static int l_bpe_tostring(lua_State *L) {
 void ga_open_bpe(lua_State *L) {
   static const luaL_Reg methods[] = {{"count", l_bpe_count}, {"encode", l_bpe_encode}, {"decode", l_bpe_decode},
                                      {"memory", l_bpe_memory}, {"name", l_bpe_name}, {"close", l_bpe_gc},
+                                     {"pieces", l_bpe_pieces}, {"pretokenizer", l_bpe_pretok},
+                                     {"count_pieces", l_bpe_count_pieces}, {"diff_pretokenizers", l_bpe_diff},
                                      {NULL, NULL}};
   ga_newclass(L, BPE_MT, methods, l_bpe_gc, l_bpe_tostring);
   luaL_newmetatable(L, BPE_IDS_MT);
@@ -779,4 +943,6 @@ void ga_open_bpe(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_bpe_load);
   lua_setfield(L, -2, "bpe_load");
+  lua_pushcfunction(L, l_bpe_scanner_info);
+  lua_setfield(L, -2, "bpe_scanner_info");
 }

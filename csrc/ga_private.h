@@ -21,7 +21,8 @@
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse, ga_bpe -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse, ga_bpe_scan -> (ga_aux only)
+ *   ga_bpe -> ga_bpe_scan (the hand-written pre-tokeniser)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_writer, ga_retry -> ga_clock
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
@@ -483,10 +484,27 @@ ga_bpe *ga_bpe_load(const char *name, const char *json, size_t n, char *err, siz
 void ga_bpe_free(ga_bpe *e);
 size_t ga_bpe_memory(const ga_bpe *e);
 const char *ga_bpe_name(const ga_bpe *e);
+/* The two pre-tokenisers, which split identically: the hand-written
+ * scanner (ga_bpe_scan.c, the default) and the patterns run by PCRE2. */
+enum { GA_PRETOK_SCANNER = 0, GA_PRETOK_PCRE2 = 1 };
 /* Token count / ids of text[0..n) (any bytes; ill-formed UTF-8 counts as
- * U+FFFD per maximal subpart). 0, -1 on out of memory, < -1 a PCRE2 error. */
+ * U+FFFD per maximal subpart), by the encoding's default pre-tokeniser
+ * (ga_bpe_load: the scanner) or the one given (GA_PRETOK_*). 0, -1 on out
+ * of memory, < -1 a PCRE2 error. */
 int ga_bpe_count(const ga_bpe *e, const char *text, size_t n, size_t *count);
 int ga_bpe_encode(const ga_bpe *e, const char *text, size_t n, uint32_t **ids, size_t *nids);
+int ga_bpe_count_with(const ga_bpe *e, int pretok, const char *text, size_t n, size_t *count);
+int ga_bpe_encode_with(const ga_bpe *e, int pretok, const char *text, size_t n, uint32_t **ids, size_t *nids);
+/* The pieces pretok splits text into, as malloc'd (start, end) offset pairs
+ * (2 * *npieces entries) into the text after UTF-8 repair; the caller frees
+ * *pairs. The fuzz target compares the two pre-tokenisers with it. */
+int ga_bpe_pieces(const ga_bpe *e, int pretok, const char *text, size_t n, size_t **pairs, size_t *npieces);
+/* ga_bpe_scan.c: the next piece of valid UTF-8 s[0..n) at or after p under
+ * o200k_base's (o200k != 0) or cl100k_base's pattern: returns its end and
+ * sets *start (n and n when none is left). */
+size_t ga_bpe_scan_next(int o200k, const unsigned char *s, size_t n, size_t p, size_t *start);
+const char *ga_bpe_scan_unicode(void);   /* the Unicode version of its tables (PCRE2's) */
+size_t ga_bpe_scan_table_bytes(void);    /* the size of its tables (static, shared) */
 /* The bytes of token id (specials included), or NULL. */
 const unsigned char *ga_bpe_token(const ga_bpe *e, uint32_t id, size_t *len);
 void ga_open_bpe(lua_State *L);

@@ -7,7 +7,10 @@
  *     input with every maximal ill-formed UTF-8 subpart replaced by U+FFFD
  *     (fuzz_util.h's ref_utf8, written independently of ga_bpe.c): for valid
  *     UTF-8, decode(encode(x)) == x;
- *   - no id is a special token (special-token text is ordinary text).
+ *   - no id is a special token (special-token text is ordinary text);
+ *   - the two pre-tokenisers (the hand-written scanner, ga_bpe_scan.c, and
+ *     the patterns run by PCRE2) split the text into the same pieces, and
+ *     encode gives the same ids with either.
  * A failure aborts (libFuzzer keeps the input). */
 #include <stdint.h>
 #include "fuzz_util.h"
@@ -84,6 +87,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
              "decode(encode(x)) differs from x repaired (%zu vs %zu bytes)", got.len, want.len);
   ga_buf_free(&want);
   ga_buf_free(&got);
+
+  {
+    size_t *pa = NULL, *pb = NULL, na = 0, nb = 0, nids2 = 0;
+    uint32_t *ids2 = NULL;
+    FUZZ_CHECK(ga_bpe_pieces(e, GA_PRETOK_SCANNER, text, n, &pa, &na) == 0, "scanner pieces failed");
+    FUZZ_CHECK(ga_bpe_pieces(e, GA_PRETOK_PCRE2, text, n, &pb, &nb) == 0, "pcre2 pieces failed");
+    for (i = 0; i < na && i < nb; i++)
+      FUZZ_CHECK(pa[2 * i] == pb[2 * i] && pa[2 * i + 1] == pb[2 * i + 1],
+                 "piece %zu: scanner [%zu, %zu) vs pcre2 [%zu, %zu)", i, pa[2 * i], pa[2 * i + 1], pb[2 * i],
+                 pb[2 * i + 1]);
+    FUZZ_CHECK(na == nb, "scanner %zu pieces vs pcre2 %zu", na, nb);
+    FUZZ_CHECK(ga_bpe_encode_with(e, GA_PRETOK_PCRE2, text, n, &ids2, &nids2) == 0, "pcre2 encode failed");
+    FUZZ_CHECK(nids2 == nids && (nids == 0 || !memcmp(ids, ids2, nids * sizeof *ids)), "ids differ by pre-tokeniser");
+    free(pa);
+    free(pb);
+    free(ids2);
+  }
   free(ids);
   free(text);
   return 0;

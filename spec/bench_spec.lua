@@ -27,8 +27,9 @@ local EXPECTED = {
   copy = { "copy_throughput" },
   stream = { "stream_chunk" },
   openresty_load = { "openresty_load", "openresty_load_delay100" },
-  tokens = { "tokens_o200k_base", "tokens_cl100k_base", "tokens_memory_o200k_base", "tokens_memory_cl100k_base",
-             "tokens_linear" },
+  tokens = { "tokens_o200k_base", "tokens_cl100k_base", "tokens_o200k_base_pcre2", "tokens_cl100k_base_pcre2",
+             "tokens_pretok_o200k_base", "tokens_pretok_cl100k_base", "tokens_memory_o200k_base",
+             "tokens_memory_cl100k_base", "tokens_linear" },
   scale = {},
 }
 -- bench/scale.lua at BENCH_SIZE=small: every quantity at 1k and 5k rows, on both stores

@@ -11,6 +11,11 @@
 --     unicode; catches Unicode-table differences between PCRE2 and Rust's regex).
 -- Plus the API (model -> encoding, chat overhead, errors) and a 1 MB run of
 -- one character (it must finish; bench/tokens.lua shows the rate).
+-- The two pre-tokenisers (the hand-written scanner, csrc/ga_bpe_scan.c, the
+-- default, and the patterns run by PCRE2) are held to each other too: same ids
+-- on the golden corpus, the live inputs and the Unicode sweep, same pieces on
+-- random inputs and on every scalar value in many contexts, and the scanner's
+-- committed tables equal to what tools/bpe-tables.c derives from this PCRE2.
 local core = require("genaudit.core")
 local cjson = require("cjson")
 local tokens = require("genaudit.tokens")
@@ -97,6 +102,11 @@ describe("genaudit.tokens", function()
           else
             assert.are.equal(want.ids_sha256, core.sha256(table.concat(ids, ",")), c.name)
           end
+          -- the other pre-tokeniser: the same ids
+          local e = assert(tokens.load(enc))
+          local pids = assert(e:encode(text, "pcre2"))
+          assert.is_nil(first_diff(ids, pids), c.name .. ": pcre2 differs from the scanner")
+          assert.are.equal(want.count, e:count(text, "pcre2"), c.name)
         end
       end)
     end
@@ -153,6 +163,9 @@ describe("genaudit.tokens", function()
           assert.is_nil(d, ("seed %d input %d (%s) %s: first differing id at %s"):format(seed, i, show(text), enc,
             tostring(d)))
           assert.are.equal(#want[i][enc], tokens.count(text, enc))
+          d = first_diff(assert(tokens.load(enc)):encode(text, "pcre2"), want[i][enc])
+          assert.is_nil(d, ("seed %d input %d (%s) %s, pcre2: first differing id at %s"):format(seed, i, show(text),
+            enc, tostring(d)))
         end
       end
     end)
@@ -183,10 +196,145 @@ describe("genaudit.tokens", function()
         local text = table.concat(parts)
         assert.are.equal(c.bytes, #text)
         for _, enc in ipairs(ENCODINGS) do
-          local ids = assert(tokens.encode(text, enc))
-          assert.are.equal(c[enc].count, #ids, ("%s U+%04X..U+%04X"):format(enc, c.first, c.last))
-          assert.are.equal(c[enc].ids_sha256, core.sha256(table.concat(ids, ",")),
-            ("%s U+%04X..U+%04X"):format(enc, c.first, c.last))
+          for _, pretok in ipairs({ "scanner", "pcre2" }) do
+            local ids = assert(assert(tokens.load(enc)):encode(text, pretok))
+            assert.are.equal(c[enc].count, #ids, ("%s %s U+%04X..U+%04X"):format(enc, pretok, c.first, c.last))
+            assert.are.equal(c[enc].ids_sha256, core.sha256(table.concat(ids, ",")),
+              ("%s %s U+%04X..U+%04X"):format(enc, pretok, c.first, c.last))
+          end
+        end
+      end
+    end)
+  end)
+
+  describe("the two pre-tokenisers (scanner and PCRE2) split identically", function()
+    local provider = require("spec.support.provider")
+    local function utf8_char(cp) -- works on 5.4 and LuaJIT
+      if cp < 0x80 then return string.char(cp) end
+      if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
+      if cp < 0x10000 then
+        return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+      end
+      return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
+        0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+    end
+    local function esc(s)
+      return (s:gsub("[^\32-\126]", function(ch) return string.format("\\x%02x", ch:byte()) end))
+    end
+    -- nil, or a message naming the first piece that differs
+    local function differs(e, text)
+      local i, a, b = e:diff_pretokenizers(text)
+      if i == nil then return nil end
+      local fixed = table.concat(e:pieces(text, "scanner"))
+      local function piece(r) return r[1] and esc(fixed:sub(r[1] + 1, r[2])) or "(none)" end
+      return ("%s: piece %d: scanner '%s' vs pcre2 '%s' in '%s'"):format(e:name(), i, piece(a), piece(b),
+        esc(text:sub(1, 120)))
+    end
+
+    it("the default is the scanner; each object and call can choose", function()
+      for _, enc in ipairs(ENCODINGS) do
+        local e = assert(tokens.load(enc))
+        assert.are.equal("scanner", e:pretokenizer())
+        local p = assert(core.bpe_load(enc, read(tokens.rank_file(enc)), "pcre2"))
+        assert.are.equal("pcre2", p:pretokenizer())
+        local text = "Hello, world! It's 2024: 你好 👍🏽\n\n  x"
+        assert.are.same(e:encode(text), p:encode(text))
+        assert.are.same(e:encode(text, "pcre2"), p:encode(text, "scanner"))
+        assert.are.same(e:pieces(text), p:pieces(text))
+        assert.are.equal(#e:pieces(text), e:count_pieces(text, "pcre2"))
+        assert.has_error(function() e:count(text, "re2") end)
+        assert.has_error(function() core.bpe_load(enc, "{}", "re2") end)
+        p:close()
+      end
+    end)
+
+    it("GENAUDIT_PRETOKENIZER picks the default (and a bad value is a CONFIG error)", function()
+      local build = os.getenv("GENAUDIT_BUILD") or "build/lua54"
+      local script = "package.path='./lua/?.lua;'..package.path; package.cpath='./" .. build
+        .. "/?.so;'..package.cpath; local t=require('genaudit.tokens'); local e,err,code=t.load('cl100k_base');"
+        .. " io.write(e and e:pretokenizer() or (code .. ' ' .. err))"
+      for value, want in pairs({ pcre2 = "^pcre2$", scanner = "^scanner$", [""] = "^scanner$",
+                                 PCRE = "^CONFIG CONFIG: GENAUDIT_PRETOKENIZER must be" }) do
+        local p = assert(io.popen("GENAUDIT_PRETOKENIZER='" .. value .. "' " .. provider.interpreter() .. " -e \""
+          .. script .. "\" 2>&1"))
+        local out = p:read("*a")
+        p:close()
+        assert.is_truthy(out:find(want), value .. ": " .. out)
+      end
+    end)
+
+    it("same pieces on random inputs (invalid UTF-8, long runs, emoji, marks, CJK, every class)", function()
+      local seed = tonumber(os.getenv("GENAUDIT_TOKENS_SEED") or "") or os.time()
+      math.randomseed(seed)
+      local ATOMS = {
+        " ", "  ", "\t", "\n", "\r\n", "\r", "\v", "\f", "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}", "\u{180e}",
+        "\u{200b}", "a", "Z", "hello", "World", "HTTP", "é", "ß", "ſ", "Ǆ", "ǅ", "ﬁ", "ʰ", "ー", "\u{301}", "\u{308}",
+        "\u{93f}", "\u{e34}", "\u{20dd}", "1", "42", "2024", "٣", "²", "Ⅻ", "½", "!", "?", ".", ",", "'", "'s", "'S",
+        "'ſ", "'T", "'ll", "'lL", "'RE", "'Ve", "'m", "'D", "\"", "/", "//", "\\", "-", "_", "(", "$", "#",
+        "<|endoftext|>",
+        "我", "的", "日本", "한", "ع", "ש", "क", "ก", "🎉", "👍🏽", "🇫🇷", "\u{200d}", "❤️", "\0", "\x01", "\x7f",
+        "\xff", "\x80", "\xc3", "\xe2\x82", "\xed\xa0\x80", "\xf0\x9f", "\xf4\x90\x80\x80", "\xc0\xaf",
+        -- Unicode 15-16 additions (listed in the classes): a letter, a digit, marks
+        "\u{1C89}", "\u{1C8A}", "\u{10D40}", "\u{113B8}", "\u{16D40}", "\u{1E5F1}",
+      }
+      for _, enc in ipairs(ENCODINGS) do
+        local e = assert(tokens.load(enc))
+        for i = 1, 3000 do
+          local parts = {}
+          for j = 1, math.random(1, 24) do parts[j] = ATOMS[math.random(#ATOMS)] end
+          if i % 10 == 0 then parts[#parts + 1] = string.rep(ATOMS[math.random(#ATOMS)], math.random(50, 600)) end
+          local text = table.concat(parts)
+          local d = differs(e, text)
+          assert.is_nil(d, ("seed %d input %d: %s"):format(seed, i, tostring(d)))
+        end
+        for i = 1, 300 do -- raw random bytes
+          local b = {}
+          for j = 1, math.random(1, 300) do b[j] = string.char(math.random(0, 255)) end
+          local d = differs(e, table.concat(b))
+          assert.is_nil(d, ("seed %d bytes %d: %s"):format(seed, i, tostring(d)))
+        end
+      end
+    end)
+
+    it("same pieces for every Unicode scalar value in letter, case, mark, digit, space and quote contexts", function()
+      local function ctx(ch)
+        -- (the Unicode sweep above has ch's a ch A 1 ch ch 1 already)
+        return "A" .. ch .. "a\u{301}" .. ch .. "中" .. ch .. "A'" .. ch .. ch .. " \n" .. ch .. "!"
+      end
+      for _, enc in ipairs(ENCODINGS) do
+        local e = assert(tokens.load(enc))
+        for base = 0, 0x10FFFF, 0x8000 do
+          local parts = {}
+          for cp = base, math.min(base + 0x7FFF, 0x10FFFF) do
+            if cp < 0xD800 or cp > 0xDFFF then parts[#parts + 1] = ctx(utf8_char(cp)) end
+          end
+          local d = differs(e, table.concat(parts))
+          assert.is_nil(d, ("U+%04X..: %s"):format(base, tostring(d)))
+        end
+      end
+    end)
+
+    it("the scanner's tables are what tools/bpe-tables.c derives from this PCRE2 (and its Unicode version)", function()
+      local p = assert(io.popen("make -s build/tools/bpe-tables >/dev/null 2>&1 && build/tools/bpe-tables"))
+      local out = p:read("*a")
+      local ok = p:close()
+      assert.is_true(ok and #out > 0, "make build/tools/bpe-tables failed")
+      assert.is_true(out == read("csrc/ga_bpe_tables.h"),
+        "csrc/ga_bpe_tables.h is stale for this PCRE2: run make bpe-tables")
+      local info = core.bpe_scanner_info()
+      assert.are.equal(out:match('GA_BPE_TABLES_UNICODE "([^"]+)"'), info.unicode)
+      assert.are.equal(tonumber(out:match("GA_BPE_TABLES_BYTES (%d+)")), info.table_bytes)
+    end)
+
+    it("long runs of the class pairs the scanner gives back characters over", function()
+      -- o200k: "中" is upper and lower, "A" upper only: [UP]*[LO]+ takes the
+      -- run, gives back to the last 中; the rest is the next piece.
+      for _, unit in ipairs({ "中AAAA", "\u{301}AAAA", " \t", "A\u{301}", "a'", "'s" }) do
+        local s = string.rep(unit, math.floor(200000 / #unit))
+        for _, enc in ipairs(ENCODINGS) do
+          local e = assert(tokens.load(enc))
+          assert.is_nil(differs(e, s), unit)
+          assert.are.equal(e:count(s, "pcre2"), e:count(s, "scanner"), unit)
         end
       end
     end)

@@ -5,6 +5,8 @@ o200k's two letter classes (Lu|Lt|Lm|Lo|M and Ll|Lm|Lo|M) but Debian's PCRE2
 10.42 (Unicode 14.0) does not, so ga_bpe.c can add them to its classes.
 
   python3 tools/bpe-unicode.py > csrc/ga_bpe_unicode.h
+  make bpe-tables   (then: the hand-written scanner's tables include the additions;
+                     spec/tokens_spec.lua fails while csrc/ga_bpe_tables.h is stale)
 
 How: node's regexes (ICU; node 20 here knows Unicode 17.0) and PCRE2 (a tiny C
 program, built with cc + pkg-config libpcre2-8) each list every scalar value

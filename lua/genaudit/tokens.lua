@@ -17,11 +17,20 @@
 -- maximal ill-formed subpart, which is what tiktoken (npm or Python) counts
 -- for the same bytes decoded with replacement. Special-token text such as
 -- "<|endoftext|>" is ordinary text.
+--
+-- Pre-tokenisation (splitting text into the pieces BPE merges) has two
+-- implementations giving the same pieces: the hand-written scanner
+-- (csrc/ga_bpe_scan.c, the default: faster) and tiktoken's regex run by PCRE2
+-- with JIT. GENAUDIT_PRETOKENIZER=pcre2 (or =scanner) picks an encoding's
+-- default when it is loaded; enc:count(text, "pcre2") / enc:encode(text,
+-- "scanner") / enc:pieces(text, which) choose per call (enc = tokens.load(name)).
 local core = require("genaudit.core")
 
 local M = { _VERSION = "0.1.0" }
 
 M.ENCODINGS = { o200k_base = true, cl100k_base = true }
+
+M.PRETOKENIZERS = { scanner = true, pcre2 = true }
 
 local loaded = {} -- name -> genaudit.bpe userdata (immutable once built)
 
@@ -77,15 +86,28 @@ local function unknown(what)
     .. "' (o200k_base, cl100k_base or an OpenAI model name)", "UNKNOWN_ENCODING"
 end
 
+-- The default pre-tokeniser: GENAUDIT_PRETOKENIZER ("scanner" when unset or
+-- empty) | nil, "CONFIG: ...", "CONFIG" for another value.
+function M.default_pretokenizer()
+  local v = os.getenv("GENAUDIT_PRETOKENIZER")
+  if v == nil or v == "" then return "scanner" end
+  if not M.PRETOKENIZERS[v] then
+    return nil, "CONFIG: GENAUDIT_PRETOKENIZER must be 'scanner' or 'pcre2', not '" .. v .. "'", "CONFIG"
+  end
+  return v
+end
+
 -- tokens.load(name) -> the shared genaudit.bpe of encoding `name` | nil, err, code
 function M.load(name)
   local enc = loaded[name]
   if enc then return enc end
   if not M.ENCODINGS[name] then return unknown(name) end
+  local pretok, perr, pcode = M.default_pretokenizer()
+  if not pretok then return nil, perr, pcode end
   local path = M.rank_file(name)
   local text, err = core.read_file(path)
   if not text then return nil, err, "IO" end
-  local e, lerr, code = core.bpe_load(name, text)
+  local e, lerr, code = core.bpe_load(name, text, pretok)
   if not e then return nil, lerr, code end
   loaded[name] = e
   return e

@@ -1,0 +1,148 @@
+/* tools/bpe-tables.c — writes csrc/ga_bpe_tables.h, the character tables of
+ * the hand-written pre-tokeniser (csrc/ga_bpe_scan.c).
+ *
+ *   make bpe-tables     (builds build/tools/bpe-tables, runs it > csrc/ga_bpe_tables.h)
+ *
+ * Where the data comes from, and why: the tables are derived from PCRE2
+ * itself, by running every class of tiktoken's patterns exactly as
+ * csrc/ga_bpe_pat.h spells them (\p{L} plus the Unicode 16 additions of
+ * ga_bpe_unicode.h, \p{N}, o200k's two case classes, White_Space, and the
+ * case-insensitive contraction letters) through pcre2_match on every Unicode
+ * scalar value. So the scanner's classes are PCRE2's, at PCRE2's own Unicode
+ * version (printed into the header), with the same additions — both
+ * pre-tokenisers split identically by construction. A Unicode data file from
+ * a Debian package (unicode-data) would be a different Unicode version from
+ * the one compiled into libpcre2 (Debian 12: UCD 15.0, PCRE2 10.42: 14.0) and
+ * would need the additions re-derived; spec/tokens_spec.lua checks that the
+ * committed header is what this tool prints with the PCRE2 installed, and
+ * compares both pre-tokenisers' token ids.
+ *
+ * Layout: one flag byte per code point (GA_CL_*), in a two-stage table:
+ * bpe_stage1[cp >> 8] is a block number, bpe_stage2[block * 256 + (cp & 255)]
+ * the flags; identical blocks are stored once. Block 0 is U+0000..U+00FF. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../csrc/ga_bpe_pat.h"
+
+#define NCP 0x110000u
+#define NBLK (NCP >> 8)
+
+static size_t enc(unsigned cp, unsigned char *o) {
+  if (cp < 0x80) { o[0] = (unsigned char)cp; return 1; }
+  if (cp < 0x800) { o[0] = (unsigned char)(0xC0 | cp >> 6); o[1] = (unsigned char)(0x80 | (cp & 63)); return 2; }
+  if (cp < 0x10000) {
+    o[0] = (unsigned char)(0xE0 | cp >> 12);
+    o[1] = (unsigned char)(0x80 | ((cp >> 6) & 63));
+    o[2] = (unsigned char)(0x80 | (cp & 63));
+    return 3;
+  }
+  o[0] = (unsigned char)(0xF0 | cp >> 18);
+  o[1] = (unsigned char)(0x80 | ((cp >> 12) & 63));
+  o[2] = (unsigned char)(0x80 | ((cp >> 6) & 63));
+  o[3] = (unsigned char)(0x80 | (cp & 63));
+  return 4;
+}
+
+typedef struct { pcre2_code *re; pcre2_match_data *md; } cls;
+
+static cls compile(const char *pat) {
+  int e;
+  PCRE2_SIZE eo;
+  cls c;
+  c.re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_ANCHORED, &e, &eo, NULL);
+  c.md = pcre2_match_data_create(1, NULL);
+  if (!c.re || !c.md) {
+    fprintf(stderr, "bpe-tables: cannot compile %s (error %d at %zu)\n", pat, e, (size_t)eo);
+    exit(1);
+  }
+  return c;
+}
+
+/* whether cls matches exactly the one character cp */
+static int is(const cls *c, unsigned cp) {
+  unsigned char b[4];
+  size_t n = enc(cp, b);
+  int rc = pcre2_match(c->re, b, n, 0, 0, c->md, NULL);
+  if (rc == PCRE2_ERROR_NOMATCH) return 0;
+  if (rc < 0) { fprintf(stderr, "bpe-tables: pcre2_match error %d at U+%04X\n", rc, cp); exit(1); }
+  return pcre2_get_ovector_pointer(c->md)[1] == n;
+}
+
+static void release(cls *c) {
+  pcre2_match_data_free(c->md);
+  pcre2_code_free(c->re);
+}
+
+int main(void) {
+  /* flag bits: the same values as GA_CL_* in ga_bpe_scan.c */
+  static const char *const pats[5] = {"[" C_L(GA_U16_L) "]", "[" C_N(GA_U16_N) "]", "[" C_UP(GA_U16_U) "]",
+                                      "[" C_LO(GA_U16_W) "]", "[" WS "]"};
+  static const char letters[] = "strevmld";
+  static unsigned char flags[NCP];
+  static unsigned stage1[NBLK], blocks[NBLK];
+  unsigned nblocks = 0, cp, i;
+  char ver[64], uver[64];
+  cls c[5], pre, other;
+
+  for (i = 0; i < 5; i++) c[i] = compile(pats[i]);
+  /* the complemented classes of the patterns, checked against the flags */
+  pre = compile("[^\\r\\n" C_L(GA_U16_L) C_N(GA_U16_N) "]");
+  other = compile("[^" WS C_L(GA_U16_L) C_N(GA_U16_N) "]");
+  for (cp = 0; cp < NCP; cp++) {
+    unsigned f = 0;
+    if (cp >= 0xD800 && cp <= 0xDFFF) { flags[cp] = 0; continue; } /* never in valid UTF-8 */
+    for (i = 0; i < 5; i++)
+      if (is(&c[i], cp)) f |= 1u << i;
+    if (cp == '\r' || cp == '\n') f |= 32; /* the patterns' [\r\n] */
+    if (is(&pre, cp) != (!(f & 3) && cp != '\r' && cp != '\n') || is(&other, cp) != !(f & 19)) {
+      fprintf(stderr, "bpe-tables: complemented classes disagree at U+%04X\n", cp);
+      return 1;
+    }
+    flags[cp] = (unsigned char)f;
+  }
+  for (i = 0; i < 5; i++) release(&c[i]);
+  release(&pre);
+  release(&other);
+
+  for (unsigned b = 0; b < NBLK; b++) {
+    unsigned k;
+    for (k = 0; k < nblocks; k++)
+      if (memcmp(flags + (size_t)blocks[k] * 256, flags + (size_t)b * 256, 256) == 0) break;
+    if (k == nblocks) blocks[nblocks++] = b;
+    stage1[b] = k;
+  }
+  if (nblocks > 256) { fprintf(stderr, "bpe-tables: %u blocks do not fit a byte\n", nblocks); return 1; }
+
+  pcre2_config(PCRE2_CONFIG_VERSION, ver);
+  pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, uver);
+  printf("/* ga_bpe_tables.h — generated by tools/bpe-tables.c (make bpe-tables) from PCRE2 %s,\n"
+         " * Unicode %s, plus the Unicode 16 additions of ga_bpe_unicode.h; do not edit.\n"
+         " * Flags per code point: 1 letter, 2 number, 4 o200k upper, 8 o200k lower, 16 White_Space,\n * 32 CR or LF.\n"
+         " * %u distinct blocks of 256 code points: %u bytes. */\n",
+         ver, uver, nblocks, NBLK + nblocks * 256);
+  printf("#define GA_BPE_TABLES_PCRE2 \"%s\"\n#define GA_BPE_TABLES_UNICODE \"%s\"\n", ver, uver);
+  printf("#define GA_BPE_TABLES_BYTES %u\n", NBLK + nblocks * 256);
+  printf("static const unsigned char bpe_stage1[%u] = {", NBLK);
+  for (i = 0; i < NBLK; i++) printf("%s%u,", i % 24 ? "" : "\n  ", stage1[i]);
+  printf("\n};\nstatic const unsigned char bpe_stage2[%u] = {", nblocks * 256);
+  for (i = 0; i < nblocks * 256; i++) printf("%s%u,", i % 32 ? "" : "\n  ", flags[(size_t)blocks[i / 256] * 256 + i % 256]);
+  printf("\n};\n");
+
+  /* (?i:x) for the contraction letters: every code point PCRE2 matches */
+  printf("/* the code points (?i:x) matches, for the contraction letters x */\n");
+  printf("static const struct { unsigned cp; char letter; } bpe_folds[] = {");
+  for (i = 0; letters[i]; i++) {
+    char pat[16];
+    cls f;
+    snprintf(pat, sizeof pat, "(?i:%c)", letters[i]);
+    f = compile(pat);
+    for (cp = 0; cp < NCP; cp++)
+      if ((cp < 0xD800 || cp > 0xDFFF) && is(&f, cp)) printf("\n  {0x%X, '%c'},", cp, letters[i]);
+    release(&f);
+  }
+  printf("\n  {0, 0}};\n");
+  return 0;
+}
