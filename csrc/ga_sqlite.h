@@ -43,6 +43,14 @@ store *ga_sqlite_check(lua_State *L); /* the open store at index 1, or raises */
 /* nil, "CODE: what: sqlite message", CODE for the connection's last error. */
 int ga_sqlite_fail(lua_State *L, store *s, const char *what);
 
+/* genaudit_sha256 and genaudit_record_hash on db, computing with h (a
+ * hasher the thread that steps db's statements owns). SQLITE_OK or an error. */
+int ga_sqlite_register_hashes(sqlite3 *db, ga_hasher *h);
+
+/* ---- ga_verify.c ---- */
+int ga_sqlite_snapshot_reader(lua_State *L); /* store:snapshot_reader(opts) */
+void ga_sqlite_open_reader(lua_State *L);    /* registers the reader's class */
+
 /* ---- ga_store_writer.c ---- */
 /* Binds n text columns (unset: NULL) from parameter `first` on. SQLITE_OK or the first error. */
 int ga_sqlite_bind_cols(sqlite3_stmt *st, int first, const ga_text *cols, int n);
