@@ -34,6 +34,7 @@
  * is joined on every path (close, __gc, __close, an error raised by fn). */
 #include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ga_sqlite.h"
@@ -87,6 +88,8 @@ typedef struct {
   uint64_t deadline;  /* the worker's current step (worker thread only) */
   int timed_out;
   int closed;
+  uint64_t worker_cpu_ns; /* the worker thread's CPU time, set as it ends (under mu) */
+  uint64_t wait_ns;       /* the main thread's waits for a job (main thread only) */
 } reader;
 
 /* The first column of the first row of sql on db, or -1. */
@@ -248,6 +251,14 @@ static void *worker_main(void *arg) {
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
   }
+  {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) {
+      pthread_mutex_lock(&r->mu);
+      r->worker_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+      pthread_mutex_unlock(&r->mu);
+    }
+  }
   return NULL;
 }
 
@@ -335,6 +346,25 @@ static int l_reader_tostring(lua_State *L) {
 static int l_reader_parallel(lua_State *L) {
   reader *r = check_reader(L);
   lua_pushboolean(L, r->db != NULL);
+  return 1;
+}
+
+/* reader:stats() -> { worker_cpu_us (the worker thread's CPU time, once it
+ * has ended; 0 before), wait_us (the main thread's waits for the worker's
+ * jobs), jobs } */
+static int l_reader_stats(lua_State *L) {
+  reader *r = check_reader(L);
+  uint64_t cpu;
+  pthread_mutex_lock(&r->mu);
+  cpu = r->worker_cpu_ns;
+  pthread_mutex_unlock(&r->mu);
+  lua_createtable(L, 0, 3);
+  ga_pushint64(L, (long long)(cpu / 1000u));
+  lua_setfield(L, -2, "worker_cpu_us");
+  ga_pushint64(L, (long long)(r->wait_ns / 1000u));
+  lua_setfield(L, -2, "wait_us");
+  lua_pushinteger(L, r->njobs);
+  lua_setfield(L, -2, "jobs");
   return 1;
 }
 
@@ -438,7 +468,11 @@ static int l_reader_each(lua_State *L) {
     return luaL_error(L, "reader:each: job %d out of order (the next is %d)", (int)k, r->taken + 1);
   j = &r->jobs[k - 1];
   pthread_mutex_lock(&r->mu);
-  while (j->state == J_PENDING) pthread_cond_wait(&r->cv, &r->mu);
+  if (j->state == J_PENDING) {
+    uint64_t t0 = ga_monotonic_ns();
+    while (j->state == J_PENDING) pthread_cond_wait(&r->cv, &r->mu);
+    r->wait_ns += ga_monotonic_ns() - t0;
+  }
   state = j->state;
   pthread_mutex_unlock(&r->mu);
   if (state == J_FAILED) {
@@ -585,6 +619,7 @@ void ga_sqlite_open_reader(lua_State *L) {
   static const luaL_Reg methods[] = {{"parallel", l_reader_parallel},
                                      {"start", l_reader_start},
                                      {"each", l_reader_each},
+                                     {"stats", l_reader_stats},
                                      {"close", l_reader_close},
                                      {NULL, NULL}};
   ga_newclass(L, READER_MT, methods, l_reader_gc, l_reader_tostring);

@@ -371,7 +371,7 @@ describe("verify() split over two threads (SQLite)", function()
     return reports, split
   end
 
-  it("a store an async writer appends to while verify reads verifies ok every time", function()
+  it("a store an async writer appends to while verify reads verifies ok every time #timing", function()
     local p = copy()
     local st = open(p)
     local marker = background([[
@@ -405,7 +405,7 @@ s:close()
     assert.is_true(last.ok)
   end)
 
-  it("purges running while verify reads never produce a false problem", function()
+  it("purges running while verify reads never produce a false problem #timing", function()
     local p = copy()
     local st = open(p)
     -- every row older than the current second purged, again and again, while more are written

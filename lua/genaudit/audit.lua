@@ -494,6 +494,10 @@ function M.verify(store, opts)
     if not snap then return nil, err, code end
   end
   local ok, a, b, c = pcall(verify_at, store, opts, snap)
+  if snap and ok and type(opts.stats) == "table" then -- how the work was shared (bench/async.lua prints it)
+    for k, v in pairs(snap:stats()) do opts.stats[k] = v end
+    opts.stats.parallel = snap:parallel()
+  end
   if snap then snap:close() end -- the worker joined, the read transaction ended, on every path
   if not ok then error(a, 0) end
   return a, b, c
