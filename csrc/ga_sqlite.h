@@ -1,6 +1,8 @@
-/* ga_sqlite.h — private to the SQLite store's two files (ga_store.c: open,
+/* ga_sqlite.h — private to the SQLite store's files (ga_store.c: open,
  * migrate, persist, close; ga_store_query.c: query/each under the
- * authorizer): the store struct and what one file calls in the other. */
+ * authorizer; ga_store_writer.c: the async writer's backend; ga_verify.c:
+ * verify's snapshot reader and its worker thread): the store struct and what
+ * one file calls in another. */
 #ifndef GA_SQLITE_H
 #define GA_SQLITE_H
 

@@ -215,6 +215,17 @@ describe("verify() split over two threads (SQLite)", function()
     assert.equal(ids[81], r2[1].problems[1].id) -- now at position 80
   end)
 
+  it("a position far beyond the chain (2^50): that chain walked in one piece, the one-thread report", function()
+    local p = copy()
+    unguarded(p, "UPDATE generation_snapshots SET chain_seq = 1125899906842624 WHERE id = '" .. ids[300] .. "'")
+    local st = open(p)
+    local r1, r2, plan = both(st)
+    assert.same(r1, r2)
+    assert.is_nil(plan.plans[async_cid])
+    assert.is_false(r2[1].ok)
+    assert.equal(ids[301], r2[1].problems[1].id)
+  end)
+
   it("since a checkpoint: the rows after its heads split the same way", function()
     local p = copy()
     unguarded(p, "UPDATE generation_snapshots SET " .. EDIT .. " WHERE id = '" .. ids[520] .. "'")

@@ -252,9 +252,11 @@ local function split_chain(store, cid, from, sql, params)
   local lo, hi = b[1] and b[1].lo, b[1] and b[1].hi
   if type(lo) ~= "number" or type(hi) ~= "number" then return nil end
   lo, hi = math.floor(lo), math.floor(hi)
+  -- a position far beyond any real chain (a tamper) is walked in one piece
+  if hi > 2 ^ 40 then return nil end
   local span = hi - lo + 1
   if span < math.max(M.SPLIT_MIN, 2) then return nil end
-  local size = math.max(math.ceil(span / math.ceil(span / M.PAIR_ROWS)), 2)
+  local size = math.max(math.ceil(span / math.min(math.ceil(span / M.PAIR_ROWS), 4096)), 2)
   local cuts = {} -- segment i holds the positions in [cuts[i - 1], cuts[i])
   local a = lo
   while true do
@@ -482,6 +484,11 @@ end
 -- checkpoints: every signed head must still be there, unchanged; since: a
 -- checkpoint verified before: only the rows after it are walked (each
 -- chain from its signed head), but every chain it signed must still exist.
+-- SQLite only: parallel = false reads on one thread (the report is the same
+-- either way); stats = a table filled with how the work was shared
+-- (parallel, jobs, worker_cpu_us, wait_us); on_plan = fn(plans, started),
+-- called before the walk with each split chain's segments ({ lo, hi,
+-- worker, ... }) and whether the worker thread runs (for tests).
 function M.verify(store, opts)
   if type(store) ~= "table" or type(store.each) ~= "function" then
     error("bad argument #1 to 'verify' (store expected, got " .. type(store) .. ")", 2)
