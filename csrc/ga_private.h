@@ -15,7 +15,7 @@
  *       |         ga_otlp (span export thread), ga_writer (thread + queue,
  *       |         no SQL), ga_store_common (the store driver contract,
  *       |         ga_store.h), ga_store +
- *       |         ga_store_query + ga_store_writer (SQLite, ga_sqlite.h),
+ *       |         ga_store_query + ga_store_writer + ga_verify (SQLite, ga_sqlite.h),
  *       |         ga_pg_* (PostgreSQL, ga_pg.h)
  *   ga_init.c     luaopen_genaudit_core: calls every ga_open_*; nothing
  *                 calls into it (linit's role)
@@ -32,8 +32,8 @@
  *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
  *   ga_store_common -> ga_row, ga_writer
  *   ga_store_writer -> ga_writer
- *   ga_store <-> ga_store_query (one backend's two files); ga_store ->
- *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock
+ *   ga_store <-> ga_store_query, ga_verify (one backend's files); ga_store ->
+ *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock; ga_verify -> ga_chain, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
  *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse, bpe, otlp)

@@ -1,6 +1,8 @@
-/* ga_sqlite.h — private to the SQLite store's two files (ga_store.c: open,
+/* ga_sqlite.h — private to the SQLite store's files (ga_store.c: open,
  * migrate, persist, close; ga_store_query.c: query/each under the
- * authorizer): the store struct and what one file calls in the other. */
+ * authorizer; ga_store_writer.c: the async writer's backend; ga_verify.c:
+ * verify's snapshot reader and its worker thread): the store struct and what
+ * one file calls in another. */
 #ifndef GA_SQLITE_H
 #define GA_SQLITE_H
 
@@ -42,6 +44,14 @@ typedef struct {
 store *ga_sqlite_check(lua_State *L); /* the open store at index 1, or raises */
 /* nil, "CODE: what: sqlite message", CODE for the connection's last error. */
 int ga_sqlite_fail(lua_State *L, store *s, const char *what);
+
+/* genaudit_sha256 and genaudit_record_hash on db, computing with h (a
+ * hasher the thread that steps db's statements owns). SQLITE_OK or an error. */
+int ga_sqlite_register_hashes(sqlite3 *db, ga_hasher *h);
+
+/* ---- ga_verify.c ---- */
+int ga_sqlite_snapshot_reader(lua_State *L); /* store:snapshot_reader(opts) */
+void ga_sqlite_open_reader(lua_State *L);    /* registers the reader's class */
 
 /* ---- ga_store_writer.c ---- */
 /* Binds n text columns (unset: NULL) from parameter `first` on. SQLITE_OK or the first error. */

@@ -57,7 +57,7 @@ static const char SQL_ANALYZE[] = "PRAGMA analysis_limit=400; ANALYZE generation
  * hasher of this connection's thread), so its bytes never become a Lua
  * string. Not usable from triggers or views (SQLITE_DIRECTONLY). */
 static void sql_sha256(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  store *s = (store *)sqlite3_user_data(ctx);
+  ga_hasher *h = (ga_hasher *)sqlite3_user_data(ctx);
   const void *p;
   int n;
   char hex[65];
@@ -70,7 +70,7 @@ static void sql_sha256(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     sqlite3_result_error_nomem(ctx);
     return;
   }
-  if (ga_hasher_sha256(&s->chain.h, p ? p : "", (size_t)n, hex) != 0) {
+  if (ga_hasher_sha256(h, p ? p : "", (size_t)n, hex) != 0) {
     sqlite3_result_error(ctx, "genaudit_sha256: libcrypto could not compute a SHA-256", -1);
     return;
   }
@@ -86,7 +86,7 @@ static void sql_sha256(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
  * verify() compares it with the row's record_hash on SQLite, so a row's
  * twenty fields never become Lua strings. SQLITE_DIRECTONLY as above. */
 static void sql_record_hash(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  store *s = (store *)sqlite3_user_data(ctx);
+  ga_hasher *h = (ga_hasher *)sqlite3_user_data(ctx);
   ga_text f[GA_REC_NFIELDS];
   char seq[32], out[65];
   int i;
@@ -116,11 +116,21 @@ static void sql_record_hash(sqlite3_context *ctx, int argc, sqlite3_value **argv
     f[i].set = 1;
     if (ga_record_fields[i].payload && f[i].n != 64) return; /* NULL: not a digest */
   }
-  if (ga_hasher_record_hash(&s->chain.h, f, out) != 0) {
+  if (ga_hasher_record_hash(h, f, out) != 0) {
     sqlite3_result_error_nomem(ctx);
     return;
   }
   sqlite3_result_text(ctx, out, 64, SQLITE_TRANSIENT);
+}
+
+int ga_sqlite_register_hashes(sqlite3 *db, ga_hasher *h) {
+  int rc = sqlite3_create_function_v2(db, "genaudit_sha256", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY,
+                                      h, sql_sha256, NULL, NULL, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_create_function_v2(db, "genaudit_record_hash", GA_REC_NFIELDS,
+                                    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, h, sql_record_hash, NULL,
+                                    NULL, NULL);
+  return rc;
 }
 
 static int busy_wait(void *arg, int count) {
@@ -296,14 +306,8 @@ static int l_sqlite_open(lua_State *L) {
   ga_chain_init(&s->chain);
   sqlite3_busy_handler(s->db, busy_wait, s);
   sqlite3_set_authorizer(s->db, ga_sqlite_authorize, s);
-  rc = sqlite3_create_function_v2(s->db, "genaudit_sha256", 1,
-                                  SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_sha256, NULL, NULL,
-                                  NULL);
+  rc = ga_sqlite_register_hashes(s->db, &s->chain.h);
   if (rc == SQLITE_OK) rc = ga_sqlite_register_aggregates(s->db);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_create_function_v2(s->db, "genaudit_record_hash", GA_REC_NFIELDS,
-                                    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, s, sql_record_hash, NULL,
-                                    NULL, NULL);
   if (rc != SQLITE_OK) {
     lua_pushfstring(L, "cannot open database '%s': %s", path, sqlite3_errmsg(s->db));
     sqlite3_close_v2(s->db);
@@ -659,11 +663,13 @@ void ga_open_store(lua_State *L) {
                                      {"each", ga_sqlite_each},
                                      {"filename", l_store_filename},
                                      {"purge", l_store_purge},
+                                     {"snapshot_reader", ga_sqlite_snapshot_reader},
                                      {NULL, NULL}};
   static const ga_store_driver driver = {STORE_MT,     methods,   check_base, close_base,    describe,
                                          check_row_size, id_stored, insert_row, start_writer, NULL,
                                          put_script};
   ga_store_newclass(L, &driver);
+  ga_sqlite_open_reader(L);
   lua_pushcfunction(L, l_sqlite_open);
   lua_setfield(L, -2, "sqlite_open");
   lua_pushstring(L, sqlite3_libversion());

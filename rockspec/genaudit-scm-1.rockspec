@@ -50,7 +50,7 @@ build = {
         "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
         "csrc/ga_ulid.c", "csrc/ga_writer.c", "csrc/ga_store_writer.c",
         "csrc/ga_retry.c", "csrc/ga_sse.c", "csrc/ga_bpe.c", "csrc/ga_bpe_scan.c", "csrc/ga_otlp.c",
-        "csrc/ga_sqlagg.c",
+        "csrc/ga_sqlagg.c", "csrc/ga_verify.c",
       },
       defines = {},
       incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)", "$(PQ_INCDIR)", "$(CRYPTO_INCDIR)", "$(PCRE2_INCDIR)" },

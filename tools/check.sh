@@ -14,7 +14,7 @@
 #   2. the fuzz corpora and regression inputs replayed through the libFuzzer
 #      harnesses (tools/fuzz.sh replay);
 #   3. valgrind memcheck over the C-heavy specs (store, core, meter, http,
-#      async, otel) with the regular -O2 build: 0 errors, 0 definite leaks (specs
+#      async, otel, verify_split) with the regular -O2 build: 0 errors, 0 definite leaks (specs
 #      tagged #timing left out: their time budgets assume full speed).
 # Prints one closing line "check: N passed, N failed, N skipped".
 set -u
@@ -95,7 +95,7 @@ t0=$(date +%s)
 valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=97 \
   --suppressions=tools/valgrind.supp --log-file="$OUT/valgrind.%p.log" \
   lua5.4 "$BUSTED" -o plainTerminal --run=lua54 --exclude-tags=timing spec/core_spec.lua spec/store_spec.lua spec/meter_spec.lua \
-  spec/http_spec.lua spec/async_spec.lua spec/otel_spec.lua >"$OUT/busted-valgrind.log" 2>&1
+  spec/http_spec.lua spec/async_spec.lua spec/otel_spec.lua spec/verify_split_spec.lua >"$OUT/busted-valgrind.log" 2>&1
 vrc=$?
 grep -E 'successes|^(Failure|Error) ' "$OUT/busted-valgrind.log" | tail -n 20
 count "$OUT/busted-valgrind.log" || { echo "busted under valgrind failed (rc $vrc)"; rc=1; }
