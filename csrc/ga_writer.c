@@ -48,6 +48,10 @@ struct ga_writer_item {
   ga_digests digest; /* HASH_DONE: the payloads' digests (written by the hasher while HASH_BUSY) */
   size_t len[GA_NCOLS];
   unsigned char set[GA_NCOLS];
+  unsigned char tape[GA_NCOLS]; /* the column's bytes are a tape (ga_tape.c): its JSON is in `json` once ready */
+  int ntapes;
+  char *json;                   /* the tapes' JSON, back to back (item_ready); NULL before */
+  size_t jlen[GA_NCOLS];
   size_t total;
   char data[]; /* the columns' bytes, back to back */
 };
@@ -87,6 +91,37 @@ static void deadline_in(struct timespec *ts, long ms) {
   }
 }
 
+static void item_free(item *it) {
+  if (!it) return;
+  free(it->json);
+  free(it);
+}
+
+/* Makes the JSON of an item's tapes (the caller's thread left it to the
+ * writer's threads): 0, or -1 (out of memory; the item is unchanged). Only
+ * the thread that holds the item (the hasher while HASH_BUSY, else the
+ * writer) calls it. */
+static int item_ready(item *it) {
+  ga_buf out;
+  const char *p = it->data;
+  size_t start[GA_NCOLS];
+  int i;
+  if (it->ntapes == 0 || it->json) return 0;
+  ga_buf_init(&out);
+  for (i = 0; i < GA_NCOLS; i++) {
+    if (it->tape[i] && ga_tape_json(p, it->len[i], &out) != 0) {
+      ga_buf_free(&out);
+      return -1;
+    }
+    start[i] = out.len;
+    p += it->len[i];
+  }
+  for (i = GA_NCOLS - 1; i > 0; i--) start[i] -= start[i - 1];
+  for (i = 0; i < GA_NCOLS; i++) it->jlen[i] = start[i];
+  it->json = out.buf ? out.buf : (char *)malloc(1);
+  return it->json ? 0 : -1;
+}
+
 static void set_error(ga_writer *w, const char *what, const char *msg) {
   pthread_mutex_lock(&w->mu);
   snprintf(w->st.last_error, sizeof w->st.last_error, "%s: %s", what, msg);
@@ -114,7 +149,7 @@ void ga_writer_refuse(ga_writer *w, item **batch, int i, const char *msg) {
   w->st.failed++;
   forget_id(w, batch[i]);
   pthread_mutex_unlock(&w->mu);
-  free(batch[i]);
+  item_free(batch[i]);
   batch[i] = NULL;
 }
 
@@ -123,12 +158,18 @@ const ga_digests *ga_writer_item_digests(const item *it) {
 }
 
 void ga_writer_item_cols(const item *it, ga_text cols[GA_NCOLS]) {
-  const char *p = it->data;
+  const char *p = it->data, *j = it->json;
   int i;
   for (i = 0; i < GA_NCOLS; i++) {
-    cols[i].p = p;
-    cols[i].n = it->len[i];
     cols[i].set = it->set[i];
+    if (it->tape[i]) { /* item_ready ran: the item's writer saw to it */
+      cols[i].p = j;
+      cols[i].n = it->jlen[i];
+      j += it->jlen[i];
+    } else {
+      cols[i].p = p;
+      cols[i].n = it->len[i];
+    }
     p += it->len[i];
   }
 }
@@ -195,8 +236,11 @@ static void *hasher_main(void *arg) {
     it->hstate = HASH_BUSY;
     w->hasher_busy = 1;
     pthread_mutex_unlock(&w->mu);
-    ga_writer_item_cols(it, cols);
-    ok = ga_hasher_payloads(&w->hh, cols, &it->digest) == 0;
+    ok = item_ready(it) == 0; /* out of memory: the writer tries again */
+    if (ok) {
+      ga_writer_item_cols(it, cols);
+      ok = ga_hasher_payloads(&w->hh, cols, &it->digest) == 0;
+    }
     pthread_mutex_lock(&w->mu);
     it->hstate = ok ? HASH_DONE : HASH_NONE;
     w->hasher_busy = 0;
@@ -224,7 +268,7 @@ static void *writer_main(void *arg) {
       w->st.failed++;
       w->done++;
       forget_id(w, it);
-      free(it);
+      item_free(it);
     }
     w->tail = NULL;
     pthread_cond_broadcast(&w->not_full);
@@ -255,6 +299,8 @@ static void *writer_main(void *arg) {
       while (batch[i]->hstate == HASH_BUSY) pthread_cond_wait(&w->hashed, &w->mu);
     w->writing = 1;
     pthread_mutex_unlock(&w->mu);
+    for (i = 0; i < n; i++) /* the JSON the hasher did not make */
+      if (item_ready(batch[i]) != 0) ga_writer_refuse(w, batch, i, "out of memory");
     t0 = ga_monotonic_ns();
     while ((ok = w->be->write_batch(w->conn, w, batch, n)) != 0) {
       pthread_mutex_lock(&w->mu);
@@ -271,7 +317,7 @@ static void *writer_main(void *arg) {
       if (!batch[i]) continue;
       written++;
       forget_id(w, batch[i]); /* committed (the store finds it now) or given up */
-      free(batch[i]);
+      item_free(batch[i]);
       batch[i] = NULL;
     }
     if (ok == 0) {
@@ -394,16 +440,26 @@ const char *ga_writer_push_code(int r) {
   return r == -1 ? "FULL" : r == -2 ? "STOPPED" : r == -4 ? "CONSTRAINT" : "NOMEM";
 }
 
+size_t ga_writer_row_bytes(const ga_row *row) {
+  size_t total = 0;
+  int i;
+  for (i = 0; i < GA_NCOLS; i++) total += ga_row_len(row, i);
+  return total;
+}
+
+size_t ga_writer_max_bytes(const ga_writer *w) { return w->o.max_bytes; }
+
 int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen) {
-  size_t total = 0, i;
+  size_t total = 0, bytes = ga_writer_row_bytes(row), i;
   item *it;
   idnode *node = NULL;
   char *p;
-  for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
-  if (total > w->o.max_bytes) {
-    snprintf(err, errlen, "row of %zu bytes exceeds the queue's max_bytes (%zu)", total, w->o.max_bytes);
+  /* a deferred row's bound is within max_bytes (the caller made its JSON otherwise) */
+  if (bytes > w->o.max_bytes) {
+    snprintf(err, errlen, "row of %zu bytes exceeds the queue's max_bytes (%zu)", bytes, w->o.max_bytes);
     return -1;
   }
+  for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
   it = (item *)malloc(sizeof *it + total);
   if (!it) {
     snprintf(err, errlen, "out of memory");
@@ -415,6 +471,8 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     return -3;
   }
   it->next = NULL;
+  it->json = NULL;
+  it->ntapes = 0;
   it->explicit_id = explicit_id != 0;
   it->hstate = HASH_NONE;
   it->total = total;
@@ -422,6 +480,8 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
   for (i = 0; i < GA_NCOLS; i++) {
     it->set[i] = (unsigned char)row->col[i].set;
     it->len[i] = row->col[i].set ? row->col[i].n : 0;
+    it->tape[i] = (unsigned char)(row->deferred && it->set[i] && ga_row_json_slot((int)i) >= 0);
+    it->ntapes += it->tape[i];
     if (it->len[i]) memcpy(p, row->col[i].p, it->len[i]);
     p += it->len[i];
   }
@@ -432,7 +492,7 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     if (!w->o.block) {
       pthread_mutex_unlock(&w->mu);
       free(node);
-      free(it);
+      item_free(it);
       snprintf(err, errlen, "queue full (%zu rows pending)", w->o.capacity);
       return -1;
     }
@@ -526,7 +586,7 @@ void ga_writer_stop(ga_writer *w) {
   while (w->head) { /* only if the thread could not allocate its batch array */
     item *it = w->head;
     w->head = it->next;
-    free(it);
+    item_free(it);
     w->st.failed++;
   }
   w->be->close(w->conn);
