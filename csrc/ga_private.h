@@ -109,6 +109,8 @@ unsigned ga_tape_flags(const char *tape, size_t n);
  * (ga_json_encode then refuses it, or the tape does not take it). Leaves the
  * stack as it found it. */
 int ga_tape_value(lua_State *L, int idx, ga_buf *b, int depth, ga_tape_info *info);
+/* A finite double (as ga_json_double writes it) into the tape, as a hole. */
+void ga_tape_double(ga_buf *b, double d, ga_tape_info *info);
 /* The same for ga_json_members (the string-keyed members of the table at idx,
  * less `skip`, sorted, without braces). */
 int ga_tape_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip, int need_comma,
@@ -157,7 +159,11 @@ int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen);
 /* The same, leaving the five JSON documents as tapes (row->deferred) when
  * they all take one (otherwise as ga_row_build: the same row, the same
  * error): what an async persist hands its writer thread. */
-int ga_row_build_deferred(lua_State *L, int idx, ga_row *row, char *err, size_t errlen);
+int ga_row_build_deferred(lua_State *L, int idx, ga_row *row, ga_buf *scratch, char *err, size_t errlen);
+/* scratch: NULL, or 5 buffers the row takes over (a store's, kept from its
+ * last row: no allocation per row); ga_row_keep gives them back in place of
+ * ga_row_free (buffers grown large are freed). */
+void ga_row_keep(ga_row *row, ga_buf *scratch);
 /* Column col's length, or for a deferred document an upper bound of its
  * JSON's (checks that pass with it pass with the exact length). */
 size_t ga_row_len(const ga_row *row, int col);
@@ -302,6 +308,9 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
  * documents at their upper bound), and the writer's max_bytes. */
 size_t ga_writer_row_bytes(const ga_row *row);
 size_t ga_writer_max_bytes(const ga_writer *w);
+/* Five buffers for the rows the pushing thread builds (ga_row_build_deferred
+ * scratch), freed with the writer. */
+ga_buf *ga_writer_scratch(ga_writer *w);
 /* Enters id (26 bytes) in the id set before the row is pushed, so that the
  * store's "stored already?" check runs after no row with that id can leave
  * the set uncommitted-and-unseen: 0, -3 out of memory, -4 queued or being

@@ -97,7 +97,7 @@ static int count_member(lua_State *L, int tidx, const char *obj, const char *key
 
 /* Writes ,"key":<number >= 0 or null>. required: absent is an error. */
 static int number_member(lua_State *L, int tidx, const char *obj, const char *key, int required,
-                         int first, ga_buf *b, double *out, char *err, size_t errlen) {
+                         int first, ga_buf *b, ga_tape_info *ti, double *out, char *err, size_t errlen) {
   int t = getf(L, tidx, key);
   if (out) *out = NAN; /* absent */
   if (!first) ga_buf_addc(b, ',');
@@ -123,6 +123,7 @@ static int number_member(lua_State *L, int tidx, const char *obj, const char *ke
     if (isnan(d) || isinf(d) || d < 0) FAIL("%s.%s must be a finite number >= 0", obj, key);
     if (out) *out = d;
     if (is_int) ga_json_int(b, iv);
+    else if (ti) ga_tape_double(b, d, ti); /* formatted by the writer's threads */
     else ga_json_double(b, d);
   }
   return 0;
@@ -272,7 +273,7 @@ static int build_token_metrics(lua_State *L, int idx, ga_buf *b, ga_tape_info *t
              total, p + c);
     rc = -1;
   }
-  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, &cost, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "token_usage", "estimated_cost", 0, 0, b, ti, &cost, err, errlen);
   if (rc == 0 && cost > GA_MAX_COST_USD) { /* NaN (absent) compares false */
     snprintf(err, errlen, "token_usage.estimated_cost: %.17g USD for one generation is not plausible", cost);
     rc = -1;
@@ -294,8 +295,8 @@ static int build_performance_metrics(lua_State *L, int idx, ga_buf *b, ga_tape_i
   double total = 0, provider = 0;
   if (table_field(L, idx, "performance", &tidx, err, errlen) != 0) return -1;
   ga_buf_addc(b, '{');
-  rc = number_member(L, tidx, "performance", "total_latency_ms", 1, 1, b, &total, err, errlen);
-  if (rc == 0) rc = number_member(L, tidx, "performance", "provider_latency_ms", 1, 0, b, &provider, err, errlen);
+  rc = number_member(L, tidx, "performance", "total_latency_ms", 1, 1, b, ti, &total, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "performance", "provider_latency_ms", 1, 0, b, ti, &provider, err, errlen);
   if (rc == 0 && total > GA_MAX_LATENCY_MS) {
     snprintf(err, errlen, "performance.total_latency_ms: %.17g ms (over a week) is not plausible", total);
     rc = -1;
@@ -367,7 +368,7 @@ static int build_repair_metrics(lua_State *L, int idx, ga_buf *b, ga_tape_info *
     }
     lua_pop(L, 1);
   }
-  if (rc == 0) rc = number_member(L, tidx, "repair_info", "initial_validation_score", 0, 0, b, &score, err, errlen);
+  if (rc == 0) rc = number_member(L, tidx, "repair_info", "initial_validation_score", 0, 0, b, ti, &score, err, errlen);
   if (rc == 0 && score > 100) { /* NaN (absent) compares false */
     snprintf(err, errlen, "repair_info.initial_validation_score: %.17g is outside 0..100", score);
     rc = -1;
@@ -457,10 +458,18 @@ static int build_drafts(lua_State *L, int idx, ga_row *row, ga_tape_info *ti, ch
 
 
 /* ga_row_build's work; defer: the documents as tapes (REDO when one does not take one) */
-static int build(lua_State *L, int idx, ga_row *row, int defer, char *err, size_t errlen) {
+static int build(lua_State *L, int idx, ga_row *row, int defer, ga_buf *scratch, char *err, size_t errlen) {
   int t, rc;
   char e[160];
   memset(row, 0, sizeof *row);
+  if (scratch) { /* the last row's buffers, moved in (ga_row_keep gives them back) */
+    int j;
+    for (j = 0; j < 5; j++) {
+      row->json[j] = scratch[j];
+      row->json[j].len = 0;
+      ga_buf_init(&scratch[j]);
+    }
+  }
   idx = ga_absindex(L, idx);
   if (text_field(L, idx, "org_id", F_ID, 1, 1, &row->col[GA_COL_ORG_ID], row->numbuf[0], err, errlen) ||
       text_field(L, idx, "user_id", F_ID, 1, 1, &row->col[GA_COL_USER_ID], row->numbuf[1], err, errlen) ||
@@ -580,15 +589,31 @@ static int build(lua_State *L, int idx, ga_row *row, int defer, char *err, size_
 }
 
 int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
-  return build(L, idx, row, 0, err, errlen);
+  return build(L, idx, row, 0, NULL, err, errlen);
 }
 
-int ga_row_build_deferred(lua_State *L, int idx, ga_row *row, char *err, size_t errlen) {
-  int top = lua_gettop(L), rc = build(L, idx, row, 1, err, errlen);
+int ga_row_build_deferred(lua_State *L, int idx, ga_row *row, ga_buf *scratch, char *err, size_t errlen) {
+  int top = lua_gettop(L), rc = build(L, idx, row, 1, scratch, err, errlen);
   if (rc != REDO) return rc;
   lua_settop(L, top); /* a tape gave up part way: its walk's values are still on the stack */
   ga_row_free(row);
-  return build(L, idx, row, 0, err, errlen);
+  return build(L, idx, row, 0, NULL, err, errlen);
+}
+
+/* Buffers larger than this are freed, not kept for the next row. */
+#define SCRATCH_KEEP (64u * 1024u)
+
+void ga_row_keep(ga_row *row, ga_buf *scratch) {
+  int j;
+  for (j = 0; j < 5; j++) {
+    if (row->json[j].buf && !row->json[j].oom && row->json[j].cap <= SCRATCH_KEEP && !scratch[j].buf) {
+      scratch[j] = row->json[j];
+      scratch[j].len = 0;
+    } else {
+      ga_buf_free(&row->json[j]);
+    }
+    ga_buf_init(&row->json[j]);
+  }
 }
 
 static const int json_cols[5] = {GA_COL_TOKEN_METRICS, GA_COL_PERFORMANCE_METRICS, GA_COL_REPAIR_METRICS,

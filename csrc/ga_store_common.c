@@ -131,7 +131,8 @@ static int l_persist(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   if (b->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
   /* async: the documents' JSON is left to the writer's threads (ga_tape.c) */
-  if ((b->writer ? ga_row_build_deferred : ga_row_build)(L, 2, &row, err, sizeof err) != 0) {
+  if ((b->writer ? ga_row_build_deferred(L, 2, &row, ga_writer_scratch(b->writer), err, sizeof err)
+                 : ga_row_build(L, 2, &row, err, sizeof err)) != 0) {
     ga_row_free(&row);
     return ga_fail(L, "INVALID", "%s", err);
   }
@@ -172,7 +173,7 @@ static int l_persist(lua_State *L) {
     }
     r = ga_writer_push(b->writer, &row, explicit_id ? GA_ID_RESERVED : 0, err, sizeof err);
     if (r != 0 && explicit_id) ga_writer_release_id(b->writer, row.id);
-    ga_row_free(&row);
+    ga_row_keep(&row, ga_writer_scratch(b->writer)); /* the row's bytes are the queue's copy now */
     if (r != 0) return ga_fail(L, ga_writer_push_code(r), "%s", err);
     lua_pushlstring(L, row.id, 26);
     return 1;

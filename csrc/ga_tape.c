@@ -43,6 +43,27 @@ static size_t get_size(const char *p) {
 
 static int tape_value(lua_State *L, int idx, ga_buf *b, int depth, walk *w);
 
+/* ga_tointeger (exact = 0) or ga_exactint (exact = 1) of the number at idx,
+ * with one call into the VM where those make several. */
+static int number_int(lua_State *L, int idx, int exact, long long *iv) {
+#if GA_HAS_INTEGER
+  if (lua_isinteger(L, idx)) {
+    *iv = (long long)lua_tointeger(L, idx);
+    return 1;
+  }
+  if (exact) return 0;
+  return ga_tointeger(L, idx, iv);
+#else
+  lua_Number d = lua_tonumber(L, idx);
+  if (exact ? !(d > -(double)GA_INT53 && d < (double)GA_INT53)
+            : !(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+    return 0;
+  if (floor(d) != d) return 0;
+  *iv = (long long)d;
+  return 1;
+#endif
+}
+
 /* One table (absolute index idx): its entries in lua_next order, then
  * whether it is an array (keys exactly 1..n, or empty) or an object (string
  * keys only); anything else gives up. skip: names left out (members only). */
@@ -85,7 +106,7 @@ static int tape_table(lua_State *L, int idx, ga_buf *b, int depth, walk *w, int 
       put_size(b, n);
       ga_buf_add(b, k, n);
       bound += 6 * n + 4; /* "key": and a comma */
-    } else if (!members && kt == LUA_TNUMBER && ga_tointeger(L, -2, &iv) && iv >= 1) {
+    } else if (!members && kt == LUA_TNUMBER && number_int(L, -2, 0, &iv) && iv >= 1) {
       nint++;
       if ((size_t)iv > maxi) maxi = (size_t)iv;
       ga_buf_addc(b, 'x');
@@ -139,13 +160,7 @@ static int tape_value(lua_State *L, int idx, ga_buf *b, int depth, walk *w) {
       w->info->bound += 5;
       return 0;
     case LUA_TNUMBER: {
-      int isint;
-#if GA_HAS_INTEGER /* ga_exactint, less its type check */
-      if ((isint = lua_isinteger(L, idx)) != 0) iv = (long long)lua_tointeger(L, idx);
-#else
-      isint = ga_exactint(L, idx, &iv);
-#endif
-      if (isint) {
+      if (number_int(L, idx, 1, &iv)) {
         ga_buf_addc(b, 'i');
         ga_buf_add(b, (const char *)&iv, sizeof iv);
         w->info->bound += 20;
@@ -199,6 +214,14 @@ int ga_tape_value(lua_State *L, int idx, ga_buf *b, int depth, ga_tape_info *inf
   if (tape_value(L, idx, b, depth, &w) != 0) return -1;
   info->hole_bytes += b->len - start;
   return b->oom ? -1 : 0;
+}
+
+void ga_tape_double(ga_buf *b, double d, ga_tape_info *info) {
+  ga_buf_addc(b, GA_TAPE_HOLE);
+  ga_buf_addc(b, 'd');
+  ga_buf_add(b, (const char *)&d, sizeof d);
+  info->hole_bytes += 2 + sizeof d;
+  info->bound += 26;
 }
 
 int ga_tape_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip, int need_comma,

@@ -53,6 +53,7 @@ struct ga_writer_item {
   char *json;                   /* the tapes' JSON, back to back (item_ready); NULL before */
   size_t jlen[GA_NCOLS];
   size_t total;
+  size_t cap; /* bytes data[] can hold (an item is reused for a row that fits) */
   char data[]; /* the columns' bytes, back to back */
 };
 
@@ -79,7 +80,21 @@ struct ga_writer {
   int dead; /* the thread could not run: push refuses, flush does not wait */
   const ga_writer_backend *be;
   void *conn; /* the backend's connection, used by the thread only */
+  item *pool; /* written items kept for the next rows (POOL_*), under mu */
+  size_t pool_n, pool_bytes;
+  ga_buf scratch[5]; /* the pushing thread's (ga_writer_scratch) */
 };
+
+/* Written items are kept (at most POOL_ITEMS of them, POOL_BYTES in all,
+ * none over POOL_ITEM_MAX) and reused by the next rows that fit: a row's
+ * ~10-20 KB then costs no malloc, no free from the other thread, and no
+ * fresh pages after the heap was trimmed (a page fault per 4 KB, the
+ * largest cost of a push on a quiet queue). Capacities are rounded up to
+ * POOL_ROUND so that rows of about one size share items. */
+#define POOL_ITEMS 64
+#define POOL_BYTES (4u * 1024u * 1024u)
+#define POOL_ITEM_MAX (256u * 1024u)
+#define POOL_ROUND 4096u
 
 static void deadline_in(struct timespec *ts, long ms) {
   clock_gettime(CLOCK_REALTIME, ts);
@@ -120,6 +135,41 @@ static int item_ready(item *it) {
   for (i = 0; i < GA_NCOLS; i++) it->jlen[i] = start[i];
   it->json = out.buf ? out.buf : (char *)malloc(1);
   return it->json ? 0 : -1;
+}
+
+/* Keeps a written item for reuse, or frees it; the caller holds w->mu. */
+static void recycle(ga_writer *w, item *it) {
+  free(it->json);
+  it->json = NULL;
+  if (w->pool_n < POOL_ITEMS && it->cap <= POOL_ITEM_MAX && w->pool_bytes + it->cap <= POOL_BYTES) {
+    it->next = w->pool;
+    w->pool = it;
+    w->pool_n++;
+    w->pool_bytes += it->cap;
+    return;
+  }
+  free(it);
+}
+
+/* An item that holds `total` bytes: a kept one that fits, or a new one. */
+static item *item_alloc(ga_writer *w, size_t total) {
+  item **pp, *it = NULL;
+  size_t cap;
+  pthread_mutex_lock(&w->mu);
+  for (pp = &w->pool; *pp; pp = &(*pp)->next)
+    if ((*pp)->cap >= total && (*pp)->cap / 2 <= total + POOL_ROUND) { /* fits, and not far too large */
+      it = *pp;
+      *pp = it->next;
+      w->pool_n--;
+      w->pool_bytes -= it->cap;
+      break;
+    }
+  pthread_mutex_unlock(&w->mu);
+  if (it) return it;
+  cap = total <= POOL_ITEM_MAX ? (total + POOL_ROUND - 1) / POOL_ROUND * POOL_ROUND : total;
+  it = (item *)malloc(sizeof *it + cap);
+  if (it) it->cap = cap;
+  return it;
 }
 
 static void set_error(ga_writer *w, const char *what, const char *msg) {
@@ -317,7 +367,7 @@ static void *writer_main(void *arg) {
       if (!batch[i]) continue;
       written++;
       forget_id(w, batch[i]); /* committed (the store finds it now) or given up */
-      item_free(batch[i]);
+      recycle(w, batch[i]);
       batch[i] = NULL;
     }
     if (ok == 0) {
@@ -449,6 +499,8 @@ size_t ga_writer_row_bytes(const ga_row *row) {
 
 size_t ga_writer_max_bytes(const ga_writer *w) { return w->o.max_bytes; }
 
+ga_buf *ga_writer_scratch(ga_writer *w) { return w->scratch; }
+
 int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen) {
   size_t total = 0, bytes = ga_writer_row_bytes(row), i;
   item *it;
@@ -460,7 +512,7 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     return -1;
   }
   for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
-  it = (item *)malloc(sizeof *it + total);
+  it = item_alloc(w, total);
   if (!it) {
     snprintf(err, errlen, "out of memory");
     return -3;
@@ -590,6 +642,12 @@ void ga_writer_stop(ga_writer *w) {
     w->st.failed++;
   }
   w->be->close(w->conn);
+  while (w->pool) {
+    item *it = w->pool;
+    w->pool = it->next;
+    free(it);
+  }
+  for (i = 0; i < 5; i++) ga_buf_free(&w->scratch[i]);
   for (i = 0; i < IDSET_BUCKETS; i++)
     while (w->ids[i]) {
       idnode *n = w->ids[i];
