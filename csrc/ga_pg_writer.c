@@ -38,17 +38,6 @@ static const char SQL_PUT_SCRIPT[] =
 
 /* ---- rows: what PostgreSQL text can hold ---- */
 
-/* True when JSON text holds the escape \u0000 (a backslash that is not itself escaped). */
-static int json_has_nul_escape(const char *s, size_t n) {
-  size_t i;
-  for (i = 0; i + 1 < n; i++) {
-    if (s[i] != '\\') continue;
-    if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return 1;
-    i++; /* skip the escaped character */
-  }
-  return 0;
-}
-
 /* Bytes of a btree index entry's column that always fit: PostgreSQL refuses
  * an entry over ~2700 bytes (1/3 of a page), which compression may or may
  * not bring under. org_id and template_id are indexed
@@ -57,28 +46,6 @@ static int json_has_nul_escape(const char *s, size_t n) {
 /* A field (and one message) is at most 1 GB in PostgreSQL. */
 #define PG_FIELD_MAX (1073741823 - 1024)
 
-/* The integer after "key": in a metric document as ga_row writes it
- * (the spec's keys first, no spaces); 0 and *found = 0 when absent. */
-static long long json_int_member(const ga_text *t, const char *key, int *found) {
-  char pat[48];
-  const char *p, *end = t->p + t->n;
-  size_t k = (size_t)snprintf(pat, sizeof pat, "\"%s\":", key);
-  long long v = 0;
-  *found = 0;
-  for (p = t->p; t->set && p + k <= end; p++)
-    if (memcmp(p, pat, k) == 0) {
-      p += k;
-      if (p >= end || *p < '0' || *p > '9') return 0;
-      *found = 1;
-      for (; p < end && *p >= '0' && *p <= '9'; p++) {
-        if (v > 922337203685477580LL) return -1; /* more than int64: surely out of range */
-        v = v * 10 + (*p - '0');
-      }
-      return v;
-    }
-  return 0;
-}
-
 /* The row's text as PostgreSQL can store it: no NUL bytes (TEXT cannot hold
  * them; json's ->> cannot extract \u0000), valid UTF-8; and what the
  * table's columns and indexes would refuse at insert (async mode must not
@@ -86,14 +53,15 @@ static long long json_int_member(const ga_text *t, const char *key, int *found) 
  * PG_INDEXED_MAX bytes, a repair_count over the integer column's range.
  * 0, or -1 with err. */
 static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
-  int i, found;
+  int i;
   size_t total = 0;
   long long rc;
   for (i = 0; i < GA_NCOLS; i++) {
     const ga_text *t = &row->col[i];
+    size_t n = ga_row_len(row, i); /* a deferred document's bound: persist() rechecks its JSON */
     if (!t->set) continue;
-    total += t->n;
-    if (t->n > PG_FIELD_MAX || total > PG_FIELD_MAX) {
+    total += n;
+    if (n > PG_FIELD_MAX || total > PG_FIELD_MAX) {
       snprintf(err, errlen, "%s: the row is over PostgreSQL's limit of 1 GB per field and message", ga_col_names[i]);
       return -1;
     }
@@ -103,8 +71,8 @@ static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
       return -1;
     }
   }
-  rc = json_int_member(&row->col[GA_COL_REPAIR_METRICS], "repair_count", &found);
-  if (found && (rc < 0 || rc > 2147483647)) {
+  rc = row->repair_count; /* as written into repair_metrics */
+  if (rc > 2147483647) {
     snprintf(err, errlen, "repair_info.repair_count: over the range of PostgreSQL's integer column (2147483647)");
     return -1;
   }
@@ -112,8 +80,20 @@ static int pg_row_check(const ga_row *row, char *err, size_t errlen) {
     const ga_text *t = &row->col[i];
     int json = i == GA_COL_TOKEN_METRICS || i == GA_COL_PERFORMANCE_METRICS || i == GA_COL_REPAIR_METRICS ||
                i == GA_COL_REQUEST_PARAMS || i == GA_COL_DRAFTS;
+    unsigned tf = ga_row_json_flags(row, i); /* a deferred document: what its JSON will hold */
     if (!t->set) continue;
-    if (memchr(t->p, '\0', t->n) || (json && json_has_nul_escape(t->p, t->n))) {
+    if (json && row->deferred) {
+      if (tf & GA_TAPE_NUL) {
+        snprintf(err, errlen, "%s: PostgreSQL text cannot contain NUL bytes", ga_col_names[i]);
+        return -1;
+      }
+      if (tf & GA_TAPE_BADUTF8) {
+        snprintf(err, errlen, "%s: PostgreSQL text must be valid UTF-8", ga_col_names[i]);
+        return -1;
+      }
+      continue;
+    }
+    if (memchr(t->p, '\0', t->n) || (json && ga_json_has_nul_escape(t->p, t->n))) {
       snprintf(err, errlen, "%s: PostgreSQL text cannot contain NUL bytes", ga_col_names[i]);
       return -1;
     }

@@ -10,7 +10,7 @@
  *       |         ga_buf, ga_sleep_ns; calls no other csrc/ file
  *   ga_private.h  the concerns' declarations (this file), includes ga_aux.h
  *       ^
- *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_row,
+ *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_tape, ga_row,
  *       ^         ga_price, ga_meter, ga_retry, ga_http, ga_http_parse,
  *       |         ga_otlp (span export thread), ga_writer (thread + queue,
  *       |         no SQL), ga_store_common (the store driver contract,
@@ -24,12 +24,13 @@
  *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse, ga_bpe_scan -> (ga_aux only)
  *   ga_bpe -> ga_bpe_scan (the hand-written pre-tokeniser)
  *   ga_meter -> ga_price
- *   ga_ulid, ga_writer, ga_retry -> ga_clock
+ *   ga_ulid, ga_retry -> ga_clock; ga_writer -> ga_clock, ga_tape, ga_row (ga_row_len)
  *   ga_http -> ga_http_parse, ga_clock, ga_retry
  *   ga_otlp -> ga_http (curl init, host:port), ga_http_parse, ga_retry, ga_clock
  *   ga_http_parse -> ga_retry
  *   ga_json -> ga_jsondec (raw JSON kept as text)
- *   ga_row -> ga_json, ga_jsondec, ga_ulid, ga_clock
+ *   ga_tape -> ga_json
+ *   ga_row -> ga_json, ga_jsondec, ga_tape, ga_ulid, ga_clock
  *   ga_store_common -> ga_row, ga_writer
  *   ga_store_writer -> ga_writer
  *   ga_store <-> ga_store_query, ga_verify (one backend's files); ga_store ->
@@ -94,6 +95,34 @@ void ga_open_jsondec(lua_State *L); /* core.json_decode (ga_jsondec.c) */
 #define GA_RAWJSON_MT "genaudit.rawjson"
 const char *ga_rawjson(lua_State *L, int idx, size_t *len);
 
+/* ---- deferred JSON (ga_tape.c) ---- */
+/* An upper bound of a tape's JSON's length, known while it is written:
+ * bound + the tape's length - hole_bytes. */
+typedef struct { size_t bound, hole_bytes; } ga_tape_info;
+/* What the JSON of tape[0..n) will hold: GA_TAPE_NUL (a NUL byte or the
+ * escape \u0000), GA_TAPE_BADUTF8 (raw JSON that is not UTF-8). */
+unsigned ga_tape_flags(const char *tape, size_t n);
+#define GA_TAPE_NUL 1u
+#define GA_TAPE_BADUTF8 2u
+#define GA_TAPE_HOLE '\x01' /* no JSON text holds this byte */
+/* Appends the value at idx (as ga_json_encode would encode it, at depth) to
+ * the tape b as a hole. 0, or -1 when the value must be encoded directly
+ * (ga_json_encode then refuses it, or the tape does not take it). Leaves the
+ * stack as it found it. */
+int ga_tape_value(lua_State *L, int idx, ga_buf *b, int depth, ga_tape_info *info);
+/* A finite double (as ga_json_double writes it) into the tape, as a hole. */
+void ga_tape_double(ga_buf *b, double d, ga_tape_info *info);
+/* The same for ga_json_members (the string-keyed members of the table at idx,
+ * less `skip`, sorted, without braces). */
+int ga_tape_members(lua_State *L, int idx, ga_buf *b, int depth, const char *const *skip, int need_comma,
+                    ga_tape_info *info);
+/* Appends the JSON of tape[0..n) to out: the bytes ga_json_encode /
+ * ga_json_members would have written. Pure C, any thread. 0, or -1 (out of
+ * memory). */
+int ga_tape_json(const char *tape, size_t n, ga_buf *out);
+/* True when JSON text holds the escape \u0000 (a backslash not itself escaped). */
+int ga_json_has_nul_escape(const char *s, size_t n);
+
 /* ---- one snapshot row (ga_row.c) ---- */
 /* A text column: p/n point into Lua strings held by the row table (no copy,
  * NUL bytes kept), or into `own`; set == 0 means SQL NULL. */
@@ -113,6 +142,12 @@ typedef struct {
   char created_at[24];
   char numbuf[3][24]; /* integer ids and versions rendered as text */
   ga_buf json[5];     /* token, performance, repair metrics; request params; drafts */
+  /* deferred: json[] hold tapes (ga_tape.c), not JSON yet: the columns
+   * point at the tapes, ga_row_len gives their JSON's upper bound, and
+   * ga_row_materialize (or the async writer's threads) makes the JSON */
+  int deferred;
+  ga_tape_info tape[5];
+  long long repair_count; /* repair_info.repair_count as written */
 } ga_row;
 
 extern const char *const ga_col_names[GA_NCOLS];
@@ -122,6 +157,23 @@ extern const char *const ga_col_names[GA_NCOLS];
  * 0, or -1 with a message in err.
  * The row's text pointers stay valid while the table at idx is alive. */
 int ga_row_build(lua_State *L, int idx, ga_row *row, char *err, size_t errlen);
+/* The same, leaving the five JSON documents as tapes (row->deferred) when
+ * they all take one (otherwise as ga_row_build: the same row, the same
+ * error): what an async persist hands its writer thread. */
+int ga_row_build_deferred(lua_State *L, int idx, ga_row *row, ga_buf *scratch, char *err, size_t errlen);
+/* scratch: NULL, or 5 buffers the row takes over (a store's, kept from its
+ * last row: no allocation per row); ga_row_keep gives them back in place of
+ * ga_row_free (buffers grown large are freed). */
+void ga_row_keep(ga_row *row, ga_buf *scratch);
+/* Column col's length, or for a deferred document an upper bound of its
+ * JSON's (checks that pass with it pass with the exact length). */
+size_t ga_row_len(const ga_row *row, int col);
+/* A deferred document's GA_TAPE_* flags (0 for any other column). */
+unsigned ga_row_json_flags(const ga_row *row, int col);
+/* Makes a deferred row's documents JSON, in place: 0, or -1 (out of memory). */
+int ga_row_materialize(ga_row *row);
+/* The ga_row json[] slot of a JSON column, or -1. */
+int ga_row_json_slot(int col);
 void ga_row_free(ga_row *row);
 /* Sets row id (a new ULID, unless the row gave one: copies keep theirs) and
  * created_at ("YYYY-MM-DD HH:MM:SS.mmm", UTC) from one wall-clock reading
@@ -254,6 +306,13 @@ typedef struct {
  * releases it. */
 #define GA_ID_RESERVED 2
 int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen);
+/* The bytes ga_writer_push weighs against max_bytes (a deferred row's
+ * documents at their upper bound), and the writer's max_bytes. */
+size_t ga_writer_row_bytes(const ga_row *row);
+size_t ga_writer_max_bytes(const ga_writer *w);
+/* Five buffers for the rows the pushing thread builds (ga_row_build_deferred
+ * scratch), freed with the writer. */
+ga_buf *ga_writer_scratch(ga_writer *w);
 /* Enters id (26 bytes) in the id set before the row is pushed, so that the
  * store's "stored already?" check runs after no row with that id can leave
  * the set uncommitted-and-unseen: 0, -3 out of memory, -4 queued or being

@@ -469,13 +469,14 @@ static int check_row_size(ga_store_base *b, const ga_row *row, char *err, size_t
   long long limit = sqlite3_limit(s->db, SQLITE_LIMIT_LENGTH, -1), total = 0;
   int i;
   for (i = 0; i < GA_NCOLS; i++) {
+    size_t n = ga_row_len(row, i); /* a deferred document's bound: persist() rechecks its JSON */
     if (!row->col[i].set) continue;
-    if ((long long)row->col[i].n > limit) {
-      snprintf(err, errlen, "%s: %zu bytes exceed the database's limit of %lld bytes per value", ga_col_names[i],
-               row->col[i].n, limit);
+    if ((long long)n > limit) {
+      snprintf(err, errlen, "%s: %zu bytes exceed the database's limit of %lld bytes per value", ga_col_names[i], n,
+               limit);
       return -1;
     }
-    total += (long long)row->col[i].n;
+    total += (long long)n;
   }
   if (total + ROW_OVERHEAD > limit) {
     /* the record's overhead counted in: "1298 bytes exceed ... 2000" read as a wrong refusal */

@@ -134,7 +134,9 @@ static int l_persist(lua_State *L) {
   int explicit_id, r;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (b->readonly) return ga_fail(L, "READONLY", "store was opened read-only");
-  if (ga_row_build(L, 2, &row, err, sizeof err) != 0) {
+  /* async: the documents' JSON is left to the writer's threads (ga_tape.c) */
+  if ((b->writer ? ga_row_build_deferred(L, 2, &row, ga_writer_scratch(b->writer), err, sizeof err)
+                 : ga_row_build(L, 2, &row, err, sizeof err)) != 0) {
     ga_row_free(&row);
     return ga_fail(L, "INVALID", "%s", err);
   }
@@ -143,9 +145,12 @@ static int l_persist(lua_State *L) {
     ga_row_free(&row);
     return ga_fail(L, "ULID", "cannot generate a snapshot id");
   }
-  if (d->check_row(b, &row, err, sizeof err) != 0) {
+  /* a deferred row is checked with its documents' upper bounds: passing
+   * then means passing; otherwise its exact JSON decides (and says why) */
+  if (d->check_row(b, &row, err, sizeof err) != 0 &&
+      (!row.deferred || ga_row_materialize(&row) != 0 || d->check_row(b, &row, err, sizeof err) != 0)) {
     ga_row_free(&row);
-    return ga_fail(L, "INVALID", "%s", err);
+    return ga_fail(L, row.deferred ? "NOMEM" : "INVALID", "%s", row.deferred ? "out of memory" : err);
   }
   if (b->writer) {
     int top = lua_gettop(L);
@@ -165,9 +170,14 @@ static int l_persist(lua_State *L) {
       }
     }
     lua_settop(L, top);
+    if (row.deferred && ga_writer_row_bytes(&row) > ga_writer_max_bytes(b->writer) && ga_row_materialize(&row) != 0) {
+      if (explicit_id) ga_writer_release_id(b->writer, row.id);
+      ga_row_free(&row);
+      return ga_fail(L, "NOMEM", "out of memory");
+    }
     r = ga_writer_push(b->writer, &row, explicit_id ? GA_ID_RESERVED : 0, err, sizeof err);
     if (r != 0 && explicit_id) ga_writer_release_id(b->writer, row.id);
-    ga_row_free(&row);
+    ga_row_keep(&row, ga_writer_scratch(b->writer)); /* the row's bytes are the queue's copy now */
     if (r != 0) return ga_fail(L, ga_writer_push_code(r), "%s", err);
     lua_pushlstring(L, row.id, 26);
     return 1;

@@ -48,7 +48,12 @@ struct ga_writer_item {
   ga_digests digest; /* HASH_DONE: the payloads' digests (written by the hasher while HASH_BUSY) */
   size_t len[GA_NCOLS];
   unsigned char set[GA_NCOLS];
+  unsigned char tape[GA_NCOLS]; /* the column's bytes are a tape (ga_tape.c): its JSON is in `json` once ready */
+  int ntapes;
+  char *json;                   /* the tapes' JSON, back to back (item_ready); NULL before */
+  size_t jlen[GA_NCOLS];
   size_t total;
+  size_t cap; /* bytes data[] can hold (an item is reused for a row that fits) */
   char data[]; /* the columns' bytes, back to back */
 };
 
@@ -77,7 +82,21 @@ struct ga_writer {
   int dead; /* the thread could not run: push refuses, flush does not wait */
   const ga_writer_backend *be;
   void *conn; /* the backend's connection, used by the thread only */
+  item *pool; /* written items kept for the next rows (POOL_*), under mu */
+  size_t pool_n, pool_bytes;
+  ga_buf scratch[5]; /* the pushing thread's (ga_writer_scratch) */
 };
+
+/* Written items are kept (at most POOL_ITEMS of them, POOL_BYTES in all,
+ * none over POOL_ITEM_MAX) and reused by the next rows that fit: a row's
+ * ~10-20 KB then costs no malloc, no free from the other thread, and no
+ * fresh pages after the heap was trimmed (a page fault per 4 KB, the
+ * largest cost of a push on a quiet queue). Capacities are rounded up to
+ * POOL_ROUND so that rows of about one size share items. */
+#define POOL_ITEMS 64
+#define POOL_BYTES (4u * 1024u * 1024u)
+#define POOL_ITEM_MAX (256u * 1024u)
+#define POOL_ROUND 4096u
 
 static void deadline_in(struct timespec *ts, long ms) {
   clock_gettime(CLOCK_REALTIME, ts);
@@ -87,6 +106,72 @@ static void deadline_in(struct timespec *ts, long ms) {
     ts->tv_sec++;
     ts->tv_nsec -= 1000000000L;
   }
+}
+
+static void item_free(item *it) {
+  if (!it) return;
+  free(it->json);
+  free(it);
+}
+
+/* Makes the JSON of an item's tapes (the caller's thread left it to the
+ * writer's threads): 0, or -1 (out of memory; the item is unchanged). Only
+ * the thread that holds the item (the hasher while HASH_BUSY, else the
+ * writer) calls it. */
+static int item_ready(item *it) {
+  ga_buf out;
+  const char *p = it->data;
+  size_t start[GA_NCOLS];
+  int i;
+  if (it->ntapes == 0 || it->json) return 0;
+  ga_buf_init(&out);
+  for (i = 0; i < GA_NCOLS; i++) {
+    if (it->tape[i] && ga_tape_json(p, it->len[i], &out) != 0) {
+      ga_buf_free(&out);
+      return -1;
+    }
+    start[i] = out.len;
+    p += it->len[i];
+  }
+  for (i = GA_NCOLS - 1; i > 0; i--) start[i] -= start[i - 1];
+  for (i = 0; i < GA_NCOLS; i++) it->jlen[i] = start[i];
+  it->json = out.buf ? out.buf : (char *)malloc(1);
+  return it->json ? 0 : -1;
+}
+
+/* Keeps a written item for reuse, or frees it; the caller holds w->mu. */
+static void recycle(ga_writer *w, item *it) {
+  free(it->json);
+  it->json = NULL;
+  if (w->pool_n < POOL_ITEMS && it->cap <= POOL_ITEM_MAX && w->pool_bytes + it->cap <= POOL_BYTES) {
+    it->next = w->pool;
+    w->pool = it;
+    w->pool_n++;
+    w->pool_bytes += it->cap;
+    return;
+  }
+  free(it);
+}
+
+/* An item that holds `total` bytes: a kept one that fits, or a new one. */
+static item *item_alloc(ga_writer *w, size_t total) {
+  item **pp, *it = NULL;
+  size_t cap;
+  pthread_mutex_lock(&w->mu);
+  for (pp = &w->pool; *pp; pp = &(*pp)->next)
+    if ((*pp)->cap >= total && (*pp)->cap / 2 <= total + POOL_ROUND) { /* fits, and not far too large */
+      it = *pp;
+      *pp = it->next;
+      w->pool_n--;
+      w->pool_bytes -= it->cap;
+      break;
+    }
+  pthread_mutex_unlock(&w->mu);
+  if (it) return it;
+  cap = total <= POOL_ITEM_MAX ? (total + POOL_ROUND - 1) / POOL_ROUND * POOL_ROUND : total;
+  it = (item *)malloc(sizeof *it + cap);
+  if (it) it->cap = cap;
+  return it;
 }
 
 static void set_error(ga_writer *w, const char *what, const char *msg) {
@@ -116,7 +201,7 @@ void ga_writer_refuse(ga_writer *w, item **batch, int i, const char *msg) {
   w->st.failed++;
   forget_id(w, batch[i]);
   pthread_mutex_unlock(&w->mu);
-  free(batch[i]);
+  item_free(batch[i]);
   batch[i] = NULL;
 }
 
@@ -125,12 +210,18 @@ const ga_digests *ga_writer_item_digests(const item *it) {
 }
 
 void ga_writer_item_cols(const item *it, ga_text cols[GA_NCOLS]) {
-  const char *p = it->data;
+  const char *p = it->data, *j = it->json;
   int i;
   for (i = 0; i < GA_NCOLS; i++) {
-    cols[i].p = p;
-    cols[i].n = it->len[i];
     cols[i].set = it->set[i];
+    if (it->tape[i]) { /* item_ready ran: the item's writer saw to it */
+      cols[i].p = j;
+      cols[i].n = it->jlen[i];
+      j += it->jlen[i];
+    } else {
+      cols[i].p = p;
+      cols[i].n = it->len[i];
+    }
     p += it->len[i];
   }
 }
@@ -206,8 +297,11 @@ static void *hasher_main(void *arg) {
     it->hstate = HASH_BUSY;
     w->hasher_busy = 1;
     pthread_mutex_unlock(&w->mu);
-    ga_writer_item_cols(it, cols);
-    ok = ga_hasher_payloads(&w->hh, cols, &it->digest) == 0;
+    ok = item_ready(it) == 0; /* out of memory: the writer tries again */
+    if (ok) {
+      ga_writer_item_cols(it, cols);
+      ok = ga_hasher_payloads(&w->hh, cols, &it->digest) == 0;
+    }
     pthread_mutex_lock(&w->mu);
     it->hstate = ok ? HASH_DONE : HASH_NONE;
     w->hasher_busy = 0;
@@ -235,7 +329,7 @@ static void *writer_main(void *arg) {
       w->st.failed++;
       w->done++;
       forget_id(w, it);
-      free(it);
+      item_free(it);
     }
     w->tail = NULL;
     pthread_cond_broadcast(&w->not_full);
@@ -278,6 +372,8 @@ static void *writer_main(void *arg) {
       while (batch[i]->hstate == HASH_BUSY) pthread_cond_wait(&w->hashed, &w->mu);
     w->writing = 1;
     pthread_mutex_unlock(&w->mu);
+    for (i = 0; i < n; i++) /* the JSON the hasher did not make */
+      if (item_ready(batch[i]) != 0) ga_writer_refuse(w, batch, i, "out of memory");
     t0 = ga_monotonic_ns();
     while ((ok = w->be->write_batch(w->conn, w, batch, n)) != 0) {
       pthread_mutex_lock(&w->mu);
@@ -294,7 +390,7 @@ static void *writer_main(void *arg) {
       if (!batch[i]) continue;
       written++;
       forget_id(w, batch[i]); /* committed (the store finds it now) or given up */
-      free(batch[i]);
+      recycle(w, batch[i]);
       batch[i] = NULL;
     }
     if (ok == 0) {
@@ -417,17 +513,29 @@ const char *ga_writer_push_code(int r) {
   return r == -1 ? "FULL" : r == -2 ? "STOPPED" : r == -4 ? "CONSTRAINT" : "NOMEM";
 }
 
+size_t ga_writer_row_bytes(const ga_row *row) {
+  size_t total = 0;
+  int i;
+  for (i = 0; i < GA_NCOLS; i++) total += ga_row_len(row, i);
+  return total;
+}
+
+size_t ga_writer_max_bytes(const ga_writer *w) { return w->o.max_bytes; }
+
+ga_buf *ga_writer_scratch(ga_writer *w) { return w->scratch; }
+
 int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, size_t errlen) {
-  size_t total = 0, i;
+  size_t total = 0, bytes = ga_writer_row_bytes(row), i;
   item *it;
   idnode *node = NULL;
   char *p;
-  for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
-  if (total > w->o.max_bytes) {
-    snprintf(err, errlen, "row of %zu bytes exceeds the queue's max_bytes (%zu)", total, w->o.max_bytes);
+  /* a deferred row's bound is within max_bytes (the caller made its JSON otherwise) */
+  if (bytes > w->o.max_bytes) {
+    snprintf(err, errlen, "row of %zu bytes exceeds the queue's max_bytes (%zu)", bytes, w->o.max_bytes);
     return -1;
   }
-  it = (item *)malloc(sizeof *it + total);
+  for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
+  it = item_alloc(w, total);
   if (!it) {
     snprintf(err, errlen, "out of memory");
     return -3;
@@ -438,6 +546,8 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     return -3;
   }
   it->next = NULL;
+  it->json = NULL;
+  it->ntapes = 0;
   it->explicit_id = explicit_id != 0;
   it->hstate = HASH_NONE;
   it->total = total;
@@ -445,6 +555,8 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
   for (i = 0; i < GA_NCOLS; i++) {
     it->set[i] = (unsigned char)row->col[i].set;
     it->len[i] = row->col[i].set ? row->col[i].n : 0;
+    it->tape[i] = (unsigned char)(row->deferred && it->set[i] && ga_row_json_slot((int)i) >= 0);
+    it->ntapes += it->tape[i];
     if (it->len[i]) memcpy(p, row->col[i].p, it->len[i]);
     p += it->len[i];
   }
@@ -455,7 +567,7 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     if (!w->o.block) {
       pthread_mutex_unlock(&w->mu);
       free(node);
-      free(it);
+      item_free(it);
       snprintf(err, errlen, "queue full (%zu rows pending)", w->o.capacity);
       return -1;
     }
@@ -552,10 +664,16 @@ void ga_writer_stop(ga_writer *w) {
   while (w->head) { /* only if the thread could not allocate its batch array */
     item *it = w->head;
     w->head = it->next;
-    free(it);
+    item_free(it);
     w->st.failed++;
   }
   w->be->close(w->conn);
+  while (w->pool) {
+    item *it = w->pool;
+    w->pool = it->next;
+    free(it);
+  }
+  for (i = 0; i < 5; i++) ga_buf_free(&w->scratch[i]);
   for (i = 0; i < IDSET_BUCKETS; i++)
     while (w->ids[i]) {
       idnode *n = w->ids[i];

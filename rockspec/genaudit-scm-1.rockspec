@@ -47,7 +47,7 @@ build = {
         "csrc/ga_jsondec.c",
         "csrc/ga_meter.c", "csrc/ga_price.c",
         "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",
-        "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
+        "csrc/ga_pg_writer.c", "csrc/ga_row.c", "csrc/ga_tape.c", "csrc/ga_store.c", "csrc/ga_store_common.c", "csrc/ga_store_query.c",
         "csrc/ga_ulid.c", "csrc/ga_writer.c", "csrc/ga_store_writer.c",
         "csrc/ga_retry.c", "csrc/ga_sse.c", "csrc/ga_bpe.c", "csrc/ga_bpe_scan.c", "csrc/ga_otlp.c",
         "csrc/ga_sqlagg.c", "csrc/ga_verify.c",
