@@ -204,7 +204,7 @@ int main(int argc, char **argv) {
     if (gethostname(host, sizeof host) != 0) host[0] = '\0';
     host[sizeof host - 1] = '\0';
     b = sqlite3_bind_text(reg, 1, chain_id, 26, SQLITE_STATIC);
-    if (b == SQLITE_OK) b = host[0] ? sqlite3_bind_text(reg, 2, host, -1, SQLITE_STATIC) : sqlite3_bind_null(reg, 2);
+    if (b == SQLITE_OK) b = host[0] ? sqlite3_bind_text(reg, 2, host, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(reg, 2);
     if (b == SQLITE_OK) b = sqlite3_bind_int64(reg, 3, (sqlite3_int64)getpid());
     if (b != SQLITE_OK) {
       rc = die(db, "cannot bind the chain");

@@ -9,7 +9,8 @@
 # BENCH_SIZE=small gives the quick run the specs use. The whole output is also
 # kept in build/bench/last-run.txt. Scratch stores live in a temporary
 # directory under $TMPDIR (default /tmp), removed at the end.
-# bench/pg_persist.lua and bench/scale.lua write to $GENAUDIT_PG_URL; when it is unset, a
+# bench/pg_persist.lua, bench/pg_analytics.lua and bench/scale.lua write to $GENAUDIT_PG_URL
+# (pg_analytics under $LUA only: its figures are PostgreSQL's); when it is unset, a
 # throwaway server is started with tools/pg-test-server.sh (port
 # $GENAUDIT_PG_PORT, default 54329) and released at the end.
 # Exit status: 0, or the first failing benchmark's.
@@ -26,7 +27,7 @@ if [ -z "${GENAUDIT_PG_URL:-}" ]; then
     pg_started=1
     export GENAUDIT_PG_URL
   else
-    echo "tools/pg-test-server.sh could not start PostgreSQL: bench/pg_persist.lua and bench/scale.lua will fail"
+    echo "tools/pg-test-server.sh could not start PostgreSQL: bench/pg_persist.lua, pg_analytics.lua and scale.lua will fail"
     unset GENAUDIT_PG_URL
   fi
 fi
@@ -39,7 +40,7 @@ main() {
   start=$(date +%s)
   echo "command: make bench  (sh bench/run.sh, LUA=$LUA LUAJIT=$LUAJIT, BENCH_SIZE=${BENCH_SIZE:-full})"
   "$LUA" bench/machine.lua || return 1
-  for b in persist_sync async pg_persist overhead analytics memory copy stream openresty_load tokens scale; do
+  for b in persist_sync async pg_persist overhead analytics pg_analytics memory copy stream openresty_load tokens scale; do
     "$LUA" "bench/$b.lua" || { echo "bench/$b.lua failed under $LUA"; return 1; }
   done
   for b in persist_sync async pg_persist overhead stream; do

@@ -4,8 +4,8 @@
 -- spec checks only that it exits 0 and prints every expected machine-readable
 -- line "BENCH name=<name> engine=<engine> unit=<unit> k=v ..." with numeric
 -- values (baseline=<label>:<number>, target=<text>). No timing is asserted:
--- benchmarks are not tests. pg_persist.lua and scale.lua write to the spec server
--- (GENAUDIT_PG_URL, #postgresql; pending with GENAUDIT_SKIP_PG=1).
+-- benchmarks are not tests. pg_persist.lua, pg_analytics.lua and scale.lua write to
+-- the spec server (GENAUDIT_PG_URL, #postgresql; pending with GENAUDIT_SKIP_PG=1).
 local pg = require("spec.support.pg")
 local provider = require("spec.support.provider")
 local tmp = require("spec.support.tmp")
@@ -24,6 +24,8 @@ local EXPECTED = {
                 "analytics_open_analyze" },
   memory = { "memory_async", "memory_export" },
   pg_persist = { "pg_persist_sync", "pg_persist_async" },
+  pg_analytics = { "pg_analytics_fill", "pg_analytics_cost", "pg_analytics_cost_all", "pg_analytics_repairs",
+                   "pg_analytics_latency" },
   copy = { "copy_throughput" },
   stream = { "stream_chunk" },
   openresty_load = { "openresty_load", "openresty_load_delay100" },
@@ -41,9 +43,9 @@ for _, store in ipairs({ "sqlite", "postgresql" }) do
     end
   end
 end
-local ORDER = { "persist_sync", "async", "pg_persist", "overhead", "analytics", "memory", "copy", "stream",
-                "openresty_load", "tokens", "scale" }
-local NEEDS_PG = { pg_persist = true, scale = true }
+local ORDER = { "persist_sync", "async", "pg_persist", "overhead", "analytics", "pg_analytics", "memory", "copy",
+                "stream", "openresty_load", "tokens", "scale" }
+local NEEDS_PG = { pg_persist = true, pg_analytics = true, scale = true }
 local TEXT_FIELDS = { name = true, engine = true, unit = true, target = true, p99_target = true }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end

@@ -25,10 +25,32 @@ local M = {}
 -- keys sort bytewise on both. Both are plain aggregates of the group (no
 -- window sorting every row): SQLite through genaudit's own aggregate
 -- functions (csrc/ga_sqlagg.c: quickselect over the group's values),
--- PostgreSQL through a sorted array_agg and sum(... ORDER BY ...).
+-- PostgreSQL through percentile_disc (a sorted array_agg for the percentiles
+-- it cannot give exactly, below) and sum(... ORDER BY ...).
 --   percentiles(col, {p, ...}): text "v1,v2,..." (NULL: no value), split by
 --   split_percentiles; sum_asc(col): the REAL sum of col in ascending order.
+-- On PostgreSQL, percentile_disc(f) is the value at rank ceil(f * n), f *
+-- n computed in double precision: for f the double nearest p/100, that is
+-- ceil(p * n / 100) whenever f is not above p/100 (f * n then never exceeds
+-- the integer p * n / 100 may be, and stays within n * 2^-54 < 1/100 of it
+-- for n < 2^40). PCT_DISC[p]: the integer percentiles p of 1..100 for which
+-- that holds (50, 95 and 99 among them; 7, whose nearest double 0.07000...01
+-- is above, not), found by the exact decimal expansion of p/100.
+local PCT_DISC = {}
+for p = 1, 100 do
+  local want = string.format("%d.%02d", math.floor(p / 100), p % 100) .. string.rep("0", 58)
+  if string.format("%.60f", p / 100) <= want then PCT_DISC[p] = true end
+end
 local function pg_percentiles(col, ps)
+  local fractions = {}
+  for i, p in ipairs(ps) do
+    if not PCT_DISC[p] then fractions = nil break end
+    fractions[i] = string.format("%d.%02d", math.floor(p / 100), p % 100)
+  end
+  if fractions then -- one ordered-set aggregate (one sort) for every percentile
+    return "array_to_string(percentile_disc(CAST(ARRAY[" .. table.concat(fractions, ", ")
+      .. "] AS double precision[])) WITHIN GROUP (ORDER BY " .. col .. "), ',')"
+  end
   local arr = "(array_agg(" .. col .. " ORDER BY " .. col .. ") FILTER (WHERE " .. col .. " IS NOT NULL))"
   local parts = {}
   for i, p in ipairs(ps) do
@@ -102,6 +124,7 @@ local DIALECTS = {
     -- the table's columns, generated ones included, in table order
     columns = "SELECT name FROM pragma_table_xinfo('generation_snapshots') ORDER BY cid",
     explain = "EXPLAIN QUERY PLAN ", explain_column = "detail",
+    fence = "",
   },
   postgresql = {
     since = "created_at >= now() - CAST(? AS interval)",
@@ -141,6 +164,11 @@ local DIALECTS = {
     columns = "SELECT attname AS name FROM pg_attribute WHERE attrelid = 'generation_snapshots'::regclass"
       .. " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
     explain = "EXPLAIN ", explain_column = "QUERY PLAN",
+    -- ends a subquery that must not be pulled up into its parent: its
+    -- columns are then computed once per row (latency's time to first token,
+    -- parsed from each row's JSON, is used by two aggregates: pulled up, the
+    -- planner computes it once for each, twice the JSON parsing)
+    fence = " OFFSET 0",
   },
 }
 DIALECTS.sqlite.percentiles = sqlite_percentiles
@@ -563,7 +591,8 @@ function builders.latency(opts, SQL)
   columns[#columns + 1] = "streamed"
   local sql = "WITH base AS (SELECT " .. g[2] .. " AS grp, total_latency_ms AS t, provider_latency_ms AS p,"
     .. " total_latency_ms - provider_latency_ms AS o, "
-    .. SQL.doc_num("performance_metrics", "time_to_first_token_ms") .. " AS f FROM " .. TABLE .. where .. ")"
+    .. SQL.doc_num("performance_metrics", "time_to_first_token_ms") .. " AS f FROM " .. TABLE .. where .. SQL.fence
+    .. ")"
     .. " SELECT grp AS " .. g[1] .. ", count(*) AS posts, " .. table.concat(picks, ", ") .. ", count(f) AS streamed, "
     .. COUNTED .. " FROM base GROUP BY grp ORDER BY " .. SQL.asc_nulls_last("grp")
   local function fold(rows)
