@@ -102,6 +102,14 @@ static void b_double(buf *b, double d) {
   b_s(b, t);
   if (!strpbrk(t, ".eEn")) b_add(b, ".0", 2);
 }
+/* a number of a document that is a float under Lua 5.4: LuaJIT's encoder
+ * writes an integral one as an integer (wait_ms of a wait of whole
+ * milliseconds, about one call in a thousand) */
+static int jit_style; /* LuaJIT's documents: integral doubles as integers, the initial score as a float */
+static void b_num(buf *b, double d) {
+  if (jit_style && d == floor(d) && fabs(d) < 1e15) b_int(b, (long long)d);
+  else b_double(b, d);
+}
 /* whether s is valid UTF-8 (the encoder's check: the texts are the provider's) */
 static int utf8_ok(const unsigned char *s, size_t n) {
   size_t i = 0;
@@ -226,7 +234,6 @@ static char *rd_line(reader *r) {
 static const char *const TEMPLATES[4] = {"launch-post", "weekly-tips", "event-invite", "customer-story"};
 static const char *const PLATFORMS[3] = {"linkedin", "x", "instagram"};
 static text scripts_of[4];
-static int jit_style; /* LuaJIT's documents: integral doubles as integers, the initial score as a float */
 static text rules_dir; /* the rules' directory as the row names it, with the slash */
 static long price_in, price_out;
 
@@ -994,7 +1001,7 @@ static row *generate(const tgen *g, const ga_bpe *enc, scratch *s, uint64_t *cou
   b_s(b, ",\"total_tokens\":");
   b_int(b, tt);
   b_s(b, ",\"estimated_cost\":");
-  b_double(b, (double)cost / 1e12);
+  b_num(b, (double)cost / 1e12);
   b_s(b, ",\"cache_write_tokens\":0,\"cached_prompt_tokens\":0,\"calls\":[");
   for (k = 0; k < calls; k++) {
     const answer *a = &s->ans[k];
@@ -1004,7 +1011,7 @@ static row *generate(const tgen *g, const ga_bpe *enc, scratch *s, uint64_t *cou
     b_s(b, ",\"completion_tokens\":");
     b_int(b, a->completion);
     b_s(b, ",\"cost\":");
-    b_double(b, (double)s->cost[k] / 1e12);
+    b_num(b, (double)s->cost[k] / 1e12);
     b_s(b, ",\"cost_picousd\":");
     b_int(b, s->cost[k]);
     b_s(b, ",\"cost_source\":\"local_estimate\",\"kind\":");
@@ -1028,7 +1035,7 @@ static row *generate(const tgen *g, const ga_bpe *enc, scratch *s, uint64_t *cou
   b_s(b, "],\"cost_source\":\"local_estimate\",\"estimated_cost_picousd\":");
   b_int(b, cost);
   b_s(b, ",\"initial_cost\":");
-  b_double(b, (double)initial / 1e12);
+  b_num(b, (double)initial / 1e12);
   b_s(b, ",\"local_input_tokens\":");
   b_int(b, local_sum);
   b_s(b, ",\"reasoning_tokens\":0,\"repair_cost\":");
@@ -1038,9 +1045,9 @@ static row *generate(const tgen *g, const ga_bpe *enc, scratch *s, uint64_t *cou
   /* performance_metrics */
   b = &r->col[R_PERF];
   b_s(b, "{\"total_latency_ms\":");
-  b_double(b, strtod(g->total_ms.p, NULL));
+  b_num(b, strtod(g->total_ms.p, NULL));
   b_s(b, ",\"provider_latency_ms\":");
-  b_double(b, strtod(g->provider_ms.p, NULL));
+  b_num(b, strtod(g->provider_ms.p, NULL));
   b_s(b, ",\"model_identifier\":");
   b_jstrz(b, s->ans[calls - 1].model);
   b_s(b, ",\"attempts\":");
@@ -1074,9 +1081,9 @@ static row *generate(const tgen *g, const ga_bpe *enc, scratch *s, uint64_t *cou
     b_s(b, "},\"tries\":[{\"status\":");
     b_int(b, x->status);
     b_s(b, ",\"wait_ms\":");
-    b_double(b, (double)x->wait_us / 1000);
+    b_num(b, (double)x->wait_us / 1000);
     b_s(b, "}],\"wait_ms\":");
-    b_double(b, (double)x->wait_us / 1000);
+    b_num(b, (double)x->wait_us / 1000);
     b_c(b, '}');
   }
   b_s(b, "],\"provider\":\"openai\",\"requested_model\":\"gpt-4o-mini\",\"verify_tls\":true}");
