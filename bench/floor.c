@@ -1045,9 +1045,9 @@ static row *generate(const tgen *g, const ga_bpe *enc, scratch *s, uint64_t *cou
   /* performance_metrics */
   b = &r->col[R_PERF];
   b_s(b, "{\"total_latency_ms\":");
-  b_num(b, strtod(g->total_ms.p, NULL));
+  b_double(b, strtod(g->total_ms.p, NULL)); /* a REAL column: ".0" kept under LuaJIT too */
   b_s(b, ",\"provider_latency_ms\":");
-  b_num(b, strtod(g->provider_ms.p, NULL));
+  b_double(b, strtod(g->provider_ms.p, NULL));
   b_s(b, ",\"model_identifier\":");
   b_jstrz(b, s->ans[calls - 1].model);
   b_s(b, ",\"attempts\":");
