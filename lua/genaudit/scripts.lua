@@ -375,10 +375,17 @@ end
 -- yields by itself leaves its worker suspended in the script: either is
 -- dropped, and the next call gets a fresh one. A worker runs one call at a
 -- time (a script call made from host code inside a script call takes another
--- worker); at most MAX_IDLE_WORKERS wait between calls.
+-- worker); at most MAX_IDLE_WORKERS wait between calls. Idle workers are
+-- kept per calling coroutine (weakly), so a worker is only ever resumed
+-- from the coroutine that created it.
 local DONE = {}
 local MAX_IDLE_WORKERS = 4
-local idle = {}
+local idle_of = setmetatable({}, { __mode = "k" }) -- calling coroutine -> its idle workers
+local MAIN = {} -- the key of the main thread (LuaJIT's coroutine.running() is nil there)
+-- Inside nginx (OpenResty) workers are not reused: a fresh coroutine per
+-- call, as before. Reusing them, even per request coroutine, killed the
+-- nginx worker process under bench/openresty_load.lua (cause not found yet).
+local NGX = rawget(_G, "ngx") ~= nil
 local yield, running = coroutine.yield, coroutine.running
 
 local function loop(fn, ...)
@@ -426,7 +433,8 @@ local function finish(w, old_index, old_hook, old_mask, old_count, ok, tag, ...)
   if old_index then string_mt.__index = old_index end
   if not ok then return false, M.text(tag) end
   if tag ~= DONE then return false, "script yielded; scripts must run to completion" end
-  if #idle < MAX_IDLE_WORKERS then idle[#idle + 1] = w end
+  local idle = w.idle
+  if idle and #idle < MAX_IDLE_WORKERS then idle[#idle + 1] = w end
   return true, ...
 end
 
@@ -447,8 +455,20 @@ local function run(fn, limit_ms, sandboxed, ...)
     if not res[1] then return false, M.text(res[2]) end
     return unpack(res, 1, res.n)
   end
-  local w = idle[#idle]
-  if w then idle[#idle] = nil else w = new_worker() end
+  local w
+  if NGX then
+    w = new_worker()
+  else
+    local caller = running() or MAIN
+    local idle = idle_of[caller]
+    if not idle then
+      idle = {}
+      idle_of[caller] = idle
+    end
+    w = idle[#idle]
+    if w then idle[#idle] = nil else w = new_worker() end
+    w.idle = idle
+  end
   local state = { expired = false, deadline = monotonic_us() + limit_ms * 1000, message = limit_message(limit_ms) }
   w.state = state
   local old_hook, old_mask, old_count
