@@ -29,6 +29,7 @@ package.cpath = root .. "/build/" .. (rawget(_G, "jit") and "luajit" or "lua54")
 
 local common = require("bench.common")
 local genaudit = require("genaudit")
+local core = require("genaudit.core")
 local provider_server = require("spec.support.provider")
 
 local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
@@ -67,9 +68,27 @@ end
 
 local srv = provider_server.start{ api_key = "sk-bench", quiet = true, interpreter = common.interpreter() }
 
+-- The served model's prices per token, in integer picodollars (as the meter
+-- reads the price entry).
+local function unit_prices(pricing, model)
+  local key = assert(pricing:resolve(model))
+  local function cost(p, c)
+    local m = core.meter()
+    assert(m:add_call{ kind = "initial", model = key, prices = pricing:price_table(), prompt_tokens = p,
+                       completion_tokens = c })
+    local t = m:totals()
+    m:close()
+    return tonumber(t.estimated_cost_picousd)
+  end
+  return cost(1, 0), cost(0, 1)
+end
+
 -- Runs WARMUP + N generations with the rules in rules_dir; prints the BENCH
 -- lines `name` and `name`_split and the detail table.
-local function measure(name, rules_dir, label, async)
+-- With `trace` (a table), each generation's calls and outputs are collected
+-- into it for the floor (bench/floor.c): trace.gens[i] = { ctx = index,
+-- calls = { {status, wait_us, timings, req_body, res_body} }, id }.
+local function measure(name, rules_dir, label, async, trace)
   local path = dir .. "/" .. name .. ".db"
   local store = assert(genaudit.open("sqlite:" .. path, { synchronous = "normal", async = async }))
   local pipeline = genaudit.pipeline{
@@ -102,6 +121,10 @@ local function measure(name, rules_dir, label, async)
     acc.transport = acc.transport + t
     acc.wait = acc.wait + ((res and res.provider_wait_us) or (info and info.provider_wait_us) or 0)
     acc.calls = acc.calls + 1
+    if acc.trace and res then
+      acc.trace[#acc.trace + 1] = { status = res.status, wait_us = res.provider_wait_us, timings = res.timings,
+                                    req_body = req.body, res_body = res.body }
+    end
     return res, e, code, info
   end
   -- complete() calls made inside validate_and_repair are the repairs
@@ -134,7 +157,7 @@ local function measure(name, rules_dir, label, async)
   local failed = 0
   for i = 1, WARMUP + N do
     acc = { compose = 0, validate_all = 0, complete = 0, persist = 0, transport = 0, wait = 0, calls = 0,
-            repair_calls = 0 }
+            repair_calls = 0, trace = trace and {} or nil }
     local t0 = now()
     local result, gerr = pipeline:generate(ctx(i))
     local wall = now() - t0
@@ -146,6 +169,7 @@ local function measure(name, rules_dir, label, async)
       acc.wall = wall
       acc.id = result and result.snapshot_id
       samples[#samples + 1] = acc
+      if trace and acc.id then trace.gens[#trace.gens + 1] = { ctx = i, calls = acc.trace, id = acc.id } end
     end
   end
 
@@ -207,12 +231,102 @@ local function measure(name, rules_dir, label, async)
     local v = cols[row[2]]
     common.say("%-34s %9.1f %9.1f %9.1f", row[1], common.median(v), common.mean(v), common.percentile(v, 99))
   end
+  if trace then
+    trace.own, trace.rules_dir = cols.own, rules_dir
+    trace.rows = {}
+    for _, r in ipairs(assert(store:query("SELECT id, template_id, final_system_prompt, final_user_prompt, content,"
+      .. " drafts, token_metrics, performance_metrics, repair_metrics, request_params, status,"
+      .. " CAST(total_latency_ms AS TEXT) AS t, CAST(provider_latency_ms AS TEXT) AS w,"
+      .. " json_extract(performance_metrics, '$.total_latency_ms') AS tj FROM generation_snapshots", {}))) do
+      trace.rows[r.id] = r
+    end
+    trace.price_in, trace.price_out = unit_prices(pipeline.pricing, "gpt-4o-mini-2024-07-18")
+  end
   pipeline:close()
   store:close()
   common.rmdb(path)
 end
 
+-- Writes the trace bench/floor.c reads (its header comment: the format).
+local function write_trace(trace, file)
+  local out = {}
+  local function text(head, s)
+    out[#out + 1] = head .. " " .. #s .. "\n" .. s .. "\n"
+  end
+  out[#out + 1] = ("P %d %d\n"):format(trace.price_in, trace.price_out)
+  out[#out + 1] = ("E %d\n"):format(common.engine == "luajit" and 1 or 0)
+  text("R", trace.rules_dir .. "/")
+  local seen = {}
+  for _, g in ipairs(trace.gens) do
+    local r = trace.rows[g.id]
+    if r and not seen[r.template_id] then
+      seen[r.template_id] = true
+      text("S " .. r.template_id, assert(r.repair_metrics:match('"scripts":(.*),"stop_reason":')))
+    end
+  end
+  local n = 0
+  for _, g in ipairs(trace.gens) do
+    local r = trace.rows[g.id]
+    if r then
+      n = n + 1
+      out[#out + 1] = ("G %d %d\n"):format(g.ctx, #g.calls)
+      for _, c in ipairs(g.calls) do
+        local t = c.timings
+        text(("C %d %d %d %d %d %d %d %d"):format(c.status, c.wait_us, t.connect_us, t.dns_us, t.first_byte_us,
+          t.pretransfer_us, t.tls_us, t.total_us), c.res_body)
+      end
+      -- the stopwatch readings as the document holds them (the column is a REAL)
+      text("T", (r.performance_metrics:match('^{"total_latency_ms":([^,]*),')))
+      text("W", (r.performance_metrics:match('"provider_latency_ms":([^,]*),')))
+      for _, f in ipairs({ { "system", "final_system_prompt" }, { "user", "final_user_prompt" },
+        { "content", "content" }, { "drafts", "drafts" }, { "token_metrics", "token_metrics" },
+        { "performance_metrics", "performance_metrics" }, { "repair_metrics", "repair_metrics" },
+        { "request_params", "request_params" }, { "status", "status" } }) do
+        text("X " .. f[1], r[f[2]])
+      end
+      for k, c in ipairs(g.calls) do text("X request" .. k, c.req_body) end
+    end
+  end
+  local f = assert(io.open(file, "wb"))
+  f:write(table.concat(out))
+  f:close()
+  return n
+end
+
+-- The floor (bench/floor.c) on the trace, against genaudit's own time of the
+-- same generations: BENCH own_time_vs_floor.
+local function floor_line(trace)
+  local tfile, db = dir .. "/floor.trace", dir .. "/floor.db"
+  local gens = write_trace(trace, tfile)
+  local s = assert(genaudit.open("sqlite:" .. db, {}))
+  s:close()
+  local passes = common.size{ small = 3, full = 5 }
+  local out = common.run(table.concat({ common.tool("floor"), common.quote(tfile), common.quote(db), tostring(passes),
+    common.quote(root .. "/lua/genaudit/data/tiktoken-o200k_base.json") }, " "))
+  local f = common.kv(out)
+  local own, p99 = common.median(trace.own), common.percentile(trace.own, 99)
+  common.say("the floor (bench/floor.c: the same generations' work in plain C, %d passes): %s", passes,
+    (out:gsub("%s+$", "")))
+  -- every output the floor compared must be genaudit's own bytes, or the floor is not doing the same work
+  local eq_n, eq_d = tostring(f.equal):match("^(%d+)/(%d+)$")
+  if eq_n ~= eq_d or tonumber(eq_d) == 0 then
+    error("the floor's outputs differ from genaudit's (" .. tostring(f.equal) .. "): run with FLOOR_DIFF=1", 0)
+  end
+  common.bench("own_time_vs_floor", "us", {
+    { "genaudit", own }, { "genaudit_p99", p99 }, { "baseline", "c_floor:" .. common.num(f.median_us) },
+    { "floor_p99", f.p99_us }, { "ratio", string.format("%.3f", own / f.median_us) }, { "target", "<=2.0" },
+    { "p99_ratio", string.format("%.3f", p99 / f.p99_us) }, { "p99_target", "<=4.0" },
+    { "generations", gens }, { "equal_outputs", tonumber(eq_n) }, { "compared_outputs", tonumber(eq_d) },
+  })
+  common.rmdb(db)
+end
+
 local ok, err = pcall(function()
+  -- issue 16.1: examples as shipped, async persist, against the C floor of the same generations
+  local trace = { gens = {} }
+  measure("overhead_async", root .. "/examples/rules", "examples/rules as shipped, async persist (issue 16.1):",
+    { queue = 10000, batch = 100 }, trace)
+  floor_line(trace)
   measure("overhead", root .. "/examples/rules", "examples/rules as shipped:")
   local linear = linear_rules()
   measure("overhead_linear_rule", linear, "examples/rules with a linear-time hashtag rule:")

@@ -16,6 +16,7 @@ GA_EXPORT int luaopen_genaudit_core(lua_State *L) {
   ga_open_pg(L);
   ga_open_meter(L);
   ga_open_fs(L);
+  ga_open_copy(L);
   ga_open_http(L);
   ga_open_sse(L);
   ga_open_bpe(L);

@@ -10,7 +10,7 @@
  *       |         ga_buf, ga_sleep_ns; calls no other csrc/ file
  *   ga_private.h  the concerns' declarations (this file), includes ga_aux.h
  *       ^
- *   concerns      ga_clock, ga_ulid, ga_fs, ga_json, ga_jsondec, ga_tape, ga_row,
+ *   concerns      ga_clock, ga_ulid, ga_fs, ga_copy, ga_json, ga_jsondec, ga_tape, ga_row,
  *       ^         ga_price, ga_meter, ga_retry, ga_http, ga_http_parse,
  *       |         ga_otlp (span export thread), ga_writer (thread + queue,
  *       |         no SQL), ga_store_common (the store driver contract,
@@ -21,7 +21,7 @@
  *                 calls into it (linit's role)
  *
  * Calls between files (from the objects' symbols; most also call ga_aux):
- *   ga_clock, ga_fs, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse, ga_bpe_scan -> (ga_aux only)
+ *   ga_clock, ga_fs, ga_copy, ga_price, ga_jsondec, ga_pg_sql, ga_digest, ga_sse, ga_bpe_scan -> (ga_aux only)
  *   ga_bpe -> ga_bpe_scan (the hand-written pre-tokeniser)
  *   ga_meter -> ga_price
  *   ga_ulid, ga_retry -> ga_clock; ga_writer -> ga_clock, ga_tape, ga_row (ga_row_len)
@@ -37,7 +37,7 @@
  *     ga_store_writer, ga_store_common, ga_writer, ga_row, ga_clock; ga_verify -> ga_chain, ga_clock
  *   ga_pg_conn <-> ga_pg_migrate, ga_pg_rows, ga_pg_writer (one backend's
  *     files); ga_pg_* -> ga_pg_sql, ga_store_common, ga_writer, ga_row, ga_json, ga_clock
- *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, http, sse, bpe, otlp)
+ *   ga_init -> every ga_open_* (clock, ulid, json, jsondec, digest, store, pg, meter, fs, copy, http, sse, bpe, otlp)
  */
 #ifndef GA_PRIVATE_H
 #define GA_PRIVATE_H
@@ -277,6 +277,7 @@ void ga_open_digest(lua_State *L);
 
 /* ---- filesystem facts (ga_fs.c) ---- */
 void ga_open_fs(lua_State *L);
+void ga_open_copy(lua_State *L); /* core.copy (ga_copy.c) */
 
 /* ---- SQLite store (ga_store.c) ---- */
 void ga_open_store(lua_State *L);

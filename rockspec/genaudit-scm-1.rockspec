@@ -43,7 +43,7 @@ build = {
     ["genaudit.core"] = {
       sources = {
         "csrc/ga_aux.c", "csrc/ga_init.c",
-        "csrc/ga_chain.c", "csrc/ga_clock.c", "csrc/ga_digest.c", "csrc/ga_fs.c", "csrc/ga_http.c", "csrc/ga_http_parse.c", "csrc/ga_json.c",
+        "csrc/ga_chain.c", "csrc/ga_clock.c", "csrc/ga_digest.c", "csrc/ga_fs.c", "csrc/ga_copy.c", "csrc/ga_http.c", "csrc/ga_http_parse.c", "csrc/ga_json.c",
         "csrc/ga_jsondec.c",
         "csrc/ga_meter.c", "csrc/ga_price.c",
         "csrc/ga_pg_conn.c", "csrc/ga_pg_migrate.c", "csrc/ga_pg_rows.c", "csrc/ga_pg_sql.c",

@@ -17,7 +17,8 @@ local EXPECTED = {
   persist_sync = { "persist_sync", "persist_sync_vs_lua", "persist_sync_chain" },
   async = { "async_caller", "async_throughput", "async_chain", "verify", "async_stats", "async_queue_full",
             "async_close_drain" },
-  overhead = { "overhead", "overhead_split", "overhead_linear_rule", "overhead_linear_rule_split",
+  overhead = { "overhead_async", "overhead_async_split", "own_time_vs_floor", "overhead", "overhead_split",
+               "overhead_linear_rule", "overhead_linear_rule_split",
                "overhead_linear_rule_async", "overhead_linear_rule_async_split" },
   analytics = { "analytics_generate", "analytics_financial", "analytics_financial_report", "analytics_stability",
                 "analytics_stability_report", "analytics_latency_report", "analytics_cli_financial",
@@ -77,7 +78,7 @@ describe("bench", function()
 
   setup(function()
     local out, status = run("make --no-print-directory -s build/bench/raw_insert build/bench/gen_rows"
-      .. " build/bench/raw_sse build/bench/raw_pg")
+      .. " build/bench/raw_sse build/bench/raw_pg build/bench/floor")
     assert(status == 0, "cannot build the C helpers of bench/:\n" .. out)
     dir = tmp.dir()
   end)

@@ -284,6 +284,98 @@ describe("the script sandbox", function()
     end)
   end)
 
+  describe("worker coroutines (reused from call to call)", function()
+    local function pack(...) return { n = select("#", ...), ... } end
+    local function load(name, src, env)
+      tmp.write(dir .. "/" .. name .. ".lua", src)
+      return assert(scripts.loader{ env = env, limit_ms = 10000 }:load(dir .. "/" .. name .. ".lua"))
+    end
+
+    it("return every result, nils included, and keep the limit after calls that raised, yielded or timed out",
+      function()
+        local many = load("many", "return function(a, b) return a, nil, b, nil end")
+        local raise = load("raise", "return function() error('no', 0) end")
+        local yields = load("yields", "return function() yield('out') return 1 end", { yield = coroutine.yield })
+        local spin = load("spin", "return function() while true do end end")
+        for _ = 1, 3 do
+          assert.same({ n = 5, true, 1, nil, 2, nil }, pack(scripts.call(many, 1000, 1, 2)))
+          assert.same({ false, "no" }, { scripts.call(raise, 1000) })
+          assert.same({ false, "script yielded; scripts must run to completion" }, { scripts.call(yields, 1000) })
+          assert.same({ false, "script exceeded its time limit (5 ms)" }, { scripts.call(spin, 5) })
+          assert.same({ n = 5, true, "x", nil, "y", nil }, pack(scripts.call(many, 1000, "x", "y")))
+        end
+        assert.equal(string.rep, ("").rep) -- the host's string methods are its own again
+      end)
+
+    it("run a script call made from host code inside a script call on a worker of its own", function()
+      local spin = load("spin", "return function() while true do end end")
+      local inner = load("inner", "return function(x) return x * 2 end")
+      local outer = load("outer", "return function() local a = host_call(inner_fn, 21) local b = host_call(spin_fn)"
+        .. " return a, b end", {
+        host_call = function(fn, ...)
+          local ok, v = scripts.call(fn, 5, ...)
+          return ok and v or v
+        end,
+        inner_fn = inner, spin_fn = spin,
+      })
+      assert.same({ true, 42, "script exceeded its time limit (5 ms)" }, { scripts.call(outer, 1000) })
+      -- and the outer call's own limit still holds after the inner ones
+      local outer_spin = load("outer_spin", "return function() host_call(inner_fn, 1) while true do end end", {
+        host_call = function(fn, ...) return select(2, scripts.call(fn, 1000, ...)) end, inner_fn = inner,
+      })
+      assert.same({ false, "script exceeded its time limit (5 ms)" }, { scripts.call(outer_spin, 5) })
+    end)
+  end)
+
+  describe("scripts.copy", function()
+    it("copies raw and deep: cycles and shared tables kept, tables as keys copied, metatables dropped unrun",
+      function()
+        local trap = {}
+        for _, m in ipairs({ "__index", "__newindex", "__pairs", "__len", "__eq" }) do
+          trap[m] = function() error(m .. " ran", 0) end
+        end
+        local shared = setmetatable({ "s" }, trap)
+        local key = { k = true }
+        local v = setmetatable({ a = { shared = shared }, b = shared, [key] = "by table", n = 1, [2] = "two" }, trap)
+        v.a.up = v
+        local c = scripts.copy(v)
+        assert.is_nil(getmetatable(c))
+        assert.is_nil(getmetatable(rawget(c, "b")))
+        assert.is_false(rawequal(rawget(c, "a"), rawget(v, "a")) or rawequal(rawget(c, "b"), shared))
+        assert.is_true(rawequal(c, rawget(rawget(c, "a"), "up")))
+        assert.is_true(rawequal(rawget(c, "b"), rawget(rawget(c, "a"), "shared")))
+        assert.equal("s", rawget(rawget(c, "b"), 1))
+        assert.equal(1, rawget(c, "n"))
+        assert.equal("two", rawget(c, 2))
+        assert.is_nil(rawget(c, key))
+        local ckey, n = nil, 0
+        for k, x in next, c do
+          n = n + 1
+          if type(k) == "table" then ckey = k assert.equal("by table", x) end
+        end
+        assert.equal(5, n)
+        assert.is_true(not rawequal(ckey, key) and rawget(ckey, "k") == true)
+        for _, x in ipairs({ 1, "s", true, false, coroutine.create(print), print }) do
+          assert.equal(x, scripts.copy(x))
+        end
+        assert.is_nil(scripts.copy(nil))
+      end)
+
+    it("copies a table nested 100000 deep (no recursion limit)", function()
+      local deep = {}
+      local t = deep
+      for _ = 1, 100000 do
+        t.n = {}
+        t = t.n
+      end
+      local c, k = scripts.copy(deep), 0
+      while c.n do
+        c, k = c.n, k + 1
+      end
+      assert.equal(100000, k)
+    end)
+  end)
+
   describe("nested string.gsub callbacks", function()
     it("are refused past 32 levels instead of crashing LuaJIT (child process)", function()
       rule("deep", [[return function()

@@ -120,6 +120,7 @@ end
 -- Replaces {{path}} placeholders; an unknown path is an error (a silent
 -- empty string would ship a broken prompt).
 local function render(text, ctx)
+  if not text:find("{{", 1, true) then return text end -- no placeholder: the text itself
   local missing
   local out = text:gsub("{{%s*([%w_%.]+)%s*}}", function(path)
     local v = lookup(ctx, path)

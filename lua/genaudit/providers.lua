@@ -101,8 +101,11 @@ end
 local function scrubber(secret)
   if not secret or secret == "" then return function(s) return s end end
   local forms, key = secret_forms(secret), secret:lower()
+  -- a text shorter than every form and than a run holds none of them
+  local shortest = #key > PART_RUN and PART_RUN or math.huge
+  for _, f in ipairs(forms) do shortest = math.min(shortest, #f) end
   return function(s)
-    if type(s) ~= "string" or s == "" then return s end
+    if type(s) ~= "string" or #s < shortest then return s end
     local low = s:lower()
     local ranges = {}
     for _, f in ipairs(forms) do
@@ -331,17 +334,21 @@ end
 -- The path ("messages[2].content") of the first string in v that is not
 -- well-formed UTF-8, or nil. JSON text cannot carry such bytes: the encoder
 -- would send U+FFFD in their place, and the provider would then receive
--- something else than the stored prompt.
-local function invalid_utf8(v, path, depth)
-  if type(v) == "string" then return not core.utf8_valid(v) and path or nil end
+-- something else than the stored prompt. (The path is built on the way
+-- out, for the bad string only: a valid request costs no string.)
+local function bad_utf8(v, depth)
+  if type(v) == "string" then return not core.utf8_valid(v) and "" or nil end
   if type(v) ~= "table" or depth > 64 then return nil end
   for k, x in next, v do
-    local kp = path .. (type(k) == "number" and ("[" .. k .. "]") or ("." .. tostring(k)))
-    if type(k) == "string" and not core.utf8_valid(k) then return path .. " (a key)" end
-    local bad = invalid_utf8(x, kp, depth + 1)
-    if bad then return bad end
+    if type(k) == "string" and not core.utf8_valid(k) then return " (a key)" end
+    local bad = bad_utf8(x, depth + 1)
+    if bad then return (type(k) == "number" and ("[" .. k .. "]") or ("." .. tostring(k))) .. bad end
   end
   return nil
+end
+local function invalid_utf8(v, path, depth)
+  local bad = bad_utf8(v, depth)
+  return bad and path .. bad or nil
 end
 
 -- provider:request(messages, params [, { stream = true }]) -> { url, headers,

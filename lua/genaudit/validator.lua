@@ -158,9 +158,10 @@ function Validator:rules()
   local out = {}
   local listed = {}
   for _, path in ipairs(self.rule_loader:dir(self.dir, { [POLICY_FILE] = true, [REDACT_FILE] = true })) do
-    if core.file_version(path) then
+    local version = core.file_version(path)
+    if version then
       listed[path] = true
-      local r, err = self.rule_loader:load(path)
+      local r, err = self.rule_loader:load(path, version)
       self.errors[path] = err
       if r then
         if type(r) == "function" then r = { check = r } end
