@@ -142,11 +142,11 @@ build/bench/%: bench/%.c bench/seal.h
 	$(CC) $(CFLAGS) $(WARN) $(shell $(PKG_CONFIG) --cflags sqlite3 libcrypto) -o $@ $< \
 	  $(shell $(PKG_CONFIG) --libs sqlite3 libcrypto) -lm -pthread
 # the floor of one generation (bench/overhead.lua) also links genaudit's own
-# BPE counter (csrc/ga_bpe.c, with ga_aux.c and Lua for their symbols)
-build/bench/floor: bench/floor.c bench/seal.h csrc/ga_bpe.c csrc/ga_aux.c csrc/ga_private.h
+# BPE counter (csrc/ga_bpe.c and its scanner ga_bpe_scan.c, with ga_aux.c and Lua for their symbols)
+build/bench/floor: bench/floor.c bench/seal.h csrc/ga_bpe.c csrc/ga_bpe_scan.c csrc/ga_aux.c csrc/ga_private.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(WARN) $(LUA54_INCDIR) $(shell $(PKG_CONFIG) --cflags sqlite3 libcrypto libpcre2-8) -o $@ \
-	  bench/floor.c csrc/ga_bpe.c csrc/ga_aux.c \
+	  bench/floor.c csrc/ga_bpe.c csrc/ga_bpe_scan.c csrc/ga_aux.c \
 	  $(shell $(PKG_CONFIG) --libs sqlite3 libcrypto libpcre2-8 lua5.4) -lm -pthread
 # the PostgreSQL baseline (bench/pg_persist.lua) links libpq instead of SQLite
 build/bench/raw_pg: bench/raw_pg.c bench/seal.h
