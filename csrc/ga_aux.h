@@ -64,7 +64,7 @@ static inline int ga_buf_reserve(ga_buf *b, size_t need) {
   return b->len + need <= b->cap ? 0 : ga_buf_grow(b, need);
 }
 static inline void ga_buf_add(ga_buf *b, const char *s, size_t n) {
-  if (ga_buf_reserve(b, n) != 0) return;
+  if (n == 0 || ga_buf_reserve(b, n) != 0) return; /* n == 0: buf may still be NULL */
   memcpy(b->buf + b->len, s, n);
   b->len += n;
 }
