@@ -24,7 +24,7 @@ end
 
 local node_dir
 function M.dir()
-  if not node_dir then node_dir = M.run("sh tools/otlp-proto.sh"):match("([^\n]+)\n?$") end
+  if not node_dir then node_dir = M.run("env -u LD_PRELOAD sh tools/otlp-proto.sh"):match("([^\n]+)\n?$") end
   return node_dir
 end
 
