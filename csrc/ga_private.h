@@ -310,6 +310,8 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
 /* The bytes ga_writer_push weighs against max_bytes (a deferred row's
  * documents at their upper bound), and the writer's max_bytes. */
 size_t ga_writer_row_bytes(const ga_row *row);
+/* The bytes a queued row holds (its columns as set: a deferred row's tapes). */
+size_t ga_writer_row_held(const ga_row *row);
 size_t ga_writer_max_bytes(const ga_writer *w);
 /* Five buffers for the rows the pushing thread builds (ga_row_build_deferred
  * scratch), freed with the writer. */

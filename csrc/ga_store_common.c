@@ -170,7 +170,13 @@ static int l_persist(lua_State *L) {
       }
     }
     lua_settop(L, top);
-    if (row.deferred && ga_writer_row_bytes(&row) > ga_writer_max_bytes(b->writer) && ga_row_materialize(&row) != 0) {
+    /* a deferred row whose JSON bound or whose tape (which can be larger:
+     * an empty string is 3 bytes of JSON, 18 of tape) exceeds max_bytes is
+     * made JSON first: the queue then holds and checks its exact bytes */
+    if (row.deferred &&
+        (ga_writer_row_bytes(&row) > ga_writer_max_bytes(b->writer) ||
+         ga_writer_row_held(&row) > ga_writer_max_bytes(b->writer)) &&
+        ga_row_materialize(&row) != 0) {
       if (explicit_id) ga_writer_release_id(b->writer, row.id);
       ga_row_free(&row);
       return ga_fail(L, "NOMEM", "out of memory");

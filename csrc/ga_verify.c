@@ -88,6 +88,7 @@ typedef struct {
   uint64_t deadline;  /* the worker's current step (worker thread only) */
   int timed_out;
   int closed;
+  int busy;           /* 1 while reader:each runs its callback: no close, no nested each */
   uint64_t worker_cpu_ns; /* the worker thread's CPU time, set as it ends (under mu) */
   uint64_t wait_ns;       /* the main thread's waits for a job (main thread only) */
 } reader;
@@ -148,18 +149,38 @@ static void put_u64(ga_buf *b, char tag, uint64_t v) {
   ga_buf_add(b, x, 9);
 }
 
+/* Whether sql (n bytes) begins, after white space, with SELECT, WITH or
+ * VALUES (a query: not a transaction, savepoint, attach or pragma). */
+static int is_select(const char *sql, size_t n) {
+  static const char *const kw[] = {"select", "with", "values"};
+  size_t i = 0, k;
+  while (i < n && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r')) i++;
+  for (k = 0; k < sizeof kw / sizeof kw[0]; k++) {
+    size_t m = strlen(kw[k]), c;
+    if (n - i <= m) continue;
+    for (c = 0; c < m && (sql[i + c] | 0x20) == kw[k][c]; c++) {
+    }
+    if (c == m && !((sql[i + m] | 0x20) >= 'a' && (sql[i + m] | 0x20) <= 'z') && sql[i + m] != '_') return 1;
+  }
+  return 0;
+}
+
 /* Runs job j on the worker's connection; J_DONE or J_FAILED. */
 static int run_job(reader *r, job *j) {
   sqlite3_stmt *st = NULL;
   const char *tail = NULL;
   int rc, i;
   size_t namelen = 0;
-  if (sqlite3_prepare_v2(r->db, j->sql, (int)j->sqllen, &st, &tail) != SQLITE_OK || !st) {
-    job_fail(j, st ? code_of(r->db) : "READONLY", "cannot prepare query", st ? sqlite3_errmsg(r->db) : "no statement");
+  rc = sqlite3_prepare_v2(r->db, j->sql, (int)j->sqllen, &st, &tail);
+  if (rc != SQLITE_OK || !st) {
+    job_fail(j, rc != SQLITE_OK ? code_of(r->db) : "READONLY", "cannot prepare query",
+             rc != SQLITE_OK ? sqlite3_errmsg(r->db) : "no statement");
     sqlite3_finalize(st);
     return J_FAILED;
   }
-  if (!sqlite3_stmt_readonly(st) || (tail && *tail)) {
+  /* sqlite3_stmt_readonly is also true of BEGIN, COMMIT, ROLLBACK, SAVEPOINT,
+   * ATTACH and DETACH: any of them would move the worker off its snapshot */
+  if (!sqlite3_stmt_readonly(st) || (tail && *tail) || !is_select(j->sql, j->sqllen)) {
     job_fail(j, "READONLY", "query failed", "the worker runs one read-only statement");
     sqlite3_finalize(st);
     return J_FAILED;
@@ -326,12 +347,16 @@ static reader *check_reader(lua_State *L) {
 }
 
 static int l_reader_gc(lua_State *L) {
-  reader_close((reader *)luaL_checkudata(L, 1, READER_MT));
+  reader_close((reader *)luaL_checkudata(L, 1, READER_MT)); /* never busy: each holds the reader */
   return 0;
 }
 
+/* close (and __close): refused from inside the reader's own each(), whose
+ * loop still reads the job's rows (closing frees them). */
 static int l_reader_close(lua_State *L) {
-  reader_close((reader *)luaL_checkudata(L, 1, READER_MT));
+  reader *r = (reader *)luaL_checkudata(L, 1, READER_MT);
+  if (r->busy) return luaL_error(L, "reader:close: called from inside reader:each");
+  reader_close(r);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -463,6 +488,7 @@ static int l_reader_each(lua_State *L) {
   int state;
   const char *p, *end;
   luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (r->busy) return luaL_error(L, "reader:each: called from inside reader:each");
   if (!r->started) return luaL_error(L, "reader:each: the worker was not started");
   if (k != (long long)r->taken + 1 || k > r->njobs)
     return luaL_error(L, "reader:each: job %d out of order (the next is %d)", (int)k, r->taken + 1);
@@ -482,6 +508,7 @@ static int l_reader_each(lua_State *L) {
   }
   p = j->out.buf;
   end = p + j->out.len;
+  r->busy = 1; /* until take(): the callback must not free what p reads */
   while (p && p < end) {
     const char *nm = j->names;
     int i, stop;
@@ -511,6 +538,7 @@ static int l_reader_each(lua_State *L) {
       lua_setfield(L, -2, nm);
     }
     if (lua_pcall(L, 1, 1, 0) != 0) {
+      r->busy = 0;
       take(r, j);
       return lua_error(L);
     }
@@ -519,6 +547,7 @@ static int l_reader_each(lua_State *L) {
     lua_pop(L, 1);
     if (stop) break;
   }
+  r->busy = 0;
   take(r, j);
   ga_pushint64(L, n);
   return 1;

@@ -520,6 +520,13 @@ size_t ga_writer_row_bytes(const ga_row *row) {
   return total;
 }
 
+size_t ga_writer_row_held(const ga_row *row) {
+  size_t total = 0;
+  int i;
+  for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
+  return total;
+}
+
 size_t ga_writer_max_bytes(const ga_writer *w) { return w->o.max_bytes; }
 
 ga_buf *ga_writer_scratch(ga_writer *w) { return w->scratch; }
@@ -534,7 +541,7 @@ int ga_writer_push(ga_writer *w, const ga_row *row, int explicit_id, char *err, 
     snprintf(err, errlen, "row of %zu bytes exceeds the queue's max_bytes (%zu)", bytes, w->o.max_bytes);
     return -1;
   }
-  for (i = 0; i < GA_NCOLS; i++) total += row->col[i].set ? row->col[i].n : 0;
+  total = ga_writer_row_held(row);
   it = item_alloc(w, total);
   if (!it) {
     snprintf(err, errlen, "out of memory");

@@ -285,4 +285,31 @@ describe("async persist near the limits (SQLite)", function()
     assert.equal(1, a:query("SELECT count(*) AS n FROM generation_snapshots", {})[1].n)
     a:close()
   end)
+
+  it("never holds more than max_bytes for a row whose tape is larger than its JSON", function()
+    -- 30000 empty strings: 90 KB of JSON, ~540 KB as a tape (18 bytes an entry)
+    local max = 200000
+    local empties = {}
+    for i = 1, 30000 do empties[i] = "" end
+    local s = assert(genaudit.open("sqlite:" .. dir .. "/s.db"))
+    local a = assert(genaudit.open("sqlite:" .. dir .. "/a.db", { async = { max_bytes = max } }))
+    -- the writer held up for 1.5 s by a sqlite3 process's write lock: the row stays queued while we look
+    local ready = dir .. "/locked"
+    os.execute(("(echo 'BEGIN IMMEDIATE;'; echo '.shell touch %s'; sleep 1.5; echo 'COMMIT;') | sqlite3 %s &")
+      :format(ready, dir .. "/a.db"))
+    for _ = 1, 500 do
+      local f = io.open(ready)
+      if f then f:close() break end
+      os.execute("sleep 0.01")
+    end
+    local row = with(base(1), { request_params = empties })
+    assert(s:persist_generation(row))
+    assert(a:persist_generation(row))
+    local held = a._conn:stats().pending_bytes
+    assert.is_true(held > 90000 and held <= max, "pending_bytes " .. held)
+    assert.is_true(a:flush())
+    assert.same(stored(s, { id = true, created_at = true }), stored(a, { id = true, created_at = true }))
+    s:close()
+    a:close()
+  end)
 end)

@@ -336,6 +336,54 @@ describe("verify() split over two threads (SQLite)", function()
     assert.equal(720, #assert(st:query("SELECT id FROM generation_snapshots")))
   end)
 
+  it("the snapshot reader: close or each from inside each raises (no freed rows read); only queries run", function()
+    local st = open(copy())
+    local sel = "SELECT id FROM generation_snapshots ORDER BY id"
+    local rd = assert(st._conn:snapshot_reader{ worker = true })
+    assert(rd:start({ { sel, {} }, { sel, {} }, { sel, {} } }))
+    local seen = 0
+    local ok, err = pcall(rd.each, rd, 1, function()
+      seen = seen + 1
+      if seen == 2 then rd:close() end
+    end)
+    assert.is_false(ok)
+    assert.matches("reader:close: called from inside reader:each", err, 1, true)
+    assert.equal(2, seen)
+    seen = 0
+    ok, err = pcall(rd.each, rd, 2, function()
+      seen = seen + 1
+      rd:each(2, function() end)
+    end)
+    assert.is_false(ok)
+    assert.matches("reader:each: called from inside reader:each", err, 1, true)
+    assert.equal(1, seen)
+    -- the reader goes on: job 3 whole, then close
+    assert.equal(720, rd:each(3, function() end))
+    assert.is_true(rd:close())
+    -- statements that would move the worker off its snapshot are refused; a bad query keeps SQLite's message
+    for _, sql in ipairs({ "COMMIT", "BEGIN", "ROLLBACK", "SAVEPOINT x", "ATTACH ':memory:' AS other",
+                           "PRAGMA data_version" }) do
+      rd = assert(st._conn:snapshot_reader{ worker = true })
+      assert(rd:start({ { sql, {} } }))
+      local _, e, code = rd:each(1, function() end)
+      assert.equal("READONLY", code, sql)
+      assert.matches("one read-only statement", e, 1, true)
+      rd:close()
+    end
+    rd = assert(st._conn:snapshot_reader{ worker = true })
+    assert(rd:start({ { "SELECT count(*) FROM no_such_table", {} } }))
+    local _, e, code = rd:each(1, function() end)
+    assert.equal("SQLITE", code)
+    assert.matches("no such table: no_such_table", e, 1, true)
+    rd:close()
+    rd = assert(st._conn:snapshot_reader{ worker = true })
+    assert(rd:start({ { "  with x AS (SELECT 1 AS n) SELECT n FROM x", {} } }))
+    local n
+    assert.equal(1, rd:each(1, function(r) n = r.n end)) -- a WITH query (lower case, leading blanks) runs
+    assert.equal(1, n)
+    rd:close()
+  end)
+
   it("one snapshot: rows committed after the reader began are seen by neither thread", function()
     local p = copy()
     local st = open(p)
